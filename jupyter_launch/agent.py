@@ -1,0 +1,411 @@
+"""The agent: claims jobs from its queues, holds their leases, runs them through a backend, reports everything back.
+
+One asyncio loop serves many jobs. A claim is a lease renewed by heartbeats and guarded by a fencing token, so a
+stale agent can never report over a newer attempt; losing the lease stops the job. Logs are batched to the store,
+control records (metrics, progress, the runner's result) are taken out of the log on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .backends.base import Backend, JobContext, Result, backend_class
+from .control import OUTPUT_DIR_ENV, RecordSplitter
+from .notify import WakeListener
+from .paths import launch_home
+from .spec import JobSpec
+from .store import FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, describe
+
+FLUSH_INTERVAL = 0.02
+FLUSH_BYTES = 512 * 1024
+
+
+def detect_gpus() -> list[int]:
+    """GPU indices from ``nvidia-smi -L``; none when it is missing or fails."""
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return []
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+
+
+class LogSink:
+    """Buffers one job's output and writes it to the store in order, in batches, off the event loop."""
+
+    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any):
+        self.store, self.job_id, self.attempt, self.on_record = store, job_id, attempt, on_record
+        self._pieces: list[tuple[str, bytes]] = []
+        self._size = 0
+        self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
+        self._kick = asyncio.Event()
+        self._closed = False
+        self._task = asyncio.create_task(self._flusher())
+
+    def write(self, stream: str, data: bytes) -> None:
+        splitter = self._splitters.setdefault(stream, RecordSplitter())
+        plain, records = splitter.feed(data)
+        for rec in records:
+            self.on_record(rec)
+        if plain:
+            if self._pieces and self._pieces[-1][0] == stream:
+                self._pieces[-1] = (stream, self._pieces[-1][1] + plain)
+            else:
+                self._pieces.append((stream, plain))
+            self._size += len(plain)
+            if self._size >= FLUSH_BYTES:
+                self._kick.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), FLUSH_INTERVAL)
+            self._kick.clear()
+            await self.flush()
+            if self._closed:
+                return
+
+    async def flush(self) -> None:
+        if not self._pieces:
+            return
+        pieces, self._pieces, self._size = self._pieces, [], 0
+        await asyncio.to_thread(self.store.append_logs, self.job_id, self.attempt, pieces)
+
+    async def close(self) -> None:
+        for stream, splitter in self._splitters.items():
+            rest = splitter.flush()
+            if rest:
+                self._pieces.append((stream, rest))
+        self._closed = True
+        self._kick.set()
+        await self._task
+
+
+class Agent(LoggingConfigurable):
+    """Claims and runs jobs. Configure as ``c.Agent.*`` (and ``c.LocalBackend.*`` etc. for the backends)."""
+
+    queues = List(Unicode(), config=True, help="Queues this agent takes jobs from.")
+    job_types = List(Unicode(), config=True, help="Job types this agent accepts; empty accepts any.")
+    lease_seconds = Float(30.0, config=True, help="How long a claim holds without a heartbeat.")
+    heartbeat_interval = Float(0.0, config=True, help="Seconds between heartbeats; 0 means lease_seconds / 4.")
+    poll_interval = Float(5.0, config=True, help="Fallback poll when no wake-up arrives.")
+    max_jobs = Integer(0, config=True, help="Jobs this agent runs at once; 0 means the number of CPUs.")
+    gpus = List(Integer(), allow_none=True, default_value=None, config=True,
+                help="GPU indices this agent may hand out; None detects them with nvidia-smi.")
+    keep_workdirs = Bool(False, config=True, help="Keep each job's unpacked folder after it ends (debugging).")
+    work_root = Unicode(config=True, help="Where jobs' folders are unpacked.")
+    agent_id = Unicode(config=True, help="This agent's id in the store.")
+    backend_classes = Dict(config=True, help="Provider type -> Backend class, overriding the registry.")
+    store = Instance(object, help="The store (SQLStore, or the server's HTTP client for remote agents).")
+    blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
+    wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
+
+    @default("work_root")
+    def _default_work_root(self) -> str:
+        return str(launch_home() / "work")
+
+    @default("agent_id")
+    def _default_agent_id(self) -> str:
+        return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[str, asyncio.Task[Any]] = {}
+        self._cancel_events: dict[str, asyncio.Event] = {}
+        self._backends: dict[str, Backend] = {}
+        self._free_gpus: list[int] = []
+        self._total_gpus = 0
+        self._unsubscribe: list[Any] = []
+        self._listener: WakeListener | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
+
+    @property
+    def capacity(self) -> int:
+        return self.max_jobs or (os.cpu_count() or 2)
+
+    def wake(self) -> None:
+        """Thread-safe: claim now instead of at the next poll."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def backend(self, provider: str) -> Backend:
+        if provider not in self._backends:
+            cls = self.backend_classes.get(provider) or backend_class(provider)
+            if isinstance(cls, str):
+                from traitlets.utils.importstring import import_item
+
+                cls = import_item(cls)
+            self._backends[provider] = cls(parent=self)
+        return self._backends[provider]
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        gpus = self.gpus if self.gpus is not None else await asyncio.to_thread(detect_gpus)
+        self._free_gpus, self._total_gpus = list(gpus), len(gpus)
+        await asyncio.to_thread(self.store.register_agent, self.agent_id, self.queues, self.job_types,
+                                host=socket.gethostname(), info={"gpus": self._total_gpus, "pid": os.getpid()})
+        if hasattr(self.store, "subscribe"):
+            self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
+            self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
+        if self.wake_socket:
+            self._listener = WakeListener(self.agent_id, self._wake.set)
+            self._listener.start()
+        for name in self.queues:
+            with contextlib.suppress(Exception):
+                queue = await asyncio.to_thread(self.store.get_queue, name)
+                provider = queue.config.get("provider", {})
+                backend = self.backend(queue.provider)
+                if hasattr(backend, "warm_up"):
+                    await backend.warm_up(name, provider)
+        self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
+                      ", ".join(self.job_types) or "any", self._total_gpus)
+
+    async def stop(self, *, cancel_jobs: bool = True) -> None:
+        """Stop claiming; cancel running jobs (their state is reported) unless ``cancel_jobs`` is false."""
+        self._stopping.set()
+        self._wake.set()
+        if cancel_jobs:
+            for event in self._cancel_events.values():
+                event.set()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        for unsub in self._unsubscribe:
+            unsub()
+        if self._listener:
+            self._listener.stop()
+        for backend in self._backends.values():
+            if hasattr(backend, "shutdown"):
+                await backend.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+
+    async def run(self) -> None:
+        """Claim and run jobs until :meth:`stop`."""
+        if self._loop is None:
+            await self.start()
+        last_reap = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            now = time.monotonic()
+            if now - last_reap >= self.interval:
+                last_reap = now
+                try:
+                    await asyncio.to_thread(self._housekeeping)
+                except Exception:
+                    self.log.exception("agent housekeeping failed; retrying")
+            try:
+                while len(self._running) < self.capacity and not self._stopping.is_set():
+                    claim = await asyncio.to_thread(
+                        self.store.claim_next_job, self.agent_id, self.queues, self.job_types or None,
+                        lease_seconds=self.lease_seconds, free_gpus=len(self._free_gpus))
+                    if claim is None:
+                        break
+                    self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
+            except Exception:
+                self.log.exception("claiming failed; retrying in %.1fs", self.poll_interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(self.poll_interval, self.interval))
+
+    @property
+    def interval(self) -> float:
+        return self.heartbeat_interval or self.lease_seconds / 4
+
+    def _housekeeping(self) -> None:
+        self.store.agent_seen(self.agent_id)
+        if self.store.requeue_expired():
+            self._wake.set()
+
+    def _on_cancel(self, job_id: str) -> None:
+        event = self._cancel_events.get(job_id)
+        if event is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(event.set)
+
+    # ------------------------------------------------------------ one job
+
+    async def _run_claim(self, claim: Claim) -> None:
+        job, fence = claim.job, claim.fence
+        spec = JobSpec.model_validate(job.spec)
+        gpu_ids = [self._free_gpus.pop(0) for _ in range(min(spec.resources.gpu, len(self._free_gpus)))]
+        cancel = asyncio.Event()
+        self._cancel_events[job.id] = cancel
+        lost = asyncio.Event()
+        runner_result: dict[str, Any] = {}
+        workdir = Path(self.work_root) / f"{job.id}-{job.attempt}"
+        store = self.store
+
+        def on_record(rec: dict[str, Any]) -> None:
+            kind = rec.get("type")
+            if kind == "metrics":
+                pending_metrics.append(rec)
+            elif kind == "progress":
+                asyncio.get_running_loop().create_task(
+                    asyncio.to_thread(store.set_progress, job.id, fence, rec))
+            elif kind == "result":
+                runner_result.update(rec)
+
+        pending_metrics: list[dict[str, Any]] = []
+        sink = LogSink(store, job.id, job.attempt, on_record)
+        beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
+        result = Result(FAILED, reason="agent_error")
+        try:
+            if spec.resources.gpu > len(gpu_ids):
+                result = Result(FAILED, reason="insufficient_gpus",
+                                message=f"needs {spec.resources.gpu} GPU(s); this agent has {self._total_gpus}")
+                return
+            await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
+            try:
+                queue = await asyncio.to_thread(store.get_queue, job.queue)
+                ctx = await asyncio.to_thread(self._prepare, job, fence, spec, queue.config, workdir, gpu_ids)
+            except _JobSetupError as exc:
+                result = Result(FAILED, reason=exc.reason, message=str(exc))
+                return
+            ctx.cancel_requested = cancel
+            ctx.log = sink.write
+            ctx.set_reason = lambda reason, message=None: asyncio.get_running_loop().create_task(
+                asyncio.to_thread(store.set_state, job.id, fence, STARTING, reason, message))
+            ctx.mark_running = lambda: asyncio.get_running_loop().create_task(
+                asyncio.to_thread(store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id))
+            metrics_task = asyncio.create_task(self._ship_metrics(job.id, pending_metrics, lost))
+            try:
+                run = asyncio.create_task(self.backend(queue.provider).run(ctx))
+                lost_wait = asyncio.create_task(lost.wait())
+                await asyncio.wait({run, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if lost.is_set() and not run.done():
+                    cancel.set()  # our lease is gone: stop the job; a newer attempt owns it now
+                result = await run
+                lost_wait.cancel()
+            finally:
+                metrics_task.cancel()
+                await sink.close()
+                await asyncio.to_thread(self._flush_metrics, job.id, pending_metrics)
+            if runner_result and result.state != "cancelled" and result.reason != "timeout":
+                result.state = runner_result.get("state", result.state)
+                result.reason = runner_result.get("reason") or result.reason
+                result.message = runner_result.get("message") or result.message
+            await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
+        except Exception as exc:
+            self.log.exception("job %s failed in the agent", job.id)
+            result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
+        finally:
+            beat.cancel()
+            if not sink._closed:
+                await sink.close()
+            self._free_gpus.extend(gpu_ids)
+            self._cancel_events.pop(job.id, None)
+            if not lost.is_set():
+                await asyncio.to_thread(store.finish, job.id, fence, result.state, exit_code=result.exit_code,
+                                        reason=result.reason, message=result.message or describe(
+                                            result.reason, exit_code=result.exit_code))
+            if not self.keep_workdirs:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            self._running.pop(job.id, None)
+            self.finished.put_nowait((job.id, result))
+            self._wake.set()
+
+    def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: dict[str, Any], workdir: Path,
+                 gpu_ids: list[int]) -> JobContext:
+        from .artifact import ArtifactError, materialize
+
+        secrets: dict[str, str] = {}
+        for name in spec.secrets:
+            if name not in os.environ:
+                raise _JobSetupError("secret_missing", f"secret {name!r} is not set in the agent's environment "
+                                                       f"(agent {self.agent_id}); set it where the agent runs")
+            secrets[name] = os.environ[name]
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        if job.artifact:
+            try:
+                materialize(job.artifact, self.blobs, workdir)
+            except (ArtifactError, OSError, KeyError) as exc:
+                raise _JobSetupError("artifact_error", f"cannot unpack artifact {job.artifact}: {exc}") from None
+        else:
+            workdir.mkdir(parents=True)
+        control = workdir / ".jupyter-launch"
+        control.mkdir(exist_ok=True)
+        output_dir = workdir / ".jupyter-launch" / "outputs"
+        output_dir.mkdir(exist_ok=True)
+        runner_spec = {
+            "kind": spec.kind, "notebook": spec.notebook, "code": spec.code, "setup": spec.setup,
+            "push": ".jupyter-launch/push.pkl" if spec.push and (control / "push.pkl").exists() else None,
+            "pull": spec.pull, "parameters": spec.parameters, "kernel": spec.kernel,
+        }
+        (control / "job.json").write_text(json.dumps(runner_spec))
+        env = dict(spec.env)
+        env.update({
+            "JUPYTER_LAUNCH_JOB_ID": job.id, "JUPYTER_LAUNCH_ATTEMPT": str(job.attempt),
+            "JUPYTER_LAUNCH_FENCE": str(fence), "JUPYTER_LAUNCH_QUEUE": job.queue,
+            OUTPUT_DIR_ENV: str(output_dir),
+        })
+        return JobContext(job_id=job.id, attempt=job.attempt, fence=fence, queue=job.queue, spec=spec,
+                          queue_config=queue_config.get("provider", {}), workdir=workdir, output_dir=output_dir,
+                          env=env, secrets=secrets, artifact=job.artifact, gpu_ids=gpu_ids, agent_id=self.agent_id)
+
+    async def _heartbeats(self, job_id: str, fence: int, cancel: asyncio.Event, lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                beat = await asyncio.to_thread(self.store.heartbeat, job_id, fence, lease_seconds=self.lease_seconds)
+            except Exception:
+                self.log.warning("heartbeat for job %s failed; retrying", job_id, exc_info=True)
+                continue
+            if not beat.ok:
+                self.log.warning("lease on job %s lost; stopping it", job_id)
+                lost.set()
+                return
+            if beat.cancel_requested:
+                cancel.set()
+
+    async def _ship_metrics(self, job_id: str, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if pending:
+                await asyncio.to_thread(self._flush_metrics, job_id, pending)
+
+    def _flush_metrics(self, job_id: str, pending: list[dict[str, Any]]) -> None:
+        if pending:
+            batch = pending[:]
+            del pending[:len(batch)]
+            self.store.add_metrics(job_id, batch)
+
+    def _collect_outputs(self, job_id: str, output_dir: Path) -> None:
+        records = []
+        if output_dir.is_dir():
+            for path in sorted(output_dir.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    digest = self.blobs.put_file(path)
+                    records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, path.stat().st_size))
+        self.store.add_outputs(job_id, records)
+
+
+class _JobSetupError(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def make_local_agent(store: Any, queues: list[str], *, job_types: list[str] | None = None,
+                     blobs: BlobStore | None = None, **traits: Any) -> Agent:
+    """An agent on this machine's store and blob folder (the CLI, the server and tests use this)."""
+    return Agent(store=store, blobs=blobs or BlobStore(launch_home() / "blobs"), queues=queues,
+                 job_types=job_types or [], **traits)

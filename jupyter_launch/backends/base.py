@@ -1,0 +1,192 @@
+"""What every backend is: the run template (start, stream, wait, cancel, timeout, collect) and the registry.
+
+A backend turns one claimed job into a running process, container or Kubernetes Job. It knows nothing of HTTP or
+of the store: it talks to the agent only through the :class:`JobContext` it is handed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from ..spec import JobSpec
+
+ENTRY_POINT_GROUP = "jupyter_launch.backends"
+
+
+@dataclass
+class JobContext:
+    """Everything a backend needs for one attempt of one job, and the calls it reports through."""
+
+    job_id: str
+    attempt: int
+    fence: int
+    queue: str
+    spec: JobSpec
+    queue_config: dict[str, Any]  # the queue's provider settings (``provider`` of the queue YAML)
+    workdir: Path  # the unpacked artifact, with ``.jupyter-launch/job.json`` for the runner
+    output_dir: Path  # where the job's outputs must be when the backend returns
+    env: dict[str, str]  # spec env + JUPYTER_LAUNCH_* variables; no secrets
+    secrets: dict[str, str]  # resolved at start from the agent's environment; never stored or logged
+    artifact: str | None  # manifest digest
+    artifact_tar: Callable[[], Awaitable[Path]] | None = None  # the artifact as a tar file, made on demand
+    gpu_ids: list[int] = field(default_factory=list)  # devices the agent reserved for this job
+    agent_id: str = ""
+    # Reporting, wired by the agent:
+    log: Callable[[str, bytes], None] = lambda stream, data: None
+    set_reason: Callable[[str, str | None], None] = lambda reason, message=None: None
+    mark_running: Callable[[], None] = lambda: None
+    cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def runner_command(self) -> list[str]:
+        """The command that runs a notebook or cell job inside the job's environment (relative to workdir)."""
+        return ["python", "-m", "jupyter_launch.runner", ".jupyter-launch/job.json"]
+
+    @property
+    def timeout(self) -> float | None:
+        return self.spec.timeout
+
+
+@dataclass
+class Result:
+    state: str  # succeeded | failed | cancelled
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = None
+
+
+class BackendError(RuntimeError):
+    """A failure with a reason code the user sees (``image_pull_failed``, ``no_gpu_runtime``, ...)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Backend(LoggingConfigurable):
+    """Subclasses implement ``start``, ``stream``, ``wait`` and ``stop``; ``run`` drives them the same way for all.
+
+    The template: ``prepare`` (images, environments) → ``start`` → ``mark_running`` → ``stream`` while ``wait``;
+    cancel or timeout → ``stop(grace)``; then ``collect_outputs`` and ``cleanup`` whatever happened.
+    """
+
+    name: ClassVar[str] = ""
+    stream_drain_timeout = Float(10.0, config=True, help="Seconds to wait for log streams to end after exit.")
+
+    @classmethod
+    def supported_features(cls) -> dict[str, bool]:
+        """What the UI and agent may rely on, instead of guessing from the backend's name."""
+        return {"gpus": False, "warm_pool": False, "images": False, "reattach": False}
+
+    async def prepare(self, ctx: JobContext) -> None:
+        """Get the job's environment ready (build or pull an image). Raise BackendError to fail with a reason."""
+
+    async def start(self, ctx: JobContext) -> Any:
+        raise NotImplementedError
+
+    async def stream(self, handle: Any, ctx: JobContext) -> None:
+        """Send the job's output to ``ctx.log`` until its streams end."""
+        raise NotImplementedError
+
+    async def wait(self, handle: Any) -> int:
+        """Wait for the job to end and return its exit code."""
+        raise NotImplementedError
+
+    async def stop(self, handle: Any, grace: float) -> None:
+        """Ask the job to stop (SIGTERM or the equivalent), then force it after ``grace`` seconds."""
+        raise NotImplementedError
+
+    async def collect_outputs(self, handle: Any, ctx: JobContext) -> None:
+        """Make sure the job's output files are in ``ctx.output_dir`` (local backends write there directly)."""
+
+    async def cleanup(self, handle: Any, ctx: JobContext, result: Result) -> None:
+        """Release what the job held (containers, Kubernetes objects)."""
+
+    def grace_period(self, ctx: JobContext) -> float:
+        return float(ctx.queue_config.get("grace_period") or 10.0)
+
+    async def run(self, ctx: JobContext) -> Result:
+        try:
+            await self.prepare(ctx)
+        except BackendError as exc:
+            return Result("failed", reason=exc.reason, message=exc.message)
+        if ctx.cancel_requested.is_set():
+            return Result("cancelled", reason="cancelled")
+        try:
+            handle = await self.start(ctx)
+        except BackendError as exc:
+            return Result("failed", reason=exc.reason, message=exc.message)
+        result = Result("failed", reason="agent_error")
+        try:
+            ctx.mark_running()
+            streaming = asyncio.create_task(self.stream(handle, ctx))
+            waiting = asyncio.create_task(self.wait(handle))
+            cancelling = asyncio.create_task(ctx.cancel_requested.wait())
+            done, _ = await asyncio.wait({waiting, cancelling}, timeout=ctx.timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            stopped_by = None
+            if waiting not in done:
+                stopped_by = "cancelled" if cancelling in done else "timeout"
+                await self.stop(handle, self.grace_period(ctx))
+            cancelling.cancel()
+            exit_code = await waiting
+            try:
+                await asyncio.wait_for(asyncio.shield(streaming), self.stream_drain_timeout)
+            except asyncio.TimeoutError:
+                streaming.cancel()
+                self.log.warning("job %s: log stream did not end %ss after exit", ctx.job_id,
+                                 self.stream_drain_timeout)
+            if streaming.done() and not streaming.cancelled() and streaming.exception():
+                raise streaming.exception()  # type: ignore[misc]
+            if stopped_by == "cancelled":
+                result = Result("cancelled", exit_code, "cancelled")
+            elif stopped_by == "timeout":
+                result = Result("failed", exit_code, "timeout", f"ran past its timeout of {ctx.timeout:g}s")
+            elif exit_code == 0:
+                result = Result("succeeded", 0, "completed")
+            else:
+                result = Result("failed", exit_code, "exit_code")
+            await self.collect_outputs(handle, ctx)
+            return result
+        except BackendError as exc:
+            result = Result("failed", reason=exc.reason, message=exc.message)
+            return result
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self.cleanup(handle, ctx, result))
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(name: str, cls: type[Backend]) -> None:
+    _REGISTRY[name] = cls
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend for a provider type: registered ones first, then the ``jupyter_launch.backends`` entry points."""
+    if name not in _REGISTRY:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                register(name, ep.load())
+                break
+        else:
+            builtin = {"local": ".local:LocalBackend", "docker": ".docker:DockerBackend",
+                       "kubernetes": ".kubernetes:KubernetesBackend"}
+            if name not in builtin:
+                raise KeyError(f"no backend registered for provider type {name!r}")
+            module, _, attr = builtin[name].partition(":")
+            import importlib
+
+            register(name, getattr(importlib.import_module(module, __package__), attr))
+    return _REGISTRY[name]

@@ -1,0 +1,465 @@
+"""``jupyter launch ...``: queues, submit, jobs, logs, cancel, rerun, outputs, agent.
+
+Bad input exits with code 2 and one line naming the file, the line and the field; a followed job exits with 0 when
+it succeeded and 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .spec import SpecError, format_memory, parse_param
+from .store import FINAL, JobRecord, StoreError
+
+
+class UsageError(Exception):
+    pass
+
+
+def _fmt_time(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _client(args: argparse.Namespace):
+    from .client import LaunchClient
+
+    return LaunchClient()
+
+
+# ------------------------------------------------------------------ queue commands
+
+def cmd_queue_create(args: argparse.Namespace) -> int:
+    client = _client(args)
+    q = client.create_queue(args.file, replace=args.replace)
+    print(f"queue {q.name} {'updated' if args.replace else 'created'} ({q.provider}, "
+          f"max_instances {q.max_instances or 'unlimited'}, min_instances {q.min_instances})")
+    return 0
+
+
+def cmd_queue_list(args: argparse.Namespace) -> int:
+    queues = _client(args).queues()
+    if args.json:
+        print(json.dumps([q.to_dict() for q in queues], indent=1))
+        return 0
+    rows = [[q.name, q.provider, str(q.counts.get("queued", 0)),
+             f"{sum(q.counts.get(s, 0) for s in ('claimed', 'starting', 'running'))}/{q.max_instances or '∞'}",
+             str(q.min_instances), ",".join(q.job_types) or "any", str(len(q.agents))] for q in queues]
+    print(_table(rows, ["QUEUE", "PROVIDER", "QUEUED", "RUNNING/MAX", "MIN", "JOB TYPES", "AGENTS"]))
+    return 0
+
+
+def cmd_queue_show(args: argparse.Namespace) -> int:
+    q = _client(args).queue(args.name)
+    if args.json:
+        print(json.dumps(q.to_dict(), indent=1))
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(q.config, sort_keys=False).rstrip())
+    print(f"# queued {q.counts.get('queued', 0)}, running "
+          f"{sum(q.counts.get(s, 0) for s in ('claimed', 'starting', 'running'))}, agents: {', '.join(q.agents) or 'none'}")
+    return 0
+
+
+def cmd_queue_delete(args: argparse.Namespace) -> int:
+    _client(args).delete_queue(args.name, force=args.force)
+    print(f"queue {args.name} deleted")
+    return 0
+
+
+# ------------------------------------------------------------------ submit and jobs
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if args.job_type:
+        o["job_type"] = args.job_type
+    if args.name:
+        o["name"] = args.name
+    if args.image:
+        o["image"] = args.image
+    if args.timeout:
+        o["timeout"] = args.timeout
+    if args.retries is not None:
+        o["retries"] = args.retries
+    if args.kernel:
+        o["kernel"] = args.kernel
+    return o
+
+
+def _apply_cli_fields(spec: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Fields merged into what the file says (resources, env, secrets, parameters add to or replace its values)."""
+    data = spec.model_dump()
+    res = data["resources"]
+    if args.cpus is not None:
+        res["cpu"] = args.cpus
+    if args.gpus is not None:
+        res["gpu"] = args.gpus
+    if args.memory is not None:
+        res["memory"] = args.memory
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--env takes KEY=VALUE, got {item!r}", field="env")
+        data["env"][key] = value
+    for name in args.secret or []:
+        if name not in data["secrets"]:
+            data["secrets"].append(name)
+        data["env"].pop(name, None)
+    for name, value in args.param or []:
+        data["parameters"][name] = parse_param(value)
+    return data
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .client import LaunchClient
+
+    if not args.notebook and not args.config:
+        raise UsageError("submit needs a NOTEBOOK or --config FILE")
+    if args.notebook and args.config:
+        raise UsageError("give a NOTEBOOK or --config FILE, not both")
+    client = LaunchClient()
+    spec, base, _ = client.build_spec(args.notebook, config=args.config, root=args.root, **_overrides(args))
+    data = _apply_cli_fields(spec, args)
+    job = client.submit(spec=data, queue=args.queue, root=base, max_size=args.max_size)
+    rec = job.record
+    print(f"submitted job {job.id} to queue {rec.queue}", file=sys.stderr)
+    if not args.follow:
+        print(job.id)
+        return 0
+    return _follow(client, job.id, run_agent_for=rec.queue)
+
+
+def _follow(client: Any, job_id: str, *, run_agent_for: str | None = None, offset: int = 0) -> int:
+    """Stream a job's log to this terminal until it ends; run an agent in-process if none serves its queue."""
+
+    async def main() -> int:
+        agent = None
+        agent_task = None
+        if run_agent_for and not client.live_agents(run_agent_for):
+            from .agent import make_local_agent
+
+            print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
+                  file=sys.stderr)
+            agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, wake_socket=False)
+            await agent.start()
+            agent_task = asyncio.create_task(agent.run())
+        last_reason = None
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        try:
+            async def pump() -> None:
+                nonlocal last_reason
+                async for chunk in client.afollow(job_id, offset):
+                    out = sys.stderr.buffer if chunk.stream == "stderr" else sys.stdout.buffer
+                    out.write(chunk.data)
+                    out.flush()
+
+            async def watch_waiting() -> None:
+                nonlocal last_reason
+                while True:
+                    rec = await asyncio.to_thread(client.store.get_job, job_id)
+                    if rec.state in FINAL:
+                        return
+                    if rec.state != "running" and rec.reason != last_reason:
+                        last_reason = rec.reason
+                        print(f"[{rec.state}] {rec.message or rec.reason}", file=sys.stderr)
+                    await asyncio.sleep(0.5)
+
+            pumping = asyncio.create_task(pump())
+            watching = asyncio.create_task(watch_waiting())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({pumping, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            watching.cancel()
+            if stop.is_set() and not pumping.done():
+                pumping.cancel()
+                print(f"\ninterrupted; cancelling job {job_id}", file=sys.stderr)
+                await asyncio.to_thread(client.cancel, job_id)
+                if agent is None:
+                    return 130
+                rec = await asyncio.to_thread(_wait_final, client, job_id, 60)
+            rec = await asyncio.to_thread(client.store.get_job, job_id)
+            print(f"job {job_id} {rec.state}" + (f": {rec.message}" if rec.state != "succeeded" and rec.message else ""),
+                  file=sys.stderr)
+            return 0 if rec.state == "succeeded" else 1
+        finally:
+            loop.remove_signal_handler(signal.SIGINT)
+            if agent is not None:
+                await agent.stop()
+                if agent_task:
+                    agent_task.cancel()
+
+    return asyncio.run(main())
+
+
+def _wait_final(client: Any, job_id: str, timeout: float) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = client.store.get_job(job_id)
+        if rec.state in FINAL or time.monotonic() > deadline:
+            return rec
+        time.sleep(0.1)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    jobs = _client(args).jobs(queue=args.queue, state=args.status, limit=args.limit)
+    if args.json:
+        print(json.dumps([j.to_dict() for j in jobs], indent=1, default=str))
+        return 0
+    rows = [[j.id, j.queue, j.state, j.reason or "", j.job_type or "", j.name or j.kind,
+             _fmt_time(j.submitted_at), _fmt_duration(j.duration)] for j in jobs]
+    print(_table(rows, ["JOB", "QUEUE", "STATE", "REASON", "TYPE", "NAME", "SUBMITTED", "DURATION"]))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    j = client.store.get_job(args.job_id)
+    if args.json:
+        print(json.dumps(j.to_dict(), indent=1, default=str))
+        return 0
+    res = j.spec.get("resources", {})
+    lines = [
+        f"job        {j.id}" + (f" (rerun of {j.rerun_of})" if j.rerun_of else ""),
+        f"queue      {j.queue}" + (f"   job type {j.job_type}" if j.job_type else ""),
+        f"kind       {j.kind}" + (f"   {j.name}" if j.name else ""),
+        f"state      {j.state}" + (f" ({j.reason})" if j.reason else ""),
+        f"reason     {j.message or '-'}",
+        f"attempt    {j.attempt} of {j.retries + 1}",
+        f"exit code  {j.exit_code if j.exit_code is not None else '-'}",
+        f"agent      {j.agent_id or '-'}",
+        f"resources  cpu {res.get('cpu') or '-'}, gpu {res.get('gpu') or 0}, memory "
+        f"{format_memory(res['memory']) if res.get('memory') else '-'}",
+        f"submitted  {_fmt_time(j.submitted_at)}   started {_fmt_time(j.started_at)}   "
+        f"finished {_fmt_time(j.finished_at)}   duration {_fmt_duration(j.duration)}",
+        f"artifact   {j.artifact or '-'}",
+        f"log        {j.log_size} bytes",
+    ]
+    if j.progress:
+        lines.append(f"progress   {j.progress.get('value')}/{j.progress.get('total') or '?'} "
+                     f"{j.progress.get('description') or ''}".rstrip())
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.store.get_job(args.job_id)
+    if args.follow:
+        return _follow(client, args.job_id, offset=args.offset)
+    offset = args.offset
+    while True:
+        chunks, nxt = client.read_log(args.job_id, offset)
+        if not chunks:
+            break
+        for c in chunks:
+            out = sys.stderr.buffer if c.stream == "stderr" else sys.stdout.buffer
+            out.write(c.data)
+        offset = nxt
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    rec = _client(args).cancel(args.job_id)
+    print(f"job {rec.id}: {'cancelled' if rec.state == 'cancelled' else 'cancel requested'} ({rec.state})")
+    return 0
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    client = _client(args)
+    job = client.rerun(args.job_id)
+    print(job.id)
+    if args.follow:
+        return _follow(client, job.id, run_agent_for=job.record.queue)
+    return 0
+
+
+def cmd_outputs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    client.store.get_job(args.job_id)
+    if args.to:
+        for path in client.download_outputs(args.job_id, args.to):
+            print(path)
+        return 0
+    outs = client.outputs(args.job_id)
+    print(_table([[o.path, str(o.size), o.digest[:19]] for o in outs], ["PATH", "BYTES", "DIGEST"]))
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    for m in _client(args).metrics(args.job_id):
+        print(json.dumps({"step": m["step"], "time": m["time"], **m["data"]}))
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .agent import make_local_agent
+    from .client import LaunchClient
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
+    client = LaunchClient()
+    for q in args.queue:
+        client.queue(q)  # unknown queue: say so before starting
+    traits: dict[str, Any] = {"lease_seconds": args.lease}
+    if args.max_jobs:
+        traits["max_jobs"] = args.max_jobs
+    if args.gpus is not None:
+        traits["gpus"] = list(range(args.gpus))
+    agent = make_local_agent(client.store, args.queue, job_types=args.job_type, blobs=client.blobs, **traits)
+    agent.log = logging.getLogger("jupyter_launch.agent")
+
+    async def main() -> None:
+        await agent.start()
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+        task = asyncio.create_task(agent.run())
+        await done.wait()
+        agent.log.info("stopping: cancelling running jobs")
+        await agent.stop()
+        task.cancel()
+
+    asyncio.run(main())
+    return 0
+
+
+# ------------------------------------------------------------------ parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jupyter launch", description="Run notebooks, cells and commands on queues.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    q = sub.add_parser("queue", help="create, list, show or delete queues")
+    qs = q.add_subparsers(dest="queue_command", metavar="ACTION")
+    qc = qs.add_parser("create", help="create a queue from a YAML file")
+    qc.add_argument("file")
+    qc.add_argument("--replace", action="store_true", help="replace the queue's config if it exists")
+    qc.set_defaults(func=cmd_queue_create)
+    qu = qs.add_parser("update", help="replace a queue's config from a YAML file")
+    qu.add_argument("file")
+    qu.set_defaults(func=cmd_queue_create, replace=True)
+    ql = qs.add_parser("list", help="list queues")
+    ql.add_argument("--json", action="store_true")
+    ql.set_defaults(func=cmd_queue_list)
+    qsh = qs.add_parser("show", help="show a queue")
+    qsh.add_argument("name")
+    qsh.add_argument("--json", action="store_true")
+    qsh.set_defaults(func=cmd_queue_show)
+    qd = qs.add_parser("delete", help="delete a queue")
+    qd.add_argument("name")
+    qd.add_argument("--force", action="store_true", help="cancel its queued and running jobs")
+    qd.set_defaults(func=cmd_queue_delete)
+
+    s = sub.add_parser("submit", help="submit a notebook or a job YAML to a queue")
+    s.add_argument("notebook", nargs="?", help="the notebook to run")
+    s.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
+    s.add_argument("--queue", "-q", default="default")
+    s.add_argument("--job-type", "-t")
+    s.add_argument("--name")
+    s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a notebook parameter; the value is read as YAML (3, 0.1, true, [1, 2], text)")
+    s.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
+    s.add_argument("--gpus", type=int)
+    s.add_argument("--memory", help="memory (8Gi, 512Mi)")
+    s.add_argument("--image")
+    s.add_argument("--kernel")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE")
+    s.add_argument("--secret", action="append", metavar="NAME",
+                   help="an environment variable resolved on the agent at start; never stored")
+    s.add_argument("--timeout", help="3600, 90s, 45m, 1h")
+    s.add_argument("--retries", type=int)
+    s.add_argument("--root", help="the folder to package (default: the notebook's or config's folder)")
+    s.add_argument("--max-size", type=int, help="refuse artifacts larger than this many bytes")
+    s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="list jobs, newest first")
+    j.add_argument("--queue", "-q")
+    j.add_argument("--status", "-s", help="state(s), comma-separated")
+    j.add_argument("--limit", "-n", type=int, default=50)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
+
+    for name, func, helptext in (("show", cmd_show, "a job's state, reason, attempt, exit code and times"),
+                                 ("cancel", cmd_cancel, "cancel a job"),
+                                 ("metrics", cmd_metrics, "a job's metrics as JSON lines")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("job_id")
+        if name == "show":
+            c.add_argument("--json", action="store_true")
+        c.set_defaults(func=func)
+
+    lg = sub.add_parser("logs", help="print a job's log")
+    lg.add_argument("job_id")
+    lg.add_argument("--follow", "-f", action="store_true")
+    lg.add_argument("--offset", type=int, default=0, help="start at this byte offset (resume)")
+    lg.set_defaults(func=cmd_logs)
+
+    r = sub.add_parser("rerun", help="run a job again with the same artifact and spec")
+    r.add_argument("job_id")
+    r.add_argument("--follow", "-f", action="store_true")
+    r.set_defaults(func=cmd_rerun)
+
+    o = sub.add_parser("outputs", help="list or download a job's outputs")
+    o.add_argument("job_id")
+    o.add_argument("--to", help="download into this folder")
+    o.set_defaults(func=cmd_outputs)
+
+    a = sub.add_parser("agent", help="run an agent in the foreground")
+    a.add_argument("--queue", "-q", action="append", required=True)
+    a.add_argument("--job-type", "-t", action="append", default=[])
+    a.add_argument("--lease", type=float, default=30.0, help="lease seconds")
+    a.add_argument("--max-jobs", type=int)
+    a.add_argument("--gpus", type=int, help="GPU slots (default: detected with nvidia-smi)")
+    a.set_defaults(func=cmd_agent)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except (SpecError, StoreError, UsageError) as exc:
+        print(f"jupyter launch: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

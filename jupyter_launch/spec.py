@@ -1,0 +1,480 @@
+"""Job specs and queue configs: the models, YAML loading with line numbers, resource and duration parsing.
+
+Everything a user writes (a job YAML, a queue YAML, ``-p`` values, ``--memory 8Gi``) is validated here, and every
+refusal is a :class:`SpecError` whose one-line message names the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SUPPORTED_PROVIDERS = ("local", "docker", "kubernetes")
+# Providers whose YAML we understand (so the seed's aws queue parses) but whose capacity is not provisioned here.
+CLOUD_PROVIDERS = ("aws", "gcp", "azure")
+JOB_KINDS = ("notebook", "cell", "command")
+_PROVIDER_TAGS = SUPPORTED_PROVIDERS + CLOUD_PROVIDERS
+
+
+class SpecError(ValueError):
+    """Bad user input: ``file:line: field: message`` on one line."""
+
+    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, field: str | None = None):
+        self.message = message
+        self.source = source
+        self.line = line
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.source:
+            where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}{what}{self.message}"
+
+
+# ---------------------------------------------------------------- resource strings
+
+_SUFFIX = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50,
+}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?|\.[0-9]+)\s*(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P|m)?\s*$")
+
+
+def parse_cpu(value: Any) -> float:
+    """Kubernetes-style CPU: ``2``, ``0.5``, ``"500m"`` -> cores as a float."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a CPU count like 2, 0.5 or '500m', got {value!r}")
+    if isinstance(value, (int, float)):
+        cores = float(value)
+    else:
+        m = _QUANTITY.match(str(value))
+        if not m or m.group(2) not in (None, "m"):
+            raise ValueError(f"expected a CPU count like 2, 0.5 or '500m', got {value!r}")
+        cores = float(m.group(1)) / (1000 if m.group(2) == "m" else 1)
+    if not math.isfinite(cores) or cores <= 0:
+        raise ValueError(f"CPU count must be positive, got {value!r}")
+    return cores
+
+
+def parse_memory(value: Any) -> int:
+    """Kubernetes-style memory: ``"8Gi"``, ``"512Mi"``, ``"1G"``, ``1073741824`` -> bytes."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a memory size like '8Gi' or '512Mi', got {value!r}")
+    if isinstance(value, int):
+        n = value
+    elif isinstance(value, float) and value.is_integer():
+        n = int(value)
+    else:
+        m = _QUANTITY.match(str(value))
+        if not m or m.group(2) == "m":
+            raise ValueError(f"expected a memory size like '8Gi' or '512Mi', got {value!r}")
+        n = int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
+    if n <= 0:
+        raise ValueError(f"memory must be positive, got {value!r}")
+    return n
+
+
+def parse_gpu(value: Any) -> int:
+    """A whole number of GPUs (``0`` allowed)."""
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
+        raise ValueError(f"expected a whole number of GPUs, got {value!r}")
+    return int(value)
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """``3600``, ``"1h"``, ``"1h30m"``, ``"90s"``, ``"45m"`` -> seconds; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 3600, '90s', '45m' or '1h', got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m or not any(m.groups()):
+            raise ValueError(f"expected a duration like 3600, '90s', '45m' or '1h', got {value!r}")
+        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+def format_memory(n: int) -> str:
+    for suffix in ("Ti", "Gi", "Mi", "Ki"):
+        if n % _SUFFIX[suffix] == 0:
+            return f"{n // _SUFFIX[suffix]}{suffix}"
+    return str(n)
+
+
+# ---------------------------------------------------------------- models
+
+def _scalar_str(v: Any) -> Any:
+    """YAML reads ``0.001`` and ``100`` in a command list as numbers; a command is strings."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v) if isinstance(v, float) else str(v)
+    return v
+
+
+CommandArg = Annotated[str, BeforeValidator(_scalar_str)]
+EnvValue = Annotated[str, BeforeValidator(_scalar_str)]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(Strict):
+    cpu: float | None = None
+    gpu: int = 0
+    memory: int | None = None  # bytes
+
+    @field_validator("cpu", mode="before")
+    @classmethod
+    def _cpu(cls, v: Any) -> float | None:
+        return None if v is None else parse_cpu(v)
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _gpu(cls, v: Any) -> int:
+        return 0 if v is None else parse_gpu(v)
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> int | None:
+        return None if v is None else parse_memory(v)
+
+
+class JobSpec(Strict):
+    """What to run. The seed's ``my_training_job.yaml`` is one of these."""
+
+    kind: Literal["notebook", "cell", "command"] = "command"
+    name: str | None = None
+    job_type: str | None = None
+    image: str | None = None
+    command: list[CommandArg] | None = None
+    notebook: str | None = None  # path inside the artifact, for kind=notebook
+    code: str | None = None  # cell source, for kind=cell
+    setup: list[str] = Field(default_factory=list)  # cells run before ``code`` (kind=cell)
+    push: list[str] = Field(default_factory=list)  # variable names sent with a cell job
+    pull: list[str] = Field(default_factory=list)  # variable names brought back from a cell job
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    secrets: list[str] = Field(default_factory=list)  # names resolved from the agent's environment at start
+    resources: Resources = Field(default_factory=Resources)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    timeout: float | None = None  # seconds
+    retries: int = Field(default=0, ge=0, le=100)
+    kernel: str | None = None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _command(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            import shlex
+
+            return shlex.split(v)
+        return v
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> float | None:
+        return parse_duration(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return v
+
+    @field_validator("secrets")
+    @classmethod
+    def _secret_names(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not _ENV_NAME.match(key):
+                raise ValueError(f"{key!r} is not a valid secret name (it becomes an environment variable)")
+        return v
+
+    @field_validator("job_type")
+    @classmethod
+    def _job_type(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid job type (letters, digits, '.', '_', '-')")
+        return v
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> JobSpec:
+        if self.kind == "command" and not self.command:
+            raise ValueError("a command job needs 'command'")
+        if self.kind == "notebook" and not self.notebook:
+            raise ValueError("a notebook job needs 'notebook'")
+        if self.kind == "cell" and self.code is None:
+            raise ValueError("a cell job needs 'code'")
+        overlap = set(self.env) & set(self.secrets)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)[0]!r} is both in env and secrets; keep it in secrets only")
+        return self
+
+
+class LocalProvider(Strict):
+    type: Literal["local"]
+    min_instances: int = Field(default=0, ge=0, le=64)
+    max_instances: int | None = Field(default=None, ge=1)
+    gpus: int | list[int] | None = None  # GPU slots this host offers; None = detect with nvidia-smi
+    python: str | None = None  # interpreter that runs jobs; default: the agent's own
+    grace_period: float = Field(default=10.0, gt=0)
+
+    @field_validator("grace_period", mode="before")
+    @classmethod
+    def _grace(cls, v: Any) -> float:
+        return parse_duration(v) or 10.0
+
+
+class DockerBuild(Strict):
+    base_image: str | None = None
+    ca_bundle: str | None = None  # extra CA bundle copied into builds (corporate proxies, this machine)
+    pip_args: list[str] = Field(default_factory=list)
+
+
+class DockerProvider(Strict):
+    type: Literal["docker"]
+    min_instances: int = Field(default=0, ge=0, le=64)
+    max_instances: int | None = Field(default=None, ge=1)
+    base_url: str | None = None
+    network: str | None = None
+    runtime: str | None = None
+    image: str | None = None  # default image for jobs that name none
+    build: DockerBuild = Field(default_factory=DockerBuild)
+    registry_auth: str | None = None  # name of a secret holding "user:password" or a docker config JSON
+    keep_on_failure: bool = False
+    gpus: int | list[int] | None = None
+    grace_period: float = Field(default=10.0, gt=0)
+
+    @field_validator("grace_period", mode="before")
+    @classmethod
+    def _grace(cls, v: Any) -> float:
+        return parse_duration(v) or 10.0
+
+
+class KubernetesProvider(Strict):
+    type: Literal["kubernetes"]
+    min_instances: int = Field(default=0, ge=0)
+    max_instances: int | None = Field(default=None, ge=1)
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "default"
+    service_account: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    pod_template: dict[str, Any] = Field(default_factory=dict)
+    host_network: bool = False
+    image: str | None = None
+    ttl_seconds_after_finished: int = Field(default=600, ge=0)
+    grace_period: float = Field(default=10.0, gt=0)
+
+    @field_validator("grace_period", mode="before")
+    @classmethod
+    def _grace(cls, v: Any) -> float:
+        return parse_duration(v) or 10.0
+
+
+class CloudProvider(Strict):
+    """The seed's ``provider: {type: aws, ...}``: understood, so it can be refused with a useful message."""
+
+    type: Literal["aws", "gcp", "azure"]
+    region: str | None = None
+    instance_type: str | None = None
+    ami: str | None = None
+    zone: str | None = None
+    min_instances: int = Field(default=0, ge=0)
+    max_instances: int | None = Field(default=None, ge=1)
+
+
+Provider = Annotated[
+    Union[LocalProvider, DockerProvider, KubernetesProvider, CloudProvider], Field(discriminator="type")
+]
+
+
+class QueueConfig(Strict):
+    """A named FIFO and where its jobs run. The seed's ``my_queue.yaml`` is one of these."""
+
+    queue_name: str
+    provider: Provider = Field(default_factory=lambda: LocalProvider(type="local"))
+    agent_image: str | None = None
+    job_types: list[str] = Field(default_factory=list)  # accepted job types; empty = any
+    description: str | None = None
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue_name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError(f"{v!r} is not a valid queue name (letters, digits, '.', '_', '-'; at most 63)")
+        return v
+
+    @property
+    def min_instances(self) -> int:
+        return self.provider.min_instances
+
+    @property
+    def max_instances(self) -> int | None:
+        return self.provider.max_instances
+
+    def check_runnable(self, source: str | None = None) -> None:
+        """Refuse providers this project does not provision, with a message that says what to use instead."""
+        if isinstance(self.provider, CloudProvider):
+            raise SpecError(
+                f"provider type {self.provider.type!r} is not supported here; supported providers are "
+                f"{', '.join(SUPPORTED_PROVIDERS)}. EC2/EKS (and GKE/AKS) capacity is reached through the "
+                "kubernetes provider: point it at the cluster and let its autoscaler provision the nodes",
+                source=source,
+                field="provider.type",
+            )
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader that records the line of every mapping key and sequence item by path."""
+
+
+def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    loader = _LineLoader(text)
+    lines: dict[tuple, int] = {}
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, lines
+
+        def walk(n: yaml.Node, path: tuple) -> None:
+            lines.setdefault(path, n.start_mark.line + 1)
+            if isinstance(n, yaml.MappingNode):
+                for k, v in n.value:
+                    key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
+                    lines[path + (key,)] = k.start_mark.line + 1
+                    walk(v, path + (key,))
+            elif isinstance(n, yaml.SequenceNode):
+                for i, v in enumerate(n.value):
+                    lines[path + (i,)] = v.start_mark.line + 1
+                    walk(v, path + (i,))
+
+        walk(node, ())
+        data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _first_error(exc: ValidationError, lines: dict[tuple, int], source: str | None) -> SpecError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    # pydantic puts the union tag in the path ("provider", "aws", "region"); the user wrote "provider.region".
+    clean = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "provider" and p in _PROVIDER_TAGS))
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        clean = clean + ("type",)
+    line = None
+    for k in range(len(clean), -1, -1):
+        if clean[:k] in lines:
+            line = lines[clean[:k]]
+            break
+    field = ".".join(str(p) for p in clean) or None
+    typ = err["type"]
+    if typ == "extra_forbidden":
+        msg = "unknown field"
+    elif typ == "missing":
+        msg = "required field is missing"
+    elif typ == "union_tag_invalid" or typ == "union_tag_not_found":
+        msg = f"unknown provider type; supported providers are {', '.join(SUPPORTED_PROVIDERS)}"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+        if "input" in err and typ.endswith("_type"):
+            msg += f" (got {err['input']!r})"
+    return SpecError(msg, source=source, line=line, field=field)
+
+
+def _load_model(model: type[BaseModel], text: str, source: str | None, overrides: dict[str, Any] | None = None):
+    try:
+        data, lines = _load_with_lines(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        raise SpecError(f"malformed YAML: {exc.problem or exc.context}", source=source,
+                        line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"malformed YAML: {exc}", source=source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"expected a mapping at the top, got {type(data).__name__}", source=source, line=1)
+    data = {**data, **(overrides or {})}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, lines, source) from None
+
+
+def _read(path: str | Path) -> tuple[str, str]:
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8"), str(path)
+    except FileNotFoundError:
+        raise SpecError("no such file", source=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read: {exc}", source=str(path)) from None
+
+
+def load_job_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> JobSpec:
+    text, source = _read(path)
+    return _load_model(JobSpec, text, source, overrides)
+
+
+def load_queue_config(path: str | Path) -> QueueConfig:
+    text, source = _read(path)
+    return _load_model(QueueConfig, text, source)
+
+
+def parse_job_spec(text: str, source: str = "<job>") -> JobSpec:
+    return _load_model(JobSpec, text, source)
+
+
+def parse_queue_config(text: str, source: str = "<queue>") -> QueueConfig:
+    return _load_model(QueueConfig, text, source)
+
+
+def validate(model: type[BaseModel], data: dict[str, Any], source: str = "<input>"):
+    """Validate a dict (from JSON, the CLI) with the same one-line errors as YAML files."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, {}, source) from None
+
+
+def parse_param(value: str) -> Any:
+    """``-p lr 0.1`` -> 0.1; values are read as YAML scalars, so ``true``, ``3``, ``[1, 2]`` keep their type."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        return value
+    if parsed is None and value.strip() not in ("null", "~", "None"):
+        return value
+    if isinstance(parsed, (dict, list, str, int, float, bool)) or parsed is None:
+        return parsed
+    return value  # dates and other YAML types stay as the string the user typed

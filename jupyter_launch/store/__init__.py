@@ -1,0 +1,8 @@
+"""Durable state: the SQL store (SQLite by default, PostgreSQL for teams) and the content-addressed blob store."""
+
+from .base import (  # noqa: F401
+    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, Claim, Heartbeat,
+    JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, StoreError, describe,
+)
+from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401
+from .sql import DEFAULT_QUEUE, SQLStore  # noqa: F401

@@ -1,0 +1,180 @@
+"""The store's records, job states and reason codes, shared by every store implementation and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+QUEUED, CLAIMED, STARTING, RUNNING = "queued", "claimed", "starting", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+STATES = (QUEUED, CLAIMED, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+ACTIVE = (CLAIMED, STARTING, RUNNING)
+FINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+# Reason codes with the sentence a user sees. Waiting states always carry one.
+REASONS: dict[str, str] = {
+    "no_agent_for_queue": "no agent is serving this queue; start one with `jupyter launch agent --queue {queue}`",
+    "no_agent_for_job_type": "agents serve this queue, but none accepts job type {job_type!r}",
+    "waiting_for_capacity": "the queue is at max_instances ({max_instances}); waiting for a running job to finish",
+    "waiting_in_line": "waiting behind {ahead} earlier job(s) on this queue",
+    "waiting_for_agent": "an agent serves this queue and will pick this job up next",
+    "requeued": "the previous attempt's agent stopped answering; queued again as attempt {attempt}",
+    "claimed": "claimed by agent {agent_id}",
+    "preparing": "unpacking the artifact",
+    "building_image": "building the job's image",
+    "pulling_image": "pulling the job's image",
+    "starting_kernel": "starting the kernel",
+    "running": "running on agent {agent_id}",
+    "completed": "finished with exit code 0",
+    "exit_code": "exited with code {exit_code}",
+    "cell_error": "a cell raised an error",
+    "kernel_died": "the kernel died while running the notebook",
+    "timeout": "ran past its timeout",
+    "cancelled": "cancelled by a user",
+    "lost": "its agent stopped answering and no retries are left",
+    "image_pull_failed": "the image could not be pulled",
+    "no_gpu_runtime": "the engine has no NVIDIA runtime for a GPU job",
+    "insufficient_gpus": "needs {gpus} GPU(s); the agents serving {queue} have at most {have} "
+                         "(start an agent on a GPU machine, or resubmit with --gpus 0)",
+    "unschedulable": "the cluster cannot schedule the job's pod",
+    "backend_error": "the backend failed",
+    "secret_missing": "a secret the job names is not set on the agent",
+    "artifact_error": "the job's artifact could not be unpacked",
+    "agent_error": "the agent failed while running the job",
+}
+
+
+def describe(reason: str | None, **facts: Any) -> str:
+    """The sentence for a reason code, filled with what is known (unknown placeholders stay readable)."""
+    if not reason:
+        return ""
+    template = REASONS.get(reason, reason.replace("_", " "))
+
+    class _Missing(dict):
+        def __missing__(self, key: str) -> str:
+            return "?"
+
+    try:
+        return template.format_map(_Missing(facts))
+    except (ValueError, IndexError):
+        return template
+
+
+@dataclass
+class QueueRecord:
+    name: str
+    provider: str
+    config: dict[str, Any]
+    created_at: float
+    updated_at: float
+    # Filled by list_queues()/get_queue(): counts by state and the agents serving the queue.
+    counts: dict[str, int] = field(default_factory=dict)
+    agents: list[str] = field(default_factory=list)
+
+    @property
+    def max_instances(self) -> int | None:
+        return self.config.get("provider", {}).get("max_instances")
+
+    @property
+    def min_instances(self) -> int:
+        return self.config.get("provider", {}).get("min_instances") or 0
+
+    @property
+    def job_types(self) -> list[str]:
+        return self.config.get("job_types") or []
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["max_instances"] = self.max_instances
+        d["min_instances"] = self.min_instances
+        return d
+
+
+@dataclass
+class JobRecord:
+    id: str
+    seq: int
+    queue: str
+    job_type: str | None
+    kind: str
+    name: str | None
+    state: str
+    reason: str | None
+    message: str | None
+    spec: dict[str, Any]
+    artifact: str | None
+    owner: str | None
+    attempt: int
+    retries: int
+    fence: int
+    agent_id: str | None
+    lease_expires: float | None
+    cancel_requested: bool
+    exit_code: int | None
+    gpus: int
+    log_size: int
+    rerun_of: str | None
+    submitted_at: float
+    claimed_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    progress: dict[str, Any] | None
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        import time
+
+        return (self.finished_at or time.time()) - self.started_at
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["done"] = self.done
+        d["duration"] = self.duration
+        return d
+
+
+@dataclass
+class Claim:
+    """What an agent gets when it claims a job: the job and the fencing token for every report it makes."""
+
+    job: JobRecord
+    fence: int
+
+
+@dataclass
+class Heartbeat:
+    ok: bool  # False: the lease is lost (requeued or finished elsewhere); stop the job, report nothing
+    cancel_requested: bool = False
+
+
+@dataclass
+class LogChunk:
+    offset: int
+    stream: str
+    attempt: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass
+class OutputRecord:
+    path: str
+    digest: str
+    size: int
+
+
+class StoreError(RuntimeError):
+    """A store operation that cannot be done (unknown queue, a job in the wrong state); message for a user."""
+
+
+class NotFound(StoreError):
+    pass

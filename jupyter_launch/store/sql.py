@@ -1,0 +1,541 @@
+"""The durable store on SQLAlchemy 2: SQLite (WAL, the default) or PostgreSQL (a team sharing queues).
+
+Queues, jobs with leases and fencing tokens, agents, log chunks with byte offsets, metrics and outputs. Every method
+is one short transaction; claims take the write lock (SQLite ``BEGIN IMMEDIATE``, PostgreSQL row locks with
+``SKIP LOCKED``) so two agents never take the same job and ``max_instances`` holds.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, create_engine, event, func, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from ..spec import JobSpec, QueueConfig
+from . import schema as t
+from .base import (
+    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, Claim, Heartbeat, JobRecord, LogChunk,
+    NotFound, OutputRecord, QueueRecord, StoreError, describe,
+)
+
+SCHEMA_REVISION = "0001"
+MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
+AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
+DEFAULT_QUEUE = "default"
+
+_JOB_COLUMNS = [c.name for c in t.jobs.columns]
+
+
+def new_job_id() -> str:
+    """Short, unique, roughly time-ordered: 8 hex of seconds + 6 random hex."""
+    return f"{int(time.time()):08x}{secrets.token_hex(3)}"
+
+
+def _row_to_job(row: Any) -> JobRecord:
+    return JobRecord(**{name: getattr(row, name) for name in _JOB_COLUMNS})
+
+
+class SQLStore:
+    """The store. ``url`` is a SQLAlchemy URL: ``sqlite:///path/launch.db`` or ``postgresql+psycopg://...``."""
+
+    def __init__(self, url: str, *, migrate: bool = True):
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split(":///", 1)[1] if ":///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # NullPool: every thread and process gets its own short-lived connection; SQLite opens in microseconds.
+            self.engine: Engine = create_engine(url, poolclass=NullPool)
+            event.listen(self.engine, "connect", _sqlite_on_connect)
+            event.listen(self.engine, "begin", _sqlite_on_begin)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            self.engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        self._listeners: dict[str, list[Callable[..., None]]] = {}
+        self._lock = threading.Lock()
+        if migrate:
+            self.migrate()
+
+    # ------------------------------------------------------------ plumbing
+
+    def migrate(self) -> None:
+        """Bring the schema to this version with alembic (skipped when already current: it costs an import)."""
+        with self.engine.connect() as conn:
+            try:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except Exception:
+                conn.rollback()
+                current = None
+        if current == SCHEMA_REVISION:
+            return
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        with self._write() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(launch_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
+        """In-process notifications (``enqueued``, ``state``, ``log``, ``metrics``); returns an unsubscribe."""
+        with self._lock:
+            self._listeners.setdefault(event_name, []).append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners.get(event_name, []):
+                    self._listeners[event_name].remove(callback)
+
+        return unsubscribe
+
+    def _emit(self, event_name: str, *args: Any) -> None:
+        for cb in list(self._listeners.get(event_name, ())):
+            cb(*args)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------ queues
+
+    def create_queue(self, config: QueueConfig, *, replace: bool = False) -> QueueRecord:
+        config.check_runnable()
+        now = time.time()
+        data = config.model_dump(mode="json", exclude_none=True)
+        with self._write() as c:
+            exists = c.execute(select(t.queues.c.name).where(t.queues.c.name == config.queue_name)).first()
+            if exists and not replace:
+                raise StoreError(f"queue {config.queue_name!r} already exists; use `queue update` to change it")
+            if exists:
+                c.execute(t.queues.update().where(t.queues.c.name == config.queue_name).values(
+                    provider=config.provider.type, config=data, updated_at=now))
+            else:
+                c.execute(t.queues.insert().values(name=config.queue_name, provider=config.provider.type,
+                                                   config=data, created_at=now, updated_at=now))
+        self._emit("queue", config.queue_name)
+        return self.get_queue(config.queue_name)
+
+    def ensure_default_queue(self) -> None:
+        with self._read() as c:
+            if c.execute(select(t.queues.c.name).where(t.queues.c.name == DEFAULT_QUEUE)).first():
+                return
+        try:
+            self.create_queue(QueueConfig(queue_name=DEFAULT_QUEUE, description="local jobs, created on first use"))
+        except StoreError:
+            pass  # another process made it first
+
+    def get_queue(self, name: str) -> QueueRecord:
+        with self._read() as c:
+            row = c.execute(select(t.queues).where(t.queues.c.name == name)).first()
+            if row is None:
+                names = [r.name for r in c.execute(select(t.queues.c.name).order_by(t.queues.c.name))]
+                known = ", ".join(names) if names else "none yet"
+                raise NotFound(f"unknown queue {name!r} (queues: {known}); create it with `jupyter launch queue create FILE`")
+            return self._queue_record(c, row)
+
+    def list_queues(self) -> list[QueueRecord]:
+        with self._read() as c:
+            rows = c.execute(select(t.queues).order_by(t.queues.c.name)).all()
+            return [self._queue_record(c, r) for r in rows]
+
+    def _queue_record(self, c: Connection, row: Any) -> QueueRecord:
+        counts = dict(c.execute(
+            select(t.jobs.c.state, func.count()).where(t.jobs.c.queue == row.name,
+                                                       t.jobs.c.state.in_((QUEUED,) + ACTIVE))
+            .group_by(t.jobs.c.state)).all())
+        agents = [a.id for a in self._live_agents(c) if row.name in a.queues]
+        return QueueRecord(row.name, row.provider, row.config, row.created_at, row.updated_at, counts, agents)
+
+    def delete_queue(self, name: str, *, force: bool = False) -> None:
+        with self._write() as c:
+            if not c.execute(select(t.queues.c.name).where(t.queues.c.name == name)).first():
+                raise NotFound(f"unknown queue {name!r}")
+            busy = c.execute(select(func.count()).select_from(t.jobs).where(
+                t.jobs.c.queue == name, t.jobs.c.state.in_((QUEUED,) + ACTIVE))).scalar()
+            if busy and not force:
+                raise StoreError(f"queue {name!r} has {busy} queued or running job(s); cancel them or use --force")
+            if busy:
+                c.execute(t.jobs.update().where(t.jobs.c.queue == name, t.jobs.c.state == QUEUED).values(
+                    state=CANCELLED, reason="cancelled", message="its queue was deleted", finished_at=time.time()))
+                c.execute(t.jobs.update().where(t.jobs.c.queue == name, t.jobs.c.state.in_(ACTIVE)).values(
+                    cancel_requested=True))
+            c.execute(t.queues.delete().where(t.queues.c.name == name))
+        self._emit("queue", name)
+
+    # ------------------------------------------------------------ jobs
+
+    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
+                rerun_of: str | None = None) -> JobRecord:
+        now = time.time()
+        job_id = new_job_id()
+        values = dict(
+            id=job_id, queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
+            reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
+            attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
+            log_size=0, rerun_of=rerun_of, submitted_at=now,
+        )
+        with self._write() as c:
+            q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
+            if q is None:
+                raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+            accepted = q.config.get("job_types") or []
+            if accepted and spec.job_type not in accepted:
+                raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
+            seq = c.execute(t.jobs.insert().values(**values)).inserted_primary_key[0]
+        job = JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
+                        started_at=None, finished_at=None, progress=None, **{k: v for k, v in values.items()})
+        self._emit("enqueued", job)
+        return job
+
+    def enqueue_many(self, queue: str, specs: Iterable[JobSpec], *, artifact: str | None) -> int:
+        """Bulk enqueue in one transaction (benchmarks and tests filling a queue)."""
+        now = time.time()
+        rows = [dict(id=new_job_id() + secrets.token_hex(2), queue=queue, job_type=s.job_type, kind=s.kind,
+                     name=s.name, state=QUEUED, spec=s.model_dump(mode="json"), artifact=artifact, attempt=1,
+                     retries=s.retries, fence=0, cancel_requested=False, gpus=s.resources.gpu, log_size=0,
+                     submitted_at=now) for s in specs]
+        with self._write() as c:
+            c.execute(t.jobs.insert(), rows)
+        return len(rows)
+
+    def get_job(self, job_id: str) -> JobRecord:
+        with self._read() as c:
+            row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"unknown job {job_id!r}")
+            job = _row_to_job(row)
+            if job.state == QUEUED:
+                self._explain_waiting(c, [job], with_position=True)
+            return job
+
+    def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
+                  before: int | None = None) -> list[JobRecord]:
+        """Newest first; page with ``before`` = the last ``seq`` seen."""
+        q = select(t.jobs)
+        if queue:
+            q = q.where(t.jobs.c.queue == queue)
+        if state:
+            q = q.where(t.jobs.c.state.in_(state.split(",")))
+        if before is not None:
+            q = q.where(t.jobs.c.seq < before)
+        q = q.order_by(t.jobs.c.seq.desc()).limit(limit)
+        with self._read() as c:
+            jobs = [_row_to_job(r) for r in c.execute(q)]
+            self._explain_waiting(c, [j for j in jobs if j.state == QUEUED], with_position=False)
+            return jobs
+
+    def _explain_waiting(self, c: Connection, jobs: list[JobRecord], *, with_position: bool) -> None:
+        """A queued job's reason is derived from the queue's state now, so it is never stale."""
+        if not jobs:
+            return
+        live = self._live_agents(c)
+        cache: dict[str, tuple[int | None, int]] = {}
+        for job in jobs:
+            if job.queue not in cache:
+                cfg = c.execute(select(t.queues.c.config).where(t.queues.c.name == job.queue)).scalar() or {}
+                running = c.execute(select(func.count()).select_from(t.jobs).where(
+                    t.jobs.c.queue == job.queue, t.jobs.c.state.in_(ACTIVE))).scalar()
+                cache[job.queue] = ((cfg.get("provider") or {}).get("max_instances"), running)
+            max_instances, running = cache[job.queue]
+            serving = [a for a in live if job.queue in a.queues]
+            facts: dict[str, Any] = dict(queue=job.queue, job_type=job.job_type, max_instances=max_instances,
+                                         attempt=job.attempt)
+            if not serving:
+                reason = "no_agent_for_queue"
+            elif not any(not a.job_types or job.job_type in a.job_types for a in serving):
+                reason = "no_agent_for_job_type"
+            elif job.gpus and max(int((a.info or {}).get("gpus") or 0) for a in serving) < job.gpus:
+                reason = "insufficient_gpus"
+                facts.update(gpus=job.gpus, have=max(int((a.info or {}).get("gpus") or 0) for a in serving))
+            elif max_instances is not None and running >= max_instances:
+                reason = "waiting_for_capacity"
+            elif with_position:
+                ahead = c.execute(select(func.count()).select_from(t.jobs).where(
+                    t.jobs.c.queue == job.queue, t.jobs.c.state == QUEUED, t.jobs.c.seq < job.seq)).scalar()
+                reason = "waiting_in_line" if ahead else ("requeued" if job.attempt > 1 else "waiting_for_agent")
+                facts["ahead"] = ahead
+            else:
+                reason = "requeued" if job.attempt > 1 else "waiting_for_agent"
+            job.reason = reason
+            job.message = describe(reason, **facts)
+
+    def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
+                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
+        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none."""
+        now = time.time()
+        with self._write() as c:
+            qsel = select(t.queues.c.name, t.queues.c.config).where(t.queues.c.name.in_(queues))
+            if not self.is_sqlite:  # serialise claims per queue so max_instances holds across servers
+                qsel = qsel.order_by(t.queues.c.name).with_for_update()
+            qrows = c.execute(qsel).all()
+            open_queues = []
+            for qr in qrows:
+                cap = (qr.config.get("provider") or {}).get("max_instances")
+                if cap is not None:
+                    running = c.execute(select(func.count()).select_from(t.jobs).where(
+                        t.jobs.c.queue == qr.name, t.jobs.c.state.in_(ACTIVE))).scalar()
+                    if running >= cap:
+                        continue
+                open_queues.append(qr.name)
+            if not open_queues:
+                return None
+            q = select(t.jobs).where(t.jobs.c.state == QUEUED, t.jobs.c.queue.in_(open_queues))
+            if job_types:
+                q = q.where(t.jobs.c.job_type.in_(job_types))
+            if free_gpus is not None:
+                q = q.where(t.jobs.c.gpus <= free_gpus)
+            q = q.order_by(t.jobs.c.seq).limit(1)
+            if not self.is_sqlite:
+                q = q.with_for_update(skip_locked=True)
+            row = c.execute(q).first()
+            if row is None:
+                return None
+            fence = row.fence + 1
+            c.execute(t.jobs.update().where(t.jobs.c.seq == row.seq).values(
+                state=CLAIMED, agent_id=agent_id, fence=fence, lease_expires=now + lease_seconds,
+                claimed_at=now, reason="claimed", message=describe("claimed", agent_id=agent_id),
+                exit_code=None))
+            job = _row_to_job(row)
+        job.state, job.agent_id, job.fence, job.lease_expires, job.claimed_at = CLAIMED, agent_id, fence, now + lease_seconds, now
+        self._emit("state", job.id, CLAIMED)
+        return Claim(job=job, fence=fence)
+
+    def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
+        with self._write() as c:
+            row = c.execute(select(t.jobs.c.fence, t.jobs.c.state, t.jobs.c.cancel_requested)
+                            .where(t.jobs.c.id == job_id)).first()
+            if row is None or row.fence != fence or row.state not in ACTIVE:
+                return Heartbeat(ok=False)
+            c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence)
+                      .values(lease_expires=time.time() + lease_seconds))
+            return Heartbeat(ok=True, cancel_requested=bool(row.cancel_requested))
+
+    def set_state(self, job_id: str, fence: int, state: str, reason: str | None = None,
+                  message: str | None = None, **facts: Any) -> bool:
+        """Move an active job to ``starting``/``running`` (or change its reason). False if the fence is stale."""
+        assert state in (CLAIMED, STARTING, RUNNING), state
+        values: dict[str, Any] = dict(state=state, reason=reason, message=message or describe(reason, **facts))
+        if state == RUNNING:
+            values["started_at"] = func.coalesce(t.jobs.c.started_at, time.time())
+        with self._write() as c:
+            n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
+                                                t.jobs.c.state.in_(ACTIVE)).values(**values)).rowcount
+        if n:
+            self._emit("state", job_id, state)
+        return bool(n)
+
+    def set_progress(self, job_id: str, fence: int, progress: dict[str, Any]) -> bool:
+        with self._write() as c:
+            n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence)
+                          .values(progress=progress)).rowcount
+        if n:
+            self._emit("progress", job_id, progress)
+        return bool(n)
+
+    def finish(self, job_id: str, fence: int, state: str, *, exit_code: int | None = None,
+               reason: str | None = None, message: str | None = None) -> bool:
+        assert state in FINAL, state
+        now = time.time()
+        with self._write() as c:
+            n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
+                                                t.jobs.c.state.in_(ACTIVE)).values(
+                state=state, exit_code=exit_code, reason=reason, message=message or describe(reason, exit_code=exit_code),
+                finished_at=now, lease_expires=None, started_at=func.coalesce(t.jobs.c.started_at, now))).rowcount
+        if n:
+            self._emit("state", job_id, state)
+        return bool(n)
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Queued jobs are cancelled at once; active ones are flagged and their agent stops them."""
+        now = time.time()
+        with self._write() as c:
+            row = c.execute(select(t.jobs.c.state).where(t.jobs.c.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"unknown job {job_id!r}")
+            if row.state == QUEUED:
+                c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.state == QUEUED).values(
+                    state=CANCELLED, reason="cancelled", message=describe("cancelled"), finished_at=now))
+            elif row.state in ACTIVE:
+                c.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(cancel_requested=True))
+        self._emit("cancel", job_id)
+        self._emit("state", job_id, None)
+        return self.get_job(job_id)
+
+    def requeue_expired(self) -> list[tuple[str, str]]:
+        """Leases past their time: requeue with attempt + 1 while retries are left, else fail as ``lost``."""
+        now = time.time()
+        changed: list[tuple[str, str]] = []
+        with self._write() as c:
+            rows = c.execute(select(t.jobs.c.id, t.jobs.c.attempt, t.jobs.c.retries, t.jobs.c.cancel_requested)
+                             .where(t.jobs.c.state.in_(ACTIVE), t.jobs.c.lease_expires < now)).all()
+            for r in rows:
+                if r.cancel_requested:
+                    values = dict(state=CANCELLED, reason="cancelled",
+                                  message="cancelled; its agent stopped answering before confirming",
+                                  finished_at=now, lease_expires=None)
+                elif r.attempt <= r.retries:
+                    values = dict(state=QUEUED, attempt=r.attempt + 1, agent_id=None, lease_expires=None,
+                                  reason="requeued", message=describe("requeued", attempt=r.attempt + 1))
+                else:
+                    values = dict(state=FAILED, reason="lost", message=describe("lost"), finished_at=now,
+                                  lease_expires=None)
+                c.execute(t.jobs.update().where(t.jobs.c.id == r.id, t.jobs.c.state.in_(ACTIVE),
+                                                t.jobs.c.lease_expires < now).values(**values))
+                changed.append((r.id, values["state"]))
+        for job_id, state in changed:
+            self._emit("state", job_id, state)
+            if state == QUEUED:
+                self._emit("enqueued", None)
+        return changed
+
+    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        old = self.get_job(job_id)
+        spec = JobSpec.model_validate(old.spec)
+        return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner, rerun_of=old.id)
+
+    # ------------------------------------------------------------ agents
+
+    def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
+                       info: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        with self._write() as c:
+            c.execute(t.agents.delete().where(t.agents.c.id == agent_id))
+            c.execute(t.agents.insert().values(id=agent_id, host=host, queues=queues, job_types=job_types,
+                                               started_at=now, last_seen=now, info=info or {}))
+
+    def agent_seen(self, agent_id: str) -> None:
+        with self._write() as c:
+            c.execute(t.agents.update().where(t.agents.c.id == agent_id).values(last_seen=time.time()))
+
+    def unregister_agent(self, agent_id: str) -> None:
+        with self._write() as c:
+            c.execute(t.agents.delete().where(t.agents.c.id == agent_id))
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        with self._read() as c:
+            return [dict(r._mapping) for r in self._live_agents(c)]
+
+    def _live_agents(self, c: Connection) -> list[Any]:
+        return c.execute(select(t.agents).where(t.agents.c.last_seen > time.time() - AGENT_TTL)).all()
+
+    # ------------------------------------------------------------ logs, metrics, outputs
+
+    def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
+        """Append ``(stream, data)`` pieces in order; returns the log's new size in bytes."""
+        pieces = [(s, d[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
+        if not pieces:
+            return self.get_job(job_id).log_size
+        total = sum(len(d) for _, d in pieces)
+        with self._write() as c:
+            size = c.execute(t.jobs.update().where(t.jobs.c.id == job_id)
+                             .values(log_size=t.jobs.c.log_size + total).returning(t.jobs.c.log_size)).scalar()
+            if size is None:
+                raise NotFound(f"unknown job {job_id!r}")
+            offset = size - total
+            rows = []
+            for stream, data in pieces:
+                rows.append(dict(job_id=job_id, offset=offset, stream=stream, attempt=attempt, data=data))
+                offset += len(data)
+            c.execute(t.log_chunks.insert(), rows)
+        self._emit("log", job_id, size)
+        return size
+
+    def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
+        """Chunks from ``offset`` (the first one trimmed to start there) and the offset to read from next."""
+        with self._read() as c:
+            rows = c.execute(select(t.log_chunks.c.offset, t.log_chunks.c.stream, t.log_chunks.c.attempt,
+                                    t.log_chunks.c.data)
+                             .where(t.log_chunks.c.job_id == job_id, t.log_chunks.c.offset > offset - MAX_CHUNK)
+                             .order_by(t.log_chunks.c.offset)).all()
+        chunks: list[LogChunk] = []
+        nxt, got = offset, 0
+        for r in rows:
+            end = r.offset + len(r.data)
+            if end <= offset:
+                continue
+            data = bytes(r.data)
+            if r.offset < offset:
+                data = data[offset - r.offset:]
+            chunks.append(LogChunk(max(r.offset, offset), r.stream, r.attempt, data))
+            nxt = end
+            got += len(data)
+            if got >= limit:
+                break
+        return chunks, nxt
+
+    def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        now = time.time()
+        rows = [dict(job_id=job_id, step=r.get("step"), time=r.get("time", now), data=r.get("data", {}))
+                for r in records]
+        with self._write() as c:
+            c.execute(t.metrics.insert(), rows)
+        self._emit("metrics", job_id)
+
+    def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        with self._read() as c:
+            rows = c.execute(select(t.metrics).where(t.metrics.c.job_id == job_id, t.metrics.c.id > after)
+                             .order_by(t.metrics.c.id)).all()
+        return [dict(id=r.id, step=r.step, time=r.time, data=r.data) for r in rows]
+
+    def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
+        if not outputs:
+            return
+        with self._write() as c:
+            c.execute(t.outputs.delete().where(t.outputs.c.job_id == job_id,
+                                               t.outputs.c.path.in_([o.path for o in outputs])))
+            c.execute(t.outputs.insert(), [dict(job_id=job_id, path=o.path, digest=o.digest, size=o.size)
+                                           for o in outputs])
+
+    def list_outputs(self, job_id: str) -> list[OutputRecord]:
+        with self._read() as c:
+            rows = c.execute(select(t.outputs).where(t.outputs.c.job_id == job_id).order_by(t.outputs.c.path)).all()
+        return [OutputRecord(r.path, r.digest, r.size) for r in rows]
+
+    def count_jobs(self, *, queue: str | None = None, state: str | None = None) -> int:
+        q = select(func.count()).select_from(t.jobs)
+        if queue:
+            q = q.where(t.jobs.c.queue == queue)
+        if state:
+            q = q.where(t.jobs.c.state.in_(state.split(",")))
+        with self._read() as c:
+            return c.execute(q).scalar()
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event emit BEGIN itself, so writes can take the lock up front (IMMEDIATE).
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def _sqlite_on_begin(conn: Connection) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("launch_write") else "BEGIN")

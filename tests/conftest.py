@@ -1,0 +1,53 @@
+"""Shared fixtures: every test gets its own launch home (store, blobs, wake sockets) under tmp_path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+@pytest.fixture
+def launch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(home))
+    monkeypatch.delenv("JUPYTER_LAUNCH_STORE_URL", raising=False)
+    return home
+
+
+@pytest.fixture
+def client(launch_home: Path):
+    from jupyter_launch.client import LaunchClient
+
+    c = LaunchClient()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def cli_env(launch_home: Path) -> dict[str, str]:
+    """Environment for running `python -m jupyter_launch.cli` as a real subprocess against this test's home."""
+    env = dict(os.environ)
+    env["JUPYTER_LAUNCH_HOME"] = str(launch_home)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str]):
+    import subprocess
+
+    def run(*args: str, timeout: float = 120, check: bool = False, **kw):
+        proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", *args], env=cli_env,
+                              capture_output=True, text=True, timeout=timeout, **kw)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"jupyter launch {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+        return proc
+
+    return run

@@ -1,0 +1,220 @@
+"""The store on SQLite: FIFO, max_instances, job-type routing, leases with fencing, requeue, logs with offsets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from jupyter_launch.spec import JobSpec, QueueConfig
+from jupyter_launch.store import ACTIVE, NotFound, SQLStore, StoreError
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SQLStore(f"sqlite:///{tmp_path / 'launch.db'}")
+    s.ensure_default_queue()
+    yield s
+    s.close()
+
+
+def spec(**kw):
+    return JobSpec(command=["true"], **kw)
+
+
+def make_queue(store, name="q", **provider):
+    return store.create_queue(QueueConfig(queue_name=name, provider={"type": "local", **provider}))
+
+
+def test_default_queue_exists_from_the_first_run(store):
+    assert [q.name for q in store.list_queues()] == ["default"]
+
+
+def test_unknown_queue_is_refused_and_nothing_is_written(store):
+    with pytest.raises(NotFound, match="unknown queue 'nope'"):
+        store.enqueue("nope", spec(), artifact=None)
+    assert store.count_jobs() == 0
+
+
+def test_fifo_per_queue(store):
+    make_queue(store)
+    ids = [store.enqueue("q", spec(), artifact=None).id for _ in range(5)]
+    got = [store.claim_next_job("a", ["q"]).job.id for _ in range(5)]
+    assert got == ids
+    assert store.claim_next_job("a", ["q"]) is None
+
+
+def test_max_instances_caps_running_jobs(store):
+    make_queue(store, max_instances=2)
+    for _ in range(4):
+        store.enqueue("q", spec(), artifact=None)
+    c1 = store.claim_next_job("a", ["q"])
+    c2 = store.claim_next_job("b", ["q"])
+    assert c1 and c2
+    assert store.claim_next_job("c", ["q"]) is None
+    store.register_agent("c", ["q"], [], host="h")
+    waiting = store.list_jobs(queue="q", state="queued")[0]
+    assert waiting.reason == "waiting_for_capacity" and "max_instances (2)" in waiting.message
+    store.finish(c1.job.id, c1.fence, "succeeded", exit_code=0)
+    assert store.claim_next_job("c", ["q"]) is not None
+
+
+def test_job_type_routing(store):
+    make_queue(store)
+    train = store.enqueue("q", spec(job_type="train-model"), artifact=None)
+    infer = store.enqueue("q", spec(job_type="inference"), artifact=None)
+    anything = store.enqueue("q", spec(), artifact=None)
+    assert store.claim_next_job("a", ["q"], ["inference"]).job.id == infer.id
+    store.register_agent("a", ["q"], ["inference"], host="h")
+    assert store.get_job(train.id).reason == "no_agent_for_job_type"
+    assert store.claim_next_job("b", ["q"]).job.id == train.id  # no filter takes any
+    assert store.claim_next_job("b", ["q"]).job.id == anything.id
+
+
+def test_queue_job_types_refuse_other_types_at_submit(store):
+    store.create_queue(QueueConfig(queue_name="t", job_types=["train-model"]))
+    with pytest.raises(StoreError, match="accepts job types"):
+        store.enqueue("t", spec(job_type="other"), artifact=None)
+
+
+def test_waiting_reasons(store):
+    make_queue(store)
+    j1 = store.enqueue("q", spec(), artifact=None)
+    j2 = store.enqueue("q", spec(), artifact=None)
+    assert store.get_job(j1.id).reason == "no_agent_for_queue"
+    assert "jupyter launch agent --queue q" in store.get_job(j1.id).message
+    store.register_agent("a", ["q"], [], host="h")
+    assert store.get_job(j1.id).reason == "waiting_for_agent"
+    assert store.get_job(j2.id).reason == "waiting_in_line"
+    gpu = store.enqueue("q", spec(resources={"gpu": 1}), artifact=None)
+    assert store.get_job(gpu.id).reason == "insufficient_gpus"
+    assert "--gpus 0" in store.get_job(gpu.id).message
+
+
+def test_gpu_jobs_only_go_to_agents_with_free_gpus(store):
+    make_queue(store)
+    gpu = store.enqueue("q", spec(resources={"gpu": 2}), artifact=None)
+    cpu = store.enqueue("q", spec(), artifact=None)
+    assert store.claim_next_job("a", ["q"], free_gpus=1).job.id == cpu.id
+    assert store.claim_next_job("a", ["q"], free_gpus=2).job.id == gpu.id
+
+
+def test_stale_fence_cannot_report(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(retries=1), artifact=None)
+    old = store.claim_next_job("a", ["q"], lease_seconds=0.05)
+    store.register_agent("b", ["q"], [], host="h")
+    time.sleep(0.1)
+    assert store.requeue_expired() == [(job.id, "queued")]
+    rec = store.get_job(job.id)
+    assert rec.state == "queued" and rec.attempt == 2 and rec.reason == "requeued"
+    new = store.claim_next_job("b", ["q"])
+    assert new.fence == old.fence + 1
+    assert store.heartbeat(job.id, old.fence).ok is False
+    assert store.finish(job.id, old.fence, "failed") is False
+    assert store.set_state(job.id, old.fence, "running") is False
+    assert store.finish(job.id, new.fence, "succeeded", exit_code=0) is True
+    assert store.get_job(job.id).state == "succeeded"
+
+
+def test_lease_expiry_without_retries_fails_as_lost(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    store.claim_next_job("a", ["q"], lease_seconds=0.01)
+    time.sleep(0.05)
+    store.requeue_expired()
+    rec = store.get_job(job.id)
+    assert (rec.state, rec.reason) == ("failed", "lost")
+
+
+def test_heartbeat_extends_the_lease_and_carries_cancel(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    c = store.claim_next_job("a", ["q"], lease_seconds=0.2)
+    assert store.heartbeat(job.id, c.fence, lease_seconds=30).ok
+    time.sleep(0.3)
+    assert store.requeue_expired() == []
+    store.request_cancel(job.id)
+    beat = store.heartbeat(job.id, c.fence)
+    assert beat.ok and beat.cancel_requested
+
+
+def test_cancel_queued_job_is_immediate(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    assert store.request_cancel(job.id).state == "cancelled"
+    assert store.claim_next_job("a", ["q"]) is None
+
+
+def test_concurrent_claims_never_share_a_job(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    s = SQLStore(url)
+    make_queue(s)
+    s.enqueue_many("q", [spec() for _ in range(200)], artifact=None)
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        mine = SQLStore(url)
+        while (c := mine.claim_next_job(f"a{n}", ["q"])) is not None:
+            with lock:
+                taken.append(c.job.id)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(taken) == 200 and len(set(taken)) == 200
+
+
+def test_logs_keep_order_and_offsets(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    store.append_logs(job.id, 1, [("stdout", b"one\n"), ("stderr", b"two\n")])
+    store.append_logs(job.id, 1, [("stdout", b"three\n")])
+    chunks, nxt = store.read_log(job.id, 0)
+    assert b"".join(c.data for c in chunks) == b"one\ntwo\nthree\n"
+    assert [c.stream for c in chunks] == ["stdout", "stderr", "stdout"]
+    assert nxt == 14 == store.get_job(job.id).log_size
+    chunks, nxt = store.read_log(job.id, 6)  # resume mid-chunk: no loss, no duplicate
+    assert b"".join(c.data for c in chunks) == b"o\nthree\n"
+    assert store.read_log(job.id, nxt) == ([], nxt)
+
+
+def test_big_log_pieces_are_split_and_read_back(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    blob = bytes(range(256)) * 5000  # 1.28 MB
+    store.append_logs(job.id, 1, [("stdout", blob)])
+    got, offset = b"", 0
+    while True:
+        chunks, offset = store.read_log(job.id, offset, limit=300_000)
+        if not chunks:
+            break
+        got += b"".join(c.data for c in chunks)
+    assert got == blob
+
+
+def test_rerun_keeps_spec_and_artifact(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(env={"A": "1"}), artifact="sha256:" + "0" * 64)
+    again = store.rerun(job.id)
+    assert again.id != job.id and again.rerun_of == job.id
+    assert again.spec == job.spec and again.artifact == job.artifact
+
+
+def test_delete_queue_with_jobs_needs_force(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)
+    with pytest.raises(StoreError, match="--force"):
+        store.delete_queue("q")
+    store.delete_queue("q", force=True)
+    assert store.get_job(job.id).state == "cancelled"
+    assert all(s not in ACTIVE for s in [store.get_job(job.id).state])
+
+
+def test_aws_queue_is_refused_by_the_store(store):
+    with pytest.raises(Exception, match="supported providers are local, docker, kubernetes"):
+        store.create_queue(QueueConfig(queue_name="aws", provider={"type": "aws", "region": "us-east-1"}))
