@@ -324,8 +324,6 @@ class Agent(LoggingConfigurable):
 
     def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: dict[str, Any], workdir: Path,
                  gpu_ids: list[int]) -> JobContext:
-        from .artifact import ArtifactError, materialize
-
         secrets: dict[str, str] = {}
         for name in spec.secrets:
             if name not in os.environ:
@@ -335,6 +333,8 @@ class Agent(LoggingConfigurable):
         if workdir.exists():
             shutil.rmtree(workdir)
         if job.artifact:
+            from .artifact import ArtifactError, materialize
+
             try:
                 materialize(job.artifact, self.blobs, workdir)
             except (ArtifactError, OSError, KeyError) as exc:

@@ -17,7 +17,6 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.pool import NullPool
 
 from ..spec import JobSpec, QueueConfig
 from . import schema as t
@@ -26,7 +25,7 @@ from .base import (
     NotFound, OutputRecord, QueueRecord, StoreError, describe,
 )
 
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
@@ -53,8 +52,9 @@ class SQLStore:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
-            # NullPool: every thread and process gets its own short-lived connection; SQLite opens in microseconds.
-            self.engine: Engine = create_engine(url, poolclass=NullPool)
+            # A pool of connections: opening one costs its PRAGMAs; threads (asyncio.to_thread) share the pool.
+            self.engine: Engine = create_engine(url, pool_size=8, max_overflow=16,
+                                                connect_args={"check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_on_connect)
             event.listen(self.engine, "begin", _sqlite_on_begin)
         else:
@@ -468,8 +468,10 @@ class SQLStore:
         with self._read() as c:
             rows = c.execute(select(t.log_chunks.c.offset, t.log_chunks.c.stream, t.log_chunks.c.attempt,
                                     t.log_chunks.c.data)
-                             .where(t.log_chunks.c.job_id == job_id, t.log_chunks.c.offset > offset - MAX_CHUNK)
-                             .order_by(t.log_chunks.c.offset)).all()
+                             .where(t.log_chunks.c.job_id == job_id, t.log_chunks.c.offset > offset - MAX_CHUNK,
+                                    t.log_chunks.c.offset + func.length(t.log_chunks.c.data) > offset)
+                             # a bounded number of rows, so one read never holds the whole log in memory
+                             .order_by(t.log_chunks.c.offset).limit(max(8, limit // 8192))).all()
         chunks: list[LogChunk] = []
         nxt, got = offset, 0
         for r in rows:

@@ -1,0 +1,262 @@
+"""Core figures on the embedded default (SQLite + local backend), each beside a baseline measured in the same run.
+
+    python bench/bench_core.py [--quick]
+
+(a) submit → completed for a trivial 3-cell notebook vs `jupyter nbconvert --to notebook --execute` (cold process),
+    and with a warm kernel (queue min_instances 1);
+(b) 20 such jobs through a queue with max_instances 2: jobs per minute;
+(c) submit call latency for a 1 MB notebook, first submit and resubmits (p50);
+(d) log throughput, a job printing 200,000 lines → a `jupyter launch logs -f` follower process, vs the same program
+    read through a plain subprocess pipe in Python; lost and duplicated lines counted;
+(e) enqueue and claim rates with 100,000 queued jobs, and the time to list a page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+JUPYTER = str(Path(PY).parent / "jupyter")
+
+
+def trivial_notebook(path: Path) -> Path:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("x = 1"), new_code_cell("y = x + 1"), new_code_cell("print(x, y)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def env_for(home: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["JUPYTER_LAUNCH_HOME"] = str(home)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def start_agent(home: Path, queue: str, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([PY, "-m", "jupyter_launch.cli", "agent", "--queue", queue, *extra], env=env_for(home),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Ready when it has registered in the store.
+    from jupyter_launch.client import LaunchClient
+
+    client = LaunchClient(home=home)
+    deadline = time.monotonic() + 60
+    while not client.live_agents(queue):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"agent did not start: {proc.stderr.read() if proc.stderr else ''}")
+        time.sleep(0.05)
+    return proc
+
+
+def wait_done(job, poll: float = 0.002):
+    while True:
+        rec = job.refresh()
+        if rec.done:
+            return rec
+        time.sleep(poll)
+
+
+def row(name: str, ours: float, base: float | None, unit: str, goal: str) -> list[str]:
+    ratio = f"{ours / base:.2f}x" if base else "-"
+    return [name, f"{ours:.3f} {unit}", f"{base:.3f} {unit}" if base is not None else "-", ratio, goal]
+
+
+def bench_throughput(tmp: Path, n: int) -> list[list[str]]:
+    from jupyter_launch.client import LaunchClient
+    from jupyter_launch.spec import QueueConfig
+
+    home = tmp / "home-b"
+    client = LaunchClient(home=home)
+    client.create_queue(QueueConfig(queue_name="two", provider={"type": "local", "max_instances": 2}))
+    nb = tmp / "nb" / "trivial.ipynb"
+    agent = start_agent(home, "two", "--max-jobs", "4")
+    try:
+        t0 = time.perf_counter()
+        jobs = [client.submit(nb, queue="two") for _ in range(n)]
+        recs = [wait_done(j, 0.02) for j in jobs]
+        took = time.perf_counter() - t0
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    ok = sum(r.state == "succeeded" for r in recs)
+    return [[f"(b) {n} notebook jobs, max_instances 2", f"{n / took * 60:.0f} jobs/min ({ok}/{n} ok)", "-", "-",
+             "≥ 60 jobs/min"]]
+
+
+def bench_submit_latency(tmp: Path, runs: int) -> list[list[str]]:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from jupyter_launch.client import LaunchClient
+
+    folder = tmp / "big"
+    folder.mkdir()
+    payload = "x" * 1000
+    nb = new_notebook(cells=[new_code_cell(f"# {i}\nprint({payload!r})") for i in range(1000)])
+    nbformat.write(nb, folder / "big.ipynb")
+    size = (folder / "big.ipynb").stat().st_size
+    client = LaunchClient(home=tmp / "home-c")
+    t0 = time.perf_counter()
+    client.submit(folder / "big.ipynb")
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        client.submit(folder / "big.ipynb")
+        times.append(time.perf_counter() - t0)
+    return [[f"(c) submit a {size / 1e6:.1f} MB notebook: first", f"{first * 1000:.1f} ms", "-", "-", ""],
+            [f"(c) submit a {size / 1e6:.1f} MB notebook: resubmit p50", f"{statistics.median(times) * 1000:.1f} ms",
+             "-", "-", "≤ 15 ms"]]
+
+
+PRINTER = "import sys\nw = sys.stdout.write\nfor i in range({n}):\n    w(f'line {{i}}\\n')\n"
+
+
+def bench_logs(tmp: Path, lines: int) -> list[list[str]]:
+    from jupyter_launch.client import LaunchClient
+
+    code = PRINTER.format(n=lines)
+    # Baseline: the same program, its stdout read through a pipe in Python in large chunks.
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([PY, "-c", code], stdout=subprocess.PIPE)
+    got = 0
+    while block := proc.stdout.read1(1 << 16):  # type: ignore[union-attr]
+        got += block.count(b"\n")
+    proc.wait()
+    base = time.perf_counter() - t0
+    assert got == lines
+
+    home = tmp / "home-d"
+    client = LaunchClient(home=home)
+    folder = tmp / "logsrc"
+    folder.mkdir()
+    agent = start_agent(home, "default")
+    try:
+        t0 = time.perf_counter()
+        job = client.submit(spec={"kind": "command", "command": ["python", "-c", code]}, root=folder)
+        follower = subprocess.run([PY, "-m", "jupyter_launch.cli", "logs", "-f", job.id], env=env_for(home),
+                                  capture_output=True)
+        ours = time.perf_counter() - t0
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    out = follower.stdout.decode().splitlines()
+    expected = [f"line {i}" for i in range(lines)]
+    lost = len(set(expected) - set(out))
+    dup = len(out) - len(set(out))
+    in_order = out == expected
+    rate, base_rate = lines / ours, lines / base
+    return [[f"(d) {lines:,} lines job → logs -f follower", f"{rate / 1000:.0f}k lines/s", f"{base_rate / 1000:.0f}k lines/s",
+             f"{rate / base_rate:.2f}x", f"≥ 0.8x; lost {lost}, duplicated {dup}, in order {in_order}"]]
+
+
+def bench_queue_rates(tmp: Path, queued: int) -> list[list[str]]:
+    from jupyter_launch.spec import JobSpec, QueueConfig
+    from jupyter_launch.store import SQLStore
+
+    store = SQLStore(f"sqlite:///{tmp / 'rates.db'}")
+    store.create_queue(QueueConfig(queue_name="q"))
+    spec = JobSpec(command=["true"])
+    store.enqueue_many("q", [spec] * queued, artifact=None)
+    n = 2000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        store.enqueue("q", spec, artifact=None)
+    enq = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        store.claim_next_job("a", ["q"])
+    claim = n / (time.perf_counter() - t0)
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        store.list_jobs(queue="q", limit=50)
+        times.append(time.perf_counter() - t0)
+    page = statistics.median(times) * 1000
+    return [[f"(e) enqueue, {queued:,} queued (one transaction each)", f"{enq:.0f}/s", "-", "-", "≥ 2,000/s"],
+            [f"(e) claim, {queued:,} queued", f"{claim:.0f}/s", "-", "-", "≥ 500/s"],
+            ["(e) list a page of 50 jobs", f"{page:.1f} ms", "-", "-", "≤ 20 ms"]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes")
+    ap.add_argument("--only", help="comma-separated parts: a,b,c,d,e")
+    args = ap.parse_args()
+    parts = set((args.only or "a,b,c,d,e").split(","))
+    runs = 3 if args.quick else 5
+    tmp = Path(tempfile.mkdtemp(prefix="launch-bench-"))
+    os.environ["JUPYTER_LAUNCH_HOME"] = str(tmp / "home-default")
+    rows: list[list[str]] = []
+    try:
+        (tmp / "nb").mkdir()
+        trivial_notebook(tmp / "nb" / "trivial.ipynb")
+        if "a" in parts:
+            rows += bench_notebook_runs(tmp, runs)
+        if "b" in parts:
+            rows += bench_throughput(tmp, 20)
+        if "c" in parts:
+            rows += bench_submit_latency(tmp, 20 if args.quick else 50)
+        if "d" in parts:
+            rows += bench_logs(tmp, 200_000)
+        if "e" in parts:
+            rows += bench_queue_rates(tmp, 20_000 if args.quick else 100_000)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    header = ["measure", "jupyter-launch", "baseline", "ratio", "goal / notes"]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
+    for r in [header] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(json.dumps({"cpus": os.cpu_count(), "python": sys.version.split()[0]}))
+
+
+def bench_notebook_runs(tmp: Path, runs: int) -> list[list[str]]:
+    nb = tmp / "nb" / "trivial.ipynb"
+    from jupyter_launch.client import LaunchClient
+    from jupyter_launch.spec import QueueConfig
+
+    base_times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([JUPYTER, "nbconvert", "--to", "notebook", "--execute", str(nb), "--output-dir",
+                        str(tmp / "nbc")], check=True, capture_output=True)
+        base_times.append(time.perf_counter() - t0)
+    home = tmp / "home-a"
+    client = LaunchClient(home=home)
+    client.create_queue(QueueConfig(queue_name="warm", provider={"type": "local", "min_instances": 1}))
+    rows = []
+    for queue, label, goal in (("default", "(a) 3-cell notebook submit→completed, cold kernel", "≤ 0.35x"),
+                               ("warm", "(a) 3-cell notebook submit→completed, warm kernel", "≤ 0.15x")):
+        agent = start_agent(home, queue)
+        try:
+            times = []
+            for _ in range(runs):
+                time.sleep(3 if queue == "warm" else 0.2)  # a warm pool refills its kernel between submits
+                t0 = time.perf_counter()
+                job = client.submit(nb, queue=queue)
+                rec = wait_done(job)
+                times.append(time.perf_counter() - t0)
+                assert rec.state == "succeeded", (rec, job.logs())
+        finally:
+            agent.terminate()
+            agent.wait(30)
+        rows.append(row(label + " p50", statistics.median(times), statistics.median(base_times), "s", goal))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

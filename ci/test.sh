@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install everything the tests need on a fresh Debian machine (as root), then run the whole suite.
+# Docker engine, PostgreSQL, Chromium, a local single-node Kubernetes (built once, cached in
+# /var/cache/launch-k8s), the local Python base image, the venv with the package and test tools.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+log=${CI_LOG_DIR:-/tmp/jupyter-launch-ci}; mkdir -p "$log"
+t0=$(date +%s)
+step() { echo "== $(( $(date +%s) - t0 ))s: $*"; }
+
+step "apt packages"
+need=""
+for p in docker.io jq busybox-static postgresql chromium debootstrap golang-go rsync dpkg-dev etcd-server openssl curl; do
+  dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+done
+if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
+
+step "Kubernetes build (background; a no-op when cached)"
+bash ci/k8s-build.sh >"$log/k8s-build.log" 2>&1 &
+k8s_build=$!
+
+step "Docker engine and the local Python base image"
+bash ci/docker.sh
+bash ci/python-base.sh >"$log/python-base.log" 2>&1 &
+base_image=$!
+
+step "venv with jupyter-launch[test]"
+bash ci/setup.sh test
+.venv/bin/python -m pip install -q playwright >/dev/null
+
+wait $base_image || { echo "python base image failed; see $log/python-base.log" >&2; cat "$log/python-base.log" >&2; exit 1; }
+step "waiting for the Kubernetes build"
+wait $k8s_build || { echo "Kubernetes build failed; see $log/k8s-build.log" >&2; tail -50 "$log/k8s-build.log" >&2; exit 1; }
+
+step "tests"
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+step "done (pytest exit $rc)"
+bash ci/k8s-stop.sh >/dev/null 2>&1 || true
+exit $rc

@@ -1,0 +1,1 @@
+"""Backends turn a claimed job into a process, a container or a Kubernetes Job."""

@@ -1,0 +1,287 @@
+"""End to end on the embedded default: LaunchClient → SQLite store → agent → local backend → real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_launch.agent import make_local_agent
+from jupyter_launch.client import LaunchClient
+from jupyter_launch.spec import QueueConfig
+
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+async def run_until_done(client: LaunchClient, jobs, timeout: float = 120, **agent_traits):
+    """Run an in-process agent on the jobs' queues until every job has ended."""
+    queues = sorted({j.record.queue for j in jobs})
+    agent = make_local_agent(client.store, queues, blobs=client.blobs, **agent_traits)
+    await agent.start()
+    task = asyncio.create_task(agent.run())
+    try:
+        deadline = time.monotonic() + timeout
+        while not all(j.refresh().done for j in jobs):
+            assert time.monotonic() < deadline, [j.refresh() for j in jobs]
+            await asyncio.sleep(0.02)
+    finally:
+        await agent.stop()
+        task.cancel()
+    return [j.record for j in jobs]
+
+
+def run_jobs(client, jobs, **kw):
+    return asyncio.run(run_until_done(client, jobs, **kw))
+
+
+def command_job(client, tmp_path, code: str, queue: str = "default", **kw):
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    return client.submit(spec={"kind": "command", "command": [sys.executable, "-c", code], **kw}, root=folder,
+                         queue=queue)
+
+
+def test_command_job_runs_with_env_and_outputs(client, tmp_path):
+    job = command_job(client, tmp_path, (
+        "import os, pathlib\n"
+        "print('hello', os.environ['GREETING'])\n"
+        "pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'out.txt').write_text('result')\n"),
+        env={"GREETING": "world"})
+    rec, = run_jobs(client, [job])
+    assert (rec.state, rec.exit_code, rec.reason) == ("succeeded", 0, "completed")
+    assert job.logs() == "hello world\n"
+    assert [o.path for o in job.outputs] == ["out.txt"]
+    assert client.read_output(job.id, "out.txt") == b"result"
+
+
+def test_stdout_and_stderr_are_kept_in_order_without_loss(client, tmp_path):
+    job = command_job(client, tmp_path, (
+        "import sys\n"
+        "for i in range(50000):\n"
+        "    print(f'out {i}')\n"
+        "print('the end', file=sys.stderr)\n"))
+    run_jobs(client, [job])
+    chunks, _ = client.read_log(job.id, 0)
+    out = b"".join(c.data for c in chunks if c.stream == "stdout").decode()
+    err = b"".join(c.data for c in chunks if c.stream == "stderr").decode()
+    lines = out.splitlines()
+    assert lines == [f"out {i}" for i in range(50000)]
+    assert err == "the end\n"
+
+
+def test_exit_code_fails_the_job(client, tmp_path):
+    job = command_job(client, tmp_path, "import sys; print('bye'); sys.exit(3)")
+    rec, = run_jobs(client, [job])
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code")
+    assert "exited with code 3" in rec.message
+
+
+def test_timeout_stops_the_job(client, tmp_path):
+    job = command_job(client, tmp_path, "import time; time.sleep(60)", timeout=1)
+    t0 = time.monotonic()
+    rec, = run_jobs(client, [job])
+    assert (rec.state, rec.reason) == ("failed", "timeout")
+    assert time.monotonic() - t0 < 30
+
+
+def test_cancel_sends_sigterm_then_sigkill_after_grace(client, tmp_path):
+    client.create_queue(QueueConfig(queue_name="q", provider={"type": "local", "grace_period": "1s"}))
+    folder = tmp_path / "src"
+    folder.mkdir()
+    # Ignores SIGTERM: only the SIGKILL after the grace period ends it.
+    code = ("import signal, time, sys\nsignal.signal(signal.SIGTERM, lambda *a: print('got TERM', flush=True))\n"
+            "print('ready', flush=True)\ntime.sleep(120)\n")
+    job = client.submit(spec={"kind": "command", "command": [sys.executable, "-c", code]}, root=folder, queue="q")
+
+    async def scenario():
+        agent = make_local_agent(client.store, ["q"], blobs=client.blobs)
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        try:
+            while "ready" not in job.logs():
+                await asyncio.sleep(0.02)
+            t0 = time.monotonic()
+            client.cancel(job.id)
+            while not job.refresh().done:
+                await asyncio.sleep(0.02)
+            return time.monotonic() - t0
+        finally:
+            await agent.stop()
+            task.cancel()
+
+    took = asyncio.run(scenario())
+    rec = job.record
+    assert (rec.state, rec.reason) == ("cancelled", "cancelled")
+    assert "got TERM" in job.logs()
+    assert 0.9 < took < 15
+
+
+def test_secrets_reach_the_job_but_never_the_store(client, tmp_path, monkeypatch):
+    canary = "canary-7f3a9c1e-secret-value"
+    monkeypatch.setenv("API_TOKEN", canary)
+    job = command_job(client, tmp_path, (
+        "import os\nprint('token length', len(os.environ['API_TOKEN']))\n"
+        "print('matches', os.environ['API_TOKEN'] == 'canary-7f3a9c1e-secret-value'[::-1][::-1])\n"),
+        secrets=["API_TOKEN"])
+    rec, = run_jobs(client, [job])
+    assert rec.state == "succeeded", job.logs()
+    assert "matches True" in job.logs()
+    db = sqlite3.connect(client.home / "launch.db")
+    for (table,) in db.execute("select name from sqlite_master where type='table'"):
+        for row in db.execute(f"select * from {table}"):
+            assert canary not in repr(row), table
+    for blob in (client.home / "blobs").rglob("*"):
+        if blob.is_file():
+            assert canary.encode() not in blob.read_bytes()
+
+
+def test_missing_secret_fails_with_reason(client, tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    job = command_job(client, tmp_path, "print(1)", secrets=["NOT_SET_ANYWHERE"])
+    rec, = run_jobs(client, [job])
+    assert (rec.state, rec.reason) == ("failed", "secret_missing")
+    assert "NOT_SET_ANYWHERE" in rec.message
+
+
+def test_idle_agent_is_woken_by_submit_not_by_polling(client, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+
+    async def scenario():
+        agent = make_local_agent(client.store, ["default"], blobs=client.blobs, poll_interval=60,
+                                 lease_seconds=240)
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.3)  # the agent is idle, waiting up to 60 s for a wake-up
+        try:
+            # A second client, as another process would be: it wakes the agent through its socket.
+            other = LaunchClient()
+            t0 = time.monotonic()
+            job = other.submit(spec={"kind": "command", "command": ["true"]}, root=folder)
+            while job.refresh().state == "queued":
+                await asyncio.sleep(0.002)
+            return time.monotonic() - t0
+        finally:
+            await agent.stop()
+            task.cancel()
+
+    assert asyncio.run(scenario()) < 5  # far below the 60 s poll: the notification did it
+
+
+def test_metrics_and_progress_are_recorded_and_removed_from_the_log(client, tmp_path):
+    job = command_job(client, tmp_path, (
+        "import jupyter_launch\n"
+        "for i in range(5):\n"
+        "    jupyter_launch.log({'loss': 1 / (i + 1)}, step=i)\n"
+        "    jupyter_launch.progress(i + 1, 5, 'epochs')\n"
+        "print('trained')\n"))
+    rec, = run_jobs(client, [job])
+    assert rec.state == "succeeded", job.logs()
+    assert job.logs() == "trained\n"
+    assert [m["step"] for m in job.metrics] == [0, 1, 2, 3, 4]
+    assert job.metrics[-1]["data"] == {"loss": 0.2}
+    assert rec.progress["value"] == 5 and rec.progress["total"] == 5
+
+
+def test_max_instances_holds_while_jobs_run(client, tmp_path):
+    client.create_queue(QueueConfig(queue_name="capped", provider={"type": "local", "max_instances": 2}))
+    folder = tmp_path / "src"
+    folder.mkdir()
+    marker = tmp_path / "running"
+    marker.mkdir()
+    code = ("import os, time, pathlib\n"
+            f"d = pathlib.Path({str(marker)!r})\n"
+            "me = d / os.environ['JUPYTER_LAUNCH_JOB_ID']\nme.touch()\n"
+            "print(len(list(d.iterdir())), flush=True)\ntime.sleep(0.3)\nme.unlink()\n")
+    jobs = [client.submit(spec={"kind": "command", "command": [sys.executable, "-c", code]}, root=folder,
+                          queue="capped") for _ in range(6)]
+    recs = run_jobs(client, jobs, max_jobs=6)
+    assert all(r.state == "succeeded" for r in recs)
+    assert max(int(j.logs().strip()) for j in jobs) <= 2
+
+
+def test_rerun_runs_the_same_artifact_again(client, tmp_path):
+    job = command_job(client, tmp_path, "print('again')")
+    run_jobs(client, [job])
+    again = client.rerun(job.id)
+    rec, = run_jobs(client, [again])
+    assert rec.state == "succeeded" and rec.rerun_of == job.id
+    assert again.logs() == "again\n" and rec.artifact == job.record.artifact
+
+
+def test_kill_9_agent_mid_job_requeues_and_runs_exactly_once(client, tmp_path, cli_env):
+    """A real agent process is killed with SIGKILL mid-job: its job dies with it, comes back as attempt 2, runs once."""
+    import signal
+    import subprocess
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    ledger = tmp_path / "ledger.txt"
+    code = ("import os, time\n"
+            f"with open({str(ledger)!r}, 'a') as f:\n"
+            "    f.write(f\"start {os.environ['JUPYTER_LAUNCH_ATTEMPT']} {os.environ['JUPYTER_LAUNCH_FENCE']}\\n\")\n"
+            "print('working', flush=True)\n"
+            "time.sleep(2)\n"
+            f"with open({str(ledger)!r}, 'a') as f:\n"
+            "    f.write(f\"end {os.environ['JUPYTER_LAUNCH_ATTEMPT']}\\n\")\n")
+    job = client.submit(spec={"kind": "command", "command": [sys.executable, "-c", code], "retries": 1},
+                        root=folder)
+    agent_cmd = [sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default", "--lease", "1"]
+    first = subprocess.Popen(agent_cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (ledger.exists() and "start 1" in ledger.read_text()):
+            assert time.monotonic() < deadline, "the first agent never started the job"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = subprocess.Popen(agent_cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            rec = job.wait(timeout=60)
+        finally:
+            second.terminate()
+            second.wait(30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert (rec.state, rec.attempt) == ("succeeded", 2)
+    lines = ledger.read_text().splitlines()
+    assert lines[0].startswith("start 1 ") and lines[1].startswith("start 2 ") and lines[2] == "end 2"
+    assert len(lines) == 3, lines  # attempt 1 died with its agent: no "end 1", nothing ran twice
+    assert int(lines[1].split()[2]) > int(lines[0].split()[2])  # a newer fencing token
+
+
+def test_insufficient_gpus_is_explained_while_queued(client, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    job = client.submit(spec={"kind": "command", "command": ["true"], "resources": {"gpu": 1}}, root=folder)
+
+    async def scenario():
+        agent = make_local_agent(client.store, ["default"], blobs=client.blobs, gpus=[])
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.5)
+        rec = job.refresh()
+        await agent.stop()
+        task.cancel()
+        return rec
+
+    rec = asyncio.run(scenario())
+    assert (rec.state, rec.reason) == ("queued", "insufficient_gpus")
+
+
+def test_gpu_slots_are_handed_out_as_cuda_visible_devices(client, tmp_path):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    job = client.submit(spec={"kind": "command", "resources": {"gpu": 2},
+                              "command": [sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"]},
+                        root=folder)
+    rec, = run_jobs(client, [job], gpus=[0, 1, 2])
+    assert rec.state == "succeeded"
+    assert job.logs().strip() == "0,1"
