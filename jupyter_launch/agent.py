@@ -132,6 +132,7 @@ class Agent(LoggingConfigurable):
         self._backends: dict[str, Backend] = {}
         self._free_gpus: list[int] = []
         self._total_gpus = 0
+        self._local_gpus = True  # False when every queue's backend schedules GPUs itself (Kubernetes)
         self._unsubscribe: list[Any] = []
         self._listener: WakeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,21 +163,25 @@ class Agent(LoggingConfigurable):
         self._loop = asyncio.get_running_loop()
         gpus = self.gpus if self.gpus is not None else await asyncio.to_thread(detect_gpus)
         self._free_gpus, self._total_gpus = list(gpus), len(gpus)
+        providers = {}
+        for name in self.queues:
+            with contextlib.suppress(Exception):
+                providers[name] = await asyncio.to_thread(self.store.get_queue, name)
+        self._local_gpus = not providers or any(
+            self.backend(q.provider).supported_features().get("local_gpus", True) for q in providers.values())
         await asyncio.to_thread(self.store.register_agent, self.agent_id, self.queues, self.job_types,
-                                host=socket.gethostname(), info={"gpus": self._total_gpus, "pid": os.getpid()})
+                                host=socket.gethostname(),
+                                info={"gpus": self._total_gpus if self._local_gpus else None, "pid": os.getpid()})
         if hasattr(self.store, "subscribe"):
             self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
             self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
         if self.wake_socket:
             self._listener = WakeListener(self.agent_id, self._wake.set)
             self._listener.start()
-        for name in self.queues:
-            with contextlib.suppress(Exception):
-                queue = await asyncio.to_thread(self.store.get_queue, name)
-                provider = queue.config.get("provider", {})
-                backend = self.backend(queue.provider)
-                if hasattr(backend, "warm_up"):
-                    await backend.warm_up(name, provider)
+        for name, queue in providers.items():
+            backend = self.backend(queue.provider)
+            if hasattr(backend, "warm_up"):
+                await backend.warm_up(name, queue.config.get("provider", {}))
         self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
                       ", ".join(self.job_types) or "any", self._total_gpus)
 
@@ -217,7 +222,8 @@ class Agent(LoggingConfigurable):
                 while len(self._running) < self.capacity and not self._stopping.is_set():
                     claim = await asyncio.to_thread(
                         self.store.claim_next_job, self.agent_id, self.queues, self.job_types or None,
-                        lease_seconds=self.lease_seconds, free_gpus=len(self._free_gpus))
+                        lease_seconds=self.lease_seconds,
+                        free_gpus=len(self._free_gpus) if self._local_gpus else None)
                     if claim is None:
                         break
                     self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
@@ -245,7 +251,7 @@ class Agent(LoggingConfigurable):
     async def _run_claim(self, claim: Claim) -> None:
         job, fence = claim.job, claim.fence
         spec = JobSpec.model_validate(job.spec)
-        gpu_ids = [self._free_gpus.pop(0) for _ in range(min(spec.resources.gpu, len(self._free_gpus)))]
+        gpu_ids: list[int] = []
         cancel = asyncio.Event()
         self._cancel_events[job.id] = cancel
         lost = asyncio.Event()
@@ -268,13 +274,16 @@ class Agent(LoggingConfigurable):
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
-            if spec.resources.gpu > len(gpu_ids):
-                result = Result(FAILED, reason="insufficient_gpus",
-                                message=f"needs {spec.resources.gpu} GPU(s); this agent has {self._total_gpus}")
-                return
+            queue = await asyncio.to_thread(store.get_queue, job.queue)
+            backend = self.backend(queue.provider)
+            if backend.supported_features().get("local_gpus", True):
+                if spec.resources.gpu > len(self._free_gpus):
+                    result = Result(FAILED, reason="insufficient_gpus",
+                                    message=f"needs {spec.resources.gpu} GPU(s); this agent has {self._total_gpus}")
+                    return
+                gpu_ids = [self._free_gpus.pop(0) for _ in range(spec.resources.gpu)]
             await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
             try:
-                queue = await asyncio.to_thread(store.get_queue, job.queue)
                 ctx = await asyncio.to_thread(self._prepare, job, fence, spec, queue.config, workdir, gpu_ids)
             except _JobSetupError as exc:
                 result = Result(FAILED, reason=exc.reason, message=str(exc))
@@ -287,7 +296,7 @@ class Agent(LoggingConfigurable):
                 asyncio.to_thread(store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id))
             metrics_task = asyncio.create_task(self._ship_metrics(job.id, pending_metrics, lost))
             try:
-                run = asyncio.create_task(self.backend(queue.provider).run(ctx))
+                run = asyncio.create_task(backend.run(ctx))
                 lost_wait = asyncio.create_task(lost.wait())
                 await asyncio.wait({run, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
                 if lost.is_set() and not run.done():

@@ -86,7 +86,8 @@ class Backend(LoggingConfigurable):
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
         """What the UI and agent may rely on, instead of guessing from the backend's name."""
-        return {"gpus": False, "warm_pool": False, "images": False, "reattach": False}
+        # local_gpus: the agent hands out this machine's GPU ids (local, docker); a cluster schedules its own.
+        return {"gpus": False, "local_gpus": False, "warm_pool": False, "images": False, "reattach": False}
 
     async def prepare(self, ctx: JobContext) -> None:
         """Get the job's environment ready (build or pull an image). Raise BackendError to fail with a reason."""
@@ -127,11 +128,13 @@ class Backend(LoggingConfigurable):
         except BackendError as exc:
             return Result("failed", reason=exc.reason, message=exc.message)
         result = Result("failed", reason="agent_error")
+        tasks: list[asyncio.Task[Any]] = []
         try:
             ctx.mark_running()
             streaming = asyncio.create_task(self.stream(handle, ctx))
             waiting = asyncio.create_task(self.wait(handle))
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())
+            tasks = [streaming, waiting, cancelling]
             done, _ = await asyncio.wait({waiting, cancelling}, timeout=ctx.timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
             stopped_by = None
@@ -162,6 +165,9 @@ class Backend(LoggingConfigurable):
             result = Result("failed", reason=exc.reason, message=exc.message)
             return result
         finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.cleanup(handle, ctx, result))
 

@@ -98,7 +98,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
-        return {"gpus": True, "warm_pool": True, "images": False, "reattach": False}
+        return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False}
 
     def python(self, ctx_or_config: JobContext | dict[str, Any]) -> str:
         config = ctx_or_config.queue_config if isinstance(ctx_or_config, JobContext) else ctx_or_config

@@ -267,9 +267,9 @@ class SQLStore:
                 reason = "no_agent_for_queue"
             elif not any(not a.job_types or job.job_type in a.job_types for a in serving):
                 reason = "no_agent_for_job_type"
-            elif job.gpus and max(int((a.info or {}).get("gpus") or 0) for a in serving) < job.gpus:
+            elif job.gpus and _most_gpus(serving) < job.gpus:
                 reason = "insufficient_gpus"
-                facts.update(gpus=job.gpus, have=max(int((a.info or {}).get("gpus") or 0) for a in serving))
+                facts.update(gpus=job.gpus, have=_most_gpus(serving))
             elif max_instances is not None and running >= max_instances:
                 reason = "waiting_for_capacity"
             elif with_position:
@@ -526,6 +526,13 @@ class SQLStore:
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _most_gpus(agents: list[Any]) -> float:
+    """The most GPUs any of these agents can hand out; an agent whose backend schedules its own (info gpus None)
+    counts as unlimited."""
+    counts = [(a.info or {}).get("gpus", 0) for a in agents]
+    return float("inf") if any(c is None for c in counts) else max(int(c or 0) for c in counts)
 
 
 def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:

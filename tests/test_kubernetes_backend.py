@@ -1,0 +1,503 @@
+"""The Kubernetes backend on a real cluster: LaunchClient → SQLite store → agent → batch/v1 Jobs on ci/k8s-start.sh's node.
+
+The cluster and the job image are made by ci/k8s-start.sh and ci/k8s-test-image.sh; when either cannot be had the
+tests fail (they do not skip) with a message that names what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jupyter_launch.agent import make_local_agent
+from jupyter_launch.backends.kubernetes import (JOB_ID_LABEL, MANAGED_BY, OUTPUTS_MARK, OutputsSplitter,
+                                                build_manifests, job_name, merge_template)
+from jupyter_launch.client import LaunchClient
+from jupyter_launch.spec import JobSpec, QueueConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+K8S_RUN = Path(os.environ.get("K8S_RUN", "/tmp/launch-k8s"))
+NAMESPACE = "default"
+CANARY = "canary-" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------- fixtures: a real cluster and a job image
+
+def _cluster_answers(kubeconfig: Path) -> bool:
+    if not kubeconfig.exists():
+        return False
+    from kubernetes import client, config
+
+    try:
+        api = config.new_client_from_config(str(kubeconfig))
+        client.VersionApi(api).get_code(_request_timeout=3)
+        api.close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kubeconfig() -> str:
+    path = K8S_RUN / "admin.kubeconfig"
+    if not _cluster_answers(path):
+        proc = subprocess.run(["bash", str(ROOT / "ci" / "k8s-start.sh")], capture_output=True, text=True,
+                              timeout=300)
+        if proc.returncode != 0 or not _cluster_answers(path):
+            pytest.fail("no Kubernetes cluster: ci/k8s-start.sh failed (it needs the binaries from "
+                        "ci/k8s-build.sh in /var/cache/launch-k8s/bin, etcd and the Docker engine):\n"
+                        + proc.stdout[-2000:] + proc.stderr[-2000:], pytrace=False)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def image(kubeconfig: str) -> str:
+    proc = subprocess.run(["bash", str(ROOT / "ci" / "k8s-test-image.sh")], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        pytest.fail("cannot build the job image with ci/k8s-test-image.sh (needs the Docker engine and "
+                    "launch-python:bookworm):\n" + proc.stderr[-3000:], pytrace=False)
+    return proc.stdout.split()[-1]
+
+
+@pytest.fixture(scope="session")
+def k8s(kubeconfig: str):
+    """(BatchV1Api, CoreV1Api) for checking what the backend did."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(kubeconfig)
+    yield client.BatchV1Api(api), client.CoreV1Api(api)
+    api.close()
+
+
+@pytest.fixture
+def launch(tmp_path: Path, kubeconfig: str, image: str):
+    client = LaunchClient(home=tmp_path / "home")
+    client.create_queue(QueueConfig(queue_name="k8s", provider={
+        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
+        "image_pull_policy": "Never", "grace_period": 2, "labels": {"team": "tests"}}))
+    yield client
+    client.close()
+
+
+class ClusterRecorder:
+    """Watches every Job, ConfigMap, Secret and Pod of the test in the namespace and keeps them as JSON text."""
+
+    def __init__(self, kubeconfig: str):
+        from kubernetes import client, config, watch
+
+        self.api = config.new_client_from_config(kubeconfig)
+        self.core, self.batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        self.seen: dict[str, list[str]] = {"Job": [], "ConfigMap": [], "Secret": [], "Pod": []}
+        self.max_jobs = 0
+        self.errors: list[Exception] = []
+        self._closing = False
+        self._live_jobs: set[str] = set()
+        self._watches = [watch.Watch() for _ in range(4)]
+        self._threads = [threading.Thread(target=self._run, args=(w, kind, fn), daemon=True) for w, (kind, fn) in
+                         zip(self._watches, [("Job", self.batch.list_namespaced_job),
+                                             ("ConfigMap", self.core.list_namespaced_config_map),
+                                             ("Secret", self.core.list_namespaced_secret),
+                                             ("Pod", self.core.list_namespaced_pod)])]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, w, kind, fn) -> None:
+        try:
+            self._watch(w, kind, fn)
+        except Exception as exc:  # closing the client ends the stream with an error: expected then
+            if not self._closing:
+                self.errors.append(exc)
+
+    def _watch(self, w, kind, fn) -> None:
+        for event in w.stream(fn, NAMESPACE, label_selector=f"{MANAGED_BY}=jupyter-launch", timeout_seconds=600):
+            obj = event["object"]
+            self.seen[kind].append(json.dumps(self.api.sanitize_for_serialization(obj)))
+            if kind == "Job":
+                name = obj.metadata.name
+                if event["type"] == "DELETED":
+                    self._live_jobs.discard(name)
+                else:
+                    self._live_jobs.add(name)
+                self.max_jobs = max(self.max_jobs, len(self._live_jobs))
+
+    def close(self) -> None:
+        self._closing = True
+        for w in self._watches:
+            w.stop()
+        self.api.close()
+        for t in self._threads:
+            t.join(5)
+        assert not self.errors, self.errors
+
+
+def run_agent(client: LaunchClient, jobs, timeout: float = 180, while_running=None, **traits):
+    """Run an in-process agent on the jobs' queues until every job has ended; ``while_running(agent)`` runs
+    alongside (an async function)."""
+
+    async def main():
+        agent = make_local_agent(client.store, sorted({j.record.queue for j in jobs}), blobs=client.blobs,
+                                 lease_seconds=5, **traits)
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        side = asyncio.create_task(while_running(agent)) if while_running else None
+        try:
+            deadline = time.monotonic() + timeout
+            while not all(j.refresh().done for j in jobs):
+                assert time.monotonic() < deadline, [j.refresh() for j in jobs]
+                await asyncio.sleep(0.05)
+            if side:
+                await side
+        finally:
+            await agent.stop()
+            task.cancel()
+            if side and not side.done():
+                side.cancel()
+        return [j.record for j in jobs]
+
+    return asyncio.run(main())
+
+
+def enqueue(client: LaunchClient, queue: str = "k8s", **spec):
+    """A command job straight into the store (it needs no files, so no artifact)."""
+    record = client.store.enqueue(queue, JobSpec(kind="command", **spec), artifact=None)
+    return client.job(record.id)
+
+
+def k8s_objects(k8s, job_id: str) -> dict[str, list[str]]:
+    batch, core = k8s
+    selector = f"{JOB_ID_LABEL}={job_id}"
+    return {"jobs": [j.metadata.name for j in batch.list_namespaced_job(NAMESPACE, label_selector=selector).items],
+            "pods": [p.metadata.name for p in core.list_namespaced_pod(NAMESPACE, label_selector=selector).items],
+            "configmaps": [c.metadata.name for c in
+                           core.list_namespaced_config_map(NAMESPACE, label_selector=selector).items],
+            "secrets": [s.metadata.name for s in core.list_namespaced_secret(NAMESPACE, label_selector=selector).items]}
+
+
+def wait_gone(k8s, job_id: str, timeout: float = 30) -> dict[str, list[str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = k8s_objects(k8s, job_id)
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def wait_for_reason(job, reasons: tuple[str, ...], timeout: float) -> tuple[str, str, float]:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        rec = job.refresh()
+        if rec.reason in reasons:
+            return rec.reason, rec.message or "", time.monotonic() - start
+        assert not rec.done, (rec.state, rec.reason, rec.message)
+        time.sleep(0.05)
+    raise AssertionError(f"job never showed {reasons}; last {job.refresh().reason}: {job.record.message}")
+
+
+# ---------------------------------------------------------------- pure parts
+
+def test_outputs_splitter_takes_marker_lines_out_across_any_chunking():
+    import base64
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        data = b"x" * 10000
+        info = tarfile.TarInfo("a/b.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    payload = buf.getvalue()
+    text = base64.b64encode(payload)
+    stream = b"log line\n\x1ejupyter-launch {\"type\":\"metrics\"}\n"
+    for i in range(0, len(text), 3000):
+        stream += OUTPUTS_MARK + b" " + text[i:i + 3000] + b"\n"
+    stream += OUTPUTS_MARK + b"-end " + hashlib.sha256(payload).hexdigest().encode() + b" %d\n" % len(payload)
+    for size in (1, 7, 100, 4096, len(stream)):
+        splitter = OutputsSplitter()
+        plain = b"".join(splitter.feed(stream[i:i + size]) for i in range(0, len(stream), size)) + splitter.flush()
+        assert plain == b"log line\n\x1ejupyter-launch {\"type\":\"metrics\"}\n"
+        assert splitter.outputs == payload
+
+
+def test_pod_template_merges_by_name():
+    base = {"spec": {"containers": [{"name": "job", "image": "a", "env": [{"name": "X", "value": "1"}]}],
+                     "nodeSelector": {"a": "b"}}}
+    merged = merge_template(base, {"spec": {"containers": [{"name": "job", "env": [{"name": "Y", "value": "2"}]},
+                                                           {"name": "sidecar", "image": "s"}],
+                                            "priorityClassName": "high"}})
+    assert merged["spec"]["containers"][0] == {"name": "job", "image": "a", "env": [
+        {"name": "X", "value": "1"}, {"name": "Y", "value": "2"}]}
+    assert merged["spec"]["containers"][1]["name"] == "sidecar"
+    assert merged["spec"]["nodeSelector"] == {"a": "b"} and merged["spec"]["priorityClassName"] == "high"
+
+
+# ---------------------------------------------------------------- manifests
+
+def _full_context(tmp_path: Path):
+    from jupyter_launch.backends.base import JobContext
+
+    spec = JobSpec(kind="notebook", notebook="train.ipynb", resources={"cpu": "500m", "memory": "1Gi", "gpu": 2},
+                   timeout="1h", retries=2, env={"LR": "0.1"}, secrets=["API_TOKEN"])
+    cfg = QueueConfig(queue_name="gpu-training-queue", provider={
+        "type": "kubernetes", "namespace": "default", "service_account": "default",
+        "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "image_pull_secrets": ["regcred"], "labels": {"team": "ml"}, "image_pull_policy": "IfNotPresent",
+        "pod_template": {"metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
+                         "spec": {"priorityClassName": "system-cluster-critical"}},
+    }).provider.model_dump()
+    return JobContext(job_id="65f0c0de1a2b3c", attempt=1, fence=1, queue="gpu-training-queue", spec=spec,
+                      queue_config=cfg, workdir=tmp_path, output_dir=tmp_path / "out", env={"LR": "0.1"},
+                      secrets={"API_TOKEN": CANARY}, artifact="sha256:" + "0" * 64, agent_id="agent-1")
+
+
+def test_manifests_are_accepted_by_the_api_server_and_valid_for_newer_clusters(tmp_path, k8s):
+    import kubernetes_validate
+    from kubernetes_validate.utils import all_versions
+
+    ctx = _full_context(tmp_path)
+    manifests = build_manifests(ctx, "registry.example.com/ml/train:1.0", b"\x1f\x8b" + b"\0" * 100)
+    job = manifests["job"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["activeDeadlineSeconds"] == 3600 and job["spec"]["ttlSecondsAfterFinished"] == 600
+    assert container["resources"] == {"requests": {"cpu": "500m", "memory": str(2**30)},
+                                      "limits": {"cpu": "500m", "memory": str(2**30), "nvidia.com/gpu": "2"}}
+    assert pod["nodeSelector"] and pod["tolerations"] and pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    assert job["metadata"]["labels"][JOB_ID_LABEL] == "65f0c0de1a2b3c" and job["metadata"]["labels"]["team"] == "ml"
+    assert container["envFrom"] == [{"secretRef": {"name": "jl-65f0c0de1a2b3c-secrets"}}]
+    assert CANARY not in json.dumps(job) and CANARY not in json.dumps(manifests["configmap"])
+    assert manifests["secret"]["stringData"] == {"API_TOKEN": CANARY}
+
+    # The real API server (v1.20) validates and accepts each one (server-side dry run: nothing is created).
+    batch, core = k8s
+    batch.create_namespaced_job(NAMESPACE, job, dry_run="All")
+    core.create_namespaced_config_map(NAMESPACE, manifests["configmap"], dry_run="All")
+    core.create_namespaced_secret(NAMESPACE, manifests["secret"], dry_run="All")
+    # And the schemas of the clusters people run today (EKS/GKE 1.25+) accept them, strictly.
+    for version in sorted(set(all_versions())):
+        for manifest in manifests.values():
+            kubernetes_validate.validate(manifest, version, strict=True)
+
+
+def test_an_invalid_pod_template_is_refused_with_the_api_servers_message(launch, tmp_path, k8s):
+    launch.create_queue(QueueConfig(queue_name="bad", provider={
+        "type": "kubernetes", "kubeconfig": str(K8S_RUN / "admin.kubeconfig"), "image": "busybox:local",
+        "image_pull_policy": "Never", "pod_template": {"spec": {"restartPolicy": "Sometimes"}}}))
+    job = enqueue(launch, "bad", command=["true"])
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.reason) == ("failed", "backend_error"), rec
+    assert "restartPolicy" in rec.message and "Sometimes" in rec.message
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+# ---------------------------------------------------------------- jobs on the cluster
+
+def test_notebook_job_runs_to_completion_with_logs_and_outputs(launch, tmp_path, k8s):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "data.txt").write_text("42\n")
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                          "display_name": "Python 3"}},
+          "cells": [
+              {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "id": "a",
+               "source": "print('answer', open('data.txt').read().strip())"},
+              {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "id": "b",
+               "source": "import jupyter_launch, pathlib\n"
+                         "(jupyter_launch.output_dir() / 'result.txt').write_text('done')\n"
+                         "jupyter_launch.log({'loss': 0.5}, step=1)"}]}
+    (folder / "analysis.ipynb").write_text(json.dumps(nb))
+    job = launch.submit(folder / "analysis.ipynb", queue="k8s")
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec, job.logs())
+    assert "answer 42" in job.logs()
+    paths = {o.path for o in job.outputs}
+    assert "result.txt" in paths, paths
+    assert launch.read_output(job.id, "result.txt") == b"done"
+    assert [m["data"] for m in launch.metrics(job.id)] == [{"loss": 0.5}]
+    assert OUTPUTS_MARK.decode() not in job.logs()
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_command_job_logs_outputs_and_secret_that_never_leaks(launch, tmp_path, k8s, kubeconfig, monkeypatch,
+                                                              caplog):
+    monkeypatch.setenv("LAUNCH_TEST_TOKEN", CANARY)
+    recorder = ClusterRecorder(kubeconfig)
+    code = textwrap.dedent(f"""
+        import hashlib, os, pathlib, sys
+        print('first line', flush=True)
+        token = os.environ['LAUNCH_TEST_TOKEN']
+        print('token sha', hashlib.sha256(token.encode()).hexdigest(), 'greeting', os.environ['GREETING'])
+        print('to stderr', file=sys.stderr)
+        out = pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'])
+        (out / 'sub').mkdir()
+        (out / 'sub' / 'big.bin').write_bytes(bytes(range(256)) * 4096)
+        (out / 'small.txt').write_text('ok')
+        sys.exit(0)
+    """)
+    job = enqueue(launch, command=["python", "-c", code], env={"GREETING": "hi"}, secrets=["LAUNCH_TEST_TOKEN"])
+    try:
+        rec, = run_agent(launch, [job])
+        time.sleep(1)
+    finally:
+        recorder.close()
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    assert logs.startswith("first line\n")
+    assert f"token sha {hashlib.sha256(CANARY.encode()).hexdigest()} greeting hi" in logs
+    assert "to stderr" in logs
+    assert {o.path: o.size for o in job.outputs} == {"small.txt": 2, "sub/big.bin": 256 * 4096}
+    assert launch.read_output(job.id, "sub/big.bin") == bytes(range(256)) * 4096
+    # The secret went through a Kubernetes Secret, and nowhere else: not the Job, its pod, the ConfigMap,
+    # the stored log, the store's database, or the agent's own log.
+    assert recorder.seen["Secret"] and recorder.seen["Job"] and recorder.seen["Pod"]
+    for kind in ("Job", "Pod", "ConfigMap"):
+        assert not any(CANARY in text for text in recorder.seen[kind]), kind
+    assert CANARY not in logs
+    for db in (tmp_path / "home").rglob("*"):
+        if db.is_file():
+            assert CANARY.encode() not in db.read_bytes(), db
+    assert CANARY not in caplog.text
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_failing_command_reports_its_exit_code(launch, k8s):
+    job = enqueue(launch, command=["sh", "-c", "echo bye; exit 3"])
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code")
+    assert job.logs().startswith("bye\n")
+
+
+def test_gpu_job_waits_as_unschedulable_with_the_schedulers_message(launch, k8s):
+    job = enqueue(launch, command=["nvidia-smi"], resources={"gpu": 1})
+
+    async def watch_then_cancel(agent):
+        reason, message, took = await asyncio.to_thread(wait_for_reason, job, ("unschedulable",), 30)
+        assert "nvidia.com/gpu" in message, message
+        assert took < 8, took  # within 5 s of the pod existing; the pod itself takes a moment to appear
+        await asyncio.to_thread(launch.cancel, job.id)
+
+    # The agent counts GPUs it can hand out; on Kubernetes the cluster has them, so give it one slot.
+    rec, = run_agent(launch, [job], while_running=watch_then_cancel, gpus=[0])
+    assert (rec.state, rec.reason) == ("cancelled", "cancelled")
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_cancel_deletes_the_job_and_its_pods(launch, k8s):
+    job = enqueue(launch, command=["sh", "-c", "echo started; sleep 300"])
+
+    async def cancel_when_running(agent):
+        start = time.monotonic()
+        while "started" not in job.logs():
+            assert time.monotonic() - start < 60, job.refresh()
+            await asyncio.sleep(0.1)
+        assert k8s_objects(k8s, job.id)["pods"]
+        await asyncio.to_thread(launch.cancel, job.id)
+
+    rec, = run_agent(launch, [job], while_running=cancel_when_running)
+    assert (rec.state, rec.reason) == ("cancelled", "cancelled")
+    assert not any(wait_gone(k8s, job.id, timeout=20).values())
+
+
+def test_missing_image_fails_as_image_pull_failed(launch, k8s):
+    job = enqueue(launch, command=["true"], image="jupyter-launch-no-such-image:404")
+    rec, = run_agent(launch, [job], timeout=60)
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed"), rec
+    assert "jupyter-launch-no-such-image:404" in rec.message
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_image_pull_backoff_is_shown_then_fails(launch, kubeconfig, k8s):
+    from traitlets.config import Config
+
+    launch.create_queue(QueueConfig(queue_name="pull", provider={
+        "type": "kubernetes", "kubeconfig": kubeconfig, "image_pull_policy": "Always"}))
+    job = enqueue(launch, "pull", command=["true"], image="registry.invalid/jupyter-launch/nothing:1")
+
+    async def see_reason(agent):
+        reason, message, _ = await asyncio.to_thread(wait_for_reason, job, ("pulling_image",), 30)
+        assert "registry.invalid/jupyter-launch/nothing:1" in message
+
+    config = Config({"KubernetesBackend": {"image_pull_grace": 4.0}})
+    rec, = run_agent(launch, [job], timeout=90, while_running=see_reason, config=config)
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed"), rec
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_quota_holds_a_job_as_pending_quota(launch, kubeconfig, k8s):
+    batch, core = k8s
+    namespace = "jl-quota-test"
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.create_namespace({"metadata": {"name": namespace}})
+    except ApiException as exc:
+        assert exc.status == 409
+    core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}) \
+        if not core.list_namespaced_resource_quota(namespace).items else None
+    launch.create_queue(QueueConfig(queue_name="quota", provider={
+        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": namespace, "image": "busybox:local",
+        "image_pull_policy": "Never"}))
+    job = enqueue(launch, "quota", command=["true"])
+
+    async def see_quota(agent):
+        reason, message, took = await asyncio.to_thread(wait_for_reason, job, ("pending_quota",), 30)
+        assert "exceeded quota" in message, message
+        await asyncio.to_thread(launch.cancel, job.id)
+
+    rec, = run_agent(launch, [job], while_running=see_quota)
+    assert rec.state == "cancelled"
+
+
+AGENT_SCRIPT = """
+import asyncio, sys
+from jupyter_launch.agent import make_local_agent
+from jupyter_launch.client import LaunchClient
+client = LaunchClient(home=sys.argv[1])
+async def main():
+    agent = make_local_agent(client.store, ["k8s"], blobs=client.blobs, lease_seconds=3, wake_socket=False)
+    await agent.start()
+    await agent.run()
+asyncio.run(main())
+"""
+
+
+def test_a_restarted_agent_reattaches_to_the_running_job(launch, tmp_path, k8s):
+    job = enqueue(launch, command=["sh", "-c", "echo one; sleep 6; echo two"], retries=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "home")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "one" not in job.logs():
+            assert time.monotonic() < deadline and first.poll() is None, job.refresh()
+            time.sleep(0.1)
+        uid = k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid
+        first.send_signal(signal.SIGKILL)  # the agent dies; its Job keeps running on the cluster
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.exit_code, rec.attempt) == ("succeeded", 0, 2), (rec, job.logs())
+    logs = job.logs()
+    assert "re-attached to Kubernetes Job" in logs and logs.rstrip().endswith("two"), logs
+    events = k8s[1].list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={job_name(job.id)}")
+    created = [e for e in events.items if e.reason == "SuccessfulCreate" and e.involved_object.uid == uid]
+    assert len(created) == 1  # one pod, from the one Job: nothing was created again
+    assert not any(wait_gone(k8s, job.id).values())
