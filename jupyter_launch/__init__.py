@@ -21,3 +21,13 @@ def __getattr__(name: str) -> Any:
 
         return getattr(client, name)
     raise AttributeError(name)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    from .server import _jupyter_server_extension_points as points
+
+    return points()
+
+
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    return [{"src": "labextension", "dest": "jupyter-launch"}]

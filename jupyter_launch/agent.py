@@ -76,8 +76,9 @@ class LogSink:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), FLUSH_INTERVAL)
             self._kick.clear()
+            closing = self._closed  # read before flushing: pieces written during this flush need one more
             await self.flush()
-            if self._closed:
+            if closing:
                 return
 
     async def flush(self) -> None:

@@ -1,0 +1,582 @@
+"""The job runner: runs inside a job (process, container, pod) and executes its notebook or cell, streaming output live.
+
+``python -m jupyter_launch.runner JOBFILE`` runs one job and exits 0 (succeeded) or 1 (failed).
+``python -m jupyter_launch.runner --warm [--kernel NAME]`` starts a kernel first, prints ``ready``, then reads one line
+``{"job_file": ..., "cwd": ..., "env": {...}}`` from stdin and runs that job the same way, without waiting for a kernel.
+
+What the user's code prints goes to this process's stdout and stderr as it arrives, unchanged. Control records
+(:mod:`jupyter_launch.control`) report each code cell's start as progress, and exactly one ``result`` record at the end,
+flushed before the kernel is shut down and the executed notebook and HTML report are written to the output folder.
+
+A cell that raises ``SystemExit`` with a clean status (``sys.exit()``, ``sys.exit(0)``) ends the run early as a
+success, as it would end a script; any other status fails the job like an error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":
+    # jsonschema (imported by nbformat) imports rfc3987_syntax when installed, which compiles a grammar at import:
+    # about 0.8 s of CPU for URI format checks nbformat never makes. Only this short-lived program opts out.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import keyword  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from queue import Empty  # noqa: E402
+from typing import Any  # noqa: E402
+
+import nbformat  # noqa: E402
+from jupyter_client.kernelspec import NoSuchKernel  # noqa: E402
+from jupyter_client.manager import AsyncKernelManager  # noqa: E402
+from nbclient import NotebookClient  # noqa: E402
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError  # noqa: E402
+from nbformat import NotebookNode  # noqa: E402
+
+from . import control  # noqa: E402
+
+DEFAULT_KERNEL = "python3"
+DEFAULT_OUTPUT_DIR = "outputs"
+STARTUP_TIMEOUT = 60.0
+PR_SET_PDEATHSIG = 1
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+# Statuses of SystemExit that mean "done, all is well", as IPython reports them in the error's evalue.
+CLEAN_EXIT_VALUES = frozenset({"", "0", "None", "False"})
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+# ipykernel sends each write() whole within one stream message, so a record (one write) never spans two messages.
+_RECORD = re.compile(re.escape(control.MARK_STR) + r"[^\n]*\n")
+
+_PUSH_CODE = """\
+def _jupyter_launch_push(path):
+    import cloudpickle
+    with open(path, "rb") as file:
+        globals().update(cloudpickle.load(file))
+try:
+    _jupyter_launch_push({path})
+finally:
+    del _jupyter_launch_push
+"""
+
+_PULL_CODE = """\
+def _jupyter_launch_pull(names, path):
+    import cloudpickle
+    namespace = globals()
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise NameError(", ".join(map(repr, missing)) + " not defined in the kernel")
+    values = {{name: namespace[name] for name in names}}
+    try:
+        data = cloudpickle.dumps(values)
+    except Exception:
+        for name, value in values.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                kind = type(value).__module__ + "." + type(value).__qualname__
+                raise TypeError(f"{{name!r}} (a {{kind}}) cannot be pickled: {{exc}}") from None
+        raise
+    with open(path, "wb") as file:
+        file.write(data)
+try:
+    _jupyter_launch_pull({names}, {path})
+finally:
+    del _jupyter_launch_pull
+"""
+
+_QUIET_EXIT_CODE = """\
+__import__("warnings").filterwarnings("ignore", message="To exit: use 'exit'", category=UserWarning)
+"""
+
+_ENTER_CODE = """\
+import os as _jupyter_launch_os
+_jupyter_launch_os.chdir({cwd})
+_jupyter_launch_os.environ.update({env})
+del _jupyter_launch_os
+"""
+
+
+class JobError(Exception):
+    """A job that cannot run as asked: carries the result's reason and a one-line message."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Outcome:
+    state: str  # "succeeded" | "failed"
+    reason: str
+    message: str | None = None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        return {"type": "result", "state": self.state, "reason": self.reason, "message": self.message}
+
+
+@dataclass(frozen=True)
+class JobFile:
+    """What to run, as the agent wrote it to ``.jupyter-launch/job.json``."""
+
+    kind: str
+    notebook: str | None = None
+    code: str | None = None
+    setup: tuple[str, ...] = ()
+    push: str | None = None
+    pull: tuple[str, ...] = ()
+    parameters: dict[str, Any] = field(default_factory=dict)
+    kernel: str | None = None
+    timeout_per_cell: float | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> JobFile:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise JobError("invalid_job", f"cannot read the job file {path}: {exc}") from None
+        if not isinstance(data, dict):
+            raise JobError("invalid_job", f"the job file {path} is not a JSON object")
+        kind = data.get("kind")
+        if kind == "notebook" and not isinstance(data.get("notebook"), str):
+            raise JobError("invalid_job", "a notebook job needs a 'notebook' path")
+        if kind == "cell" and not isinstance(data.get("code"), str):
+            raise JobError("invalid_job", "a cell job needs its 'code'")
+        if kind not in ("notebook", "cell"):
+            raise JobError("invalid_job", f"the runner runs notebook and cell jobs, not {kind!r}")
+        setup, pull = data.get("setup") or [], data.get("pull") or []
+        if not all(isinstance(s, str) for s in setup) or not all(isinstance(n, str) for n in pull):
+            raise JobError("invalid_job", "'setup' and 'pull' must be lists of strings")
+        parameters = data.get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise JobError("invalid_parameters", "'parameters' must be an object of name: value")
+        timeout = data.get("timeout_per_cell")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))):
+            raise JobError("invalid_job", f"'timeout_per_cell' must be a number of seconds, not {timeout!r}")
+        return cls(kind=kind, notebook=data.get("notebook"), code=data.get("code"), setup=tuple(setup),
+                   push=data.get("push"), pull=tuple(pull), parameters=parameters, kernel=data.get("kernel"),
+                   timeout_per_cell=float(timeout) if timeout else None)
+
+
+# ------------------------------------------------------------------ parameters
+
+
+def python_literal(value: Any, name: str = "value") -> str:
+    """Python source that evaluates to ``value``; only plain data is accepted, never pasted text."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int):
+        return int.__repr__(value)  # not the subclass's repr: an IntEnum's is not Python source
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "float('nan')"
+        if math.isinf(value):
+            return "float('inf')" if value > 0 else "float('-inf')"
+        return float.__repr__(value)
+    if isinstance(value, str):
+        return str.__repr__(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(python_literal(v, name) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + "".join(python_literal(v, name) + ", " for v in value) + ")"
+    if isinstance(value, dict):
+        items = (f"{python_literal(k, name)}: {python_literal(v, name)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    raise JobError("invalid_parameters", f"parameter {name!r}: a {type(value).__name__} cannot be passed; "
+                                         "use str, int, float, bool, None, or lists and dicts of them")
+
+
+def parameters_source(parameters: dict[str, Any]) -> str:
+    """The injected cell's code: one assignment per parameter."""
+    lines = ["# Parameters"]
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise JobError("invalid_parameters", f"parameter name {name!r} is not a valid Python identifier")
+        lines.append(f"{name} = {python_literal(value, name)}")
+    return "\n".join(lines) + "\n"
+
+
+def inject_parameters(nb: NotebookNode, parameters: dict[str, Any]) -> None:
+    """Insert a cell tagged ``injected-parameters`` after the cell tagged ``parameters`` (or first), like papermill."""
+    if not parameters:
+        return
+    cell = nbformat.v4.new_code_cell(parameters_source(parameters), metadata={"tags": [INJECTED_TAG]})
+    # A notebook that comes out of an earlier job carries that job's values: replace them.
+    nb.cells = [c for c in nb.cells if INJECTED_TAG not in c.metadata.get("tags", [])]
+    tagged = [i for i, c in enumerate(nb.cells) if PARAMETERS_TAG in c.metadata.get("tags", [])]
+    nb.cells.insert(tagged[0] + 1 if tagged else 0, cell)
+
+
+# ------------------------------------------------------------------ notebooks
+
+
+def read_notebook(path: Path) -> NotebookNode:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError("invalid_notebook", f"cannot read {path}: {exc}") from None
+    try:
+        nb = nbformat.reads(text, as_version=4)
+    except Exception as exc:  # nbformat raises many kinds on bad input (NotJSONError, ValidationError, KeyError...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise JobError("invalid_notebook", f"{path} is not a valid notebook: {first}") from None
+    if nb.nbformat_minor < 5:
+        nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # cell ids, for injected cells
+    return nb
+
+
+def cell_notebook(job: JobFile) -> NotebookNode:
+    cells = [nbformat.v4.new_code_cell(source) for source in (*job.setup, job.code or "")]
+    return nbformat.v4.new_notebook(cells=cells)
+
+
+def write_outputs(nb: NotebookNode, out_dir: Path, stem: str, html: bool) -> None:
+    """The executed notebook, then its HTML report; a failed report only warns: the notebook is the record."""
+    try:
+        nbformat.write(nb, str(out_dir / f"{stem}.ipynb"))
+    except OSError as exc:
+        _warn(f"the executed notebook was not written: {exc}")
+        return
+    if not html:
+        return
+    try:
+        from nbconvert import HTMLExporter
+
+        body, _ = HTMLExporter().from_notebook_node(nb)
+        (out_dir / f"{stem}.html").write_text(body, encoding="utf-8")
+    except Exception as exc:  # any exporter failure (templates, a broken output): keep the job's result
+        _warn(f"the HTML report was not written ({type(exc).__name__}: {exc}); {stem}.ipynb has the outputs")
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"[jupyter-launch] warning: {text}\n")
+    sys.stderr.flush()
+
+
+def _emit(record: dict[str, Any]) -> None:
+    sys.stdout.write(control.encode(record))
+    sys.stdout.flush()
+
+
+# ------------------------------------------------------------------ kernels
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A call that makes Linux SIGKILL the calling process when its parent dies (a no-op elsewhere).
+
+    It is resolved here and not in the call, so it is safe as a ``preexec_fn``: nothing is imported after fork.
+    The signal follows the parent *thread*, so kernels are started from the main (event loop) thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+class Kernel:
+    """A kernel this runner started, and a client connected to it.
+
+    The kernel writes to this runner's own stdout and stderr, and ipykernel's capture of fds 1 and 2 is off: with it
+    on, output written at the fd level (a subprocess, C code) is echoed to the original fds and also sent as stream
+    messages that can arrive after the cell's idle status, so the log got it twice, or the notebook not at all.
+    """
+
+    def __init__(self, name: str, manager: AsyncKernelManager):
+        self.name = name
+        self.manager = manager
+        self.client = manager.client()
+
+    @classmethod
+    async def start(cls, name: str, cwd: Path, scratch: Path) -> Kernel:
+        # IPC sockets in the scratch folder: no TCP port to race for, nothing reachable from the network.
+        manager = AsyncKernelManager(kernel_name=name, transport="ipc", connection_file=str(scratch / "kernel.json"))
+        try:
+            # Any kernelspec that runs ipykernel, not only the ones named python3 (jupyter_client's test).
+            ipykernel = any("ipykernel" in arg for arg in manager.kernel_spec.argv)  # type: ignore[union-attr]
+            extra = ["--HistoryManager.hist_file=:memory:", "--IPKernelApp.capture_fd_output=False"]
+            # The kernel is a new session (jupyter_client's choice), out of reach of signals to our group:
+            # PR_SET_PDEATHSIG is what ends it when this runner is killed.
+            await manager.start_kernel(cwd=str(cwd), preexec_fn=die_with_parent(),
+                                       extra_arguments=extra if ipykernel else [])
+        except NoSuchKernel:
+            from jupyter_client.kernelspec import KernelSpecManager
+
+            installed = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+            raise JobError("kernel_start_failed", f"no kernel named {name!r} in the job's environment "
+                                                  f"(installed: {installed})") from None
+        kernel = cls(name, manager)
+        kernel.client.start_channels()
+        try:
+            await kernel.client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+        except RuntimeError as exc:
+            await kernel.shutdown(now=True)
+            raise JobError("kernel_start_failed", f"the {name!r} kernel did not start: {exc}") from None
+        kernel.client.allow_stdin = False
+        if ipykernel:
+            # IPython warns on SystemExit in a cell; here sys.exit() is how a notebook ends early, not a mistake.
+            await kernel.run_silently(_QUIET_EXIT_CODE)
+        return kernel
+
+    async def run_silently(self, code: str) -> dict[str, Any]:
+        """Run code the notebook does not show; the execute_reply's content (status, ename, evalue)."""
+        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        while True:
+            try:
+                reply = await self.client.get_shell_msg(timeout=1)
+            except Empty:
+                if not await self.manager.is_alive():
+                    raise DeadKernelError("Kernel died") from None
+                continue
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return reply["content"]
+
+    async def enter(self, cwd: Path, env: dict[str, str]) -> None:
+        """Move a kernel started ahead of its job (warm) into the job's working folder and environment."""
+        reply = await self.run_silently(_ENTER_CODE.format(cwd=python_literal(str(cwd)), env=python_literal(env)))
+        if reply["status"] != "ok":
+            raise JobError("kernel_start_failed", f"cannot move the warm kernel into the job: {reply.get('evalue')}")
+
+    async def how_it_ended(self) -> str:
+        """How a dead kernel's process ended, for the job's message: an OOM kill shows as SIGKILL."""
+        code = await self.manager.provisioner.poll() if self.manager.provisioner else None
+        if code is None:
+            return "it stopped answering"
+        if code < 0:
+            with contextlib.suppress(ValueError):
+                return f"killed by {signal.Signals(-code).name}"
+        return f"exit code {code}"
+
+    async def shutdown(self, now: bool) -> None:
+        self.client.stop_channels()
+        await self.manager.shutdown_kernel(now=now)
+
+
+# ------------------------------------------------------------------ execution
+
+
+class StreamingClient(NotebookClient):
+    """An nbclient NotebookClient that also writes each output to this process's stdout/stderr as it arrives.
+
+    Stream text is written as printed; a rich output shows its ``text/plain``; an error its traceback (on stderr,
+    without ANSI colours). Control records are forwarded to stdout and kept out of the stored notebook.
+    """
+
+    def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
+               cell_index: int) -> NotebookNode | None:
+        msg_type, content = msg["msg_type"], msg["content"]
+        if msg_type == "stream":
+            text = content.get("text", "")
+            records = _RECORD.findall(text)
+            plain = _RECORD.sub("", text) if records else text
+            if content.get("name") == "stderr":
+                _write(sys.stdout, "".join(records))
+                _write(sys.stderr, plain)
+            else:
+                _write(sys.stdout, text)
+            if not plain:
+                return None
+            content["text"] = plain
+        elif msg_type in ("display_data", "execute_result"):
+            data = content.get("data", {})
+            summary = data.get("text/plain") or "[" + ", ".join(sorted(data)) + "]"
+            _write(sys.stdout, summary if summary.endswith("\n") else summary + "\n")
+        elif msg_type == "error":
+            if is_clean_exit(content.get("ename"), content.get("evalue")):
+                return None  # not an error: the run ends here as a success
+            _write(sys.stderr, _ANSI.sub("", "\n".join(content.get("traceback", []))) + "\n")
+        return super().output(outs, msg, display_id, cell_index)
+
+
+def _write(stream: Any, text: str) -> None:
+    if text:
+        stream.write(text)
+        stream.flush()
+
+
+def is_clean_exit(ename: str | None, evalue: str | None) -> bool:
+    return ename == "SystemExit" and (evalue or "") in CLEAN_EXIT_VALUES
+
+
+async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kernel) -> Outcome:
+    """Run the code cells in order, reporting progress before each; stop at the first failure or clean exit."""
+    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    total = len(code_cells)
+    for number, index in enumerate(code_cells):
+        _emit({"type": "progress", "value": number, "total": total, "description": f"cell {number + 1}/{total}"})
+        try:
+            await client.async_execute_cell(nb.cells[index], index, execution_count=client.code_cells_executed + 1)
+        except CellExecutionError as exc:
+            if is_clean_exit(exc.ename, exc.evalue):
+                return Outcome("succeeded", "completed", f"stopped early at cell {index}: SystemExit({exc.evalue})")
+            return Outcome("failed", "cell_error", f"cell {index}: {exc.ename}: {exc.evalue}")
+        except CellTimeoutError:
+            return Outcome("failed", "timeout", f"cell {index} ran past its timeout of {client.timeout} s")
+        except DeadKernelError:
+            return Outcome("failed", "kernel_died",
+                           f"the kernel died while running cell {index} ({await kernel.how_it_ended()})")
+    _emit({"type": "progress", "value": total, "total": total, "description": "done"})
+    return Outcome("succeeded", "completed")
+
+
+class Runner:
+    """Runs one job in this process's working folder, with a kernel it starts or one started before (warm)."""
+
+    def __init__(self, scratch: Path, kernel: Kernel | None = None):
+        self.scratch = scratch
+        self.kernel = kernel
+        self.cancelled = False
+
+    async def run(self, job_path: Path, kernel_env: dict[str, str] | None = None) -> int:
+        """Run the job; ``kernel_env`` is set in an already started kernel first. Returns the exit code."""
+        out_dir = Path(os.environ.get(control.OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR).absolute()
+        os.environ[control.OUTPUT_DIR_ENV] = str(out_dir)  # the kernel's control.output_dir() finds it
+        nb: NotebookNode | None = None
+        stem, html = "cell", False
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._cancel, task)
+        try:
+            job = JobFile.load(job_path)
+            if job.kind == "notebook":
+                stem, html = Path(job.notebook or "").stem, True
+                nb = read_notebook(Path(job.notebook or ""))
+            else:
+                nb = cell_notebook(job)
+            inject_parameters(nb, job.parameters)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            outcome = await self._execute(job, nb, {**(kernel_env or {}), control.OUTPUT_DIR_ENV: str(out_dir)})
+        except JobError as exc:
+            outcome = Outcome("failed", exc.reason, exc.message)
+        except DeadKernelError:  # outside a cell: loading pushed variables, pulling
+            outcome = Outcome("failed", "kernel_died", "the kernel died")
+        except asyncio.CancelledError:
+            outcome = Outcome("failed", "cancelled", "stopped by a signal")
+        except Exception as exc:  # a bug or an unusable environment: the job still gets its one result
+            import traceback
+
+            traceback.print_exc()
+            outcome = Outcome("failed", "runner_error", f"{type(exc).__name__}: {exc}")
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if self.cancelled:  # nbclient reports a cell cancelled under it as a dead kernel
+            outcome = Outcome("failed", "cancelled", "stopped by a signal")
+        # The result goes out first: shutting a kernel down sometimes stalls for seconds, and the report takes a while.
+        _emit(outcome.record)
+        finishing = []
+        if self.kernel is not None:
+            immediate = outcome.reason in ("timeout", "kernel_died", "cancelled")
+            finishing.append(asyncio.create_task(self.kernel.shutdown(now=immediate)))
+        if nb is not None and out_dir.is_dir():
+            finishing.append(asyncio.create_task(asyncio.to_thread(write_outputs, nb, out_dir, stem, html)))
+        await asyncio.gather(*finishing)
+        return 0 if outcome.state == "succeeded" else 1
+
+    def _cancel(self, task: asyncio.Task[Any] | None) -> None:
+        self.cancelled = True
+        if task is not None:
+            task.cancel()
+
+    async def _execute(self, job: JobFile, nb: NotebookNode, kernel_env: dict[str, str]) -> Outcome:
+        kernel_name = job.kernel or nb.metadata.get("kernelspec", {}).get("name") or DEFAULT_KERNEL
+        if self.kernel is not None and self.kernel.name != kernel_name:
+            await self.kernel.shutdown(now=True)  # the warm kernel is the wrong language for this job
+            self.kernel = None
+        if self.kernel is None:
+            self.kernel = await Kernel.start(kernel_name, Path.cwd(), self.scratch)
+        else:
+            await self.kernel.enter(Path.cwd(), kernel_env)
+        kernel = self.kernel
+        spec = kernel.manager.kernel_spec
+        if spec is not None and "kernelspec" not in nb.metadata:  # a cell job's notebook opens with its kernel
+            nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": spec.display_name,
+                                         "language": spec.language}
+        client = StreamingClient(nb, km=kernel.manager, kernel_name=kernel_name, coalesce_streams=True,
+                                 timeout=math.ceil(job.timeout_per_cell) if job.timeout_per_cell else None,
+                                 resources={"metadata": {"path": str(Path.cwd())}})
+        client.kc = kernel.client
+        info = await client.async_wait_for_reply(kernel.client.kernel_info())
+        if info is not None and "language_info" in info["content"]:
+            nb.metadata["language_info"] = info["content"]["language_info"]
+        if job.push:
+            reply = await kernel.run_silently(_PUSH_CODE.format(path=python_literal(str(Path(job.push).absolute()))))
+            if reply["status"] != "ok":
+                return Outcome("failed", "push_failed",
+                               f"cannot load the pushed variables: {reply.get('ename')}: {reply.get('evalue')}")
+        outcome = await execute_cells(client, nb, kernel)
+        if outcome.state == "succeeded" and job.pull:
+            path = Path(os.environ[control.OUTPUT_DIR_ENV]) / "pulled.pkl"
+            reply = await kernel.run_silently(_PULL_CODE.format(names=python_literal(list(job.pull)),
+                                                                path=python_literal(str(path))))
+            if reply["status"] != "ok":
+                return Outcome("failed", "pull_failed", f"cannot pull variables: {reply.get('evalue')}")
+        return outcome
+
+
+# ------------------------------------------------------------------ entry points
+
+
+async def run_cold(job_path: Path) -> int:
+    with tempfile.TemporaryDirectory(prefix="jupyter-launch-") as scratch:
+        return await Runner(Path(scratch)).run(job_path)
+
+
+async def run_warm(kernel_name: str) -> int:
+    """Start a kernel, say ``ready``, wait for one job on stdin, run it; a closed stdin ends quietly."""
+    scratch = Path(tempfile.mkdtemp(prefix="jupyter-launch-"))
+    try:
+        kernel = await Kernel.start(kernel_name, scratch, scratch)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line.strip():
+            await kernel.shutdown(now=True)
+            return 0
+        try:
+            request = json.loads(line)
+            env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+            os.chdir(request["cwd"])
+            job_file = Path(request["job_file"])
+        except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
+            _emit(Outcome("failed", "invalid_job", f"a warm runner needs {{job_file, cwd, env}}: {exc!r}").record)
+            await kernel.shutdown(now=True)
+            return 1
+        os.environ.update(env)
+        return await Runner(scratch, kernel).run(job_file, kernel_env=env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jupyter_launch.runner", description=__doc__.splitlines()[0])
+    parser.add_argument("job_file", nargs="?", type=Path, help="the job's JSON file (.jupyter-launch/job.json)")
+    parser.add_argument("--warm", action="store_true", help="start a kernel now, then read the job from stdin")
+    parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="the kernel a warm runner starts")
+    args = parser.parse_args(argv)
+    if not args.warm and args.job_file is None:
+        parser.error("give a job file, or --warm")
+    die_with_parent()()  # the agent that started us is gone: so is the job
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
+    return asyncio.run(run_warm(args.kernel) if args.warm else run_cold(args.job_file))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

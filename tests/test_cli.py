@@ -1,0 +1,176 @@
+"""`jupyter launch ...` as a user runs it: real processes, the examples as written, one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+def job_count(home: Path) -> int:
+    db = home / "launch.db"
+    if not db.exists():
+        return 0
+    return sqlite3.connect(db).execute("select count(*) from jobs").fetchone()[0]
+
+
+def test_main_job_hello_notebook_follows_with_an_in_process_agent(cli, launch_home, tmp_path):
+    proc = cli("submit", str(EXAMPLES / "hello.ipynb"), "--follow")
+    assert proc.returncode == 0, proc.stderr
+    assert "hello, world!" in proc.stdout
+    assert "running one in this process" in proc.stderr
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    show = cli("show", job_id, "--json", check=True)
+    rec = json.loads(show.stdout)
+    assert (rec["state"], rec["exit_code"], rec["reason"]) == ("succeeded", 0, "completed")
+    outs = cli("outputs", job_id, check=True).stdout
+    for name in ("hello.ipynb", "hello.html", "greeting.txt"):
+        assert name in outs
+    cli("outputs", job_id, "--to", str(tmp_path / "out"), check=True)
+    assert (tmp_path / "out" / "greeting.txt").read_text() == "hello, world!\n"
+    executed = json.loads((tmp_path / "out" / "hello.ipynb").read_text())
+    assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"]) is False
+    metrics = [json.loads(line) for line in cli("metrics", job_id, check=True).stdout.splitlines()]
+    assert [m["step"] for m in metrics] == [0, 1, 2]
+
+
+def test_parameters_from_the_command_line(cli, launch_home, tmp_path):
+    proc = cli("submit", str(EXAMPLES / "hello.ipynb"), "-p", "name", "launch", "-p", "greeting", "'; import os #",
+               "--follow")
+    assert proc.returncode == 0, proc.stderr
+    assert "'; import os #, launch!" in proc.stdout
+
+
+def test_failing_cell_fails_the_job_with_the_cell_and_traceback(cli, launch_home):
+    proc = cli("submit", str(NOTEBOOKS / "failing.ipynb"), "--follow")
+    assert proc.returncode == 1
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    rec = json.loads(cli("show", job_id, "--json", check=True).stdout)
+    assert (rec["state"], rec["reason"]) == ("failed", "cell_error")
+    assert "ZeroDivisionError" in rec["message"] and "cell" in rec["message"]
+    assert "ZeroDivisionError" in cli("logs", job_id, check=True).stderr
+
+
+def test_seed_queue_and_job_as_written(cli, launch_home):
+    refused = cli("queue", "create", str(EXAMPLES / "my_queue.yaml"))
+    assert refused.returncode == 2
+    err = refused.stderr.strip()
+    assert len(err.splitlines()) == 1
+    assert "my_queue.yaml" in err and "provider.type" in err and "local, docker, kubernetes" in err
+    cli("queue", "create", str(EXAMPLES / "my_queue.local.yaml"), check=True)
+    listing = cli("queue", "list", check=True).stdout
+    assert "gpu-training-queue" in listing and "default" in listing
+    # The seed's job as written asks for a GPU; this machine's agents have none, so run it with --gpus 0.
+    proc = cli("submit", "--config", str(EXAMPLES / "my_training_job.yaml"), "--queue", "gpu-training-queue",
+               "--job-type", "train-model", "--gpus", "0", "--follow")
+    assert proc.returncode == 0, proc.stderr
+    assert "image wandb/deeplearning:latest is not used" in proc.stderr
+    assert "API key set: yes" in proc.stdout and "done" in proc.stdout
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    assert "weights.npy" in cli("outputs", job_id, check=True).stdout
+    assert len(cli("metrics", job_id, check=True).stdout.splitlines()) == 100
+
+
+def test_seed_job_with_its_gpu_waits_with_a_reason(cli, launch_home):
+    cli("queue", "create", str(EXAMPLES / "my_queue.local.yaml"), check=True)
+    job_id = cli("submit", "--config", str(EXAMPLES / "my_training_job.yaml"), "--queue", "gpu-training-queue",
+                 "--job-type", "train-model", check=True).stdout.strip()
+    rec = json.loads(cli("show", job_id, "--json", check=True).stdout)
+    assert (rec["state"], rec["reason"]) == ("queued", "no_agent_for_queue")
+    cli("cancel", job_id, check=True)
+    assert json.loads(cli("show", job_id, "--json", check=True).stdout)["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["submit", "missing.ipynb"], "missing.ipynb: no such notebook"),
+    (["submit", "{dir}/bad.ipynb"], "bad.ipynb:1: not a notebook: invalid JSON"),
+    (["submit", "{dir}/v3.ipynb"], "nbformat: unsupported nbformat 3"),
+    (["submit", "--config", "{dir}/bad.yaml"], "bad.yaml:3: resources.memory: expected a memory size"),
+    (["submit", "--config", "{dir}/unknown.yaml"], "unknown.yaml:2: comand: unknown field"),
+    (["submit", "--config", "{dir}/malformed.yaml"], "malformed.yaml:2: malformed YAML"),
+    (["submit", "--config", "{dir}/ok.yaml", "--queue", "nope"], "unknown queue 'nope'"),
+    (["submit", "--config", "{dir}/ok.yaml", "--memory", "lots"], "resources.memory: expected a memory size"),
+    (["submit", "--config", "{dir}/ok.yaml", "--cpus", "2 cores"], "resources.cpu: expected a CPU count"),
+    (["submit", "--config", "{dir}/ok.yaml", "--timeout", "soon"], "timeout: expected a duration"),
+    (["queue", "create", "{dir}/badqueue.yaml"], "badqueue.yaml:4: provider.max_instances"),
+    (["show", "0000"], "unknown job '0000'"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_is_written(cli, launch_home, tmp_path, args, expect):
+    d = tmp_path / "inputs"
+    d.mkdir()
+    (d / "bad.ipynb").write_text("{not json")
+    (d / "v3.ipynb").write_text(json.dumps({"nbformat": 3, "cells": []}))
+    (d / "bad.yaml").write_text("command: [echo]\nresources:\n  memory: 8Gx\n")
+    (d / "unknown.yaml").write_text("command: [echo]\ncomand: [typo]\n")
+    (d / "malformed.yaml").write_text("command: [echo\nenv: {\n")
+    (d / "ok.yaml").write_text("command: [echo, hi]\n")
+    (d / "badqueue.yaml").write_text("queue_name: q\nprovider:\n  type: local\n  max_instances: 0\n")
+    proc = cli(*[a.replace("{dir}", str(d)) for a in args], cwd=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert expect in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert job_count(launch_home) == 0
+
+
+def test_logs_resume_from_an_offset(cli, launch_home, tmp_path):
+    (tmp_path / "job.yaml").write_text("command: [python, -c, \"print('a' * 9); print('b' * 9)\"]\n")
+    proc = cli("submit", "--config", str(tmp_path / "job.yaml"), "--follow")
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    assert cli("logs", job_id, check=True).stdout == "a" * 9 + "\n" + "b" * 9 + "\n"
+    assert cli("logs", job_id, "--offset", "10", check=True).stdout == "b" * 9 + "\n"
+    assert cli("logs", job_id, "-f", "--offset", "15", check=True).stdout == "bbbb\n"
+
+
+def test_jobs_listing_and_rerun(cli, launch_home, tmp_path):
+    (tmp_path / "job.yaml").write_text("name: echo-job\ncommand: [echo, hi]\n")
+    first = cli("submit", "--config", str(tmp_path / "job.yaml"), "--follow")
+    job_id = first.stderr.split("submitted job ")[1].split()[0]
+    again = cli("rerun", job_id, "--follow")
+    assert again.returncode == 0 and "hi" in again.stdout
+    listing = cli("jobs", check=True).stdout
+    assert listing.count("echo-job") == 2 and "succeeded" in listing
+    assert cli("jobs", "--status", "queued", check=True).stdout.count("\n") == 1  # header only
+
+
+def test_size_limit_lists_the_largest_files(cli, launch_home, tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    shutil.copy(EXAMPLES / "hello.ipynb", src)
+    (src / "data.bin").write_bytes(b"\0" * 300_000)
+    proc = cli("submit", str(src / "hello.ipynb"), "--max-size", "100000")
+    assert proc.returncode == 2
+    assert "data.bin" in proc.stderr and ".launchignore" in proc.stderr
+    assert job_count(launch_home) == 0
+
+
+def test_agent_serves_a_job_type_only(cli, cli_env, launch_home, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "a.yaml").write_text("job_type: train-model\ncommand: [echo, trained]\n")
+    (tmp_path / "b.yaml").write_text("job_type: inference\ncommand: [echo, inferred]\n")
+    a = cli("submit", "--config", str(tmp_path / "a.yaml"), check=True).stdout.strip()
+    b = cli("submit", "--config", str(tmp_path / "b.yaml"), check=True).stdout.strip()
+    agent = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default",
+                              "--job-type", "train-model"], env=cli_env, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while json.loads(cli("show", a, "--json", check=True).stdout)["state"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        rec_b = json.loads(cli("show", b, "--json", check=True).stdout)
+        assert (rec_b["state"], rec_b["reason"]) == ("queued", "no_agent_for_job_type")
+    finally:
+        agent.terminate()
+        agent.wait(30)

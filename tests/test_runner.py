@@ -1,0 +1,379 @@
+"""The job runner, run for real: `python -m jupyter_launch.runner` on the notebooks in tests/notebooks, with kernels."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from jupyter_launch import control
+from jupyter_launch.runner import INJECTED_TAG, JobError, inject_parameters, parameters_source, python_literal
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+MALICIOUS = "'; import os; os.system('x')#"
+KERNEL_WAIT = 60
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str  # the log as the agent keeps it: control records taken out
+    stderr: str
+    records: list[dict[str, Any]]
+    out_dir: Path
+
+    @property
+    def result(self) -> dict[str, Any]:
+        results = [r for r in self.records if r["type"] == "result"]
+        assert len(results) == 1, f"expected one result record, got {results}\nstderr:\n{self.stderr}"
+        assert self.records[-1] is results[0], "the result is the last record"
+        return results[0]
+
+    def stored(self, stem: str) -> nbformat.NotebookNode:
+        return nbformat.read(self.out_dir / f"{stem}.ipynb", as_version=4)
+
+
+def split(stdout: bytes) -> tuple[str, list[dict[str, Any]]]:
+    splitter = control.RecordSplitter()
+    plain, records = splitter.feed(stdout)
+    return (plain + splitter.flush()).decode(), records
+
+
+def runner_env(out_dir: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env[control.OUTPUT_DIR_ENV] = str(out_dir)
+    env.update(extra)
+    return env
+
+
+def job_folder(tmp_path: Path, source: str | nbformat.NotebookNode | None = None, **job: Any) -> Path:
+    """A job's unpacked folder: the notebook (a file from tests/notebooks, or one built here) and its job.json."""
+    work = tmp_path / "job"
+    work.mkdir()
+    if isinstance(source, str):
+        (work / source).write_bytes((NOTEBOOKS / source).read_bytes())
+        job = {"kind": "notebook", "notebook": source, **job}
+    elif source is not None:
+        nbformat.write(source, work / "built.ipynb")
+        job = {"kind": "notebook", "notebook": "built.ipynb", **job}
+    (work / "job.json").write_text(json.dumps(job))
+    return work
+
+
+def run_runner(work: Path, timeout: float = 120) -> Run:
+    out_dir = work.parent / "outputs"
+    proc = subprocess.run([sys.executable, "-m", "jupyter_launch.runner", "job.json"], cwd=work,
+                          env=runner_env(out_dir), capture_output=True, timeout=timeout)
+    plain, records = split(proc.stdout)
+    return Run(proc.returncode, plain, proc.stderr.decode(), records, out_dir)
+
+
+def code_notebook(*sources: str) -> nbformat.NotebookNode:
+    return new_notebook(cells=[new_code_cell(s) for s in sources],
+                        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def stored_text(nb: nbformat.NotebookNode) -> str:
+    return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+def child_pids(pid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+# ------------------------------------------------------------------ parameters, without a kernel
+
+
+@pytest.mark.parametrize("value", [
+    "plain", MALICIOUS, "quotes ' \" and \\ backslash\nnewline", "ünï ✓ 🚀 שלום", "", 0, -7, 2**80, 0.1, -0.0,
+    1e300, True, False, None, [1, "a", [None]], {"k": {"nested": [1.5, False]}, "2": []}, (1, "t"), (),
+])
+def test_literal_round_trips(value: Any) -> None:
+    assert eval(python_literal(value), {"__builtins__": {}}) == value
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_floats(value: float) -> None:
+    back = eval(python_literal(value), {"__builtins__": {"float": float}})
+    assert (math.isnan(back) and math.isnan(value)) or back == value
+
+
+@pytest.mark.parametrize("value", [{1, 2}, b"bytes", object(), 1j, [1, {"k": {2}}]])
+def test_other_types_are_refused(value: Any) -> None:
+    with pytest.raises(JobError, match="parameter 'p': a .* cannot be passed") as info:
+        parameters_source({"p": value})
+    assert info.value.reason == "invalid_parameters"
+
+
+@pytest.mark.parametrize("name", ["x y", "1x", "class", "a;b", "", "os.system"])
+def test_names_must_be_identifiers(name: str) -> None:
+    with pytest.raises(JobError, match="not a valid Python identifier"):
+        parameters_source({name: 1})
+
+
+def test_injected_after_the_parameters_cell_replacing_an_earlier_injection() -> None:
+    nb = nbformat.read(NOTEBOOKS / "params.ipynb", as_version=4)
+    inject_parameters(nb, {"count": 2})
+    inject_parameters(nb, {"count": 3})
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert tags.index(["parameters"]) + 1 == tags.index([INJECTED_TAG]) and tags.count([INJECTED_TAG]) == 1
+    assert nb.cells[tags.index([INJECTED_TAG])].source == "# Parameters\ncount = 3\n"
+
+
+def test_injected_at_the_top_without_a_parameters_cell_and_not_at_all_without_values() -> None:
+    nb = nbformat.read(NOTEBOOKS / "trivial.ipynb", as_version=4)
+    inject_parameters(nb, {})
+    assert len(nb.cells) == 3
+    inject_parameters(nb, {"a": 5})
+    assert nb.cells[0].metadata["tags"] == [INJECTED_TAG] and nb.cells[0].source.endswith("a = 5\n")
+
+
+# ------------------------------------------------------------------ notebooks, for real
+
+
+def check_failing(run: Run) -> None:
+    assert "before" in run.stdout and "never" not in run.stdout
+    assert "ZeroDivisionError" in run.stderr and "----> 2 1/0" in run.stderr and "\x1b[" not in run.stderr
+
+
+def check_sysexit(run: Run) -> None:
+    assert run.stdout.startswith("before exit") and "never" not in run.stdout and "To exit" not in run.stderr
+    assert not any(o.output_type == "error" for c in run.stored("sysexit").cells for o in c.get("outputs", []))
+
+
+def check_rich(run: Run) -> None:
+    assert run.stdout.splitlines() == ["<IPython.core.display.HTML object>", "<IPython.core.display.Markdown object>",
+                                       "<IPython.core.display.Image object>", "{'a': 1, 'b': [1, 2, 3]}"]
+    data = [o.data for c in run.stored("rich").cells for o in c.outputs]
+    assert "text/html" in data[0] and "text/markdown" in data[1] and "image/png" in data[2]
+
+
+def check_unicode(run: Run) -> None:
+    text = "héllo wörld ✓ 🚀 日本語 שלום עולם مرحبا"
+    assert run.stdout == f"{text}\nemoji: 🎉🐍\n'{text}'\n" and run.stderr == "stderr: ½ ⅓ 🙂\n"
+    assert text in stored_text(run.stored("unicode")) and text in (run.out_dir / "unicode.html").read_text("utf-8")
+
+
+def check_bigoutput(run: Run) -> None:
+    assert run.stdout == "".join(f"line {i}\n" for i in range(100_000))
+    assert stored_text(run.stored("bigoutput")) == run.stdout
+
+
+def check_metrics(run: Run) -> None:
+    metrics = [r for r in run.records if r["type"] == "metrics"]
+    assert [(m["step"], m["data"]) for m in metrics] == [(i, {"loss": 1 / (i + 1)}) for i in range(5)]
+    assert run.stdout == "".join(f"epoch {i}\n" for i in range(5)) + "done\n"
+    stored = run.stored("metrics")
+    assert stored_text(stored) == run.stdout and control.MARK_STR not in json.dumps(stored)
+
+
+def check_trivial(run: Run) -> None:
+    assert run.stdout == "hello 3\n"
+
+
+def check_kernel_dies(run: Run) -> None:
+    assert run.stdout == "about to die\n"
+
+
+@pytest.mark.parametrize(("name", "state", "reason", "message", "check"), [
+    pytest.param("trivial", "succeeded", "completed", None, check_trivial, id="trivial"),
+    pytest.param("failing", "failed", "cell_error", "cell 2: ZeroDivisionError: division by zero", check_failing,
+                 id="failing"),
+    pytest.param("sysexit", "succeeded", "completed", "stopped early at cell 1: SystemExit(0)", check_sysexit,
+                 id="sysexit"),
+    pytest.param("rich", "succeeded", "completed", None, check_rich, id="rich"),
+    pytest.param("unicode", "succeeded", "completed", None, check_unicode, id="unicode"),
+    pytest.param("bigoutput", "succeeded", "completed", None, check_bigoutput, id="bigoutput"),
+    pytest.param("metrics", "succeeded", "completed", None, check_metrics, id="metrics"),
+    pytest.param("kernel_dies", "failed", "kernel_died", "the kernel died while running cell 1 (exit code 1)",
+                 check_kernel_dies, id="kernel_dies"),
+])
+def test_notebook(tmp_path: Path, name: str, state: str, reason: str, message: str | None,
+                  check: Callable[[Run], None]) -> None:
+    run = run_runner(job_folder(tmp_path, f"{name}.ipynb"))
+    assert run.result == {"type": "result", "state": state, "reason": reason, "message": message}, run.stderr
+    assert run.returncode == (0 if state == "succeeded" else 1)
+    cells = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
+    total = sum(c.cell_type == "code" for c in cells)
+    progress = [r for r in run.records if r["type"] == "progress"]
+    assert progress[0] == {"type": "progress", "value": 0, "total": total, "description": f"cell 1/{total}"}
+    assert len(run.stored(name).cells) == len(cells)
+    assert (run.out_dir / f"{name}.html").read_text("utf-8").startswith("<!DOCTYPE html>")
+    check(run)
+
+
+def test_parameters_of_several_types_arrive_exactly(tmp_path: Path) -> None:
+    values = {"text": MALICIOUS, "count": 3, "ratio": math.inf, "flag": True, "nothing": None,
+              "items": [1, "two", [3.5]], "config": {"k": [1, {"n": None}], "q": "a'b\"c"}}
+    run = run_runner(job_folder(tmp_path, "params.ipynb", parameters=values))
+    assert run.result["state"] == "succeeded", run.stderr
+    seen = json.loads((run.out_dir / "params.json").read_text())
+    assert seen == {**values, "ratio": "inf"}
+    injected = [c for c in run.stored("params").cells if INJECTED_TAG in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and f"text = {MALICIOUS!r}" in injected[0].source
+
+
+@pytest.mark.parametrize("content", [b"", b'{"cells": [', b"not json at all", b'{"nbformat": 9, "cells": []}',
+                                     b'{"nbformat": 4, "nbformat_minor": 5, "cells": [{"cell_type": "x"}]}', b"[]"],
+                         ids=["empty", "truncated", "not-json", "unknown-nbformat", "bad-cell", "a-list"])
+def test_invalid_notebook(tmp_path: Path, content: bytes) -> None:
+    work = job_folder(tmp_path, kind="notebook", notebook="broken.ipynb")
+    (work / "broken.ipynb").write_bytes(content)
+    run = run_runner(work)
+    assert run.returncode == 1 and run.result["reason"] == "invalid_notebook"
+    assert "broken.ipynb" in run.result["message"] and "\n" not in run.result["message"]
+
+
+def test_cell_timeout(tmp_path: Path) -> None:
+    run = run_runner(job_folder(tmp_path, code_notebook("print('started')", "import time\ntime.sleep(60)"),
+                                timeout_per_cell=1))
+    assert run.result["reason"] == "timeout" and run.result["message"] == "cell 1 ran past its timeout of 1 s"
+    assert run.stdout == "started\n"
+
+
+def test_kernel_killed_by_a_signal(tmp_path: Path) -> None:
+    run = run_runner(job_folder(tmp_path, code_notebook("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")))
+    assert run.result == {"type": "result", "state": "failed", "reason": "kernel_died",
+                          "message": "the kernel died while running cell 0 (killed by SIGKILL)"}
+
+
+def test_fd_level_output_is_logged_once(tmp_path: Path) -> None:
+    # ipykernel's fd capture would echo this to the kernel's stdout and also send it, sometimes late, as a message.
+    run = run_runner(job_folder(tmp_path, code_notebook(
+        "import os, subprocess, sys\nos.write(1, b'from fd\\n')\n"
+        "subprocess.run([sys.executable, '-c', 'print(\"from child\")'])")))
+    assert run.result["state"] == "succeeded", run.stderr
+    assert run.stdout.count("from fd\n") == 1 and run.stdout.count("from child\n") == 1
+
+
+# ------------------------------------------------------------------ cell jobs
+
+
+def cell_job(tmp_path: Path, pull: list[str], code: str) -> Run:
+    cloudpickle = pytest.importorskip("cloudpickle")
+    work = job_folder(tmp_path, kind="cell", code=code, setup=["offset = 2"], push="push.pkl", pull=pull,
+                      parameters={"scale": 10})
+    with open(work / "push.pkl", "wb") as f:
+        cloudpickle.dump({"base": 4, "double": lambda x: 2 * x}, f)
+    return run_runner(work)
+
+
+def test_cell_push_and_pull_round_trip(tmp_path: Path) -> None:
+    import cloudpickle
+
+    code = "total = double(base) * scale + offset\nlabel = 'ok ✓'\nprint(total)"
+    run = cell_job(tmp_path, ["total", "label"], code)
+    assert run.result["state"] == "succeeded" and run.stdout == "82\n", run.stderr
+    with open(run.out_dir / "pulled.pkl", "rb") as f:
+        assert cloudpickle.load(f) == {"total": 82, "label": "ok ✓"}
+    stored = run.stored("cell")
+    assert [c.source for c in stored.cells] == ["# Parameters\nscale = 10\n", "offset = 2", code]
+    assert stored.metadata.kernelspec.name == "python3"
+
+
+@pytest.mark.parametrize(("pull", "message"), [
+    (["total", "missing"], "cannot pull variables: 'missing' not defined in the kernel"),
+    (["lock"], "cannot pull variables: 'lock' (a _thread.lock) cannot be pickled"),
+])
+def test_cell_pull_failures_name_the_variable(tmp_path: Path, pull: list[str], message: str) -> None:
+    run = cell_job(tmp_path, pull, "import threading\ntotal = base\nlock = threading.Lock()")
+    assert run.result["state"] == "failed" and run.result["reason"] == "pull_failed"
+    assert run.result["message"].startswith(message)
+    assert not (run.out_dir / "pulled.pkl").exists()
+
+
+# ------------------------------------------------------------------ warm mode, signals
+
+
+def test_warm_runner_runs_the_job_it_is_sent(tmp_path: Path) -> None:
+    work = job_folder(tmp_path, code_notebook(
+        "import os, localmod\nprint(os.getcwd(), localmod.VALUE)\nprint(repr(os.environ['JOB_VALUE']))"))
+    (work / "localmod.py").write_text("VALUE = 'local module'\n")
+    out_dir = tmp_path / "outputs"
+    env = runner_env(tmp_path / "unused")
+    env.pop(control.OUTPUT_DIR_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.runner", "--warm"], cwd=tmp_path, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    value = "it's \"quoted\"\n'); os.system('x')#"
+    request = {"job_file": str(work / "job.json"), "cwd": str(work),
+               "env": {"JOB_VALUE": value, control.OUTPUT_DIR_ENV: str(out_dir)}}
+    stdout, stderr = proc.communicate(json.dumps(request).encode() + b"\n", timeout=KERNEL_WAIT)
+    plain, records = split(stdout)
+    assert proc.returncode == 0 and records[-1]["state"] == "succeeded", stderr.decode()
+    assert plain == f"{work} local module\n{value!r}\n"
+    assert (out_dir / "built.ipynb").exists() and (out_dir / "built.html").exists()
+
+
+def test_warm_runner_exits_quietly_when_stdin_closes(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "jupyter_launch.runner", "--warm"], cwd=tmp_path,
+                          env=runner_env(tmp_path / "outputs"), stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=KERNEL_WAIT)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"ready\n", b"")
+
+
+def start_sleeper(tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A runner inside a 60 s cell, and its kernel's pid."""
+    work = job_folder(tmp_path, code_notebook("print('sleeping', flush=True)", "import time\ntime.sleep(60)"))
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.runner", "job.json"], cwd=work,
+                            env=runner_env(tmp_path / "outputs"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line == b"sleeping\n":
+            break
+    (kernel,) = child_pids(proc.pid)
+    return proc, kernel
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_kill_9_of_the_runner_leaves_no_kernel(tmp_path: Path) -> None:
+    proc, kernel = start_sleeper(tmp_path)
+    assert running(kernel)
+    proc.kill()
+    proc.communicate(timeout=10)  # the kernel shares the runner's pipes: they close when it is gone too
+    deadline = time.monotonic() + 5
+    while running(kernel) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(kernel)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_cancels_and_keeps_the_partial_notebook(tmp_path: Path) -> None:
+    proc, kernel = start_sleeper(tmp_path)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 1, stderr.decode()
+    assert split(stdout)[1][-1] == {"type": "result", "state": "failed", "reason": "cancelled",
+                                    "message": "stopped by a signal"}
+    assert stored_text(nbformat.read(tmp_path / "outputs" / "built.ipynb", as_version=4)) == "sleeping\n"
+    assert not running(kernel)
