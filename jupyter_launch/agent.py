@@ -109,6 +109,7 @@ class Agent(LoggingConfigurable):
     gpus = List(Integer(), allow_none=True, default_value=None, config=True,
                 help="GPU indices this agent may hand out; None detects them with nvidia-smi.")
     keep_workdirs = Bool(False, config=True, help="Keep each job's unpacked folder after it ends (debugging).")
+    home = Unicode(config=True, help="The launch home: wake-up sockets, and jobs' folders unless work_root is set.")
     work_root = Unicode(config=True, help="Where jobs' folders are unpacked.")
     agent_id = Unicode(config=True, help="This agent's id in the store.")
     backend_classes = Dict(config=True, help="Provider type -> Backend class, overriding the registry.")
@@ -116,9 +117,13 @@ class Agent(LoggingConfigurable):
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
 
+    @default("home")
+    def _default_home(self) -> str:
+        return str(launch_home())
+
     @default("work_root")
     def _default_work_root(self) -> str:
-        return str(launch_home() / "work")
+        return str(Path(self.home) / "work")
 
     @default("agent_id")
     def _default_agent_id(self) -> str:
@@ -177,7 +182,7 @@ class Agent(LoggingConfigurable):
             self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
             self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
         if self.wake_socket:
-            self._listener = WakeListener(self.agent_id, self._wake.set)
+            self._listener = WakeListener(self.agent_id, self._wake.set, Path(self.home))
             self._listener.start()
         for name, queue in providers.items():
             backend = self.backend(queue.provider)
@@ -415,7 +420,8 @@ class _JobSetupError(Exception):
 
 
 def make_local_agent(store: Any, queues: list[str], *, job_types: list[str] | None = None,
-                     blobs: BlobStore | None = None, **traits: Any) -> Agent:
+                     blobs: BlobStore | None = None, home: str | Path | None = None, **traits: Any) -> Agent:
     """An agent on this machine's store and blob folder (the CLI, the server and tests use this)."""
-    return Agent(store=store, blobs=blobs or BlobStore(launch_home() / "blobs"), queues=queues,
+    home = Path(home) if home else launch_home()
+    return Agent(store=store, blobs=blobs or BlobStore(home / "blobs"), queues=queues, home=str(home),
                  job_types=job_types or [], **traits)

@@ -167,7 +167,8 @@ def _follow(client: Any, job_id: str, *, run_agent_for: str | None = None, offse
 
             print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
                   file=sys.stderr)
-            agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, wake_socket=False)
+            agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, home=client.home,
+                                     wake_socket=False)
             await agent.start()
             agent_task = asyncio.create_task(agent.run())
         last_reason = None
@@ -333,7 +334,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         traits["max_jobs"] = args.max_jobs
     if args.gpus is not None:
         traits["gpus"] = list(range(args.gpus))
-    agent = make_local_agent(client.store, args.queue, job_types=args.job_type, blobs=client.blobs, **traits)
+    agent = make_local_agent(client.store, args.queue, job_types=args.job_type, blobs=client.blobs,
+                             home=client.home, **traits)
     agent.log = logging.getLogger("jupyter_launch.agent")
 
     async def main() -> None:

@@ -129,7 +129,7 @@ class LaunchClient:
         record = self.store.enqueue(queue, job_spec, artifact=artifact.digest, owner=self.owner)
         from .notify import wake_agents
 
-        wake_agents()
+        wake_agents(self.home)
         return Job(self, record.id, record)
 
     # ------------------------------------------------------------ jobs
@@ -145,14 +145,14 @@ class LaunchClient:
         record = self.store.request_cancel(job_id)
         from .notify import wake_agents
 
-        wake_agents()
+        wake_agents(self.home)
         return record
 
     def rerun(self, job_id: str) -> Job:
         record = self.store.rerun(job_id, owner=self.owner)
         from .notify import wake_agents
 
-        wake_agents()
+        wake_agents(self.home)
         return Job(self, record.id, record)
 
     def read_log(self, job_id: str, offset: int = 0) -> tuple[list[LogChunk], int]:

@@ -16,22 +16,24 @@ from pathlib import Path
 from .paths import launch_home
 
 
-def wake_dir() -> Path:
+def wake_dir(home: Path | None = None) -> Path:
+    """The folder of agent sockets for a launch home (``$JUPYTER_LAUNCH_HOME`` by default)."""
+    home = home or launch_home()
     # Unix socket paths are limited to ~107 bytes; fall back to /tmp when the home is deep.
-    d = launch_home() / "wake"
+    d = home / "wake"
     if len(str(d)) > 80:
         import hashlib
 
-        d = Path("/tmp") / f"jupyter-launch-wake-{hashlib.sha1(str(launch_home()).encode()).hexdigest()[:12]}"
+        d = Path("/tmp") / f"jupyter-launch-wake-{hashlib.sha1(str(home).encode()).hexdigest()[:12]}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
 
-def wake_agents() -> int:
-    """Poke every local agent; returns how many were reached."""
+def wake_agents(home: Path | None = None) -> int:
+    """Poke every local agent of this launch home; returns how many were reached."""
     reached = 0
     try:
-        entries = list(os.scandir(wake_dir()))
+        entries = list(os.scandir(wake_dir(home)))
     except FileNotFoundError:
         return 0
     if not entries:
@@ -55,8 +57,8 @@ def wake_agents() -> int:
 class WakeListener:
     """An agent's socket; calls ``on_wake`` in the event loop for each datagram."""
 
-    def __init__(self, name: str, on_wake: Callable[[], None]):
-        self.path = wake_dir() / f"{name}.sock"
+    def __init__(self, name: str, on_wake: Callable[[], None], home: Path | None = None):
+        self.path = wake_dir(home) / f"{name}.sock"
         self.on_wake = on_wake
         self._sock: socket.socket | None = None
 
