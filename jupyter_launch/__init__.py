@@ -31,3 +31,10 @@ def _jupyter_server_extension_points() -> list[dict[str, Any]]:
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:
     return [{"src": "labextension", "dest": "jupyter-launch"}]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_launch``: the ``%launch`` and ``%%launch`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

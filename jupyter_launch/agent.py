@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -140,6 +141,7 @@ class Agent(LoggingConfigurable):
         self._total_gpus = 0
         self._local_gpus = True  # False when every queue's backend schedules GPUs itself (Kubernetes)
         self._unsubscribe: list[Any] = []
+        self._metrics_lock = threading.Lock()
         self._listener: WakeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
@@ -398,10 +400,12 @@ class Agent(LoggingConfigurable):
                 await asyncio.to_thread(self._flush_metrics, job_id, pending)
 
     def _flush_metrics(self, job_id: str, pending: list[dict[str, Any]]) -> None:
-        if pending:
-            batch = pending[:]
-            del pending[:len(batch)]
-            self.store.add_metrics(job_id, batch)
+        # Called from worker threads by the shipper and by the final flush: one at a time, or records are lost.
+        with self._metrics_lock:
+            if pending:
+                batch = pending[:]
+                del pending[:len(batch)]
+                self.store.add_metrics(job_id, batch)
 
     def _collect_outputs(self, job_id: str, output_dir: Path) -> None:
         records = []

@@ -7,6 +7,7 @@
 What the user's code prints goes to this process's stdout and stderr as it arrives, unchanged. Control records
 (:mod:`jupyter_launch.control`) report each code cell's start as progress, and exactly one ``result`` record at the end,
 flushed before the kernel is shut down and the executed notebook and HTML report are written to the output folder.
+Messages name a cell by its index in the executed notebook, from 0, markdown cells included.
 
 A cell that raises ``SystemExit`` with a clean status (``sys.exit()``, ``sys.exit(0)``) ends the run early as a
 success, as it would end a script; any other status fails the job like an error.
@@ -244,20 +245,33 @@ def cell_notebook(job: JobFile) -> NotebookNode:
     return nbformat.v4.new_notebook(cells=cells)
 
 
-def write_outputs(nb: NotebookNode, out_dir: Path, stem: str, html: bool) -> None:
+def html_exporter() -> Any:
+    """nbconvert's HTMLExporter, having rendered a sample once: importing nbconvert and compiling its templates take
+    about half a second, better spent while a kernel starts than after the job's result."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter()
+    outputs = [nbformat.v4.new_output("stream", name="stdout", text="0\n"),
+               nbformat.v4.new_output("execute_result", data={"text/plain": "0"}, execution_count=1)]
+    sample = nbformat.v4.new_notebook(
+        cells=[nbformat.v4.new_markdown_cell("# 0"), nbformat.v4.new_code_cell("0", outputs=outputs)],
+        metadata={"language_info": {"name": "python", "pygments_lexer": "ipython3"}})
+    exporter.from_notebook_node(sample)
+    return exporter
+
+
+async def write_outputs(nb: NotebookNode, out_dir: Path, stem: str, exporter: asyncio.Future[Any] | None) -> None:
     """The executed notebook, then its HTML report; a failed report only warns: the notebook is the record."""
     try:
-        nbformat.write(nb, str(out_dir / f"{stem}.ipynb"))
+        await asyncio.to_thread(nbformat.write, nb, str(out_dir / f"{stem}.ipynb"))
     except OSError as exc:
         _warn(f"the executed notebook was not written: {exc}")
         return
-    if not html:
+    if exporter is None:
         return
     try:
-        from nbconvert import HTMLExporter
-
-        body, _ = HTMLExporter().from_notebook_node(nb)
-        (out_dir / f"{stem}.html").write_text(body, encoding="utf-8")
+        body, _ = await asyncio.to_thread((await exporter).from_notebook_node, nb)
+        await asyncio.to_thread((out_dir / f"{stem}.html").write_text, body, encoding="utf-8")
     except Exception as exc:  # any exporter failure (templates, a broken output): keep the job's result
         _warn(f"the HTML report was not written ({type(exc).__name__}: {exc}); {stem}.ipynb has the outputs")
 
@@ -437,9 +451,10 @@ async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kerne
 class Runner:
     """Runs one job in this process's working folder, with a kernel it starts or one started before (warm)."""
 
-    def __init__(self, scratch: Path, kernel: Kernel | None = None):
+    def __init__(self, scratch: Path, kernel: Kernel | None = None, exporter: asyncio.Future[Any] | None = None):
         self.scratch = scratch
         self.kernel = kernel
+        self.exporter = exporter  # the HTML report's, made ahead
         self.cancelled = False
 
     async def run(self, job_path: Path, kernel_env: dict[str, str] | None = None) -> int:
@@ -447,7 +462,7 @@ class Runner:
         out_dir = Path(os.environ.get(control.OUTPUT_DIR_ENV) or DEFAULT_OUTPUT_DIR).absolute()
         os.environ[control.OUTPUT_DIR_ENV] = str(out_dir)  # the kernel's control.output_dir() finds it
         nb: NotebookNode | None = None
-        stem, html = "cell", False
+        stem, exporter = "cell", None
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -455,8 +470,9 @@ class Runner:
         try:
             job = JobFile.load(job_path)
             if job.kind == "notebook":
-                stem, html = Path(job.notebook or "").stem, True
+                stem = Path(job.notebook or "").stem
                 nb = read_notebook(Path(job.notebook or ""))
+                exporter = self.exporter or asyncio.ensure_future(asyncio.to_thread(html_exporter))
             else:
                 nb = cell_notebook(job)
             inject_parameters(nb, job.parameters)
@@ -485,8 +501,10 @@ class Runner:
             immediate = outcome.reason in ("timeout", "kernel_died", "cancelled")
             finishing.append(asyncio.create_task(self.kernel.shutdown(now=immediate)))
         if nb is not None and out_dir.is_dir():
-            finishing.append(asyncio.create_task(asyncio.to_thread(write_outputs, nb, out_dir, stem, html)))
-        await asyncio.gather(*finishing)
+            finishing.append(asyncio.create_task(write_outputs(nb, out_dir, stem, exporter)))
+        for failure in await asyncio.gather(*finishing, return_exceptions=True):
+            if failure is not None:
+                _warn(f"after the job: {type(failure).__name__}: {failure}")
         return 0 if outcome.state == "succeeded" else 1
 
     def _cancel(self, task: asyncio.Task[Any] | None) -> None:
@@ -508,7 +526,7 @@ class Runner:
         if spec is not None and "kernelspec" not in nb.metadata:  # a cell job's notebook opens with its kernel
             nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": spec.display_name,
                                          "language": spec.language}
-        client = StreamingClient(nb, km=kernel.manager, kernel_name=kernel_name, coalesce_streams=True,
+        client = StreamingClient(nb, km=kernel.manager, coalesce_streams=True,
                                  timeout=math.ceil(job.timeout_per_cell) if job.timeout_per_cell else None,
                                  resources={"metadata": {"path": str(Path.cwd())}})
         client.kc = kernel.client
@@ -542,7 +560,13 @@ async def run_warm(kernel_name: str) -> int:
     """Start a kernel, say ``ready``, wait for one job on stdin, run it; a closed stdin ends quietly."""
     scratch = Path(tempfile.mkdtemp(prefix="jupyter-launch-"))
     try:
-        kernel = await Kernel.start(kernel_name, scratch, scratch)
+        exporter = asyncio.ensure_future(asyncio.to_thread(html_exporter))
+        try:
+            kernel = await Kernel.start(kernel_name, scratch, scratch)
+        except JobError as exc:  # no job yet to report on: the pool sees no "ready"
+            _warn(exc.message)
+            return 1
+        await asyncio.wait([exporter])
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         line = await asyncio.to_thread(sys.stdin.readline)
@@ -559,7 +583,7 @@ async def run_warm(kernel_name: str) -> int:
             await kernel.shutdown(now=True)
             return 1
         os.environ.update(env)
-        return await Runner(scratch, kernel).run(job_file, kernel_env=env)
+        return await Runner(scratch, kernel, exporter).run(job_file, kernel_env=env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

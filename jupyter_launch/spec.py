@@ -251,6 +251,7 @@ class DockerBuild(Strict):
     base_image: str | None = None
     ca_bundle: str | None = None  # extra CA bundle copied into builds (corporate proxies, this machine)
     pip_args: list[str] = Field(default_factory=list)
+    lock: Literal["minimal", "full"] = "minimal"  # full: pin every package of the captured environment
 
 
 class DockerProvider(Strict):
@@ -264,6 +265,9 @@ class DockerProvider(Strict):
     build: DockerBuild = Field(default_factory=DockerBuild)
     registry_auth: str | None = None  # name of a secret holding "user:password" or a docker config JSON
     keep_on_failure: bool = False
+    # How the job's folder reaches the container: bind-mounted read-only, or copied in (remote engines); None picks
+    # mount for a local engine and copy for a remote one.
+    transfer: Literal["mount", "copy"] | None = None
     gpus: int | list[int] | None = None
     grace_period: float = Field(default=10.0, gt=0)
 

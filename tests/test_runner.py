@@ -52,11 +52,12 @@ def split(stdout: bytes) -> tuple[str, list[dict[str, Any]]]:
     return (plain + splitter.flush()).decode(), records
 
 
-def runner_env(out_dir: Path, **extra: str) -> dict[str, str]:
+def runner_env(out_dir: Path | None) -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    env[control.OUTPUT_DIR_ENV] = str(out_dir)
-    env.update(extra)
+    env.pop(control.OUTPUT_DIR_ENV, None)
+    if out_dir is not None:
+        env[control.OUTPUT_DIR_ENV] = str(out_dir)
     return env
 
 
@@ -254,6 +255,20 @@ def test_invalid_notebook(tmp_path: Path, content: bytes) -> None:
     assert "broken.ipynb" in run.result["message"] and "\n" not in run.result["message"]
 
 
+@pytest.mark.parametrize(("job", "reason", "message"), [
+    ({"kind": "command", "command": ["true"]}, "invalid_job", "the runner runs notebook and cell jobs, not 'command'"),
+    ({"kind": "cell"}, "invalid_job", "a cell job needs its 'code'"),
+    ({"kind": "cell", "code": "1", "timeout_per_cell": "soon"}, "invalid_job", "'timeout_per_cell' must be a number"),
+    ({"kind": "cell", "code": "1", "parameters": [1]}, "invalid_parameters", "'parameters' must be an object"),
+    ({"kind": "cell", "code": "1", "parameters": {"not valid": 1}}, "invalid_parameters", "parameter name 'not valid'"),
+    ({"kind": "cell", "code": "1", "kernel": "no-such"}, "kernel_start_failed", "no kernel named 'no-such'"),
+], ids=["command", "no-code", "timeout", "parameters-list", "parameter-name", "no-such-kernel"])
+def test_jobs_the_runner_refuses(tmp_path: Path, job: dict[str, Any], reason: str, message: str) -> None:
+    run = run_runner(job_folder(tmp_path, **job))
+    assert (run.returncode, run.result["state"], run.result["reason"]) == (1, "failed", reason)
+    assert run.result["message"].startswith(message), run.result["message"]
+
+
 def test_cell_timeout(tmp_path: Path) -> None:
     run = run_runner(job_folder(tmp_path, code_notebook("print('started')", "import time\ntime.sleep(60)"),
                                 timeout_per_cell=1))
@@ -320,9 +335,8 @@ def test_warm_runner_runs_the_job_it_is_sent(tmp_path: Path) -> None:
         "import os, localmod\nprint(os.getcwd(), localmod.VALUE)\nprint(repr(os.environ['JOB_VALUE']))"))
     (work / "localmod.py").write_text("VALUE = 'local module'\n")
     out_dir = tmp_path / "outputs"
-    env = runner_env(tmp_path / "unused")
-    env.pop(control.OUTPUT_DIR_ENV)
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.runner", "--warm"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.runner", "--warm"], cwd=tmp_path,
+                            env=runner_env(None),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     value = "it's \"quoted\"\n'); os.system('x')#"

@@ -90,3 +90,15 @@ outputs = Table(
     Column("digest", String(80), nullable=False),
     Column("size", Integer, nullable=False),
 )
+
+agent_tokens = Table(
+    "agent_tokens", metadata,
+    Column("id", String(16), primary_key=True),  # the public half of the token, shown in `token list`
+    Column("name", String(255), nullable=False),
+    Column("secret_hash", String(64), nullable=False),  # sha256 of the secret half; the secret is never stored
+    Column("queues", JSON, nullable=False),  # queues the agent may serve; ["*"] for all
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(255)),
+    Column("last_used_at", Float),
+    Column("revoked_at", Float),
+)

@@ -465,27 +465,28 @@ class SQLStore:
 
     def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
         """Chunks from ``offset`` (the first one trimmed to start there) and the offset to read from next."""
+        chunks: list[LogChunk] = []
+        nxt, got = offset, 0
         with self._read() as c:
             rows = c.execute(select(t.log_chunks.c.offset, t.log_chunks.c.stream, t.log_chunks.c.attempt,
                                     t.log_chunks.c.data)
                              .where(t.log_chunks.c.job_id == job_id, t.log_chunks.c.offset > offset - MAX_CHUNK,
                                     t.log_chunks.c.offset + func.length(t.log_chunks.c.data) > offset)
                              # a bounded number of rows, so one read never holds the whole log in memory
-                             .order_by(t.log_chunks.c.offset).limit(max(8, limit // 8192))).all()
-        chunks: list[LogChunk] = []
-        nxt, got = offset, 0
-        for r in rows:
-            end = r.offset + len(r.data)
-            if end <= offset:
-                continue
-            data = bytes(r.data)
-            if r.offset < offset:
-                data = data[offset - r.offset:]
-            chunks.append(LogChunk(max(r.offset, offset), r.stream, r.attempt, data))
-            nxt = end
-            got += len(data)
-            if got >= limit:
-                break
+                             .order_by(t.log_chunks.c.offset).limit(max(8, limit // 8192)))
+            # Iterate, don't fetch all: SQLite then reads no row past the page's byte limit.
+            for r in rows:
+                end = r.offset + len(r.data)
+                if end <= offset:
+                    continue
+                data = bytes(r.data)
+                if r.offset < offset:
+                    data = data[offset - r.offset:]
+                chunks.append(LogChunk(max(r.offset, offset), r.stream, r.attempt, data))
+                nxt = end
+                got += len(data)
+                if got >= limit:
+                    break
         return chunks, nxt
 
     def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:

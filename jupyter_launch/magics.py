@@ -1,0 +1,509 @@
+"""``%launch`` and ``%%launch``: run a notebook or one cell as a job from IPython, with a live view of it.
+
+``%load_ext jupyter_launch`` registers them. A cell job runs the notebook's cells tagged ``launch-setup`` first, gets
+the variables named by ``--push`` (pickled with cloudpickle) and, once it succeeds, gives back those named by
+``--pull``. Both magics return a :class:`LaunchedJob` (a :class:`~jupyter_launch.client.Job`) and show a live view
+that updates from a background thread, so the kernel stays free; ``--wait`` blocks until the job ends instead.
+
+Where no agent serves the queue, one runs inside this kernel (on the view's background loop) until the kernel stops,
+as ``jupyter launch submit --follow`` does in its own process: a first job needs no setup, and a standalone
+``jupyter launch agent`` (or the server's agent) takes over as soon as one is running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+from traitlets import Bool, Dict, Enum, Float, Integer, Type, Unicode, default
+
+from .client import Job
+from .widgets import BackgroundLoop, JobView, JobWatcher, TextView, reason_text
+
+SETUP_TAG = "launch-setup"
+PUSH_PATH = ".jupyter-launch/push.pkl"  # where the agent looks for pushed variables in a cell job's artifact
+PULL_OUTPUT = "pulled.pkl"  # the output where the runner leaves pulled variables
+JOB_ID_ENV = "JUPYTER_LAUNCH_JOB_ID"  # set inside a running job
+CANCEL_WAIT = 60.0  # how long an interrupted --wait waits for the cancelled job to end
+# Spec fields as the options that set them, for error messages.
+_OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memory": "--memory",
+           "timeout": "--timeout", "retries": "--retries", "job_type": "--job-type", "env": "--env",
+           "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
+
+
+class JobFailed(Exception):
+    """A ``--wait`` job that did not succeed (or whose pulled variables could not be loaded); ``.job`` is its handle."""
+
+    def __init__(self, job: LaunchedJob, message: str):
+        super().__init__(message)
+        self.job = job
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"JobFailed: {self}"]  # the log is in the view above: no Python traceback to add
+
+
+class LaunchedJob(Job):
+    """The handle ``%launch``/``%%launch`` return: a :class:`Job` with its live ``view``.
+
+    ``wait()`` returns once the view shows the end of the job, pulled variables included; ``pulled`` holds them.
+    """
+
+    def __init__(self, client: Any, job_id: str, record: Any, *, view: JobView | TextView, shell: Any):
+        super().__init__(client, job_id, record)
+        self.view = view
+        self.watcher: JobWatcher | None = None
+        self.pulled: dict[str, Any] = {}
+        self.pull_error: str | None = None
+        self._shell = shell
+        self._shown_in: int | None = None
+
+    def wait(self, timeout: float | None = None, poll: float = 0.05) -> Any:
+        start = time.monotonic()
+        if self.watcher is not None and not self.watcher.settled.wait(timeout):
+            raise TimeoutError(f"job {self.id} still {self.refresh().state} after {timeout}s")
+        record = self.refresh()
+        if not record.done:  # the view stopped early (it says why): wait on the job itself
+            left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+            record = super().wait(left, poll)
+        return record
+
+    def _ipython_display_(self) -> None:
+        if self._shown_in is not None and self._shown_in == self._shell.execution_count:
+            return  # the magic showed the view in this very cell; the returned handle adds nothing
+        if isinstance(self.view, JobView):
+            display(self.view)
+        else:
+            print(repr(self))
+
+
+@magics_class
+class LaunchMagics(Magics):
+    """``%launch`` / ``%%launch``. Configure as ``c.LaunchMagics.*`` (e.g. in ``ipython_kernel_config.py``)."""
+
+    client_class = Type("jupyter_launch.client.LaunchClient", klass=object, config=True,
+                        help="The client jobs go through: the embedded store by default; a server client can be "
+                             "swapped in here.")
+    client_kwargs = Dict(config=True, help="Keyword arguments for client_class.")
+    view = Enum(["auto", "widget", "text"], "auto", config=True,
+                help="How jobs are shown: widgets in a kernel and text in a terminal IPython (auto), or forced.")
+    agent_in_kernel = Bool(True, config=True,
+                           help="Run an agent in this kernel for a queue no agent serves (local store only).")
+    output_base_url = Unicode(config=True, help="Base URL of the Jupyter server, for links to outputs.")
+    tail_lines = Integer(500, config=True, help="Log lines kept in a job's view.")
+    update_interval = Float(0.1, config=True, help="Seconds between two log updates of a view, at least.")
+
+    @default("output_base_url")
+    def _default_output_base_url(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
+
+    def __init__(self, shell: Any = None, **kwargs: Any):
+        super().__init__(shell=shell, **kwargs)
+        self._client: Any = None
+        self._client_future: concurrent.futures.Future[Any] | None = None
+        self._agents: dict[str, Any] = {}
+        self.jobs: list[LaunchedJob] = []
+
+    # ------------------------------------------------------------ the client
+
+    def prewarm(self) -> None:
+        """Open the client in the background (opening the SQL store takes a second or two)."""
+        if self._client is None and self._client_future is None:
+            self._client_future = BackgroundLoop.get().submit(_call_in_thread(self._new_client))
+
+    def _new_client(self) -> Any:
+        return self.client_class(**self.client_kwargs)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            future, self._client_future = self._client_future, None
+            self._client = future.result() if future is not None else self._new_client()
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client, self._client_future = value, None
+
+    # ------------------------------------------------------------ the magic
+
+    @magic_arguments()
+    @argument("notebook", nargs="?", help="%%launch only: the notebook to run (default: this notebook, saved)")
+    @argument("--queue", "-q", default="default", help="the queue to submit to (default: default)")
+    @argument("--gpus", type=int, help="GPUs the job needs")
+    @argument("--cpus", help="CPU cores (2, 0.5, 500m)")
+    @argument("--memory", help="memory (8Gi, 512Mi)")
+    @argument("--image", help="container image for docker and kubernetes queues")
+    @argument("--job-type", "-t", help="job type, matched by the queue's agents")
+    @argument("--name", help="the job's name (default: the notebook's)")
+    @argument("--param", "-p", action="append", metavar="NAME=VALUE",
+              help="a parameter; the value is read as YAML (3, 0.1, true, [1, 2], text); repeatable")
+    @argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable; repeatable")
+    @argument("--secret", action="append", metavar="NAME",
+              help="an environment variable resolved on the agent at start, never stored; repeatable")
+    @argument("--timeout", help="3600, 90s, 45m, 1h")
+    @argument("--retries", type=int, help="attempts after a lost agent")
+    @argument("--kernel", help="the kernel that runs the job (default: python3)")
+    @argument("--wait", action="store_true",
+              help="block until the job ends; interrupting asks, then cancels the job")
+    @argument("--push", action="append", metavar="A,B", help="%%%%launch: variables sent with the job")
+    @argument("--pull", action="append", metavar="C,D", help="%%%%launch: variables brought back when it succeeds")
+    @argument("--root", help="the folder packaged with the job (default: this kernel's working folder, or the "
+                             "notebook's folder)")
+    @argument("--include", action="append", metavar="GLOB", help="package only files matching these patterns")
+    @line_cell_magic
+    def launch(self, line: str, cell: str | None = None) -> LaunchedJob | None:
+        """Run this notebook (``%launch``), another one (``%launch NOTEBOOK``) or this cell (``%%launch``) as a job.
+
+        Returns the job's handle and shows it live: state and why, elapsed time, progress, the log, metrics logged
+        with ``jupyter_launch.log({...})``, a Cancel button and the outputs. ``%%launch`` runs the notebook's cells
+        tagged ``launch-setup`` first; ``--push a,b`` sends variables, ``--pull c,d`` brings variables back.
+        """
+        args = parse_argstring(self.launch, line)
+        magic = "%%launch" if cell is not None else "%launch"
+        if cell is not None and args.notebook:
+            raise UsageError(f"%%launch runs the cell below it; to run a notebook use %launch {args.notebook}")
+        if cell is None and (args.push or args.pull):
+            raise UsageError("--push and --pull work with %%launch cells; a whole notebook makes its own variables")
+        if os.environ.get(JOB_ID_ENV):
+            return self._inside_job(cell)
+
+        fields = _spec_fields(args, magic)
+        client = self.client
+        from .spec import JobSpec, SpecError, validate
+        from .store import StoreError
+
+        try:
+            if cell is not None:
+                spec, root, extra = self._cell_job(args, cell, fields)
+                validate(JobSpec, spec, magic)
+                job = client.submit(spec=spec, queue=args.queue, root=root, extra_files=extra or None,
+                                    include=args.include)
+            else:
+                path, root = self._notebook_path(args)
+                validate(JobSpec, {"kind": "notebook", "notebook": path.name, **fields}, magic)
+                job = client.submit(path, queue=args.queue, root=root, include=args.include, **fields)
+        except SpecError as exc:
+            raise UsageError(_spec_message(exc, magic)) from None
+        except StoreError as exc:
+            raise UsageError(f"{magic}: {exc}") from None
+        launched = self._show(job, args)
+        if args.wait:
+            self._wait(launched)
+            record = launched.refresh()
+            if record.state != "succeeded":
+                raise JobFailed(launched, f"job {job.id} {record.state}: {reason_text(record)}")
+            if launched.pull_error:
+                raise JobFailed(launched, launched.pull_error)
+        return launched
+
+    # ------------------------------------------------------------ building the job
+
+    def _cell_job(self, args: Any, cell: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Path, dict[str, bytes]]:
+        if not cell.strip():
+            raise UsageError("%%launch: the cell is empty; write the code to run below the %%launch line")
+        push, pull = _names(args.push, "--push"), _names(args.pull, "--pull")
+        notebook = find_notebook(self.shell)
+        spec: dict[str, Any] = {
+            "kind": "cell", "code": cell, "setup": setup_cells(notebook) if notebook else [],
+            "push": push, "pull": pull,
+            "name": f"{notebook.stem}: cell" if notebook else "cell", **fields,
+        }
+        extra = {PUSH_PATH: pickle_variables(self.shell.user_ns, push)} if push else {}
+        root = Path(args.root).expanduser() if args.root else Path.cwd()
+        return spec, root, extra
+
+    def _notebook_path(self, args: Any) -> tuple[Path, Path]:
+        if args.notebook:
+            path = Path(args.notebook).expanduser()
+            if not path.is_file():
+                raise UsageError(f"%launch: no notebook at {path}")
+        else:
+            path = find_notebook(self.shell)
+            if path is None:
+                tried = notebook_candidates(self.shell)
+                raise UsageError(
+                    (f"%launch: this kernel's notebook ({', '.join(tried)}) is not on disk: save it first, "
+                     if tried else "%launch: cannot tell which notebook this kernel runs (no JPY_SESSION_NAME or "
+                                   "__session__): ") + "or name it: %launch path/to/notebook.ipynb --queue Q")
+            check_saved(self.shell, path)
+        root = Path(args.root).expanduser().resolve() if args.root else path.resolve().parent
+        if not path.resolve().is_relative_to(root):
+            raise UsageError(f"%launch: {path} is not inside --root {root}")
+        return path, root
+
+    # ------------------------------------------------------------ showing and waiting
+
+    def _use_widgets(self) -> bool:
+        if self.view != "auto":
+            return self.view == "widget"
+        return getattr(self.shell, "kernel", None) is not None
+
+    def _show(self, job: Job, args: Any) -> LaunchedJob:
+        client = self.client
+        record = job.record
+        handle = None
+        if self._use_widgets():
+            view: JobView | TextView = JobView(job.id, record.queue, tail_lines=self.tail_lines,
+                                               output_base=self.output_base_url,
+                                               on_cancel=lambda: client.cancel(job.id))
+            view.show_state(record)
+        else:
+            view = TextView(job.id, record.queue, echo=args.wait)
+            print(f"job {job.id} submitted to queue {record.queue}: {record.state} ({reason_text(record)})")
+        launched = LaunchedJob(client, job.id, record, view=view, shell=self.shell)
+        agent_note = self._ensure_agent(record.queue)
+        if agent_note:
+            view.add_note(agent_note)
+        if isinstance(view, JobView):
+            handle = display(view, display_id=True)
+            launched._shown_in = self.shell.execution_count
+        pull = list(record.spec.get("pull") or [])
+
+        def on_final(final: Any) -> str | None:
+            if final.state != "succeeded" or not pull:
+                return None
+            return self._pull(launched, pull)
+
+        def on_settled() -> None:
+            if handle is not None:
+                handle.update(view)  # the plain-text form now tells how it ended
+
+        watcher = JobWatcher(client, Job(client, job.id), view, interval=self.update_interval,
+                             on_final=on_final, on_settled=on_settled)
+        launched.watcher = watcher.start()
+        self.jobs.append(launched)
+        return launched
+
+    def _pull(self, launched: LaunchedJob, names: list[str]) -> str:
+        import cloudpickle
+
+        try:
+            values = cloudpickle.loads(launched.client.read_output(launched.id, PULL_OUTPUT))
+        except Exception as exc:  # a missing output, a class this kernel cannot import, ...
+            launched.pull_error = (f"job {launched.id} succeeded but {', '.join(names)} could not be brought back: "
+                                   f"{type(exc).__name__}: {_first_line(exc)}")
+            return launched.pull_error
+        self.shell.user_ns.update(values)
+        launched.pulled = values
+        return f"pulled {', '.join(values)} into this kernel"
+
+    def _wait(self, launched: LaunchedJob) -> None:
+        watcher = launched.watcher
+        assert watcher is not None
+        try:
+            while not watcher.settled.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            if _confirm_cancel(launched.id):
+                launched.cancel()
+                launched.view.add_note("interrupted: cancel requested")
+                try:
+                    watcher.settled.wait(CANCEL_WAIT)
+                except KeyboardInterrupt:
+                    pass
+            else:
+                launched.view.add_note("interrupted: the job goes on; this view keeps following it")
+            raise
+
+    def _inside_job(self, cell: str | None) -> None:
+        """In a running job the magic is already where the work runs: a cell runs here, a notebook not again."""
+        if cell is None:
+            print(f"%launch: inside job {os.environ[JOB_ID_ENV]}; not submitting this notebook again")
+            return None
+        code = self.shell.transform_cell(cell)
+        exec(compile(code, "<%%launch cell>", "exec"), self.shell.user_ns)  # errors fail the job's cell as they are
+        return None
+
+    # ------------------------------------------------------------ an agent in this kernel
+
+    def _ensure_agent(self, queue: str) -> str | None:
+        client = self.client
+        if not self.agent_in_kernel or queue in self._agents or not (hasattr(client, "store") and
+                                                                      hasattr(client, "blobs")):
+            return None
+        if client.live_agents(queue):
+            return None
+        from .agent import make_local_agent
+
+        agent = make_local_agent(client.store, [queue], blobs=client.blobs, wake_socket=False)
+        self._agents[queue] = agent
+        if len(self._agents) == 1:
+            # threading's exit hooks run before atexit's and newest first, so this one runs while thread pools still
+            # take work (the agent reports its jobs' end through asyncio.to_thread); atexit would be too late.
+            getattr(threading, "_register_atexit", atexit.register)(self.stop_agents)
+        BackgroundLoop.get().submit(_run_agent(agent))
+        return (f"no agent served queue {queue!r}: one now runs in this kernel and stops with it; "
+                f"run `jupyter launch agent --queue {queue}` to keep jobs independent of this kernel")
+
+    def stop_agents(self, timeout: float = 30.0) -> None:
+        """Stop the agents this kernel runs (their running jobs are cancelled and reported)."""
+        agents, self._agents = list(self._agents.values()), {}
+        futures = [BackgroundLoop.get().submit(agent.stop()) for agent in agents]
+        concurrent.futures.wait(futures, timeout)
+
+
+async def _run_agent(agent: Any) -> None:
+    await agent.start()
+    await agent.run()
+
+
+async def _call_in_thread(func: Any) -> Any:
+    import asyncio
+
+    return await asyncio.to_thread(func)
+
+
+def _confirm_cancel(job_id: str) -> bool:
+    """Ask whether to cancel; where no one can answer (nbclient, no stdin), interrupting means cancel."""
+    try:
+        answer = input(f"Interrupted. Cancel job {job_id}? [Y/n] ")
+    except (StdinNotImplementedError, EOFError, KeyboardInterrupt, RuntimeError):
+        return True
+    return answer.strip().lower() not in ("n", "no")
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def _spec_fields(args: Any, magic: str) -> dict[str, Any]:
+    """Spec fields common to cell and notebook jobs, from the magic's options."""
+    from .spec import parse_param
+
+    fields: dict[str, Any] = {}
+    for key in ("name", "job_type", "image", "timeout", "retries", "kernel"):
+        if getattr(args, key) is not None:
+            fields[key] = getattr(args, key)
+    resources = {k: v for k, v in (("cpu", args.cpus), ("gpu", args.gpus), ("memory", args.memory)) if v is not None}
+    if resources:
+        fields["resources"] = resources
+    if args.env:
+        fields["env"] = dict(_pair(item, "--env", "KEY=VALUE") for item in args.env)
+    if args.secret:
+        fields["secrets"] = list(dict.fromkeys(args.secret))
+    if args.param:
+        fields["parameters"] = {k: parse_param(v) for k, v in (_pair(i, "--param", "NAME=VALUE") for i in args.param)}
+    return fields
+
+
+def _pair(item: str, option: str, form: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise UsageError(f"{option} takes {form}, got {item!r}")
+    return key, value
+
+
+def _names(values: list[str] | None, option: str) -> list[str]:
+    names = [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+    for name in names:
+        if not name.isidentifier():
+            raise UsageError(f"{option}: {name!r} is not a variable name")
+    return list(dict.fromkeys(names))
+
+
+def _spec_message(exc: Any, magic: str) -> str:
+    option = _OPTION.get(exc.field or "") or _OPTION.get((exc.field or "").split(".")[0])
+    if option:
+        return f"{magic} {option}: {exc.message}"
+    return f"{magic}: {exc.field + ': ' if exc.field else ''}{exc.message}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------------------------ variables
+
+
+def pickle_variables(namespace: dict[str, Any], names: list[str]) -> bytes:
+    """The named variables as one cloudpickle of ``{name: value}``; what cannot be sent is named in a UsageError."""
+    import cloudpickle
+
+    missing = [name for name in names if name not in namespace]
+    if missing:
+        raise UsageError(f"--push: {', '.join(map(repr, missing))} not defined in this kernel")
+    values = {name: namespace[name] for name in names}
+    try:
+        return cloudpickle.dumps(values)
+    except Exception:
+        for name, value in values.items():
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                kind = f"{type(value).__module__}.{type(value).__qualname__}".removeprefix("builtins.")
+                raise UsageError(f"--push: {name!r} (a {kind}) cannot be pickled ({_first_line(exc)}); create it "
+                                 f"in a cell tagged {SETUP_TAG!r} or in the launched cell instead") from None
+        raise
+
+
+# ------------------------------------------------------------------ this kernel's notebook
+
+
+def notebook_candidates(shell: Any) -> list[str]:
+    """Where the kernel's notebook may be, as frontends tell it: VS Code, ipykernel's ``__session__``, the server."""
+    found = []
+    for value in (shell.user_ns.get("__vsc_ipynb_file__"), shell.user_ns.get("__session__"),
+                  os.environ.get("JPY_SESSION_NAME")):
+        if isinstance(value, str) and value.endswith(".ipynb") and value not in found:
+            found.append(value)
+    return found
+
+
+def find_notebook(shell: Any) -> Path | None:
+    """The kernel's notebook file, or None. A relative session path is the server's; the kernel runs in its folder."""
+    for value in notebook_candidates(shell):
+        path = Path(value).expanduser()
+        for option in ([path] if path.is_absolute() else [Path.cwd() / path, Path.cwd() / path.name]):
+            if option.is_file():
+                return option
+    return None
+
+
+def _code_cells(path: Path) -> list[dict[str, Any]]:
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {_first_line(exc)}") from None
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    return [c for c in cells or [] if isinstance(c, dict) and c.get("cell_type") == "code"]
+
+
+def _source(cell: dict[str, Any]) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def setup_cells(path: Path) -> list[str]:
+    """Sources of the saved notebook's code cells tagged ``launch-setup``, in order."""
+    cells = []
+    for cell in _code_cells(path):
+        tags = (cell.get("metadata") or {}).get("tags") or []
+        source = _source(cell)
+        if SETUP_TAG in tags and not source.lstrip().startswith("%%launch"):
+            cells.append(source)
+    return cells
+
+
+def check_saved(shell: Any, path: Path) -> None:
+    """Refuse to submit a notebook whose saved file does not have the cell running now: it has unsaved changes."""
+    raw = shell.history_manager.input_hist_raw[-1] if shell.history_manager.input_hist_raw else ""
+    if raw.strip() and not any(_source(c).strip() == raw.strip() for c in _code_cells(path)):
+        raise UsageError(f"%launch: {path.name} on disk does not have this cell yet (unsaved changes): save the "
+                         "notebook (Ctrl+S) and run this cell again")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    magics = LaunchMagics(ipython)
+    ipython.register_magics(magics)
+    if not os.environ.get(JOB_ID_ENV):  # inside a job the magics submit nothing
+        magics.prewarm()

@@ -1,0 +1,151 @@
+"""``LaunchApp``: the Jupyter server extension. Opens the store, serves the REST API, runs agents in-process.
+
+Configure it like any extension, in ``jupyter_server_config.py`` or on the command line::
+
+    c.LaunchApp.store_url = "postgresql://launch@db/launch"
+    c.LaunchApp.agent_queues = ["default", "gpu"]
+    c.Agent.max_jobs = 4              # the in-process agent
+    c.LocalBackend.grace_seconds = 5  # backend settings
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Integer, List, Type, Unicode, default
+
+from ..agent import Agent
+from ..paths import default_store_url, launch_home
+from ..store import BlobStore, NotFound, SQLStore
+from .tokens import AgentTokens
+from .ws import LogHub
+
+T = TypeVar("T")
+
+
+class LaunchApp(ExtensionApp):
+    """Serves ``/launch/api/`` and runs the configured agents in the server's event loop."""
+
+    name = "jupyter_launch"
+    load_other_extensions = True
+
+    store_url = Unicode(config=True, help="SQLAlchemy URL of the store: sqlite:///path/launch.db (default, under "
+                        "$JUPYTER_LAUNCH_HOME) or postgresql://user:pass@host/db to share queues across servers.")
+    blob_dir = Unicode(config=True, help="Folder of the content-addressed blobs (artifacts, outputs).")
+    agent_queues = List(Unicode(), default_value=["default"], config=True,
+                        help="Queues the in-process agent serves; empty runs no agent in the server.")
+    agent_job_types = List(Unicode(), config=True, help="Job types the in-process agent accepts; empty: any.")
+    agent_class = Type(default_value=Agent, klass=Agent, config=True,
+                       help="The agent class run in-process (configure it as c.Agent.* or its own name).")
+    lease_seconds = Float(30.0, config=True, help="Lease of a claim held by the in-process agent.")
+    max_inflight_requests = Integer(256, config=True,
+                                    help="API requests handled at once; past it the API answers 429 with Retry-After.")
+    retry_after_seconds = Integer(1, config=True, help="Retry-After sent with a 429.")
+    max_log_followers = Integer(1000, config=True, help="Live log streams (WebSocket, SSE) open at once.")
+    max_claim_wait = Float(30.0, config=True, help="Longest long-poll of a remote agent's claim, in seconds.")
+    max_blob_size = Integer(2 * 1024**3, config=True, help="Largest blob an upload may carry, in bytes.")
+    reap_interval = Float(5.0, config=True,
+                          help="How often the server requeues jobs whose lease expired (remote agents that died).")
+    store_threads = Integer(16, config=True, help="Threads that run store calls for the API.")
+    migrate = Bool(True, config=True, help="Bring the store's schema up to date at start.")
+
+    @default("store_url")
+    def _default_store_url(self) -> str:
+        return default_store_url()
+
+    @default("blob_dir")
+    def _default_blob_dir(self) -> str:
+        return str(launch_home() / "blobs")
+
+    # ------------------------------------------------------------ extension hooks
+
+    def initialize_settings(self) -> None:
+        self.store = SQLStore(self.store_url, migrate=self.migrate)
+        self.store.ensure_default_queue()
+        self.blobs = BlobStore(self.blob_dir)
+        self.tokens = AgentTokens(self.store)
+        self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
+        self.hub = LogHub(self.store)
+        self.inflight = 0
+        self.agents: list[Agent] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.settings["launch"] = self
+        self.log.info("jupyter-launch store: %s", _redact(self.store_url))
+
+    def initialize_handlers(self) -> None:
+        from .handlers import default_handlers
+        from .ws import stream_handlers
+
+        self.handlers.extend(default_handlers + stream_handlers)
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        self.hub.start(asyncio.get_running_loop())
+        self._tasks.append(asyncio.create_task(self._reap_expired_leases()))
+        if self.agent_queues:
+            for name in self.agent_queues:
+                try:
+                    await self.run_store(self.store.get_queue, name)
+                except NotFound as exc:
+                    self.log.warning("LaunchApp.agent_queues: %s; the in-process agent will serve it once it "
+                                     "exists", exc)
+            agent = self.agent_class(parent=self, store=self.store, blobs=self.blobs, queues=list(self.agent_queues),
+                                     job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds)
+            await agent.start()
+            self.agents.append(agent)
+            self._tasks.append(asyncio.create_task(agent.run()))
+
+    async def stop_extension(self) -> None:
+        # In-process jobs are handed back, not finished: their leases are expired and fenced off first (so the
+        # agent's last reports are ignored), their processes stopped, then they are requeued per their retries.
+        # A restart loses nothing; a server killed outright gets the same once the leases lapse.
+        if not hasattr(self, "store") or self.store is None:
+            return  # never initialized, or already stopped
+        agents, self.agents = self.agents, []
+        for agent in agents:
+            with contextlib.suppress(Exception):
+                await self.run_store(self._release_leases, agent.agent_id)
+                await agent.stop(cancel_jobs=True)
+        if agents:
+            with contextlib.suppress(Exception):
+                await self.run_store(self.store.requeue_expired)
+        for task in self._tasks:
+            task.cancel()
+        self.hub.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+        self.store = None
+
+    # ------------------------------------------------------------ helpers for handlers
+
+    async def run_store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store call off the event loop, on the API's own threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
+
+    def _release_leases(self, agent_id: str) -> None:
+        from ..store import ACTIVE
+        from ..store import schema as t
+
+        with self.store._write() as c:
+            c.execute(t.jobs.update().where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(ACTIVE))
+                      .values(fence=t.jobs.c.fence + 1, lease_expires=0.0))
+
+    async def _reap_expired_leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self.run_store(self.store.requeue_expired)
+            except Exception:
+                self.log.warning("requeueing expired leases failed; retrying", exc_info=True)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url

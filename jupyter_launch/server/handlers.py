@@ -1,0 +1,676 @@
+"""REST handlers under ``/launch/api/``: queues, jobs, logs, metrics, outputs, artifacts, and the agent endpoints.
+
+User endpoints take a Jupyter identity (the server's token, cookie or hub login) and are authorized on the resource
+``launch``. Agent endpoints take only an agent token (``Authorization: Bearer jla_...``), scoped to queues, and are
+authorized on ``launch_agent`` for the identity ``agent:<token name>``. Every error is JSON with a message a person
+can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import mimetypes
+import os
+import tempfile
+import time
+from typing import Any
+from urllib.parse import quote
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.identity import User
+from jupyter_server.base.handlers import APIHandler
+from jupyter_server.base.call_context import CallContext
+from tornado import web
+
+from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
+from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError
+from ..store.blobs import _check as check_digest
+
+AUTH_RESOURCE = "launch"
+AGENT_AUTH_RESOURCE = "launch_agent"
+API = "/launch/api"
+JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
+QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
+DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
+MAX_PAGE = 500
+LOG_READ_LIMIT = 1024 * 1024
+
+
+class LaunchHandler(APIHandler):
+    """Base of every launch handler: the app, the in-flight limit, store calls off the loop, errors as JSON."""
+
+    auth_resource = AUTH_RESOURCE
+    # Long-lived requests (streams, long polls) are limited on their own and not counted as in flight.
+    counts_as_inflight = True
+    _counted = False
+
+    @property
+    def launch(self) -> Any:
+        return self.settings["launch"]
+
+    def admit(self) -> None:
+        """Answer 429 with Retry-After past ``max_inflight_requests``; accepted requests always finish."""
+        if not self.counts_as_inflight:
+            return
+        app = self.launch
+        if app.inflight >= app.max_inflight_requests:
+            self.set_header("Retry-After", str(app.retry_after_seconds))
+            raise web.HTTPError(429, f"the server is handling {app.inflight} launch requests; retry in "
+                                     f"{app.retry_after_seconds}s (nothing was done for this request)")
+        app.inflight += 1
+        self._counted = True
+
+    async def prepare(self) -> None:
+        self.admit()
+        await super().prepare()
+
+    def on_finish(self) -> None:
+        if self._counted:
+            self.launch.inflight -= 1
+            self._counted = False
+        super().on_finish()
+
+    def on_connection_close(self) -> None:
+        if self._counted:
+            self.launch.inflight -= 1
+            self._counted = False
+        super().on_connection_close()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        if status_code == 429 and not self._headers.get("Retry-After"):
+            self.set_header("Retry-After", str(self.launch.retry_after_seconds))
+        super().write_error(status_code, **kwargs)
+
+    async def store_call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A store call on the API's threads, with store and spec errors turned into JSON errors."""
+        try:
+            return await self.launch.run_store(fn, *args, **kwargs)
+        except NotFound as exc:
+            raise web.HTTPError(404, _escape(str(exc))) from None
+        except SpecError as exc:
+            raise web.HTTPError(422, _escape(str(exc))) from None
+        except (StoreError, ValueError) as exc:
+            raise web.HTTPError(409 if isinstance(exc, StoreError) else 400, _escape(str(exc))) from None
+
+    def body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError as exc:
+            raise web.HTTPError(400, _escape(f"the request body is not JSON: {exc}")) from None
+        if not isinstance(data, dict):
+            raise web.HTTPError(400, "the request body must be a JSON object")
+        return data
+
+    def int_arg(self, name: str, default: int | None, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise web.HTTPError(400, _escape(f"{name} must be an integer, not {raw!r}")) from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise web.HTTPError(400, f"{name} must be between {minimum} and {maximum}")
+        return value
+
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=str))
+
+
+def _escape(message: str) -> str:
+    # HTTPError formats log_message with %; messages carrying user input must not be read as a format.
+    return message.replace("%", "%%")
+
+
+def _job_url(base_url: str, job_id: str) -> str:
+    return f"{base_url.rstrip('/')}{API}/jobs/{job_id}"
+
+
+# ------------------------------------------------------------------ queues
+
+def _queue_config(data: dict[str, Any], name: str | None = None) -> QueueConfig:
+    if "yaml" in data:
+        if not isinstance(data["yaml"], str):
+            raise web.HTTPError(400, "'yaml' must be the queue file's text")
+        try:
+            config = parse_queue_config(data["yaml"], "<request yaml>")
+        except SpecError as exc:
+            raise web.HTTPError(422, _escape(str(exc))) from None
+    else:
+        config_data = data.get("config", data)
+        if name is not None:
+            config_data = {"queue_name": name, **config_data}
+        try:
+            config = validate(QueueConfig, config_data, "<request>")
+        except SpecError as exc:
+            raise web.HTTPError(422, _escape(str(exc))) from None
+    if name is not None and config.queue_name != name:
+        raise web.HTTPError(400, f"the body names queue {config.queue_name!r} but the URL names {name!r}")
+    return config
+
+
+class QueuesHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        queues = await self.store_call(self.launch.store.list_queues)
+        self.reply({"queues": [q.to_dict() for q in queues]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        config = _queue_config(self.body())
+        queue = await self.store_call(self.launch.store.create_queue, config)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/queues/{quote(queue.name)}")
+        self.reply(queue.to_dict(), 201)
+
+
+class QueueHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, queue: str) -> None:
+        record = await self.store_call(self.launch.store.get_queue, queue)
+        self.reply(record.to_dict())
+
+    @web.authenticated
+    @authorized
+    async def put(self, queue: str) -> None:
+        config = _queue_config(self.body(), queue)
+        await self.store_call(self.launch.store.get_queue, queue)
+        record = await self.store_call(self.launch.store.create_queue, config, replace=True)
+        self.reply(record.to_dict())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, queue: str) -> None:
+        force = self.get_argument("force", "false").lower() in ("1", "true", "yes")
+        await self.store_call(self.launch.store.delete_queue, queue, force=force)
+        self.set_status(204)
+        self.finish()
+
+
+# ------------------------------------------------------------------ jobs
+
+class JobsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        limit = self.int_arg("limit", 50, minimum=1, maximum=MAX_PAGE)
+        before = self.int_arg("before", None, minimum=1)
+        queue = self.get_argument("queue", None) or None
+        state = self.get_argument("state", None) or None
+        jobs = await self.store_call(self.launch.store.list_jobs, queue=queue, state=state, limit=limit,
+                                     before=before)
+        self.reply({"jobs": [j.to_dict() for j in jobs],
+                    "next_before": jobs[-1].seq if len(jobs) == limit else None})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        queue = data.get("queue") or "default"
+        if not isinstance(queue, str):
+            raise web.HTTPError(400, "'queue' must be a queue name")
+        try:
+            if isinstance(data.get("yaml"), str):
+                spec = parse_job_spec(data["yaml"], "<request yaml>")
+            elif isinstance(data.get("spec"), dict):
+                spec = validate(JobSpec, data["spec"], "<request spec>")
+            else:
+                raise web.HTTPError(400, "give the job as 'spec' (an object) or 'yaml' (the job file's text)")
+        except SpecError as exc:
+            raise web.HTTPError(422, _escape(str(exc))) from None
+        artifact = data.get("artifact")
+        if artifact is not None:
+            try:
+                check_digest(artifact)
+            except ValueError as exc:
+                raise web.HTTPError(400, _escape(str(exc))) from None
+            if not self.launch.blobs.has(artifact):
+                raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
+                                         f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
+        owner = self.current_user.username if self.current_user else None
+        job = await self.store_call(self.launch.store.enqueue, queue, spec, artifact=artifact, owner=owner)
+        self.launch.executor.submit(_wake_local_agents)
+        self.set_header("Location", _job_url(self.base_url, job.id))
+        self.reply(job.to_dict(), 201)
+
+
+def _wake_local_agents() -> None:
+    from ..notify import wake_agents
+
+    wake_agents()
+
+
+class JobHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        job = await self.store_call(self.launch.store.get_job, job_id)
+        self.reply(job.to_dict())
+
+
+class JobCancelHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        job = await self.store_call(self.launch.store.request_cancel, job_id)
+        self.launch.executor.submit(_wake_local_agents)
+        self.reply(job.to_dict(), 202)
+
+
+class JobRerunHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        owner = self.current_user.username if self.current_user else None
+        job = await self.store_call(self.launch.store.rerun, job_id, owner=owner)
+        self.launch.executor.submit(_wake_local_agents)
+        self.set_header("Location", _job_url(self.base_url, job.id))
+        self.reply(job.to_dict(), 201)
+
+
+def log_page(chunks: list[Any], nxt: int, job: Any, offset: int, encoding: str) -> dict[str, Any]:
+    def encode(data: bytes) -> str:
+        return base64.b64encode(data).decode() if encoding == "base64" else data.decode("utf-8", "replace")
+
+    return {"job_id": job.id, "offset": offset, "next_offset": nxt, "log_size": job.log_size, "state": job.state,
+            "done": job.state in FINAL and nxt >= job.log_size, "encoding": encoding,
+            "chunks": [{"offset": c.offset, "stream": c.stream, "attempt": c.attempt, "data": encode(c.data)}
+                       for c in chunks]}
+
+
+class JobLogsHandler(LaunchHandler):
+    """The log from a byte offset; page on with ``next_offset``. ``encoding=base64`` keeps bytes exact."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        offset = self.int_arg("offset", 0)
+        limit = self.int_arg("limit", LOG_READ_LIMIT, minimum=1, maximum=16 * 1024 * 1024)
+        encoding = self.get_argument("encoding", "text")
+        if encoding not in ("text", "base64"):
+            raise web.HTTPError(400, "encoding must be 'text' or 'base64'")
+        job = await self.store_call(self.launch.store.get_job, job_id)
+        chunks, nxt = await self.store_call(self.launch.store.read_log, job_id, offset, limit=limit)
+        self.reply(log_page(chunks, nxt, job, offset, encoding))
+
+
+class JobMetricsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        after = self.int_arg("after", 0)
+        await self.store_call(self.launch.store.get_job, job_id)
+        metrics = await self.store_call(self.launch.store.read_metrics, job_id, after)
+        self.reply({"job_id": job_id, "metrics": metrics})
+
+
+class JobOutputsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str) -> None:
+        await self.store_call(self.launch.store.get_job, job_id)
+        outputs = await self.store_call(self.launch.store.list_outputs, job_id)
+        base = f"{self.base_url.rstrip('/')}{API}/jobs/{job_id}/outputs/"
+        self.reply({"job_id": job_id, "outputs": [
+            {"path": o.path, "digest": o.digest, "size": o.size, "url": base + quote(o.path)} for o in outputs]})
+
+
+class JobOutputHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, job_id: str, path: str) -> None:
+        outputs = await self.store_call(self.launch.store.list_outputs, job_id)
+        match = next((o for o in outputs if o.path == path), None)
+        if match is None:
+            await self.store_call(self.launch.store.get_job, job_id)
+            raise web.HTTPError(404, _escape(f"job {job_id} has no output {path!r}; list them at "
+                                             f"{API}/jobs/{job_id}/outputs"))
+        await send_blob(self, match.digest, filename=os.path.basename(path))
+
+
+async def send_blob(handler: LaunchHandler, digest: str, *, filename: str | None = None) -> None:
+    path = handler.launch.blobs.path(digest)
+    if not path.exists():
+        raise web.HTTPError(404, f"blob {digest} is not on the server")
+    ctype = (mimetypes.guess_type(filename)[0] if filename else None) or "application/octet-stream"
+    handler.set_header("Content-Type", ctype)
+    handler.set_header("Content-Length", str(path.stat().st_size))
+    if filename:
+        handler.set_header("Content-Disposition", f"attachment; filename*=UTF-8''{quote(filename)}")
+    with open(path, "rb") as f:
+        while block := f.read(256 * 1024):
+            handler.write(block)
+            await handler.flush()
+    handler.finish()
+
+
+class AgentsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        agents = await self.store_call(self.launch.store.list_agents)
+        self.reply({"agents": agents})
+
+
+# ------------------------------------------------------------------ artifacts (blobs by digest)
+
+class BlobsMissingMixin:
+    async def missing(self: Any) -> None:
+        digests = self.body().get("digests")
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            raise web.HTTPError(400, "'digests' must be a list of sha256:... strings")
+        try:
+            for d in digests:
+                check_digest(d)
+        except ValueError as exc:
+            raise web.HTTPError(400, _escape(str(exc))) from None
+        missing = await self.launch.run_store(self.launch.blobs.missing, digests)
+        self.reply({"missing": missing})
+
+
+class BlobUploadMixin:
+    """Streams a PUT body to a temporary file, checks its digest, then moves it into the blob store."""
+
+    _tmp: Any = None
+    _hash: Any = None
+    _size = 0
+
+    def start_upload(self: Any) -> None:
+        self.request.connection.set_max_body_size(self.launch.max_blob_size)
+        tmp_dir = self.launch.blobs.root / "tmp"
+        tmp_dir.mkdir(exist_ok=True)
+        self._tmp = tempfile.NamedTemporaryFile(dir=tmp_dir, delete=False)
+        self._hash = hashlib.sha256()
+
+    def data_received(self: Any, chunk: bytes) -> None:
+        if self._tmp is None:
+            return
+        self._size += len(chunk)
+        self._hash.update(chunk)
+        self._tmp.write(chunk)
+
+    def on_finish(self: Any) -> None:
+        self.discard_upload()
+        super().on_finish()  # type: ignore[misc]
+
+    def discard_upload(self: Any) -> None:
+        if self._tmp is not None:
+            self._tmp.close()
+            if os.path.exists(self._tmp.name):
+                os.unlink(self._tmp.name)
+            self._tmp = None
+
+    async def finish_upload(self: Any, digest: str) -> None:
+        if self._tmp is None:
+            raise web.HTTPError(400, "no upload body")
+        self._tmp.close()
+        got = "sha256:" + self._hash.hexdigest()
+        if got != digest:
+            raise web.HTTPError(400, f"the uploaded content's digest is {got}, not {digest}; upload it again")
+        dest = self.launch.blobs.path(digest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(self._tmp.name, 0o444)
+            os.replace(self._tmp.name, dest)
+        self.reply({"digest": digest, "size": self._size}, 201)
+
+
+class ArtifactsMissingHandler(BlobsMissingMixin, LaunchHandler):
+    """Which of these blob digests the server lacks: a client uploads only those."""
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        await self.missing()
+
+
+@web.stream_request_body
+class ArtifactBlobHandler(BlobUploadMixin, LaunchHandler):
+    async def prepare(self) -> None:
+        await super().prepare()
+        if self.request.method == "PUT" and self.current_user:
+            self.start_upload()
+
+    @web.authenticated
+    @authorized
+    async def put(self, digest: str) -> None:
+        await self.finish_upload(digest)
+
+    @web.authenticated
+    @authorized
+    async def get(self, digest: str) -> None:
+        await send_blob(self, digest)
+
+
+# ------------------------------------------------------------------ agent endpoints
+
+class AgentHandler(LaunchHandler):
+    """Agent endpoints: only an agent token is accepted; its scope (queues) is checked on every call."""
+
+    auth_resource = AGENT_AUTH_RESOURCE
+    agent_token: Any = None
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        if not self.check_host():
+            raise web.HTTPError(403, "this host name is not allowed")
+        self.admit()
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() not in ("bearer", "token") or not token.strip():
+            raise web.HTTPError(401, "agent endpoints need an agent token: Authorization: Bearer jla_... "
+                                     "(create one with `jupyter launch token create`)")
+        record = await self.launch.run_store(self.launch.tokens.verify, token.strip())
+        if record is None:
+            raise web.HTTPError(403, "this agent token is unknown or revoked; ask an admin for a new one "
+                                     "(`jupyter launch token create --queue Q`)")
+        self.agent_token, self.agent_secret = record, token.strip()
+        # A bearer header is never attached by a browser on its own, so there is no cross-site request to guard.
+        self.current_user = self._jupyter_current_user = User(username=f"agent:{record.name}",
+                                                              name=f"agent:{record.name}")
+        self.set_cors_headers()
+
+    def check_xsrf_cookie(self) -> None:
+        return
+
+    def require_queues(self, queues: list[str]) -> None:
+        denied = [q for q in queues if not self.agent_token.allows(q)]
+        if denied:
+            raise web.HTTPError(403, _escape(f"agent token {self.agent_token.id} ({self.agent_token.name}) may not "
+                                             f"serve queue(s) {', '.join(denied)}; it is scoped to "
+                                             f"{', '.join(self.agent_token.queues)}"))
+
+    async def require_job(self, job_id: str) -> Any:
+        job = await self.store_call(self.launch.store.get_job, job_id)
+        self.require_queues([job.queue])
+        return job
+
+
+class AgentRegisterHandler(AgentHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, action: str) -> None:
+        data = self.body()
+        agent_id = data.get("agent_id")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise web.HTTPError(400, "'agent_id' is required")
+        store = self.launch.store
+        if action == "register":
+            queues, job_types = list(data.get("queues") or []), list(data.get("job_types") or [])
+            self.require_queues(queues)
+            await self.store_call(store.register_agent, agent_id, queues, job_types,
+                                  host=str(data.get("host") or self.request.remote_ip), info=data.get("info") or {})
+            await self.store_call(self.launch.tokens.touch, self.agent_token.id)
+        elif action == "seen":
+            await self.store_call(store.agent_seen, agent_id)
+        else:
+            await self.store_call(store.unregister_agent, agent_id)
+        self.reply({"ok": True})
+
+
+class AgentQueueHandler(AgentHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, queue: str) -> None:
+        self.require_queues([queue])
+        record = await self.store_call(self.launch.store.get_queue, queue)
+        self.reply(record.to_dict())
+
+
+class AgentClaimHandler(AgentHandler):
+    """Claim the oldest eligible job; with ``wait`` seconds, hold the request until one arrives (long poll)."""
+
+    counts_as_inflight = False
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        agent_id, queues = data.get("agent_id"), data.get("queues")
+        if not isinstance(agent_id, str) or not isinstance(queues, list) or not queues:
+            raise web.HTTPError(400, "'agent_id' and a non-empty 'queues' list are required")
+        self.require_queues(queues)
+        app, store = self.launch, self.launch.store
+        wait = min(float(data.get("wait") or 0), app.max_claim_wait)
+        deadline = time.monotonic() + wait
+        kwargs = dict(lease_seconds=float(data.get("lease_seconds") or 30.0), free_gpus=data.get("free_gpus"))
+        job_types = data.get("job_types") or None
+        first = True
+        while True:
+            wake = app.hub.claim_waiter()
+            try:
+                if not first and await self.store_call(app.tokens.verify, self.agent_secret) is None:
+                    raise web.HTTPError(403, "this agent token was revoked; the agent gets no more work")
+                first = False
+                claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types, **kwargs)
+                if claim is not None:
+                    self.reply({"job": claim.job.to_dict(), "fence": claim.fence})
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or self.request.connection.stream.closed():
+                    break
+                # Woken by a submit on this server; the second bound covers submits on other servers (PostgreSQL).
+                try:
+                    await asyncio.wait_for(wake.wait(), min(left, 1.0))
+                except asyncio.TimeoutError:
+                    pass
+            finally:
+                app.hub.release_claim_waiter(wake)
+        self.set_status(204)
+        self.finish()
+
+
+class AgentJobHandler(AgentHandler):
+    """Reports on one claimed job; every write carries the claim's fence, so a stale agent is ignored."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str, action: str) -> None:
+        data = self.body()
+        store = self.launch.store
+        await self.require_job(job_id)
+        fence = data.get("fence")
+        if action in ("heartbeat", "state", "progress", "finish") and not isinstance(fence, int):
+            raise web.HTTPError(400, "'fence' (the claim's fencing token) is required")
+        if action == "heartbeat":
+            beat = await self.store_call(store.heartbeat, job_id, fence,
+                                         lease_seconds=float(data.get("lease_seconds") or 30.0))
+            self.reply({"ok": beat.ok, "cancel_requested": beat.cancel_requested})
+        elif action == "state":
+            state = data.get("state")
+            if state not in ACTIVE:
+                raise web.HTTPError(400, f"state must be one of {', '.join(ACTIVE)}")
+            ok = await self.store_call(store.set_state, job_id, fence, state, data.get("reason"),
+                                       data.get("message"), **(data.get("facts") or {}))
+            self.reply({"ok": ok})
+        elif action == "progress":
+            ok = await self.store_call(store.set_progress, job_id, fence, data.get("progress") or {})
+            self.reply({"ok": ok})
+        elif action == "finish":
+            state = data.get("state")
+            if state not in FINAL:
+                raise web.HTTPError(400, f"state must be one of {', '.join(FINAL)}")
+            ok = await self.store_call(store.finish, job_id, fence, state, exit_code=data.get("exit_code"),
+                                       reason=data.get("reason"), message=data.get("message"))
+            self.reply({"ok": ok})
+        elif action == "logs":
+            try:
+                pieces = [(str(s), base64.b64decode(d)) for s, d in data.get("pieces") or []]
+            except (ValueError, TypeError):
+                raise web.HTTPError(400, "'pieces' must be [stream, base64 data] pairs") from None
+            size = await self.store_call(store.append_logs, job_id, int(data.get("attempt") or 1), pieces)
+            self.reply({"log_size": size})
+        elif action == "metrics":
+            records = data.get("records")
+            if not isinstance(records, list):
+                raise web.HTTPError(400, "'records' must be a list of metric records")
+            await self.store_call(store.add_metrics, job_id, records)
+            self.reply({"ok": True})
+        else:  # outputs
+            try:
+                outputs = [OutputRecord(str(o["path"]), check_digest(o["digest"]) and o["digest"], int(o["size"]))
+                           for o in data.get("outputs") or []]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise web.HTTPError(400, _escape(f"'outputs' must be {{path, digest, size}} records: {exc}")) from None
+            absent = [o.digest for o in outputs if not self.launch.blobs.has(o.digest)]
+            if absent:
+                raise web.HTTPError(409, f"upload these output blobs first: {', '.join(absent)}")
+            await self.store_call(store.add_outputs, job_id, outputs)
+            self.reply({"ok": True})
+
+
+class AgentBlobsMissingHandler(BlobsMissingMixin, AgentHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        await self.missing()
+
+
+@web.stream_request_body
+class AgentBlobHandler(BlobUploadMixin, AgentHandler):
+    async def prepare(self) -> None:  # type: ignore[override]
+        await super().prepare()
+        if self.request.method == "PUT":
+            self.start_upload()
+
+    @web.authenticated
+    @authorized
+    async def get(self, digest: str) -> None:
+        await send_blob(self, digest)
+
+    @web.authenticated
+    @authorized
+    async def put(self, digest: str) -> None:
+        await self.finish_upload(digest)
+
+
+default_handlers = [
+    (rf"{API}/queues", QueuesHandler),
+    (rf"{API}/queues/{QUEUE}", QueueHandler),
+    (rf"{API}/jobs", JobsHandler),
+    (rf"{API}/jobs/{JOB_ID}", JobHandler),
+    (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
+    (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
+    (rf"{API}/jobs/{JOB_ID}/logs", JobLogsHandler),
+    (rf"{API}/jobs/{JOB_ID}/metrics", JobMetricsHandler),
+    (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),
+    (rf"{API}/jobs/{JOB_ID}/outputs/(?P<path>.+)", JobOutputHandler),
+    (rf"{API}/agents", AgentsHandler),
+    (rf"{API}/artifacts/missing", ArtifactsMissingHandler),
+    (rf"{API}/artifacts/blobs/{DIGEST}", ArtifactBlobHandler),
+    (rf"{API}/agent/(?P<action>register|seen|unregister)", AgentRegisterHandler),
+    (rf"{API}/agent/claim", AgentClaimHandler),
+    (rf"{API}/agent/queues/{QUEUE}", AgentQueueHandler),
+    (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|logs|metrics|outputs)", AgentJobHandler),
+    (rf"{API}/agent/blobs/missing", AgentBlobsMissingHandler),
+    (rf"{API}/agent/blobs/{DIGEST}", AgentBlobHandler),
+]

@@ -1,0 +1,351 @@
+/**
+ * The typed client for the jupyter-launch REST API under `/launch/api/`.
+ *
+ * It knows nothing of widgets: it takes a transport (JupyterLab's ServerConnection in the app, a fake in tests)
+ * and turns every server refusal into a `LaunchAPIError` whose message a user can read.
+ */
+
+export type JobState =
+  | 'queued'
+  | 'claimed'
+  | 'starting'
+  | 'running'
+  | 'succeeded'
+  | 'failed'
+  | 'cancelled';
+
+export const FINAL_STATES: ReadonlyArray<string> = ['succeeded', 'failed', 'cancelled'];
+export const ACTIVE_STATES: ReadonlyArray<string> = ['claimed', 'starting', 'running'];
+
+export interface IQueue {
+  name: string;
+  provider: string;
+  max_instances: number | null;
+  min_instances: number;
+  counts: Record<string, number>;
+  agents: string[];
+  job_types: string[];
+  config: Record<string, any>;
+}
+
+export interface IJob {
+  id: string;
+  seq: number;
+  queue: string;
+  job_type: string | null;
+  kind: string;
+  name: string | null;
+  state: JobState | string;
+  reason: string | null;
+  message: string | null;
+  owner: string | null;
+  attempt: number;
+  retries: number;
+  exit_code: number | null;
+  log_size: number;
+  rerun_of: string | null;
+  cancel_requested: boolean;
+  submitted_at: number;
+  started_at: number | null;
+  finished_at: number | null;
+  duration: number | null;
+  progress: Record<string, any> | null;
+  spec: Record<string, any>;
+}
+
+export interface IJobPage {
+  jobs: IJob[];
+  /** The `before` cursor for the next (older) page, or null at the end. */
+  next: number | null;
+}
+
+export interface ILogChunk {
+  offset: number;
+  stream: string;
+  /** The chunk's exact bytes. */
+  bytes: Uint8Array;
+}
+
+export interface ILogRead {
+  chunks: ILogChunk[];
+  /** The offset to read from next. */
+  next: number;
+  /** True when the job is finished and the log was read to its end. */
+  done: boolean;
+}
+
+export interface IMetricRecord {
+  id: number;
+  step: number | null;
+  time: number;
+  data: Record<string, number | string | null>;
+}
+
+export interface IOutput {
+  path: string;
+  size: number;
+  digest?: string;
+}
+
+export interface IResources {
+  cpu?: string | number;
+  gpu?: number;
+  memory?: string;
+}
+
+export interface ISubmitRequest {
+  notebook: string;
+  queue: string;
+  job_type?: string;
+  resources?: IResources;
+  parameters?: Record<string, unknown>;
+  env?: Record<string, string>;
+  secrets?: string[];
+}
+
+/** What the client needs from the outside world: HTTP requests and WebSocket URLs under the server's base URL. */
+export interface ITransport {
+  request(path: string, init?: RequestInit): Promise<Response>;
+  /** The ws:// URL for a path (token included when the server needs it). */
+  wsUrl(path: string): string;
+  /** The http URL for a path, for links. */
+  httpUrl(path: string): string;
+  WebSocket?: typeof WebSocket;
+}
+
+/** A refusal from the server (or no answer at all), with a sentence for the user. */
+export class LaunchAPIError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly reason: string | null = null,
+    readonly field: string | null = null
+  ) {
+    super(message);
+    this.name = 'LaunchAPIError';
+  }
+}
+
+const API = 'launch/api';
+
+function encodePath(path: string): string {
+  return path
+    .split('/')
+    .map(p => encodeURIComponent(p))
+    .join('/');
+}
+
+function query(params: Record<string, string | number | null | undefined>): string {
+  const parts = Object.entries(params)
+    .filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
+  return parts.length ? `?${parts.join('&')}` : '';
+}
+
+/** The readable message for an error response body (JSON from our handlers or tornado's, or plain text). */
+export function errorMessage(status: number, body: string): {
+  message: string;
+  reason: string | null;
+  field: string | null;
+} {
+  let message = '';
+  let reason: string | null = null;
+  let field: string | null = null;
+  try {
+    const json = JSON.parse(body);
+    if (json && typeof json === 'object') {
+      const err = typeof json.error === 'object' && json.error ? json.error : json;
+      message = err.message || err.detail || (typeof json.error === 'string' ? json.error : '') || '';
+      reason = err.reason || err.code || null;
+      field = err.field || null;
+      if (Array.isArray(err.errors) && err.errors.length && !message) {
+        message = err.errors.map((e: any) => e.message || String(e)).join('; ');
+      }
+    }
+  } catch {
+    message = body.trim().slice(0, 500);
+  }
+  if (status === 401 || status === 403) {
+    if (!message || /forbidden|unauthorized/i.test(message)) {
+      message = 'Not authenticated: the Jupyter server refused the request. Reload the page or log in again.';
+    }
+  } else if (!message) {
+    message = `The server answered ${status} with no explanation.`;
+  }
+  return { message, reason, field };
+}
+
+function normalizeQueue(raw: any): IQueue {
+  const config = raw.config || {};
+  return {
+    name: raw.name,
+    provider: raw.provider || config.provider?.type || '?',
+    max_instances: raw.max_instances ?? config.provider?.max_instances ?? null,
+    min_instances: raw.min_instances ?? config.provider?.min_instances ?? 0,
+    counts: raw.counts || {},
+    agents: (raw.agents || []).map((a: any) => (typeof a === 'string' ? a : a.id)),
+    job_types: raw.job_types || config.job_types || [],
+    config
+  };
+}
+
+const encoder = new TextEncoder();
+
+function base64Bytes(b64: string): Uint8Array {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) {
+    bytes[i] = bin.charCodeAt(i);
+  }
+  return bytes;
+}
+
+/** A log page (`GET .../logs?offset=N&encoding=base64`) as chunks of exact bytes plus the next offset. */
+export function normalizeLogRead(raw: any, offset: number): ILogRead {
+  const list: any[] = Array.isArray(raw?.chunks) ? raw.chunks : [];
+  const base64 = raw?.encoding === 'base64';
+  const chunks = list.map(c => ({
+    offset: typeof c.offset === 'number' ? c.offset : offset,
+    stream: c.stream || 'stdout',
+    bytes: base64 ? base64Bytes(c.data || '') : encoder.encode(c.data || '')
+  }));
+  let next = raw?.next_offset;
+  if (typeof next !== 'number') {
+    const last = chunks[chunks.length - 1];
+    next = last ? last.offset + last.bytes.length : offset;
+  }
+  return { chunks, next, done: Boolean(raw?.done) };
+}
+
+/**
+ * One binary WebSocket frame of the live log: a JSON header (`{"offset", "stream", "attempt"}`), a newline, then the
+ * raw bytes.
+ */
+export function parseLogFrame(frame: ArrayBuffer | Uint8Array): ILogChunk {
+  const bytes = frame instanceof Uint8Array ? frame : new Uint8Array(frame);
+  const nl = bytes.indexOf(10);
+  if (nl < 0) {
+    throw new Error('a log frame without a header');
+  }
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(0, nl)));
+  return { offset: header.offset, stream: header.stream || 'stdout', bytes: bytes.subarray(nl + 1) };
+}
+
+export class LaunchAPI {
+  constructor(readonly transport: ITransport) {}
+
+  async requestJSON<T = any>(path: string, init: RequestInit = {}): Promise<T> {
+    let response: Response;
+    try {
+      response = await this.transport.request(`${API}/${path}`, init);
+    } catch (err) {
+      throw new LaunchAPIError(
+        `Could not reach the Jupyter server: ${(err as Error).message || err}`,
+        0,
+        'network'
+      );
+    }
+    const text = await response.text();
+    if (!response.ok) {
+      const { message, reason, field } = errorMessage(response.status, text);
+      throw new LaunchAPIError(message, response.status, reason, field);
+    }
+    if (!text) {
+      return undefined as T;
+    }
+    try {
+      return JSON.parse(text) as T;
+    } catch {
+      throw new LaunchAPIError(`The server sent something that is not JSON: ${text.slice(0, 200)}`, response.status);
+    }
+  }
+
+  async listQueues(): Promise<IQueue[]> {
+    const raw = await this.requestJSON('queues');
+    const list = Array.isArray(raw) ? raw : raw.queues || [];
+    return list.map(normalizeQueue);
+  }
+
+  async getQueue(name: string): Promise<IQueue> {
+    return normalizeQueue(await this.requestJSON(`queues/${encodeURIComponent(name)}`));
+  }
+
+  async listJobs(options: { queue?: string; state?: string; limit?: number; before?: number | null } = {}): Promise<IJobPage> {
+    const limit = options.limit ?? 50;
+    const raw = await this.requestJSON(
+      `jobs${query({ queue: options.queue, state: options.state, limit, before: options.before })}`
+    );
+    const jobs: IJob[] = Array.isArray(raw) ? raw : raw.jobs || [];
+    let next: number | null;
+    if (!Array.isArray(raw) && raw.next_before !== undefined) {
+      next = raw.next_before ?? null;
+    } else {
+      next = jobs.length >= limit ? jobs[jobs.length - 1].seq : null;
+    }
+    return { jobs, next };
+  }
+
+  async getJob(id: string): Promise<IJob> {
+    return unwrapJob(await this.requestJSON(`jobs/${encodeURIComponent(id)}`));
+  }
+
+  async submit(request: ISubmitRequest): Promise<IJob> {
+    return unwrapJob(
+      await this.requestJSON('jobs', {
+        method: 'POST',
+        body: JSON.stringify(request),
+        headers: { 'Content-Type': 'application/json' }
+      })
+    );
+  }
+
+  async cancel(id: string): Promise<IJob> {
+    return unwrapJob(await this.requestJSON(`jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' }));
+  }
+
+  async rerun(id: string): Promise<IJob> {
+    return unwrapJob(await this.requestJSON(`jobs/${encodeURIComponent(id)}/rerun`, { method: 'POST' }));
+  }
+
+  async readLog(id: string, offset = 0): Promise<ILogRead> {
+    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/logs${query({ offset, encoding: 'base64' })}`);
+    return normalizeLogRead(raw, offset);
+  }
+
+  async metrics(id: string, after = 0): Promise<IMetricRecord[]> {
+    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/metrics${query({ after: after || null })}`);
+    return Array.isArray(raw) ? raw : raw.metrics || [];
+  }
+
+  async outputs(id: string): Promise<IOutput[]> {
+    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/outputs`);
+    return Array.isArray(raw) ? raw : raw.outputs || [];
+  }
+
+  /** An output's bytes. */
+  async outputBlob(id: string, path: string): Promise<Blob> {
+    const response = await this.transport.request(`${API}/jobs/${encodeURIComponent(id)}/outputs/${encodePath(path)}`);
+    if (!response.ok) {
+      const { message, reason } = errorMessage(response.status, await response.text());
+      throw new LaunchAPIError(message, response.status, reason);
+    }
+    return response.blob();
+  }
+
+  outputUrl(id: string, path: string): string {
+    return this.transport.httpUrl(`${API}/jobs/${encodeURIComponent(id)}/outputs/${encodePath(path)}`);
+  }
+
+  logStreamUrl(id: string, offset: number): string {
+    return this.transport.wsUrl(`${API}/jobs/${encodeURIComponent(id)}/logs/ws${query({ offset })}`);
+  }
+}
+
+function unwrapJob(raw: any): IJob {
+  return raw && raw.job && !raw.id ? raw.job : raw;
+}
+
+/** The command line that does what the panel did, for the "copy CLI command" button. */
+export function cliCommand(job: IJob, action: 'logs' | 'rerun' | 'cancel' = 'logs'): string {
+  return action === 'logs' ? `jupyter launch logs ${job.id} -f` : `jupyter launch ${action} ${job.id}`;
+}

@@ -1,0 +1,110 @@
+"""Remote agents over HTTP: agent tokens (scoped, hashed, revocable), long-poll claims, logs, outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from jupyter_launch.server.remote import HttpStore, RemoteAuthError, make_remote_agent, run_remote_agent
+from jupyter_launch.store import schema as t
+
+from .conftest import command_spec, wait_done
+
+
+@pytest.fixture
+def launch_config() -> dict[str, Any]:
+    return {"agent_queues": []}  # no in-process agent: only the remote one may run jobs
+
+
+async def test_remote_agent_runs_a_job_end_to_end(api, start_launch, server_url, tmp_path):
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, record = app.tokens.create("box-1", ["remote"])
+    with app.store._read() as c:  # stored hashed: the secret is nowhere in the table
+        row = c.execute(t.agent_tokens.select()).one()
+    assert token.split("_", 2)[2] not in str(tuple(row)) and row.secret_hash
+    agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=2,
+                              work_root=str(tmp_path / "work"), poll_interval=0.2, lease_seconds=4)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_remote_agent(agent, stop))
+    try:
+        code = ("import os, pathlib, sys\n"
+                "for i in range(2000): print('line', i)\n"
+                "print('oops', file=sys.stderr)\n"
+                "pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'out.bin').write_bytes(bytes(range(256)))\n")
+        status, job = await api("POST", "jobs", body={"queue": "remote", "spec": command_spec(code)})
+        assert status == 201
+        job = await wait_done(api, job["id"])
+        assert (job["state"], job["exit_code"]) == ("succeeded", 0), job
+        assert job["agent_id"] == agent.agent_id
+        _, page = await api("GET", "jobs", job["id"], "logs", params={"limit": 16 * 1024 * 1024})
+        text = "".join(c["data"] for c in page["chunks"] if c["stream"] == "stdout")
+        assert text.splitlines() == [f"line {i}" for i in range(2000)]
+        assert [c["data"] for c in page["chunks"] if c["stream"] == "stderr"] == ["oops\n"]
+        _, body = await api("GET", "jobs", job["id"], "outputs", "out.bin")
+        assert body == bytes(range(256))
+        _, agents = await api("GET", "agents")
+        assert agent.agent_id in [a["id"] for a in agents["agents"]]
+
+        # Revoked: the agent's next call is refused, it gets no more work and stops.
+        app.tokens.revoke(record.id)
+        _, queued = await api("POST", "jobs", body={"queue": "remote", "spec": command_spec("print(1)")})
+        await asyncio.wait_for(runner, 10)
+        assert isinstance(agent.store.auth_error, RemoteAuthError)
+        _, again = await api("GET", "jobs", queued["id"])
+        assert again["state"] == "queued"
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 30)
+
+
+async def test_token_scope_and_kinds_are_enforced(api, start_launch, server_url):
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, _ = app.tokens.create("box-2", ["remote"])
+    store = HttpStore(server_url, token, claim_wait=0)
+    with pytest.raises(RemoteAuthError, match="may not serve queue.*default"):
+        await asyncio.to_thread(store.register_agent, "a1", ["default"], [], host="h")
+    await asyncio.to_thread(store.register_agent, "a1", ["remote"], [], host="h")
+    store.close()
+    # A user's token is not an agent token, and an agent token is not a user identity.
+    status, err = await api("POST", "agent", "claim", body={"agent_id": "x", "queues": ["remote"]})
+    assert status == 403 and "agent token" in err["message"]
+    status, _ = await api("GET", "queues", headers={"Authorization": f"Bearer {token}"})
+    assert status == 403
+    status, err = await api("POST", "agent", "claim", body={"agent_id": "x", "queues": ["remote"]},
+                            headers={"Authorization": "Bearer jla_0000_bogus"})
+    assert status == 403 and "unknown or revoked" in err["message"]
+    status, err = await api("POST", "agent", "claim", body={"agent_id": "x", "queues": ["remote"]},
+                            headers={"Authorization": ""})
+    assert status in (401, 403)
+
+
+async def test_long_poll_claim_returns_when_a_job_is_submitted(api, start_launch, server_url):
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, _ = app.tokens.create("box-3", ["remote"])
+    store = HttpStore(server_url, token, claim_wait=10)
+    await asyncio.to_thread(store.register_agent, "poller", ["remote"], [], host="h")
+    claiming = asyncio.create_task(asyncio.to_thread(store.claim_next_job, "poller", ["remote"]))
+    await asyncio.sleep(0.5)
+    assert not claiming.done()
+    t0 = time.monotonic()
+    _, job = await api("POST", "jobs", body={"queue": "remote", "spec": command_spec("print(1)")})
+    claim = await asyncio.wait_for(claiming, 10)
+    assert claim is not None and claim.job.id == job["id"] and claim.fence == 1
+    assert time.monotonic() - t0 < 1.0
+    # Stale fences are ignored; the current one works.
+    assert not await asyncio.to_thread(store.set_state, job["id"], 0, "running", "running")
+    assert await asyncio.to_thread(store.set_state, job["id"], 1, "running", "running")
+    beat = await asyncio.to_thread(store.heartbeat, job["id"], 1)
+    assert beat.ok and not beat.cancel_requested
+    await api("POST", "jobs", job["id"], "cancel")
+    assert (await asyncio.to_thread(store.heartbeat, job["id"], 1)).cancel_requested
+    assert await asyncio.to_thread(store.finish, job["id"], 1, "cancelled", reason="cancelled")
+    _, done = await api("GET", "jobs", job["id"])
+    assert done["state"] == "cancelled"
+    store.close()

@@ -1,0 +1,481 @@
+"""The Docker backend on a real Docker Engine: LaunchClient → store → agent → containers, images built and reused.
+
+These tests need the engine (``ci/docker.sh``) and the local base image ``launch-python:bookworm``
+(``ci/python-base.sh``); without them they fail with a message saying which is missing. The job image for notebook
+jobs is built once per machine (a minute or so of pip installs the first time) and reused by its hash after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+import json
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from jupyter_launch.agent import make_local_agent
+from jupyter_launch.backends.docker import JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, secrets_line, sh_quote
+from jupyter_launch.client import LaunchClient
+from jupyter_launch.images import BuildSettings, pip_install_args, plan_build
+from jupyter_launch.spec import QueueConfig
+
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+BASE_IMAGE = "launch-python:bookworm"
+BUILD = {"base_image": BASE_IMAGE}
+
+
+@pytest.fixture(scope="session")
+def docker_api():
+    try:
+        import docker
+
+        api = docker.APIClient(version="auto", timeout=30)
+        api.ping()
+    except Exception as exc:
+        pytest.fail(f"Docker engine not reachable ({exc}): run ci/docker.sh", pytrace=False)
+    try:
+        api.inspect_image(BASE_IMAGE)
+    except Exception:
+        pytest.fail(f"missing base image {BASE_IMAGE}: run ci/python-base.sh", pytrace=False)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def env_image(docker_api) -> str:
+    """The job image notebook jobs on a plain queue get: built here once, then a cache hit for every job."""
+    from jupyter_launch.images import ImageBuilder
+
+    builder = ImageBuilder(docker_api)
+    plan = plan_build(BuildSettings.from_config(BUILD, BASE_IMAGE), builder.image_id(BASE_IMAGE), {}, None)
+    if not builder.cached(plan):
+        builder.build(plan, lambda text: None)
+    return plan.tag
+
+
+@pytest.fixture
+def client(tmp_path: Path, docker_api, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(tmp_path / "home"))
+    c = LaunchClient(home=tmp_path / "home")
+    yield c
+    c.close()
+
+
+def docker_queue(client: LaunchClient, name: str = "dq", **provider) -> str:
+    client.create_queue(QueueConfig(queue_name=name, provider={"type": "docker", "build": BUILD, **provider}))
+    return name
+
+
+def job_containers(api, job_id: str) -> list[dict]:
+    return api.containers(all=True, filters={"label": f"{JOB_ID_LABEL}={job_id}"})
+
+
+class Agent:
+    """An in-process agent on the client's store, for the length of a ``with`` block inside a coroutine."""
+
+    def __init__(self, client: LaunchClient, queues: list[str], **traits):
+        self.agent = make_local_agent(client.store, queues, blobs=client.blobs, lease_seconds=5, **traits)
+
+    async def __aenter__(self):
+        await self.agent.start()
+        self.task = asyncio.create_task(self.agent.run())
+        return self.agent
+
+    async def __aexit__(self, *exc):
+        await self.agent.stop()
+        self.task.cancel()
+
+
+async def until(predicate, timeout: float = 120, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+def run_jobs(client: LaunchClient, jobs, timeout: float = 300, **traits):
+    async def go():
+        async with Agent(client, sorted({j.record.queue for j in jobs}), **traits) as agent:
+            await until(lambda: all(j.refresh().done for j in jobs), timeout, "the jobs to end")
+            return agent
+
+    return asyncio.run(go())
+
+
+def command_job(client: LaunchClient, tmp_path: Path, code: str, queue: str, **spec):
+    folder = tmp_path / "src"
+    folder.mkdir(exist_ok=True)
+    return client.submit(spec={"kind": "command", "command": ["python", "-c", code], **spec}, root=folder,
+                         queue=queue)
+
+
+# ---------------------------------------------------------------- jobs run to completion
+
+
+def test_notebook_job_runs_in_the_built_image(client, tmp_path, env_image, docker_api):
+    queue = docker_queue(client)
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "trivial.ipynb").write_bytes((NOTEBOOKS / "trivial.ipynb").read_bytes())
+    job = client.submit(folder / "trivial.ipynb", queue=queue)
+    agent = run_jobs(client, [job])
+    rec = job.record
+    assert (rec.state, rec.exit_code, rec.reason) == ("succeeded", 0, "completed"), (rec.message, job.logs())
+    assert "hello 3" in job.logs()
+    assert f"image {env_image} is up to date" in job.logs()
+    assert sorted(o.path for o in job.outputs) == ["trivial.html", "trivial.ipynb"]
+    executed = json.loads(client.read_output(job.id, "trivial.ipynb"))
+    assert "".join(executed["cells"][2]["outputs"][0]["text"]) == "hello 3\n"
+    assert agent.backend("docker").builds[-1] == {"tag": env_image, "cached": True, "seconds": 0.0}
+    assert job_containers(docker_api, job.id) == []  # removed once its outputs were collected
+
+
+def test_command_job_with_an_image_separates_streams_and_returns_outputs(client, tmp_path, docker_api):
+    queue = docker_queue(client)
+    job = command_job(client, tmp_path, (
+        "import os, pathlib, sys\n"
+        "for i in range(20000):\n"
+        "    print(f'out {i}')\n"
+        "print('to stderr', file=sys.stderr)\n"
+        "print('greeting', os.environ['GREETING'])\n"
+        "out = pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'])\n"
+        "(out / 'sub').mkdir()\n"
+        "(out / 'sub' / 'result.txt').write_text('42')\n"
+        "try:\n"
+        "    open('written-into-the-artifact', 'w')\n"
+        "except OSError as exc:\n"
+        "    print('artifact is read-only', exc.errno, file=sys.stderr)\n"),
+        queue, image=BASE_IMAGE, env={"GREETING": "hi"})
+    run_jobs(client, [job])
+    rec = job.record
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec.message, job.logs())
+    chunks, _ = client.read_log(job.id, 0)
+    out = b"".join(c.data for c in chunks if c.stream == "stdout").decode().splitlines()
+    err = b"".join(c.data for c in chunks if c.stream == "stderr").decode()
+    assert out[:20000] == [f"out {i}" for i in range(20000)]
+    assert out[20000:] == ["greeting hi"]
+    assert "to stderr\n" in err and "artifact is read-only 30" in err  # EROFS
+    assert [o.path for o in job.outputs] == ["sub/result.txt"]
+    assert client.read_output(job.id, "sub/result.txt") == b"42"
+
+
+def test_exit_code_fails_the_job_and_keep_on_failure_keeps_the_container(client, tmp_path, docker_api):
+    queue = docker_queue(client, keep_on_failure=True)
+    job = command_job(client, tmp_path, "import sys; print('bye'); sys.exit(3)", queue, image=BASE_IMAGE)
+    run_jobs(client, [job])
+    rec = job.record
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code")
+    kept = job_containers(docker_api, job.id)
+    assert len(kept) == 1 and kept[0]["State"] == "exited"
+    docker_api.remove_container(kept[0]["Id"], force=True)
+
+
+# ---------------------------------------------------------------- images
+
+
+def test_an_environment_is_built_once_and_reused_on_the_second_submit(client, tmp_path, env_image, docker_api):
+    queue = docker_queue(client)
+    folder = tmp_path / "env"
+    folder.mkdir()
+    # A fresh requirement set each run, so the first submit really builds (on the cached runner layer).
+    (folder / "requirements.txt").write_text(f"# run {uuid.uuid4().hex}\nsix\n")
+    code = "import six; print('six', six.__version__)"
+    first = client.submit(spec={"kind": "command", "command": ["python", "-c", code]}, root=folder, queue=queue)
+    second = client.submit(spec={"kind": "command", "command": ["python", "-c", code]}, root=folder, queue=queue)
+    agent = run_jobs(client, [first, second], max_jobs=1)
+    builds = agent.backend("docker").builds
+    try:
+        for job in (first, second):
+            assert job.record.state == "succeeded", (job.record.message, job.logs())
+            assert "six 1." in job.logs()
+        assert [b["cached"] for b in builds] == [False, True]
+        assert builds[0]["tag"] == builds[1]["tag"] != env_image
+        assert "[build]" in first.logs() and "[build]" not in second.logs()
+        assert "is up to date for this environment" in second.logs()
+    finally:
+        docker_api.remove_image(builds[0]["tag"], force=True)
+
+
+def test_build_reason_is_reported_while_building(client, tmp_path, docker_api):
+    """A job waiting on a build says so (reason building_image), never a bare 'starting'."""
+    queue = docker_queue(client, build={**BUILD, "pip_args": ["--no-compile"]})
+    folder = tmp_path / "env"
+    folder.mkdir()
+    (folder / "requirements.txt").write_text(f"# run {uuid.uuid4().hex}\n")
+    job = client.submit(spec={"kind": "command", "command": ["python", "-c", "print(1)"]}, root=folder,
+                        queue=queue)
+    seen: list[str | None] = []
+
+    async def go():
+        async with Agent(client, [queue]):
+            while not job.refresh().done:
+                seen.append(job.record.reason)
+                await asyncio.sleep(0.05)
+
+    asyncio.run(go())
+    tag = [line for line in job.logs().splitlines() if "built jupyter-launch-env:" in line]
+    try:
+        assert job.record.state == "succeeded", (job.record.message, job.logs())
+        assert "building_image" in seen
+    finally:
+        for line in tag:
+            docker_api.remove_image(line.split()[2], force=True)
+
+
+def test_pip_install_lines_become_pip_arguments():
+    assert pip_install_args(["%pip install -q numpy 'pandas<3'", "!pip install --upgrade rich", "six==1.16"]) == [
+        "numpy", "pandas<3", "rich", "six==1.16"]
+
+
+# ---------------------------------------------------------------- failures with reasons
+
+
+def test_an_image_that_cannot_be_pulled_fails_fast_with_a_useful_message(client, tmp_path, docker_api):
+    queue = docker_queue(client)
+    image = "registry.invalid.example:5000/team/private-image:1.0"
+    job = command_job(client, tmp_path, "print(1)", queue, image=image)
+    t0 = time.monotonic()
+    run_jobs(client, [job], timeout=60)
+    rec = job.record
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed")
+    assert time.monotonic() - t0 < 30
+    assert image in rec.message and "registry.invalid.example:5000" in rec.message
+    assert "provider.registry_auth" in rec.message and "docker login registry.invalid.example:5000" in rec.message
+    assert job_containers(docker_api, job.id) == []
+
+
+def test_registry_auth_secret_missing_from_the_agent_says_so(client, tmp_path, monkeypatch):
+    monkeypatch.delenv("JL_TEST_REGISTRY_AUTH", raising=False)
+    queue = docker_queue(client, registry_auth="JL_TEST_REGISTRY_AUTH")
+    job = command_job(client, tmp_path, "print(1)", queue, image="registry.invalid.example/x/y:2")
+    run_jobs(client, [job], timeout=60)
+    assert job.record.reason == "image_pull_failed"
+    assert "'JL_TEST_REGISTRY_AUTH'" in job.record.message and "not set" in job.record.message
+
+
+def test_a_gpu_job_on_an_engine_without_the_nvidia_runtime_fails_with_a_reason(client, tmp_path, docker_api):
+    runtimes = docker_api.info().get("Runtimes") or {}
+    assert "nvidia" not in runtimes, "this test expects a GPU-less engine"
+    queue = docker_queue(client)
+    job = command_job(client, tmp_path, "print(1)", queue, image=BASE_IMAGE, resources={"gpu": 1})
+    run_jobs(client, [job], timeout=60, gpus=[0])  # the agent's pool offers a GPU; the engine cannot
+    rec = job.record
+    assert (rec.state, rec.reason) == ("failed", "no_gpu_runtime"), rec.message
+    assert "NVIDIA Container Toolkit" in rec.message
+    assert job_containers(docker_api, job.id) == []
+
+
+def test_cancel_stops_with_the_grace_period_then_kills(client, tmp_path, docker_api):
+    queue = docker_queue(client, grace_period="1s")
+    code = ("import signal, time\nsignal.signal(signal.SIGTERM, lambda *a: print('got TERM', flush=True))\n"
+            "print('ready', flush=True)\ntime.sleep(120)\n")
+    job = command_job(client, tmp_path, code, queue, image=BASE_IMAGE)
+
+    async def go():
+        async with Agent(client, [queue]):
+            await until(lambda: "ready" in job.logs(), 60, "the job to start")
+            t0 = time.monotonic()
+            client.cancel(job.id)
+            await until(lambda: job.refresh().done, 60, "the job to end")
+            return time.monotonic() - t0
+
+    took = asyncio.run(go())
+    rec = job.record
+    assert (rec.state, rec.reason) == ("cancelled", "cancelled")
+    assert "got TERM" in job.logs()  # SIGTERM reached the job through the container's init
+    assert 0.9 < took < 20
+    assert job_containers(docker_api, job.id) == []
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_secrets_reach_the_job_but_appear_nowhere_in_inspect_logs_or_the_store(client, tmp_path, docker_api,
+                                                                               monkeypatch):
+    canary = "canary-9d1e 'quoted' $HOME `x`\nsecond line"
+    monkeypatch.setenv("JL_CANARY", canary)
+    queue = docker_queue(client, keep_on_failure=True)
+    code = ("import hashlib, os, sys\n"
+            "v = os.environ['JL_CANARY']\n"
+            "print('digest', hashlib.sha256(v.encode()).hexdigest())\n"
+            "print('stdin closed', sys.stdin.read() == '')\n"
+            "sys.exit(1)\n")  # fail, so keep_on_failure leaves the container to inspect
+    job = command_job(client, tmp_path, code, queue, image=BASE_IMAGE, secrets=["JL_CANARY"],
+                      resources={"cpu": 0.5, "memory": "256Mi"})
+    run_jobs(client, [job], timeout=60)
+    logs = job.logs()
+    assert f"digest {hashlib.sha256(canary.encode()).hexdigest()}" in logs, logs
+    assert "stdin closed True" in logs
+    (kept,) = job_containers(docker_api, job.id)
+    try:
+        inspect = docker_api.inspect_container(kept["Id"])
+        image = docker_api.inspect_image(inspect["Image"])
+        text = json.dumps([inspect, image, kept])
+        for piece in (canary, canary.split("\n")[0], "canary-9d1e", "second line"):
+            assert piece not in text
+        host = inspect["HostConfig"]
+        assert host["Privileged"] is False and host["NetworkMode"] != "host"
+        assert not host.get("CapAdd") and "no-new-privileges" in host["SecurityOpt"]
+        assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20
+        modes = {m["Destination"]: m["RW"] for m in inspect["Mounts"]}
+        assert modes["/jl/work"] is False and modes["/jl/work/.jupyter-launch/outputs"] is True
+    finally:
+        docker_api.remove_container(kept["Id"], force=True)
+    stored = json.dumps(client.store.get_job(job.id).spec)
+    assert "canary-9d1e" not in stored and "canary-9d1e" not in logs
+
+
+def test_secret_values_are_quoted_for_the_wrapper():
+    assert sh_quote("a'b") == "'a'\\''b'"
+    assert secrets_line({"K": "x\ny"}) == b"export K='x'\"$jl_nl\"'y'\n"
+
+
+# ---------------------------------------------------------------- warm containers and stale ones
+
+
+def test_min_instances_starts_jobs_by_exec_in_warm_containers(client, tmp_path, docker_api, monkeypatch):
+    monkeypatch.setenv("JL_WARM_SECRET", "warm-secret")
+    queue = docker_queue(client, "warmq", min_instances=1, image=BASE_IMAGE)
+    code = ("import os, pathlib\nprint('in warm', os.environ['JL_WARM_SECRET'] == 'warm-secret')\n"
+            "pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'w.txt').write_text('warm')\n")
+
+    async def go():
+        async with Agent(client, [queue]):
+            warm = lambda: docker_api.containers(filters={"label": [f"{QUEUE_LABEL}={queue}", WARM_LABEL]})  # noqa: E731
+            await until(lambda: len(warm()) == 1, 60, "a warm container")
+            before = warm()[0]["Id"]
+            job = command_job(client, tmp_path, code, queue, secrets=["JL_WARM_SECRET"])
+            await until(lambda: job.refresh().done, 60, "the job to end")
+            await until(lambda: len(warm()) == 1 and warm()[0]["Id"] != before, 60, "the pool to be topped up")
+            return job, before
+
+    job, used = asyncio.run(go())
+    rec = job.record
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec.message, job.logs())
+    assert "in warm True" in job.logs()
+    assert client.read_output(job.id, "w.txt") == b"warm"
+    assert job_containers(docker_api, job.id) == []  # no container was created for the job
+    assert not docker_api.containers(all=True, filters={"id": used})  # the used warm container is gone
+    # The agent's stop removed the pool.
+    assert not docker_api.containers(all=True, filters={"label": [f"{QUEUE_LABEL}={queue}", WARM_LABEL]})
+
+
+def test_an_agent_starting_up_removes_containers_of_jobs_no_longer_active(client, tmp_path, docker_api):
+    queue = docker_queue(client, "reapq")
+    job = command_job(client, tmp_path, "print(1)", queue, image=BASE_IMAGE)
+    client.cancel(job.id)  # the job ends without ever running; a container claiming to be its attempt is stale
+    stale = docker_api.create_container(BASE_IMAGE, ["sleep", "60"], labels={
+        MANAGED_BY: "jupyter-launch", QUEUE_LABEL: queue, JOB_ID_LABEL: job.id, "jupyter-launch.fence": "1"})["Id"]
+    docker_api.start(stale)
+
+    async def go():
+        async with Agent(client, [queue]):
+            pass
+
+    asyncio.run(go())
+    assert not docker_api.containers(all=True, filters={"id": stale})
+
+
+def test_python_means_python3_in_images_without_python(client, tmp_path, docker_api):
+    queue = docker_queue(client)
+    job = command_job(client, tmp_path, "import sys; print(sys.version_info[:2])", queue, image=BASE_IMAGE)
+    run_jobs(client, [job], timeout=60)
+    assert job.record.state == "succeeded" and "(3, 11)" in job.logs()
+
+
+
+class SocketProxy:
+    """A unix socket forwarding to the engine's, that the test can cut: the engine 'goes away' mid-job."""
+
+    def __init__(self, path: Path, upstream: str = "/var/run/docker.sock"):
+        import socket
+        import threading
+
+        self.path, self.upstream = str(path), upstream
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(self.path)
+        self.server.listen(64)
+        self.conns: list = []
+        self.closed = False
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.closed:
+                client.close()
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.upstream)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.closed = True
+        try:
+            self.server.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close alone would not
+        except OSError:
+            pass
+        self.server.close()
+        for s in self.conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+
+# docker-py's unix transport leaves a socket unclosed when connect() is refused (the engine is gone): not ours.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_losing_the_engine_mid_job_fails_the_job_with_a_reason(client, tmp_path, docker_api):
+    from traitlets.config import Config
+
+    proxy = SocketProxy(tmp_path / "engine.sock")
+    queue = docker_queue(client, base_url=f"unix://{tmp_path / 'engine.sock'}")
+    job = command_job(client, tmp_path, "import time; print('ready', flush=True); time.sleep(120)", queue,
+                      image=BASE_IMAGE)
+    config = Config({"DockerBackend": {"engine_retry_seconds": 1.0}})
+
+    async def go():
+        async with Agent(client, [queue], config=config):
+            await until(lambda: "ready" in job.logs(), 60, "the job to start")
+            proxy.cut()
+            await until(lambda: job.refresh().done, 60, "the job to end")
+
+    try:
+        asyncio.run(go())
+        rec = job.record
+        assert (rec.state, rec.reason) == ("failed", "docker_engine_lost"), rec.message
+        assert "rather than left running" in rec.message
+    finally:
+        for c in job_containers(docker_api, job.id):
+            docker_api.remove_container(c["Id"], force=True)
+        gc.collect()  # those refused sockets are reported here, under this test's filter, not at session end
