@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from traitlets.config import Config
 
-pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 ROOT = Path(__file__).resolve().parents[2]
 
