@@ -130,6 +130,8 @@ def _scalar_str(v: Any) -> Any:
 
 
 CommandArg = Annotated[str, BeforeValidator(_scalar_str)]
+# Seconds between SIGTERM (or the backend's stop) and the kill; written like a timeout ("30s", 10).
+GracePeriod = Annotated[float, BeforeValidator(lambda v: parse_duration(v) or 10.0), Field(gt=0)]
 EnvValue = Annotated[str, BeforeValidator(_scalar_str)]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
@@ -239,12 +241,7 @@ class LocalProvider(Strict):
     max_instances: int | None = Field(default=None, ge=1)
     gpus: int | list[int] | None = None  # GPU slots this host offers; None = detect with nvidia-smi
     python: str | None = None  # interpreter that runs jobs; default: the agent's own
-    grace_period: float = Field(default=10.0, gt=0)
-
-    @field_validator("grace_period", mode="before")
-    @classmethod
-    def _grace(cls, v: Any) -> float:
-        return parse_duration(v) or 10.0
+    grace_period: GracePeriod = 10.0
 
 
 class DockerBuild(Strict):
@@ -269,12 +266,7 @@ class DockerProvider(Strict):
     # mount for a local engine and copy for a remote one.
     transfer: Literal["mount", "copy"] | None = None
     gpus: int | list[int] | None = None
-    grace_period: float = Field(default=10.0, gt=0)
-
-    @field_validator("grace_period", mode="before")
-    @classmethod
-    def _grace(cls, v: Any) -> float:
-        return parse_duration(v) or 10.0
+    grace_period: GracePeriod = 10.0
 
 
 class KubernetesProvider(Strict):
@@ -294,12 +286,7 @@ class KubernetesProvider(Strict):
     host_network: bool = False
     image: str | None = None
     ttl_seconds_after_finished: int = Field(default=600, ge=0)
-    grace_period: float = Field(default=10.0, gt=0)
-
-    @field_validator("grace_period", mode="before")
-    @classmethod
-    def _grace(cls, v: Any) -> float:
-        return parse_duration(v) or 10.0
+    grace_period: GracePeriod = 10.0
 
 
 class CloudProvider(Strict):

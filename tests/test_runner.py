@@ -295,7 +295,7 @@ def test_fd_level_output_is_logged_once(tmp_path: Path) -> None:
 
 
 def cell_job(tmp_path: Path, pull: list[str], code: str) -> Run:
-    cloudpickle = pytest.importorskip("cloudpickle")
+    import cloudpickle  # a dependency of jupyter-launch: missing means a broken install, not a skip
     work = job_folder(tmp_path, kind="cell", code=code, setup=["offset = 2"], push="push.pkl", pull=pull,
                       parameters={"scale": 10})
     with open(work / "push.pkl", "wb") as f:
