@@ -5,6 +5,7 @@ never skip them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -113,16 +114,17 @@ def start_lab(base: Path) -> Iterator[Lab]:
     env = dict(os.environ, JUPYTER_LAUNCH_HOME=str(home), PYTHONUNBUFFERED="1")
     env.pop("JUPYTER_LAUNCH_STORE_URL", None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if _installed_extension() is None:
-        built = ROOT / "jupyter_launch" / "labextension"
-        if not (built / "package.json").exists():
-            raise RuntimeError("the jupyter-launch labextension is not built: run `pip install -e .` (or "
-                               "`jlpm --cwd labextension install && jlpm --cwd labextension build`) first")
-        # A source checkout: serve the freshly built extension through a data folder of this run's own.
+    built = ROOT / "jupyter_launch" / "labextension"
+    if (built / "package.json").exists():
+        # Serve the checkout's own build, like its Python code: an editable install copied the extension into the
+        # venv when it ran, so after a `jlpm build` that copy is stale. JUPYTER_PATH comes first, so this one wins.
         link = data / "labextensions" / EXTENSION
         if not link.exists():
             link.symlink_to(built)
         env["JUPYTER_PATH"] = str(data) + os.pathsep + env.get("JUPYTER_PATH", "")
+    elif _installed_extension() is None:
+        raise RuntimeError("the jupyter-launch labextension is not built: run `pip install -e .` (or "
+                           "`jlpm --cwd labextension install && jlpm --cwd labextension build`) first")
 
     config = base / "jupyter_server_test_config.py"
     config.write_text(
@@ -165,6 +167,21 @@ def start_lab(base: Path) -> Iterator[Lab]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# pytest-jupyter's autouse fixtures take the thread's current event loop, close it after each test and run the
+# in-process ServerApp's cleanup on it. Here that loop is the one playwright's sync API keeps running for the whole
+# session, so both would fail; UI tests start no in-process server, so they get a loop of their own and no cleanup.
+@pytest.fixture(autouse=True)
+def jp_asyncio_loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(autouse=True)
+def jp_server_cleanup() -> Iterator[None]:
+    yield
 
 
 @pytest.fixture(scope="session")
