@@ -33,6 +33,10 @@ wait $base_image || { echo "python base image failed; see $log/python-base.log" 
 step "waiting for the Kubernetes build"
 wait $k8s_build || { echo "Kubernetes build failed; see $log/k8s-build.log" >&2; tail -50 "$log/k8s-build.log" >&2; exit 1; }
 
+step "jest (labextension unit tests)"
+# Fail fast: a broken panel model or API client stops the run before the slower Python suite.
+(cd labextension && PATH="$PWD/../.venv/bin:$PATH" jlpm test --ci)
+
 step "tests"
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"

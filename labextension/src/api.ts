@@ -5,6 +5,8 @@
  * and turns every server refusal into a `LaunchAPIError` whose message a user can read.
  */
 
+import { notebookArtifact } from './artifact';
+
 export type JobState =
   | 'queued'
   | 'claimed'
@@ -93,6 +95,7 @@ export interface IResources {
   memory?: string;
 }
 
+/** What the submit form asks for: a notebook (its path in the Jupyter root) and how to run it. */
 export interface ISubmitRequest {
   notebook: string;
   queue: string;
@@ -101,6 +104,25 @@ export interface ISubmitRequest {
   parameters?: Record<string, unknown>;
   env?: Record<string, string>;
   secrets?: string[];
+}
+
+/** The job spec of a notebook job, as `POST /launch/api/jobs` takes it (jupyter_launch.spec.JobSpec). */
+export interface INotebookJobSpec {
+  kind: 'notebook';
+  /** The notebook's path inside the artifact. */
+  notebook: string;
+  name: string;
+  job_type?: string;
+  resources?: IResources;
+  parameters?: Record<string, unknown>;
+  env?: Record<string, string>;
+  secrets?: string[];
+}
+
+/** The notebook job for a form's request, run from an artifact holding the notebook as `fileName`. */
+export function notebookJobSpec(request: ISubmitRequest, fileName: string): INotebookJobSpec {
+  const { notebook: _path, queue: _queue, ...rest } = request;
+  return { kind: 'notebook', notebook: fileName, name: fileName.replace(/\.ipynb$/, ''), ...rest };
 }
 
 /** What the client needs from the outside world: HTTP requests and WebSocket URLs under the server's base URL. */
@@ -289,11 +311,30 @@ export class LaunchAPI {
     return unwrapJob(await this.requestJSON(`jobs/${encodeURIComponent(id)}`));
   }
 
-  async submit(request: ISubmitRequest): Promise<IJob> {
+  /**
+   * Submit a notebook job: package the notebook's bytes as an artifact, upload the blobs the server lacks, then
+   * enqueue. The job runs in a folder holding just the notebook.
+   */
+  async submit(request: ISubmitRequest, content: Uint8Array): Promise<IJob> {
+    const fileName = request.notebook.split('/').pop() || request.notebook;
+    const artifact = await notebookArtifact(fileName, content);
+    const { missing } = await this.requestJSON<{ missing: string[] }>('artifacts/missing', {
+      method: 'POST',
+      body: JSON.stringify({ digests: Array.from(artifact.blobs.keys()) }),
+      headers: { 'Content-Type': 'application/json' }
+    });
+    for (const digest of missing) {
+      await this.requestJSON(`artifacts/blobs/${encodeURIComponent(digest)}`, {
+        method: 'PUT',
+        body: artifact.blobs.get(digest),
+        headers: { 'Content-Type': 'application/octet-stream' }
+      });
+    }
+    const body = { queue: request.queue, spec: notebookJobSpec(request, fileName), artifact: artifact.digest };
     return unwrapJob(
       await this.requestJSON('jobs', {
         method: 'POST',
-        body: JSON.stringify(request),
+        body: JSON.stringify(body),
         headers: { 'Content-Type': 'application/json' }
       })
     );

@@ -5,9 +5,10 @@
  */
 
 import { Dialog } from '@jupyterlab/apputils';
+import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { IJob, IQueue, LaunchAPI, LaunchAPIError } from './api';
+import { IJob, IQueue, LaunchAPI, LaunchAPIError, errorMessage } from './api';
 import { FormError, IFormValues, buildSubmitRequest } from './params';
 
 let counter = 0;
@@ -137,7 +138,7 @@ export class SubmitForm extends Widget {
     }
 
     form.append(
-      field('Notebook', this._notebook, 'notebook'),
+      field('Notebook', this._notebook, 'notebook', 'Sent as saved; the job runs in a folder with just this notebook.'),
       field('Queue', this._queue, 'queue'),
       field('Job type', this._jobType, 'job_type', 'Only agents accepting this job type take the job.'),
       this._jobTypes,
@@ -181,6 +182,8 @@ export class SubmitForm extends Widget {
   showError(message: string, field?: string | null): void {
     this._error.textContent = message;
     this._error.hidden = false;
+    // The message sits below the fields: bring it into sight when the form scrolls (jsdom has no scrollIntoView).
+    this._error.scrollIntoView?.({ block: 'nearest' });
     this.node.querySelectorAll('[aria-invalid]').forEach(el => el.removeAttribute('aria-invalid'));
     if (field) {
       const name = field.split('.').pop() as string;
@@ -256,8 +259,8 @@ export class SubmitForm extends Widget {
 export interface ISubmitDialogOptions {
   api: LaunchAPI;
   form: SubmitForm;
-  /** Runs after the form checks out and before the request goes: saving the notebook. */
-  beforeSubmit?: () => Promise<void>;
+  /** Runs after the form checks out and before the request goes: saves the notebook and returns its bytes. */
+  saveNotebook: () => Promise<Uint8Array>;
 }
 
 const ACCEPT = 1;
@@ -275,7 +278,7 @@ export class SubmitDialog extends Dialog<IJob | null> {
     this.addClass('jp-LaunchSubmitDialog');
     this._api = options.api;
     this._form = options.form;
-    this._beforeSubmit = options.beforeSubmit;
+    this._saveNotebook = options.saveNotebook;
   }
 
   resolve(index?: number): void {
@@ -295,16 +298,17 @@ export class SubmitDialog extends Dialog<IJob | null> {
     this._form.setBusy(true);
     try {
       const request = buildSubmitRequest(this._form.values());
-      if (this._beforeSubmit) {
-        await this._beforeSubmit();
-      }
-      this._form.job = await this._api.submit(request);
+      const content = await this._saveNotebook();
+      this._form.job = await this._api.submit(request, content);
       super.resolve(ACCEPT);
     } catch (err) {
       if (err instanceof FormError) {
         this._form.showError(err.message, err.field);
       } else if (err instanceof LaunchAPIError) {
         this._form.showError(err.message, err.field);
+      } else if (err instanceof ServerConnection.ResponseError) {
+        // Saving or reading the notebook through JupyterLab's contents service, which says just "Forbidden".
+        this._form.showError(errorMessage(err.response.status, JSON.stringify({ message: err.message })).message);
       } else {
         this._form.showError((err as Error).message || String(err));
       }
@@ -318,6 +322,6 @@ export class SubmitDialog extends Dialog<IJob | null> {
 
   private _api: LaunchAPI;
   private _form: SubmitForm;
-  private _beforeSubmit?: () => Promise<void>;
+  private _saveNotebook: () => Promise<Uint8Array>;
   private _submitting = false;
 }

@@ -137,6 +137,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return (model.content?.cells ?? []) as INotebookCellLike[];
     };
 
+    /** The notebook file's bytes as saved on the server (what the job runs). */
+    const notebookBytes = async (path: string): Promise<Uint8Array> => {
+      const model = await contents.get(path, { type: 'file', format: 'base64', content: true });
+      const binary = atob(String(model.content).replace(/\s/g, ''));
+      return Uint8Array.from(binary, c => c.charCodeAt(0));
+    };
+
     const submitNotebook = async (path: string): Promise<void> => {
       let parameters: Array<[string, string]> = [];
       try {
@@ -156,11 +163,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       const dialog = new SubmitDialog({
         api,
         form,
-        beforeSubmit: async () => {
+        saveNotebook: async () => {
           const panel = openPanelFor(path);
           if (panel && panel.context.model.dirty) {
             await panel.context.save();
           }
+          return notebookBytes(path);
         }
       });
       const result = await dialog.launch();

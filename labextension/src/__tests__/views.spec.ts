@@ -1,5 +1,8 @@
+import { ServerConnection } from '@jupyterlab/services';
+
+import { IJob, ISubmitRequest, LaunchAPI, LaunchAPIError } from '../api';
+import { SubmitDialog, SubmitForm } from '../dialog';
 import { LogView } from '../logview';
-import { SubmitForm } from '../dialog';
 
 describe('LogView', () => {
   it('draws only the rows in sight, with colours and search marks', () => {
@@ -53,5 +56,81 @@ describe('SubmitForm', () => {
     expect(form.node.querySelector('[data-field=cpu] input')!.getAttribute('aria-invalid')).toBe('true');
     form.clearError();
     expect(alert.hidden).toBe(true);
+  });
+});
+
+describe('SubmitDialog', () => {
+  const QUEUES = [
+    { name: 'default', provider: 'local', max_instances: 2, min_instances: 0, counts: {}, agents: ['a'], job_types: [], config: {} }
+  ];
+
+  /** A dialog whose API answers `submit` with `outcome`; resolves once the submission settles. */
+  async function launch(
+    outcome: (request: ISubmitRequest, content: Uint8Array) => Promise<IJob>,
+    saveNotebook: () => Promise<Uint8Array> = async () => new Uint8Array([123, 125])
+  ): Promise<{ form: SubmitForm; dialog: SubmitDialog; error: HTMLElement; calls: ISubmitRequest[] }> {
+    const calls: ISubmitRequest[] = [];
+    const api = {
+      submit: (request: ISubmitRequest, content: Uint8Array) => {
+        calls.push(request);
+        return outcome(request, content);
+      }
+    } as unknown as LaunchAPI;
+    const form = new SubmitForm({ notebook: 'nb/train.ipynb', queues: QUEUES, parameters: [['lr', '0.1']] });
+    const dialog = new SubmitDialog({ api, form, saveNotebook });
+    dialog.resolve();
+    await new Promise(r => setTimeout(r, 0));
+    return { form, dialog, error: form.node.querySelector('.jp-LaunchSubmit-error') as HTMLElement, calls };
+  }
+
+  it('submits the saved notebook with the form values and keeps the accepted job', async () => {
+    const saved = new Uint8Array([1, 2, 3]);
+    let sent: Uint8Array | null = null;
+    const { form, calls } = await launch(
+      async (request, content) => {
+        sent = content;
+        return { id: 'j1', queue: request.queue } as IJob;
+      },
+      async () => saved
+    );
+    expect(calls).toEqual([{ notebook: 'nb/train.ipynb', queue: 'default', parameters: { lr: 0.1 } }]);
+    expect(sent).toBe(saved);
+    expect(form.getValue()?.id).toBe('j1');
+  });
+
+  it("shows the server's refusal in the dialog, on the field it names", async () => {
+    const { form, dialog, error } = await launch(async () => {
+      throw new LaunchAPIError("unknown queue 'default'", 404, 'Not Found', 'queue');
+    });
+    expect(error.hidden).toBe(false);
+    expect(error.textContent).toBe("unknown queue 'default'");
+    expect(form.node.querySelector('[data-field=queue] select')!.getAttribute('aria-invalid')).toBe('true');
+    expect(form.getValue()).toBeNull();
+    expect(dialog.isDisposed).toBe(false);
+  });
+
+  it('checks the form before saving or sending anything', async () => {
+    let saves = 0;
+    const form = new SubmitForm({ notebook: 'a.ipynb', queues: QUEUES, parameters: [] });
+    (form.node.querySelector('[data-field=memory] input') as HTMLInputElement).value = 'lots';
+    const api = { submit: jest.fn() } as unknown as LaunchAPI;
+    new SubmitDialog({ api, form, saveNotebook: async () => (saves++, new Uint8Array()) }).resolve();
+    await new Promise(r => setTimeout(r, 0));
+    expect(form.node.querySelector('.jp-LaunchSubmit-error')!.textContent).toBe(
+      'Memory must be a size like 8Gi or 512Mi, not "lots".'
+    );
+    expect(saves).toBe(0);
+    expect(api.submit).not.toHaveBeenCalled();
+  });
+
+  it('explains a save refused for want of a login', async () => {
+    const { error, calls } = await launch(
+      async () => ({ id: 'never' }) as IJob,
+      async () => {
+        throw new ServerConnection.ResponseError({ status: 403 } as Response, 'Forbidden');
+      }
+    );
+    expect(error.textContent).toMatch(/^Not authenticated: /);
+    expect(calls).toEqual([]);
   });
 });
