@@ -1,7 +1,7 @@
-"""``jupyter launch ...``: queues, submit, jobs, logs, cancel, rerun, outputs, agent.
+"""``jupyter launch ...``: queues, submit, jobs, logs, cancel, rerun, outputs, agent, token.
 
-Bad input exits with code 2 and one line naming the file, the line and the field; a followed job exits with 0 when
-it succeeded and 1 otherwise.
+Bad input exits with code 2 and one line naming the file, the line and the field; so do a server that cannot be
+reached and a token it refuses. A followed job exits with 0 when it succeeded and 1 otherwise.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .server.remote import SERVER_ENV, TOKEN_ENV, client_for
 from .spec import SpecError, format_memory, parse_param
 from .store import FINAL, JobRecord, StoreError
 
@@ -47,10 +49,23 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _client(args: argparse.Namespace):
-    from .client import LaunchClient
+STORE_HELP = """\
+Which store a command uses, the first that applies:
+  1. --server URL or $JUPYTER_LAUNCH_SERVER_URL: through that server, with --token or $JUPYTER_LAUNCH_TOKEN
+     (a server that does not answer is an error, never a silent fallback);
+  2. $JUPYTER_LAUNCH_HOME or $JUPYTER_LAUNCH_STORE_URL set: that store, embedded; no server is looked for;
+  3. a local running Jupyter server with jupyter-launch (from Jupyter's runtime dir): through it, its own token;
+  4. the embedded store under ~/.local/share/jupyter/launch.
+`agent --server URL --token AGENT_TOKEN` works for that server over HTTP; `agent` alone runs on the store of 2 or 4
+(never a discovered server). `token` commands act on the store of 2 or 4, never through a server.
+"""
 
-    return LaunchClient()
+
+def _client(args: argparse.Namespace):
+    try:
+        return client_for(args.server, args.token)
+    except ValueError as exc:  # a server URL that is not http(s)
+        raise UsageError(str(exc)) from None
 
 
 # ------------------------------------------------------------------ queue commands
@@ -138,13 +153,11 @@ def _apply_cli_fields(spec: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .client import LaunchClient
-
     if not args.notebook and not args.config:
         raise UsageError("submit needs a NOTEBOOK or --config FILE")
     if args.notebook and args.config:
         raise UsageError("give a NOTEBOOK or --config FILE, not both")
-    client = LaunchClient()
+    client = _client(args)
     spec, base, _ = client.build_spec(args.notebook, config=args.config, root=args.root, **_overrides(args))
     data = _apply_cli_fields(spec, args)
     job = client.submit(spec=data, queue=args.queue, root=base, max_size=args.max_size)
@@ -157,20 +170,25 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _follow(client: Any, job_id: str, *, run_agent_for: str | None = None, offset: int = 0) -> int:
-    """Stream a job's log to this terminal until it ends; run an agent in-process if none serves its queue."""
+    """Stream a job's log to this terminal until it ends; on the embedded store, run an agent in-process if none
+    serves its queue (through a server, the job waits for one of the server's agents)."""
 
     async def main() -> int:
         agent = None
         agent_task = None
         if run_agent_for and not client.live_agents(run_agent_for):
-            from .agent import make_local_agent
+            if client.server_url:
+                print(f"no agent serves queue {run_agent_for} on {client.server_url}; the job waits for one (jupyter "
+                      f"launch agent --server URL --token AGENT_TOKEN --queue {run_agent_for})", file=sys.stderr)
+            else:
+                from .agent import make_local_agent
 
-            print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
-                  file=sys.stderr)
-            agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, home=client.home,
-                                     wake_socket=False)
-            await agent.start()
-            agent_task = asyncio.create_task(agent.run())
+                print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
+                      file=sys.stderr)
+                agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, home=client.home,
+                                         wake_socket=False)
+                await agent.start()
+                agent_task = asyncio.create_task(agent.run())
         last_reason = None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -325,6 +343,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from .agent import make_local_agent
     from .client import LaunchClient
 
+    args.server = args.server or os.environ.get(SERVER_ENV)
+    if args.server:
+        if not (args.token or os.environ.get(TOKEN_ENV)):
+            raise UsageError(f"agent --server needs --token (or ${TOKEN_ENV}): an agent token from `token create`")
+        from .server.commands import cmd_remote_agent
+
+        return cmd_remote_agent(args)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
     client = LaunchClient()
     for q in args.queue:
@@ -356,32 +381,45 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ parser
 
+def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("--server", metavar="URL", default=default,
+                        help="work through this Jupyter server (default: $JUPYTER_LAUNCH_SERVER_URL; which store a "
+                             "command uses: `jupyter launch --help`)")
+    parser.add_argument("--token", metavar="T", default=default,
+                        help="the server's token; for `agent`, an agent token (default: $JUPYTER_LAUNCH_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jupyter launch", description="Run notebooks, cells and commands on queues.")
+    p = argparse.ArgumentParser(prog="jupyter launch", description="Run notebooks, cells and commands on queues.",
+                                epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_server_options(p, None)
+    # The same options after the command (`jupyter launch jobs --server URL`); unset there, they keep the global value.
+    server_options = argparse.ArgumentParser(add_help=False)
+    _add_server_options(server_options, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     q = sub.add_parser("queue", help="create, list, show or delete queues")
     qs = q.add_subparsers(dest="queue_command", metavar="ACTION")
-    qc = qs.add_parser("create", help="create a queue from a YAML file")
+    qc = qs.add_parser("create", help="create a queue from a YAML file", parents=[server_options])
     qc.add_argument("file")
     qc.add_argument("--replace", action="store_true", help="replace the queue's config if it exists")
     qc.set_defaults(func=cmd_queue_create)
-    qu = qs.add_parser("update", help="replace a queue's config from a YAML file")
+    qu = qs.add_parser("update", help="replace a queue's config from a YAML file", parents=[server_options])
     qu.add_argument("file")
     qu.set_defaults(func=cmd_queue_create, replace=True)
-    ql = qs.add_parser("list", help="list queues")
+    ql = qs.add_parser("list", help="list queues", parents=[server_options])
     ql.add_argument("--json", action="store_true")
     ql.set_defaults(func=cmd_queue_list)
-    qsh = qs.add_parser("show", help="show a queue")
+    qsh = qs.add_parser("show", help="show a queue", parents=[server_options])
     qsh.add_argument("name")
     qsh.add_argument("--json", action="store_true")
     qsh.set_defaults(func=cmd_queue_show)
-    qd = qs.add_parser("delete", help="delete a queue")
+    qd = qs.add_parser("delete", help="delete a queue", parents=[server_options])
     qd.add_argument("name")
     qd.add_argument("--force", action="store_true", help="cancel its queued and running jobs")
     qd.set_defaults(func=cmd_queue_delete)
 
-    s = sub.add_parser("submit", help="submit a notebook or a job YAML to a queue")
+    s = sub.add_parser("submit", help="submit a notebook or a job YAML to a queue", parents=[server_options])
     s.add_argument("notebook", nargs="?", help="the notebook to run")
     s.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
     s.add_argument("--queue", "-q", default="default")
@@ -404,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends")
     s.set_defaults(func=cmd_submit)
 
-    j = sub.add_parser("jobs", help="list jobs, newest first")
+    j = sub.add_parser("jobs", help="list jobs, newest first", parents=[server_options])
     j.add_argument("--queue", "-q")
     j.add_argument("--status", "-s", help="state(s), comma-separated")
     j.add_argument("--limit", "-n", type=int, default=50)
@@ -414,35 +452,40 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, helptext in (("show", cmd_show, "a job's state, reason, attempt, exit code and times"),
                                  ("cancel", cmd_cancel, "cancel a job"),
                                  ("metrics", cmd_metrics, "a job's metrics as JSON lines")):
-        c = sub.add_parser(name, help=helptext)
+        c = sub.add_parser(name, help=helptext, parents=[server_options])
         c.add_argument("job_id")
         if name == "show":
             c.add_argument("--json", action="store_true")
         c.set_defaults(func=func)
 
-    lg = sub.add_parser("logs", help="print a job's log")
+    lg = sub.add_parser("logs", help="print a job's log", parents=[server_options])
     lg.add_argument("job_id")
     lg.add_argument("--follow", "-f", action="store_true")
     lg.add_argument("--offset", type=int, default=0, help="start at this byte offset (resume)")
     lg.set_defaults(func=cmd_logs)
 
-    r = sub.add_parser("rerun", help="run a job again with the same artifact and spec")
+    r = sub.add_parser("rerun", help="run a job again with the same artifact and spec", parents=[server_options])
     r.add_argument("job_id")
     r.add_argument("--follow", "-f", action="store_true")
     r.set_defaults(func=cmd_rerun)
 
-    o = sub.add_parser("outputs", help="list or download a job's outputs")
+    o = sub.add_parser("outputs", help="list or download a job's outputs", parents=[server_options])
     o.add_argument("job_id")
     o.add_argument("--to", help="download into this folder")
     o.set_defaults(func=cmd_outputs)
 
-    a = sub.add_parser("agent", help="run an agent in the foreground")
+    a = sub.add_parser("agent", help="run an agent in the foreground (with --server URL --token AGENT_TOKEN: for that "
+                       "server, over HTTP)", parents=[server_options])
     a.add_argument("--queue", "-q", action="append", required=True)
     a.add_argument("--job-type", "-t", action="append", default=[])
     a.add_argument("--lease", type=float, default=30.0, help="lease seconds")
     a.add_argument("--max-jobs", type=int)
     a.add_argument("--gpus", type=int, help="GPU slots (default: detected with nvidia-smi)")
     a.set_defaults(func=cmd_agent)
+
+    from .server.commands import add_token_commands
+
+    add_token_commands(sub)
     return p
 
 
@@ -453,6 +496,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.token and not (args.server or os.environ.get(SERVER_ENV)):
+            raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
+        if args.command == "token" and args.server:
+            raise UsageError("token commands act on the store itself ($JUPYTER_LAUNCH_HOME or "
+                             "$JUPYTER_LAUNCH_STORE_URL), not through a server: run them without --server")
         return args.func(args)
     except (SpecError, StoreError, UsageError) as exc:
         print(f"jupyter launch: error: {exc}", file=sys.stderr)

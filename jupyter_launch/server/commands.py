@@ -55,7 +55,8 @@ def add_token_commands(sub: Any) -> None:
     tk = sub.add_parser("token", help="agent tokens for remote agents (admin)")
     ts = tk.add_subparsers(dest="token_command", metavar="ACTION")
     c = ts.add_parser("create", help="create a token scoped to queues; printed once")
-    c.add_argument("--name", required=True, help="who or what the agent is (shown in logs and `token list`)")
+    c.add_argument("--name", default="remote-agent",
+                   help="who or what the agent is (shown in logs and `token list`; default: remote-agent)")
     c.add_argument("--queue", "-q", action="append", required=True, help="a queue it may serve ('*' for all)")
     c.set_defaults(func=cmd_token_create)
     ls = ts.add_parser("list", help="list tokens (never their secrets)")
@@ -72,9 +73,7 @@ def cmd_remote_agent(args: argparse.Namespace) -> int:
     from .remote import make_remote_agent, run_remote_agent
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
-    token = args.token or os.environ.get(TOKEN_ENV)
-    if not token:
-        raise SystemExit(f"jupyter launch agent --server needs --token (or ${TOKEN_ENV}): an agent token")
+    token = args.token or os.environ.get(TOKEN_ENV, "")  # cli.cmd_agent has checked there is one
     traits: dict[str, Any] = {"lease_seconds": args.lease}
     if getattr(args, "max_jobs", None):
         traits["max_jobs"] = args.max_jobs

@@ -28,6 +28,7 @@ from ..store import (
 
 API = "launch/api"
 SERVER_ENV, TOKEN_ENV = "JUPYTER_LAUNCH_SERVER_URL", "JUPYTER_LAUNCH_TOKEN"
+STORE_ENVS = ("JUPYTER_LAUNCH_HOME", "JUPYTER_LAUNCH_STORE_URL")
 _JOB_FIELDS = [f.name for f in fields(JobRecord)]
 _QUEUE_FIELDS = [f.name for f in fields(QueueRecord)]
 
@@ -119,7 +120,9 @@ class Http:
             message = parsed.get("message") if isinstance(parsed, dict) else None
             message = message or f"HTTP {resp.status} {resp.reason}"
             if resp.status in (401, 403):
-                raise RemoteAuthError(f"{message} (server {self.server_url})", resp.status)
+                hint = "" if self.token else f"; no token was given (--token or ${TOKEN_ENV})"
+                raise RemoteAuthError(f"the server at {self.server_url} refused the token: {message}{hint}",
+                                      resp.status)
             if resp.status == 404:
                 raise NotFound(message)
             if resp.status == 429:
@@ -313,7 +316,7 @@ async def run_remote_agent(agent: Any, stop: Any = None) -> None:
     try:
         while not stop.is_set():
             if agent.store.auth_error is not None:
-                agent.log.error("the server refused this agent's token: %s; stopping", agent.store.auth_error)
+                agent.log.error("%s; stopping", agent.store.auth_error)
                 break
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
@@ -446,7 +449,7 @@ def connect(server_url: str, token: str, *, home: str | Path | None = None, owne
     store = ServerStore(http)
     store.blobs = ServerBlobs(http, cache)
     client = LaunchClient(store=store, blobs=store.blobs, home=home, owner=owner)  # type: ignore[arg-type]
-    client.server_url = http.server_url  # type: ignore[attr-defined]
+    client.server_url = http.server_url
     return client
 
 
@@ -459,13 +462,28 @@ def probe(server_url: str, token: str, *, timeout: float = 2.0) -> bool:
         return False
 
 
+def _running_servers() -> list[dict[str, Any]]:
+    """The ``jpserver-*.json`` files of live local Jupyter servers, newest first (read directly: importing
+    ``jupyter_server.serverapp`` for ``list_running_servers`` takes over a second, on every command)."""
+    from jupyter_core.paths import jupyter_runtime_dir
+    from jupyter_server.utils import check_pid
+
+    found = []
+    for path in Path(jupyter_runtime_dir()).glob("jpserver-*.json"):
+        try:
+            info = json.loads(path.read_text())
+            mtime = path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and isinstance(info.get("pid"), int) and check_pid(info["pid"]):
+            found.append((mtime, info))
+    return [info for _, info in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
 def discover_server() -> tuple[str, str] | None:
-    """The first local running Jupyter server that serves the launch API, as ``(url, token)``."""
-    try:
-        from jupyter_server.serverapp import list_running_servers
-    except ImportError:
-        return None
-    for info in list_running_servers():
+    """The newest local running Jupyter server that serves the launch API and takes its own token, as
+    ``(url, token)``."""
+    for info in _running_servers():
         url, token = info.get("url"), info.get("token") or ""
         if url and probe(url, token):
             return url, token
@@ -473,18 +491,25 @@ def discover_server() -> tuple[str, str] | None:
 
 
 def client_for(server: str | None = None, token: str | None = None, *, discover: bool = True, **kwargs: Any) -> Any:
-    """A client over HTTP when a server is named (argument, ``$JUPYTER_LAUNCH_SERVER_URL``) or found running here,
-    else the embedded one. A server that is named but does not answer is an error, never a silent fallback."""
+    """The client a command should use, first match wins:
+
+    1. a server named (``server``, else ``$JUPYTER_LAUNCH_SERVER_URL``): through it, with ``token`` (else
+       ``$JUPYTER_LAUNCH_TOKEN``). A named server that does not answer is an error, never a silent fallback;
+    2. a store named (``$JUPYTER_LAUNCH_HOME``, ``$JUPYTER_LAUNCH_STORE_URL``, or ``home``/``store_url``/``store``
+       given): that store, embedded. Naming a store is asking for it, so a running server is not looked for;
+    3. a local running Jupyter server with jupyter-launch (``discover``): through it, with its own token;
+    4. else the embedded store under the default launch home.
+    """
     from ..client import LaunchClient
 
     server = server or os.environ.get(SERVER_ENV) or None
     token = token or os.environ.get(TOKEN_ENV) or ""
     if server:
         return connect(server, token, **kwargs)
-    if discover:
+    store_named = any(os.environ.get(name) for name in STORE_ENVS) or any(
+        kwargs.get(name) is not None for name in ("home", "store_url", "store"))
+    if discover and not store_named:
         found = discover_server()
         if found:
             return connect(*found, **kwargs)
     return LaunchClient(**kwargs)
-
-
