@@ -600,6 +600,12 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
                     tar.extract(member, real_dest, filter="data")
                 except tarfile.FilterError as exc:
                     raise ArtifactError(f"unsafe member in archive: {exc}") from None
+                except KeyError:  # tarfile's word for a hard link whose target came later or not at all
+                    raise ArtifactError(f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
+                                        "which the archive does not hold before it") from None
+                except OSError as exc:  # a file where a folder was, a name too long, a full disk
+                    raise ArtifactError(f"cannot extract archive member {member.name!r}: "
+                                        f"{exc.strerror or exc}") from None
     except tarfile.TarError as exc:
         raise ArtifactError(f"not a readable tar archive: {exc}") from None
     return written

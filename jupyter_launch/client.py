@@ -1,8 +1,9 @@
 """``LaunchClient``: the Python API for queues and jobs, and the ``Job`` handle it returns.
 
 The client packages and submits, reads logs from an offset and follows them, cancels, reruns and fetches outputs.
-It works on the embedded store (SQLite and the blob folder under the launch home, no server needed); the magics,
-the CLI and the panel all go through it.
+It works on the embedded store (SQLite and the blob folder under the launch home, no server needed), or through a
+running server's API (``jupyter_launch.server.remote.connect`` / ``client_for``, what the CLI uses); the magics, the
+CLI and the panel all go through it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ def read_notebook_light(path: Path) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as exc:
         line = getattr(exc, "lineno", None)
         raise SpecError(f"not a notebook: invalid JSON ({getattr(exc, 'msg', exc)})", source=str(path), line=line) from None
-    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+    except RecursionError:
+        raise SpecError("not a notebook: its JSON is nested too deeply to read", source=str(path)) from None
+    if not isinstance(nb, dict):
+        raise SpecError("not a notebook: no 'cells' list", source=str(path))
+    if "nbformat" in nb and nb["nbformat"] != 4:  # an nbformat 3 file has worksheets, not cells: say which
+        raise SpecError(f"unsupported nbformat {nb['nbformat']!r} (jupyter-launch reads nbformat 4)",
+                        source=str(path), field="nbformat")
+    if not isinstance(nb.get("cells"), list):
         raise SpecError("not a notebook: no 'cells' list", source=str(path))
     if nb.get("nbformat") != 4:
         raise SpecError(f"unsupported nbformat {nb.get('nbformat')!r} (jupyter-launch reads nbformat 4)",
@@ -48,6 +56,8 @@ def read_notebook_light(path: Path) -> dict[str, Any]:
 
 class LaunchClient:
     """Submit and watch jobs. ``LaunchClient()`` uses this machine's store (``$JUPYTER_LAUNCH_HOME``)."""
+
+    server_url: str | None = None  # the server this client works through; None on the embedded store
 
     def __init__(self, store_url: str | None = None, *, home: str | Path | None = None, store: SQLStore | None = None,
                  blobs: BlobStore | None = None, owner: str | None = None):

@@ -232,12 +232,27 @@ def read_notebook(path: Path) -> NotebookNode:
         raise JobError("invalid_notebook", f"cannot read {path}: {exc}") from None
     try:
         nb = nbformat.reads(text, as_version=4)
+        _check_runnable(nb)
+        if nb.nbformat_minor < 5:
+            nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # cell ids, for injected cells
     except Exception as exc:  # nbformat raises many kinds on bad input (NotJSONError, ValidationError, KeyError...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise JobError("invalid_notebook", f"{path} is not a valid notebook: {first}") from None
-    if nb.nbformat_minor < 5:
-        nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # cell ids, for injected cells
     return nb
+
+
+def _check_runnable(nb: NotebookNode) -> None:
+    """What running needs, which ``nbformat.reads`` only logs when it is missing (it does not refuse an invalid
+    notebook, and Jupyter opens many that fail its schema in small ways)."""
+    kernelspec = nb.get("metadata", {}).get("kernelspec", {}) if isinstance(nb.get("metadata"), dict) else None
+    if not isinstance(kernelspec, dict) or not isinstance(kernelspec.get("name", ""), str):
+        raise ValueError("its metadata.kernelspec is not a mapping with a kernel name")
+    if not isinstance(nb.get("nbformat_minor"), int):
+        raise ValueError("nbformat_minor is not a number")
+    for index, cell in enumerate(nb.cells):
+        if not (isinstance(cell, dict) and cell.get("cell_type") in ("code", "markdown", "raw")
+                and isinstance(cell.get("source"), str) and isinstance(cell.get("metadata"), dict)):
+            raise ValueError(f"cell {index} lacks a cell_type, a source or metadata")
 
 
 def cell_notebook(job: JobFile) -> NotebookNode:

@@ -6,19 +6,26 @@ refusal is a :class:`SpecError` whose one-line message names the file, the line 
 
 from __future__ import annotations
 
+import keyword
 import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+)
 
 SUPPORTED_PROVIDERS = ("local", "docker", "kubernetes")
 # Providers whose YAML we understand (so the seed's aws queue parses) but whose capacity is not provisioned here.
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
 JOB_KINDS = ("notebook", "cell", "command")
 _PROVIDER_TAGS = SUPPORTED_PROVIDERS + CLOUD_PROVIDERS
+MAX_GPUS = 1024  # per job; also keeps the count inside the store's integer column
+# Bounds on a YAML document or a parameter value: deeper or (through aliases) larger input is refused, not expanded.
+MAX_DEPTH = 100
+MAX_VALUES = 100_000
 
 
 class SpecError(ValueError):
@@ -76,7 +83,10 @@ def parse_memory(value: Any) -> int:
         m = _QUANTITY.match(str(value))
         if not m or m.group(2) == "m":
             raise ValueError(f"expected a memory size like '8Gi' or '512Mi', got {value!r}")
-        n = int(float(m.group(1)) * _SUFFIX[m.group(2) or ""])
+        size = float(m.group(1)) * _SUFFIX[m.group(2) or ""]
+        if not math.isfinite(size):
+            raise ValueError(f"memory size is too large, got {value!r}")
+        n = int(size)
     if n <= 0:
         raise ValueError(f"memory must be positive, got {value!r}")
     return n
@@ -86,7 +96,10 @@ def parse_gpu(value: Any) -> int:
     """A whole number of GPUs (``0`` allowed)."""
     if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())):
         raise ValueError(f"expected a whole number of GPUs, got {value!r}")
-    return int(value)
+    n = int(value)
+    if not 0 <= n <= MAX_GPUS:
+        raise ValueError(f"expected between 0 and {MAX_GPUS} GPUs, got {value!r}")
+    return n
 
 
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s?)?\s*$")
@@ -129,10 +142,37 @@ def _scalar_str(v: Any) -> Any:
     return v
 
 
-CommandArg = Annotated[str, BeforeValidator(_scalar_str)]
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("contains a NUL character, which no command argument or environment variable can hold")
+    return v
+
+
+CommandArg = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul)]
 # Seconds between SIGTERM (or the backend's stop) and the kill; written like a timeout ("30s", 10).
 GracePeriod = Annotated[float, BeforeValidator(lambda v: parse_duration(v) or 10.0), Field(gt=0)]
-EnvValue = Annotated[str, BeforeValidator(_scalar_str)]
+EnvValue = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul)]
+
+
+def _check_parameter_value(value: Any, name: str, depth: int = 0) -> None:
+    """Only plain data reaches a notebook: what JSON holds, so the value stored is the value the job gets."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"parameter {name!r} is nested more than {MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_parameter_value(item, name, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"parameter {name!r}: mapping keys must be strings, got {key!r}")
+            _check_parameter_value(item, name, depth + 1)
+        return
+    raise ValueError(f"parameter {name!r}: a {type(value).__name__} cannot be passed; "
+                     "use str, int, float, bool, None, or lists and mappings of them")
+
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -197,6 +237,22 @@ class JobSpec(Strict):
     @classmethod
     def _timeout(cls, v: Any) -> float | None:
         return parse_duration(v)
+
+    @field_validator("notebook")
+    @classmethod
+    def _notebook_path(cls, v: str | None) -> str | None:
+        if v is not None and ("\x00" in v or v.startswith("/") or ".." in v.replace("\\", "/").split("/")):
+            raise ValueError(f"{v!r} is not a path inside the job's folder")
+        return v
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name, value in v.items():
+            if not name.isidentifier() or keyword.iskeyword(name):
+                raise ValueError(f"{name!r} is not a valid parameter name (it becomes a Python variable)")
+            _check_parameter_value(value, name)
+        return v
 
     @field_validator("env")
     @classmethod
@@ -345,30 +401,73 @@ class QueueConfig(Strict):
 # ---------------------------------------------------------------- YAML with line numbers
 
 class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that records the line of every mapping key and sequence item by path."""
+    """A SafeLoader that builds only what JSON holds (a date stays the text the user wrote) and refuses nesting
+    deeper than ``MAX_DEPTH`` before its recursive composer runs out of stack."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # SafeConstructor converts scalars with int(), float() and a dict lookup, so `!!int x`, `!!bool maybe` and a
+        # 5000-digit number raise Python's own errors: make them YAML errors with the value's line.
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, KeyError, IndexError, TypeError, OverflowError):
+            text = str(node.value) if len(str(node.value)) <= 40 else str(node.value)[:40] + "..."
+            raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a valid "
+                                                    f"{node.tag.rpartition(':')[2]}", node.start_mark) from None
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise yaml.constructor.ConstructorError(None, None, f"{node.tag.rpartition(':')[2]} values are not supported; "
+                                            "write a string or a list", node.start_mark)
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+_LineLoader.add_constructor("tag:yaml.org,2002:binary", _refuse_tag)
+_LineLoader.add_constructor("tag:yaml.org,2002:set", _refuse_tag)
 
 
 def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
+    """The document and the line of every mapping key and sequence item by path; every refusal is a YAMLError."""
     loader = _LineLoader(text)
     lines: dict[tuple, int] = {}
+    count = 0
     try:
         node = loader.get_single_node()
         if node is None:
             return None, lines
 
-        def walk(n: yaml.Node, path: tuple) -> None:
+        def walk(n: yaml.Node, path: tuple, above: tuple[yaml.Node, ...]) -> None:
+            # Aliases make a graph of the tree: refuse cycles and documents that expand past MAX_VALUES (alias bombs).
+            nonlocal count
+            count += 1
+            if n in above or len(above) > MAX_DEPTH or count > MAX_VALUES:
+                problem = ("an alias refers to a value that contains it" if n in above else
+                           f"nested more than {MAX_DEPTH} levels deep" if len(above) > MAX_DEPTH else
+                           f"more than {MAX_VALUES} values once aliases are expanded")
+                raise yaml.composer.ComposerError(None, None, problem, n.start_mark)
             lines.setdefault(path, n.start_mark.line + 1)
             if isinstance(n, yaml.MappingNode):
                 for k, v in n.value:
                     key = k.value if isinstance(k, yaml.ScalarNode) else str(k.value)
                     lines[path + (key,)] = k.start_mark.line + 1
-                    walk(v, path + (key,))
+                    walk(v, path + (key,), above + (n,))
             elif isinstance(n, yaml.SequenceNode):
                 for i, v in enumerate(n.value):
                     lines[path + (i,)] = v.start_mark.line + 1
-                    walk(v, path + (i,))
+                    walk(v, path + (i,), above + (n,))
 
-        walk(node, ())
+        walk(node, (), ())
         data = loader.construct_document(node)
     finally:
         loader.dispose()
@@ -387,7 +486,8 @@ def _first_error(exc: ValidationError, lines: dict[tuple, int], source: str | No
         if clean[:k] in lines:
             line = lines[clean[:k]]
             break
-    field = ".".join(str(p) for p in clean) or None
+    # Keys are the user's text: one that would break the line or vanish is quoted.
+    field = ".".join(str(p) if isinstance(p, int) or (p and p.isprintable()) else repr(p) for p in clean) or None
     typ = err["type"]
     if typ == "extra_forbidden":
         msg = "unknown field"
@@ -409,8 +509,9 @@ def _load_model(model: type[BaseModel], text: str, source: str | None, overrides
         mark = exc.problem_mark or exc.context_mark
         raise SpecError(f"malformed YAML: {exc.problem or exc.context}", source=source,
                         line=mark.line + 1 if mark else None) from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"malformed YAML: {exc}", source=source) from None
+    except yaml.reader.ReaderError as exc:  # a control character; it carries a position, not a line
+        raise SpecError(f"malformed YAML: character #x{exc.character:04x} is not allowed", source=source,
+                        line=text.count("\n", 0, exc.position) + 1) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -461,11 +562,9 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "<input
 def parse_param(value: str) -> Any:
     """``-p lr 0.1`` -> 0.1; values are read as YAML scalars, so ``true``, ``3``, ``[1, 2]`` keep their type."""
     try:
-        parsed = yaml.safe_load(value)
+        parsed = _load_with_lines(value)[0]
     except yaml.YAMLError:
         return value
     if parsed is None and value.strip() not in ("null", "~", "None"):
         return value
-    if isinstance(parsed, (dict, list, str, int, float, bool)) or parsed is None:
-        return parsed
-    return value  # dates and other YAML types stay as the string the user typed
+    return parsed
