@@ -28,7 +28,7 @@ from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .notify import WakeListener
 from .paths import launch_home
 from .spec import JobSpec
-from .store import FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, describe
+from .store import FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, describe, is_disk_full
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024
@@ -49,8 +49,10 @@ def detect_gpus() -> list[int]:
 class LogSink:
     """Buffers one job's output and writes it to the store in order, in batches, off the event loop."""
 
-    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any):
+    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None):
         self.store, self.job_id, self.attempt, self.on_record = store, job_id, attempt, on_record
+        self.on_failure = on_failure
+        self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
         self._pieces: list[tuple[str, bytes]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
@@ -86,7 +88,16 @@ class LogSink:
         if not self._pieces:
             return
         pieces, self._pieces, self._size = self._pieces, [], 0
-        await asyncio.to_thread(self.store.append_logs, self.job_id, self.attempt, pieces)
+        if self.failure is not None:
+            return  # the log is already cut short: later output would leave a hole in the offsets
+        try:
+            await asyncio.to_thread(self.store.append_logs, self.job_id, self.attempt, pieces)
+        except Exception as exc:
+            # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die
+            # silently and leave the job running with its output going nowhere.
+            self.failure = exc
+            if self.on_failure is not None:
+                self.on_failure(exc)
 
     async def close(self) -> None:
         for stream, splitter in self._splitters.items():
@@ -96,6 +107,30 @@ class LogSink:
         self._closed = True
         self._kick.set()
         await self._task
+
+
+class OrderedUpdates:
+    """One job's store updates (state, reason, progress), run off the event loop one after another in the order they
+    were asked for: fired-and-forgotten threads could land out of order and leave a job `starting` after `running`,
+    or its progress at 4 of 5."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        async def run() -> None:
+            async with self._lock:  # asyncio.Lock wakes waiters first-come first-served
+                await asyncio.to_thread(fn, *args, **kwargs)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait until every update asked for so far is in the store."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 class Agent(LoggingConfigurable):
@@ -245,6 +280,8 @@ class Agent(LoggingConfigurable):
         return self.heartbeat_interval or self.lease_seconds / 4
 
     def _housekeeping(self) -> None:
+        if hasattr(self.store, "ensure_reserve"):
+            self.store.ensure_reserve()  # taken back once a full disk has room again
         self.store.agent_seen(self.agent_id)
         if self.store.requeue_expired():
             self._wake.set()
@@ -272,13 +309,17 @@ class Agent(LoggingConfigurable):
             if kind == "metrics":
                 pending_metrics.append(rec)
             elif kind == "progress":
-                asyncio.get_running_loop().create_task(
-                    asyncio.to_thread(store.set_progress, job.id, fence, rec))
+                updates.submit(store.set_progress, job.id, fence, rec)
             elif kind == "result":
                 runner_result.update(rec)
 
         pending_metrics: list[dict[str, Any]] = []
-        sink = LogSink(store, job.id, job.attempt, on_record)
+        updates = OrderedUpdates()
+        def on_log_failure(exc: Exception) -> None:
+            self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
+            cancel.set()
+
+        sink = LogSink(store, job.id, job.attempt, on_record, on_log_failure)
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
@@ -298,10 +339,10 @@ class Agent(LoggingConfigurable):
                 return
             ctx.cancel_requested = cancel
             ctx.log = sink.write
-            ctx.set_reason = lambda reason, message=None: asyncio.get_running_loop().create_task(
-                asyncio.to_thread(store.set_state, job.id, fence, STARTING, reason, message))
-            ctx.mark_running = lambda: asyncio.get_running_loop().create_task(
-                asyncio.to_thread(store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id))
+            ctx.set_reason = lambda reason, message=None: updates.submit(
+                store.set_state, job.id, fence, STARTING, reason, message)
+            ctx.mark_running = lambda: updates.submit(
+                store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
             metrics_task = asyncio.create_task(self._ship_metrics(job.id, pending_metrics, lost))
             try:
                 run = asyncio.create_task(backend.run(ctx))
@@ -315,11 +356,21 @@ class Agent(LoggingConfigurable):
                 metrics_task.cancel()
                 await sink.close()
                 await asyncio.to_thread(self._flush_metrics, job.id, pending_metrics)
-            if runner_result and result.state != "cancelled" and result.reason != "timeout":
+                await updates.drain()
+            if sink.failure is not None:
+                full = is_disk_full(sink.failure)
+                cause = getattr(sink.failure, "orig", None) or sink.failure  # the driver's words, not the SQL
+                if full and hasattr(store, "release_reserve"):
+                    await asyncio.to_thread(store.release_reserve)  # room to record the failure below
+                result = Result(FAILED, reason="log_storage_full" if full else "log_write_failed", message=(
+                    f"{describe('log_storage_full' if full else 'log_write_failed')}: {cause}. The log "
+                    "up to that point is kept; free space where the store lives (or fix the store) and rerun"))
+            elif runner_result and result.state != "cancelled" and result.reason != "timeout":
                 result.state = runner_result.get("state", result.state)
                 result.reason = runner_result.get("reason") or result.reason
                 result.message = runner_result.get("message") or result.message
-            await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
+            if sink.failure is None:  # else the store has no room for them either: the job was stopped
+                await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
         except Exception as exc:
             self.log.exception("job %s failed in the agent", job.id)
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
@@ -329,6 +380,7 @@ class Agent(LoggingConfigurable):
                 await sink.close()
             self._free_gpus.extend(gpu_ids)
             self._cancel_events.pop(job.id, None)
+            await updates.drain()
             if not lost.is_set():
                 await asyncio.to_thread(store.finish, job.id, fence, result.state, exit_code=result.exit_code,
                                         reason=result.reason, message=result.message or describe(

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import select
+import signal
 import socket
 import tarfile
 import tempfile
@@ -174,6 +175,7 @@ class DockerHandle:
     warm: bool = False
     stream_ended: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
+    stopping: bool = False  # the agent asked for the stop (cancel, timeout, lost lease)
 
 
 class WarmPool:
@@ -520,6 +522,7 @@ class DockerBackend(Backend):
     async def start(self, ctx: JobContext) -> DockerHandle:
         config = ctx.queue_config
         api = await self._api(config)
+        await asyncio.to_thread(self._remove_earlier_attempts, api, ctx)
         image = self._images.pop((ctx.job_id, ctx.attempt), None) or ctx.spec.image or config.get("image")
         built = image.startswith("jupyter-launch-env:")
         pool = self._pools.get(ctx.queue)
@@ -535,6 +538,15 @@ class DockerBackend(Backend):
                                      cid[:12], exc_info=True)
                     await asyncio.to_thread(self._remove, api, cid)
         return await self._start_container(api, image, ctx, built)
+
+    def _remove_earlier_attempts(self, api: Any, ctx: JobContext) -> None:
+        """A new fencing token means every earlier attempt lost its lease (its agent was killed, its machine lost),
+        but a container outlives its agent: remove theirs before this attempt starts, so the job never runs twice
+        at once on this engine."""
+        for c in api.containers(all=True, filters={"label": [f"{JOB_ID_LABEL}={ctx.job_id}", MANAGED_BY]}):
+            if (c.get("Labels") or {}).get(FENCE_LABEL) != str(ctx.fence):
+                self.log.info("job %s: removing container %s of an earlier attempt", ctx.job_id, c["Id"][:12])
+                self._remove(api, c["Id"])
 
     def _workdir_tar(self, ctx: JobContext, built: bool) -> bytes:
         """The job's folder as ``jl/work/...`` (and the runner's package when the image lacks it), for put_archive."""
@@ -753,9 +765,28 @@ class DockerBackend(Backend):
         while True:
             try:
                 status = await asyncio.to_thread(handle.api.wait, handle.container, None)
-                return int(status.get("StatusCode", -1))
+                code = int(status.get("StatusCode", -1))
             except Exception as exc:
                 await self._engine_lost(handle, exc)
+                continue
+            if code in (128 + signal.SIGTERM, 128 + signal.SIGKILL) and not handle.stopping:
+                await self._check_engine_after_signal(handle, code)
+            return code
+
+    async def _check_engine_after_signal(self, handle: DockerHandle, code: int) -> None:
+        """A container killed by a signal the agent did not send: a stopping dockerd does that to every container
+        (SIGTERM, then SIGKILL) before it closes its API. Watch the engine a moment: if it goes away, the job was
+        lost with the engine, not failed by its own code."""
+        deadline = time.monotonic() + min(5.0, self.engine_retry_seconds)
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(handle.api.ping), max(0.1, deadline - time.monotonic()))
+            except Exception as exc:
+                raise BackendError("docker_engine_lost", (
+                    f"the Docker engine went away while the job ran: its container was stopped with it (exit code "
+                    f"{code}) and dockerd stopped answering ({type(exc).__name__}). The job is failed rather than "
+                    "left running; rerun it")) from None
+            await asyncio.sleep(0.1)
 
     async def _engine_lost(self, handle: DockerHandle, exc: Exception) -> None:
         """The wait broke: if the engine answers again and the container still runs, wait on; otherwise fail."""
@@ -779,6 +810,7 @@ class DockerBackend(Backend):
     async def stop(self, handle: DockerHandle, grace: float) -> None:
         import docker.errors
 
+        handle.stopping = True
         api = handle.api
         if handle.exec_id is not None:
             with contextlib.suppress(docker.errors.APIError):

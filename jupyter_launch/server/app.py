@@ -51,6 +51,10 @@ class LaunchApp(ExtensionApp):
     reap_interval = Float(5.0, config=True,
                           help="How often the server requeues jobs whose lease expired (remote agents that died).")
     store_threads = Integer(16, config=True, help="Threads that run store calls for the API.")
+    listen_backlog = Integer(2048, config=True,
+                             help="Listen backlog set on the server's sockets at start (tornado listens with 128; the "
+                             "kernel caps it at net.core.somaxconn). Connections arriving in a burst past it are "
+                             "reset by the kernel before the API can answer 429; 0 leaves the server's own.")
     migrate = Bool(True, config=True, help="Bring the store's schema up to date at start.")
 
     @default("store_url")
@@ -84,6 +88,10 @@ class LaunchApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         self.hub.start(asyncio.get_running_loop())
+        if self.listen_backlog:
+            # listen() again on a listening socket only changes its backlog. Tornado keeps no public list of them.
+            for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
+                sock.listen(self.listen_backlog)
         self._tasks.append(asyncio.create_task(self._reap_expired_leases()))
         if self.agent_queues:
             for name in self.agent_queues:

@@ -23,10 +23,11 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.auth.identity import User
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.base.call_context import CallContext
+from jupyter_server.utils import ensure_async
 from tornado import web
 
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
-from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError
+from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, is_disk_full
 from ..store.blobs import _check as check_digest
 
 AUTH_RESOURCE = "launch"
@@ -94,6 +95,11 @@ class LaunchHandler(APIHandler):
             raise web.HTTPError(422, _escape(str(exc))) from None
         except (StoreError, ValueError) as exc:
             raise web.HTTPError(409 if isinstance(exc, StoreError) else 400, _escape(str(exc))) from None
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise web.HTTPError(507, "the server's store is out of disk space; nothing was changed by this "
+                                         "request. Free space where the store lives, then retry") from None
+            raise
 
     def body(self) -> dict[str, Any]:
         if not self.request.body:
@@ -384,6 +390,13 @@ class BlobUploadMixin:
     _hash: Any = None
     _size = 0
 
+    async def authorize_upload(self: Any) -> None:
+        """Refuse in ``prepare``: the body streams to disk as it arrives, before put()'s own @authorized check runs,
+        so an identity the authorizer denies could otherwise write up to ``max_blob_size`` to the server's disk."""
+        if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "write", self.auth_resource)):
+            raise web.HTTPError(403, f"User is not authorized to write on resource: {self.auth_resource}.")
+        self.start_upload()
+
     def start_upload(self: Any) -> None:
         self.request.connection.set_max_body_size(self.launch.max_blob_size)
         tmp_dir = self.launch.blobs.root / "tmp"
@@ -401,6 +414,10 @@ class BlobUploadMixin:
     def on_finish(self: Any) -> None:
         self.discard_upload()
         super().on_finish()  # type: ignore[misc]
+
+    def on_connection_close(self: Any) -> None:
+        self.discard_upload()  # an upload abandoned mid-body never reaches on_finish
+        super().on_connection_close()  # type: ignore[misc]
 
     def discard_upload(self: Any) -> None:
         if self._tmp is not None:
@@ -438,7 +455,7 @@ class ArtifactBlobHandler(BlobUploadMixin, LaunchHandler):
     async def prepare(self) -> None:
         await super().prepare()
         if self.request.method == "PUT" and self.current_user:
-            self.start_upload()
+            await self.authorize_upload()
 
     @web.authenticated
     @authorized
@@ -640,7 +657,7 @@ class AgentBlobHandler(BlobUploadMixin, AgentHandler):
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if self.request.method == "PUT":
-            self.start_upload()
+            await self.authorize_upload()
 
     @web.authenticated
     @authorized

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +42,24 @@ REASONS: dict[str, str] = {
     "secret_missing": "a secret the job names is not set on the agent",
     "artifact_error": "the job's artifact could not be unpacked",
     "agent_error": "the agent failed while running the job",
+    "log_storage_full": "the store ran out of disk space for the job's log; the job was stopped",
+    "log_write_failed": "the job's log could not be written to the store; the job was stopped",
 }
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed write (OSError, or a database driver's error wrapping one) means the disk is full."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(cur).lower()
+        if "disk is full" in text or "no space left" in text or getattr(cur, "sqlstate", None) == "53100":
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
 
 
 def describe(reason: str | None, **facts: Any) -> str:

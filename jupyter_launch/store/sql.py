@@ -7,6 +7,8 @@ is one short transaction; claims take the write lock (SQLite ``BEGIN IMMEDIATE``
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import threading
 import time
@@ -26,6 +28,7 @@ from .base import (
 )
 
 SCHEMA_REVISION = "0002"
+RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
@@ -48,10 +51,13 @@ class SQLStore:
     def __init__(self, url: str, *, migrate: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.reserve_path: Path | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.reserve_path = Path(path + "-reserve")
+                self.ensure_reserve()
             # A pool of connections: opening one costs its PRAGMAs; threads (asyncio.to_thread) share the pool.
             self.engine: Engine = create_engine(url, pool_size=8, max_overflow=16,
                                                 connect_args={"check_same_thread": False})
@@ -67,6 +73,33 @@ class SQLStore:
             self.migrate()
 
     # ------------------------------------------------------------ plumbing
+
+    def ensure_reserve(self) -> None:
+        """Hold a little disk space beside a SQLite store. Once its disk is full SQLite cannot commit even a
+        one-row update; deleting the reserve (``release_reserve``) frees the room to record why a job stopped
+        instead of leaving it running forever. A no-op when the reserve is there or the disk is still full."""
+        if self.reserve_path is None or self.reserve_path.exists():
+            return
+        partial = self.reserve_path.with_name(self.reserve_path.name + ".partial")
+        try:
+            with open(partial, "wb") as f:
+                f.write(bytes(RESERVE_BYTES))  # written out, not sparse: the blocks must really be held
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(partial, self.reserve_path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                partial.unlink()
+
+    def release_reserve(self) -> bool:
+        """Give the reserve's space back to the store; True when there was one."""
+        if self.reserve_path is None:
+            return False
+        try:
+            self.reserve_path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def migrate(self) -> None:
         """Bring the schema to this version with alembic (skipped when already current: it costs an import)."""
