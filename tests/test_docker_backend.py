@@ -8,17 +8,23 @@ jobs is built once per machine (a minute or so of pip installs the first time) a
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import hashlib
 import json
+import logging
+import socket
+import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from traitlets.config import Config
 
 from jupyter_launch.agent import make_local_agent
-from jupyter_launch.backends.docker import JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, secrets_line, sh_quote
+from jupyter_launch.backends.docker import (JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, DockerBackend,
+                                            secrets_line, sh_quote)
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.images import BuildSettings, pip_install_args, plan_build
 from jupyter_launch.spec import QueueConfig
@@ -130,7 +136,8 @@ def test_notebook_job_runs_in_the_built_image(client, tmp_path, env_image, docke
     assert sorted(o.path for o in job.outputs) == ["trivial.html", "trivial.ipynb"]
     executed = json.loads(client.read_output(job.id, "trivial.ipynb"))
     assert "".join(executed["cells"][2]["outputs"][0]["text"]) == "hello 3\n"
-    assert agent.backend("docker").builds[-1] == {"tag": env_image, "cached": True, "seconds": 0.0}
+    build = agent.backend("docker").builds[-1]
+    assert (build["tag"], build["cached"]) == (env_image, True) and 0 < build["seconds"] < 5
     assert job_containers(docker_api, job.id) == []  # removed once its outputs were collected
 
 
@@ -257,6 +264,135 @@ def test_registry_auth_secret_missing_from_the_agent_says_so(client, tmp_path, m
     assert "'JL_TEST_REGISTRY_AUTH'" in job.record.message and "not set" in job.record.message
 
 
+class FakeRegistry:
+    """A registry on 127.0.0.1 (an insecure registry to every engine by default) that the engine pulls from.
+
+    ``auth``: answers ``/v2/`` with a Basic challenge until a request carries credentials, records each
+    Authorization header, then reports every manifest unknown. ``hang``: answers ``/v2/``, then never answers the
+    manifest request, as a registry behind a stuck proxy does.
+    """
+
+    def __init__(self, *, auth: bool = False, hang: bool = False):
+        self.auth, self.hang = auth, hang
+        self.requests: list[str] = []
+        self.authorizations: list[str] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data or data[:1] == b"\x16":  # closed, or a TLS hello: the engine retries in plain HTTP
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                line, *fields = head.decode().split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
+                self.requests.append(line)
+                if "authorization" in headers:
+                    self.authorizations.append(headers["authorization"])
+                if self.auth and "authorization" not in headers:
+                    self._answer(conn, "401 Unauthorized", b"", 'WWW-Authenticate: Basic realm="fake"\r\n')
+                elif line.startswith("GET /v2/ "):
+                    self._answer(conn, "200 OK", b"{}")
+                elif self.hang:
+                    while conn.recv(65536):
+                        pass
+                    return
+                else:
+                    self._answer(conn, "404 Not Found", json.dumps({"errors": [
+                        {"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}).encode())
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _answer(conn: socket.socket, status: str, body: bytes, extra: str = "") -> None:
+        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                     f"Docker-Distribution-API-Version: registry/2.0\r\n{extra}\r\n".encode() + body)
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            conn.close()
+
+
+def test_a_registry_that_stops_answering_shows_pulling_image_then_fails_within_the_pull_timeout(client, tmp_path):
+    registry = FakeRegistry(hang=True)
+    queue = docker_queue(client, "hungq")
+    image = f"{registry.address}/team/app:1"
+    job = command_job(client, tmp_path, "print(1)", queue, image=image)
+    seen: list[str | None] = []
+
+    async def go():
+        async with Agent(client, [queue], config=Config({"DockerBackend": {"pull_timeout": 3.0}})):
+            t0 = time.monotonic()
+            while not job.refresh().done:
+                seen.append(job.record.reason)
+                await asyncio.sleep(0.05)
+            return time.monotonic() - t0
+
+    try:
+        took = asyncio.run(go())
+    finally:
+        registry.close()
+    rec = job.record
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed"), rec.message
+    assert "pulling_image" in seen
+    assert any("/manifests/" in r for r in registry.requests)  # it hung where the pull's request was waiting
+    assert 3 <= took < 20  # docker-py's own pull would wait forever here
+    assert image in rec.message and registry.address in rec.message
+    assert "no progress for 3s" in rec.message and "DockerBackend.pull_timeout" in rec.message
+    assert f"pulling {image} from {registry.address}" in job.logs()
+
+
+def test_credentials_from_the_docker_config_file_reach_the_registry_and_nowhere_else(client, tmp_path, monkeypatch,
+                                                                                    caplog):
+    registry = FakeRegistry(auth=True)
+    password = f"pw-{uuid.uuid4().hex}"
+    basic = base64.b64encode(f"robot:{password}".encode()).decode()
+    config_dir = tmp_path / "docker-config"
+    config_dir.mkdir()
+    (config_dir / "config.json").write_text(json.dumps({"auths": {registry.address: {"auth": basic}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(config_dir))
+    caplog.set_level(logging.DEBUG)
+    queue = docker_queue(client, "authq")  # no registry_auth: the engine's login (the config file) is what counts
+    image = f"{registry.address}/team/private:1"
+    job = command_job(client, tmp_path, "print(1)", queue, image=image)
+    try:
+        run_jobs(client, [job], timeout=60)
+    finally:
+        registry.close()
+    rec = job.record
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed"), rec.message
+    assert "manifest unknown" in rec.message
+    assert registry.authorizations and set(registry.authorizations) == {f"Basic {basic}"}
+    stored = [job.logs(), rec.message or "", json.dumps(client.store.get_job(job.id).spec), caplog.text]
+    client.close()  # the store's files, flushed, are checked too
+    stored += [p.read_bytes().decode("latin-1") for p in (tmp_path / "home").rglob("*") if p.is_file()]
+    for text in stored:
+        assert password not in text and basic not in text
+
+
 def test_a_gpu_job_on_an_engine_without_the_nvidia_runtime_fails_with_a_reason(client, tmp_path, docker_api):
     runtimes = docker_api.info().get("Runtimes") or {}
     assert "nvidia" not in runtimes, "this test expects a GPU-less engine"
@@ -267,6 +403,41 @@ def test_a_gpu_job_on_an_engine_without_the_nvidia_runtime_fails_with_a_reason(c
     assert (rec.state, rec.reason) == ("failed", "no_gpu_runtime"), rec.message
     assert "NVIDIA Container Toolkit" in rec.message
     assert job_containers(docker_api, job.id) == []
+
+
+class GpuRecordingBackend(DockerBackend):
+    """Records the GPUs each job's container asks the engine for, and holds every start until two jobs have theirs,
+    so both hold GPUs at once before the engine (without NVIDIA's runtime) refuses them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.requests: dict[str, dict] = {}
+        self.both_started = asyncio.Event()
+
+    async def start(self, ctx):
+        api = await self._api(ctx.queue_config)
+        (request,) = self.host_config(api, ctx, None)["DeviceRequests"]
+        self.requests[ctx.job_id] = {"gpu_ids": list(ctx.gpu_ids), "device_ids": request["DeviceIDs"],
+                                     "visible": self.job_env(ctx, False)["NVIDIA_VISIBLE_DEVICES"]}
+        if len(self.requests) == 2:
+            self.both_started.set()
+        await asyncio.wait_for(self.both_started.wait(), 30)
+        return await super().start(ctx)
+
+
+def test_two_gpu_jobs_at_once_get_disjoint_gpus_from_the_agents_pool(client, tmp_path, docker_api):
+    queue = docker_queue(client, "gpuq")
+    jobs = [command_job(client, tmp_path, "print(1)", queue, image=BASE_IMAGE, resources={"gpu": 2})
+            for _ in range(2)]
+    agent = run_jobs(client, jobs, timeout=60, gpus=[0, 1, 2, 3], backend_classes={"docker": GpuRecordingBackend})
+    for job in jobs:
+        assert (job.record.state, job.record.reason) == ("failed", "no_gpu_runtime"), job.record.message
+    first, second = (agent.backend("docker").requests[job.id] for job in jobs)
+    for got in (first, second):
+        assert len(got["gpu_ids"]) == 2 and set(got["gpu_ids"]) <= {0, 1, 2, 3}
+        assert got["device_ids"] == [str(g) for g in got["gpu_ids"]]
+        assert got["visible"] == ",".join(map(str, got["gpu_ids"]))
+    assert not set(first["gpu_ids"]) & set(second["gpu_ids"])
 
 
 def test_cancel_stops_with_the_grace_period_then_kills(client, tmp_path, docker_api):
@@ -334,7 +505,37 @@ def test_secret_values_are_quoted_for_the_wrapper():
     assert secrets_line({"K": "x\ny"}) == b"export K='x'\"$jl_nl\"'y'\n"
 
 
-# ---------------------------------------------------------------- warm containers and stale ones
+# ---------------------------------------------------------------- capacity, warm containers and stale ones
+def test_max_instances_caps_the_queues_running_containers(client, tmp_path, docker_api):
+    import docker
+
+    queue = docker_queue(client, "capq", max_instances=2)
+    jobs = [command_job(client, tmp_path, "import time; time.sleep(1.5)", queue, image=BASE_IMAGE)
+            for _ in range(5)]
+    counts: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        api = docker.APIClient(version="auto", timeout=30)  # its own connection: the test's is not for threads
+        try:
+            while not done.is_set():
+                counts.append(len(api.containers(filters={"label": f"{QUEUE_LABEL}={queue}"})))
+                time.sleep(0.02)
+        finally:
+            api.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run_jobs(client, jobs, timeout=120, max_jobs=5)  # the agent would run all five at once
+    finally:
+        done.set()
+        watcher.join()
+    for job in jobs:
+        assert job.record.state == "succeeded", (job.record.message, job.logs())
+    assert max(counts) == 2, counts  # the cap was reached, and never passed
+
+
 
 
 def test_min_instances_starts_jobs_by_exec_in_warm_containers(client, tmp_path, docker_api, monkeypatch):
@@ -456,8 +657,6 @@ class SocketProxy:
 # docker-py's unix transport leaves a socket unclosed when connect() is refused (the engine is gone): not ours.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_losing_the_engine_mid_job_fails_the_job_with_a_reason(client, tmp_path, docker_api):
-    from traitlets.config import Config
-
     proxy = SocketProxy(tmp_path / "engine.sock")
     queue = docker_queue(client, base_url=f"unix://{tmp_path / 'engine.sock'}")
     job = command_job(client, tmp_path, "import time; print('ready', flush=True); time.sleep(120)", queue,

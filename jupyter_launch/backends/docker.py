@@ -236,6 +236,9 @@ class DockerBackend(Backend):
         "Run mounted jobs as the agent's uid:gid, so the files they write in the output folder are the agent's."))
     engine_retry_seconds = Float(10.0, config=True, help=(
         "After the connection to the engine breaks mid-job, how long to wait for it to answer again."))
+    pull_timeout = Float(60.0, config=True, help=(
+        "Seconds an image pull may go without progress from the engine before the job fails with "
+        "image_pull_failed (a registry that accepts connections but stops answering)."))
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -243,7 +246,9 @@ class DockerBackend(Backend):
         self._images: dict[tuple[str, int], str] = {}
         self._build_locks: dict[str, asyncio.Lock] = {}
         self._pools: dict[str, WarmPool] = {}
-        self.builds: list[dict[str, Any]] = []  # what each prepare did: {"tag", "cached", "seconds"} (bench, tests)
+        # What each build-or-reuse did: {"tag", "cached", "seconds"}, seconds from the start of the image step
+        # (base image, hash, cache look-up) to the image being ready (bench, tests).
+        self.builds: list[dict[str, Any]] = []
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -391,6 +396,9 @@ class DockerBackend(Backend):
 
     def _pull(self, api: Any, image: str, registry: str, config: dict[str, Any], progress: Any) -> None:
         import docker.errors
+        import requests
+        import urllib3
+        from docker import auth as docker_auth
         from docker.utils import parse_repository_tag
 
         repo, tag = parse_repository_tag(image)
@@ -403,10 +411,23 @@ class DockerBackend(Backend):
                     f"cannot pull image {image} from registry {registry}: the queue's provider.registry_auth names "
                     f"the secret {secret!r}, which is not set in the agent's environment"))
             auth = auth_from_secret(value, registry)
+        headers = {}
+        if auth is not None:
+            headers["X-Registry-Auth"] = docker_auth.encode_header(auth)
+        else:
+            api.reload_config()  # a `docker login` made since the agent started counts, as the failure advises
+            header = docker_auth.get_config_header(api, registry)
+            if header:
+                headers["X-Registry-Auth"] = header
         last: dict[str, str] = {}
+        response = None
         try:
-            for event in api.pull(repo, tag=tag or ("latest" if "@" not in repo else None), stream=True,
-                                  decode=True, auth_config=auth):
+            # docker-py's pull() sends its request with no timeout at all, so a registry that stops answering
+            # would hold the job in pulling_image forever. The same request with a read timeout fails it instead.
+            response = api._post(api._url("/images/create"), params={"fromImage": repo, "tag": tag or "latest"},
+                                 headers=headers, stream=True, timeout=self.pull_timeout)
+            api._raise_for_status(response)
+            for event in api._stream_helper(response, decode=True):
                 if "error" in event:
                     raise docker.errors.APIError((event.get("errorDetail") or {}).get("message") or event["error"])
                 status, layer = event.get("status", ""), event.get("id", "")
@@ -414,16 +435,21 @@ class DockerBackend(Backend):
                 if status and last.get(layer) != status and status not in ("Downloading", "Extracting"):
                     last[layer] = status
                     progress(f"{layer}: {status}" if layer else status)
-        except (docker.errors.APIError, OSError, Exception) as exc:
-            if isinstance(exc, BackendError):
-                raise
-            detail = getattr(exc, "explanation", None) or str(exc)
+        except Exception as exc:
+            if isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)):
+                detail = (f"the Docker engine reported no progress for {self.pull_timeout:g}s, so {registry} is not "
+                          "answering (DockerBackend.pull_timeout sets how long a pull may stall)")
+            else:
+                detail = (getattr(exc, "explanation", None) or str(exc)).strip()
             how = ("give the agent credentials: set the queue's provider.registry_auth to the name of a secret "
                    "in the agent's environment holding 'user:password' or a Docker config JSON, or run "
                    f"`docker login {registry}` as the agent's user (~/.docker/config.json)")
             raise BackendError("image_pull_failed", (
-                f"cannot pull image {image} from registry {registry}: {detail.strip()}. Check the name for a typo "
+                f"cannot pull image {image} from registry {registry}: {detail}. Check the name for a typo "
                 f"and that the Docker engine can reach {registry}; if the image is private, {how}")) from None
+        finally:
+            if response is not None:
+                response.close()  # its connection, on every path: a half-read stream would hold it
 
     def _build_lock(self, key: str) -> asyncio.Lock:
         return self._build_locks.setdefault(key, asyncio.Lock())
@@ -431,6 +457,7 @@ class DockerBackend(Backend):
     async def _build(self, api: Any, ctx: JobContext) -> str:
         config = ctx.queue_config
         builder = ImageBuilder(api)
+        t0 = time.monotonic()  # the whole image step, a cache hit's hashing and look-up included
         try:
             settings = BuildSettings.from_config(config.get("build"), self.default_base_image)
             await self._ensure_image(api, settings.base_image, config, ctx)
@@ -439,12 +466,12 @@ class DockerBackend(Backend):
                                            ctx.workdir)
         except ImageBuildError as exc:
             raise BackendError("image_build_failed", str(exc)) from None
-        t0 = time.monotonic()
         async with self._build_lock(plan.hash):
             if await asyncio.to_thread(builder.cached, plan):
+                seconds = time.monotonic() - t0
+                self.builds.append({"tag": plan.tag, "cached": True, "seconds": seconds})
                 ctx.log("stderr", f"[jupyter-launch] image {plan.tag} is up to date for this environment "
-                                  f"(hash {plan.hash[:12]}); no build\n".encode())
-                self.builds.append({"tag": plan.tag, "cached": True, "seconds": 0.0})
+                                  f"(hash {plan.hash[:12]}, checked in {seconds:.2f}s); no build\n".encode())
                 return plan.tag
             ctx.set_reason("building_image", f"building image {plan.tag} on {settings.base_image} "
                                              "from the job's environment")
