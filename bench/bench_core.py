@@ -8,7 +8,9 @@
 (c) submit call latency for a 1 MB notebook, first submit and resubmits (p50);
 (d) log throughput, a job printing 200,000 lines → a `jupyter launch logs -f` follower process, vs the same program
     read through a plain subprocess pipe in Python; lost and duplicated lines counted;
-(e) enqueue and claim rates with 100,000 queued jobs, and the time to list a page.
+(e) enqueue and claim rates with 100,000 queued jobs, and the time to list a page;
+(f) dispatch: submit → claimed and submit → the job's process running, for an idle agent woken by the submit's
+    notification, beside the agent's poll interval (what an idle agent would wait without the wake-up).
 """
 
 from __future__ import annotations
@@ -205,12 +207,49 @@ def bench_queue_rates(tmp: Path, queued: int) -> list[list[str]]:
             ["(e) list a page of 50 jobs", f"{page:.1f} ms", "-", "-", "≤ 20 ms"]]
 
 
+def bench_dispatch(tmp: Path, runs: int) -> list[list[str]]:
+    """Times run from the job's enqueue (``submitted_at``, stamped in the store) to its claim (``claimed_at``) and to
+    the first thing its process does: ``date`` printing the time. Client and agent are separate processes on one
+    machine, so the clocks agree."""
+    from jupyter_launch.agent import Agent
+    from jupyter_launch.client import LaunchClient
+
+    home = tmp / "home-f"
+    client = LaunchClient(home=home)
+    folder = tmp / "dispatch"
+    folder.mkdir()
+    poll = Agent.poll_interval.default_value
+    agent = start_agent(home, "default")
+    claimed, started = [], []
+    try:
+        for _ in range(runs):
+            time.sleep(0.1)  # the agent is idle again: waiting for a wake-up, its next poll up to `poll` away
+            job = client.submit(spec={"kind": "command", "command": ["date", "+%s.%N"]}, root=folder)
+            rec = wait_done(job)
+            assert rec.state == "succeeded", (rec, job.logs())
+            claimed.append(rec.claimed_at - rec.submitted_at)
+            started.append(float(job.logs().split()[0]) - rec.submitted_at)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+
+    def figure(times: list[float]) -> str:
+        p50, p90 = statistics.median(times), statistics.quantiles(times, n=10)[-1]
+        return f"p50 {p50 * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms"
+
+    base = f"poll every {poll:g} s"  # without the wake-up an idle agent claims at its next poll: poll / 2 on average
+    return [[f"(f) idle agent, submit → claimed ({runs} submits)", figure(claimed), base,
+             f"{statistics.median(claimed) / poll:.4f}x", "≤ 50 ms"],
+            ["(f) idle agent, submit → job's process running", figure(started), base,
+             f"{statistics.median(started) / poll:.4f}x", "≤ 50 ms"]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer runs and smaller sizes")
-    ap.add_argument("--only", help="comma-separated parts: a,b,c,d,e")
+    ap.add_argument("--only", help="comma-separated parts: a,b,c,d,e,f")
     args = ap.parse_args()
-    parts = set((args.only or "a,b,c,d,e").split(","))
+    parts = set((args.only or "a,b,c,d,e,f").split(","))
     runs = 3 if args.quick else 5
     tmp = Path(tempfile.mkdtemp(prefix="launch-bench-"))
     os.environ["JUPYTER_LAUNCH_HOME"] = str(tmp / "home-default")
@@ -228,6 +267,8 @@ def main() -> None:
             rows += bench_logs(tmp, 200_000)
         if "e" in parts:
             rows += bench_queue_rates(tmp, 20_000 if args.quick else 100_000)
+        if "f" in parts:
+            rows += bench_dispatch(tmp, 30 if args.quick else 60)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     header = ["measure", "jupyter-launch", "baseline", "ratio", "goal / notes"]

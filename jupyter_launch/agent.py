@@ -27,6 +27,7 @@ from .backends.base import Backend, JobContext, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .notify import WakeListener
 from .paths import launch_home
+from .server.remote import RemoteAuthError
 from .spec import JobSpec
 from .store import FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, describe, is_disk_full
 
@@ -179,6 +180,7 @@ class Agent(LoggingConfigurable):
         self._metrics_lock = threading.Lock()
         self._listener: WakeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.refused: RemoteAuthError | None = None  # why the server stopped taking this agent's calls
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
 
     @property
@@ -259,6 +261,9 @@ class Agent(LoggingConfigurable):
                 last_reap = now
                 try:
                     await asyncio.to_thread(self._housekeeping)
+                except RemoteAuthError as exc:
+                    self._refuse(exc)
+                    break
                 except Exception:
                     self.log.exception("agent housekeeping failed; retrying")
             try:
@@ -270,10 +275,22 @@ class Agent(LoggingConfigurable):
                     if claim is None:
                         break
                     self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
+            except RemoteAuthError as exc:
+                self._refuse(exc)
+                break
             except Exception:
                 self.log.exception("claiming failed; retrying in %.1fs", self.poll_interval)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(self.poll_interval, self.interval))
+
+    def _refuse(self, exc: RemoteAuthError) -> None:
+        """The server refused this agent's token (revoked, or out of scope): no retry can succeed, so say so once
+        and stop claiming; running jobs are stopped by :meth:`stop`, their leases expire on the server."""
+        if self.refused is None:
+            self.refused = exc
+            self.log.error("%s; stopping", exc)
+        self._stopping.set()
+        self._wake.set()
 
     @property
     def interval(self) -> float:
@@ -316,7 +333,10 @@ class Agent(LoggingConfigurable):
         pending_metrics: list[dict[str, Any]] = []
         updates = OrderedUpdates()
         def on_log_failure(exc: Exception) -> None:
-            self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
+            if isinstance(exc, RemoteAuthError):
+                self._refuse(exc)
+            else:
+                self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
             cancel.set()
 
         sink = LogSink(store, job.id, job.attempt, on_record, on_log_failure)
@@ -371,6 +391,9 @@ class Agent(LoggingConfigurable):
                 result.message = runner_result.get("message") or result.message
             if sink.failure is None:  # else the store has no room for them either: the job was stopped
                 await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
+        except RemoteAuthError as exc:
+            self._refuse(exc)
+            lost.set()  # nothing more can be reported for this job; the server requeues it when its lease expires
         except Exception as exc:
             self.log.exception("job %s failed in the agent", job.id)
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
@@ -435,6 +458,10 @@ class Agent(LoggingConfigurable):
             await asyncio.sleep(self.interval)
             try:
                 beat = await asyncio.to_thread(self.store.heartbeat, job_id, fence, lease_seconds=self.lease_seconds)
+            except RemoteAuthError as exc:
+                self._refuse(exc)
+                lost.set()  # no more heartbeats can land: stop the job rather than run it unreported
+                return
             except Exception:
                 self.log.warning("heartbeat for job %s failed; retrying", job_id, exc_info=True)
                 continue

@@ -49,12 +49,17 @@ class Artifact:
     files: int
     size: int
     largest: list[tuple[str, int]]  # the 10 largest files, largest first
+    new_files: int | None = None  # files whose content the blob store lacked and got now; None when not known
+    new_size: int = 0  # their bytes
 
     def report(self) -> str:
-        """One line for the user: how much is being sent, and what dominates it."""
+        """One line for the user: how much is being sent, what dominates it, and how much of it was stored already."""
         text = f"{self.files} file{'' if self.files == 1 else 's'}, {format_size(self.size)}"
         if self.largest:
             text += " (largest: " + ", ".join(f"{p} {format_size(s)}" for p, s in self.largest[:3]) + ")"
+        if self.new_files is not None:
+            text += f"; {self.new_files} new" + (f" ({format_size(self.new_size)})" if self.new_files else "")
+            text += f", {self.files - self.new_files} already stored"
         return text
 
 
@@ -389,9 +394,10 @@ def _hash(found: _Found, hash_cache: HashCache | None) -> tuple[str, os.stat_res
     raise ArtifactError(f"{found.rel} keeps changing while it is being packaged; try again when it is written")
 
 
-def _store(found: _Found, digest: str, blobs: BlobStore) -> None:
+def _store(found: _Found, digest: str, blobs: BlobStore) -> bool:
+    """Put a file's content in the blob store unless it is there; True when it was written now."""
     if blobs.has(digest):
-        return
+        return False
     # Copy through put_stream, which checks the digest as it copies: a file rewritten between hashing and
     # copying must not land in the store under the old digest, where it would never be replaced.
     with open(found.path, "rb") as f:
@@ -399,6 +405,7 @@ def _store(found: _Found, digest: str, blobs: BlobStore) -> None:
             blobs.put_stream(f, expected=digest)
         except ValueError:
             raise ArtifactError(f"{found.rel} changed while it was being packaged; try again") from None
+    return True
 
 
 def canonical_json(data: Any) -> bytes:
@@ -426,15 +433,22 @@ def build_artifact(root: str | Path, blobs: BlobStore, *, include: list[str] | N
         raise _size_error(root_real, sizes, total, max_size)
 
     files: dict[str, dict[str, Any]] = {}
+    new_files = new_size = 0
     for f in found:
         try:
             digest, st = _hash(f, hash_cache)
-            _store(f, digest, blobs)
+            written = _store(f, digest, blobs)
         except OSError as exc:
             raise ArtifactError(f"cannot package {f.rel}: {exc.strerror or exc}", source=root_real) from None
         files[f.rel] = {"digest": digest, "size": st.st_size, "mode": 0o755 if st.st_mode & 0o111 else 0o644}
+        if written:
+            new_files, new_size = new_files + 1, new_size + st.st_size
     for path, data in extra.items():
-        files[path] = {"digest": blobs.put_bytes(data), "size": len(data), "mode": 0o644}
+        digest = sha256_bytes(data)
+        if not blobs.has(digest):
+            blobs.put_bytes(data)
+            new_files, new_size = new_files + 1, new_size + len(data)
+        files[path] = {"digest": digest, "size": len(data), "mode": 0o644}
     total = sum(entry["size"] for entry in files.values())
     if total > max_size:  # a file grew while it was being packaged
         raise _size_error(root_real, [(p, e["size"]) for p, e in files.items()], total, max_size)
@@ -443,7 +457,8 @@ def build_artifact(root: str | Path, blobs: BlobStore, *, include: list[str] | N
                 "entrypoint": entrypoint}
     digest = blobs.put_bytes(canonical_json(manifest))
     largest = sorted(((p, e["size"]) for p, e in files.items()), key=lambda x: (-x[1], x[0]))[:10]
-    return Artifact(digest=digest, manifest=manifest, files=len(files), size=total, largest=largest)
+    return Artifact(digest=digest, manifest=manifest, files=len(files), size=total, largest=largest,
+                    new_files=new_files, new_size=new_size)
 
 
 # ---------------------------------------------------------------- reading and unpacking

@@ -162,6 +162,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     data = _apply_cli_fields(spec, args)
     job = client.submit(spec=data, queue=args.queue, root=base, max_size=args.max_size)
     rec = job.record
+    print(f"packaged {job.packaged.report()}", file=sys.stderr)  # type: ignore[union-attr]
     print(f"submitted job {job.id} to queue {rec.queue}", file=sys.stderr)
     if not args.follow:
         print(job.id)

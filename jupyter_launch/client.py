@@ -16,11 +16,14 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import default_store_url, launch_home
 from .spec import JobSpec, QueueConfig, SpecError, load_job_spec, load_queue_config, validate
 from .store import FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, SQLStore, StoreError
+
+if TYPE_CHECKING:
+    from .artifact import Artifact
 
 FOLLOW_POLL_MIN = 0.005
 FOLLOW_POLL_MAX = 0.1
@@ -140,7 +143,9 @@ class LaunchClient:
         from .notify import wake_agents
 
         wake_agents(self.home)
-        return Job(self, record.id, record)
+        job = Job(self, record.id, record)
+        job.packaged = artifact
+        return job
 
     # ------------------------------------------------------------ jobs
 
@@ -260,6 +265,7 @@ class Job:
         self.client = client
         self.id = job_id
         self._record = record
+        self.packaged: Artifact | None = None  # what submit packaged (its size report); None on other handles
 
     def __repr__(self) -> str:
         r = self.record

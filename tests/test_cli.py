@@ -174,3 +174,117 @@ def test_agent_serves_a_job_type_only(cli, cli_env, launch_home, tmp_path):
     finally:
         agent.terminate()
         agent.wait(30)
+
+
+def test_queue_show_prints_the_config_and_what_waits(cli, launch_home, tmp_path):
+    cli("queue", "create", str(EXAMPLES / "my_queue.local.yaml"), check=True)
+    (tmp_path / "job.yaml").write_text("job_type: train-model\ncommand: [echo, hi]\n")
+    cli("submit", "--config", str(tmp_path / "job.yaml"), "--queue", "gpu-training-queue", check=True)
+    shown = cli("queue", "show", "gpu-training-queue", check=True).stdout
+    import yaml
+
+    config = yaml.safe_load(shown)  # the summary line is a YAML comment: the output reads back as the config
+    assert config["queue_name"] == "gpu-training-queue" and config["job_types"] == ["train-model"]
+    assert config["provider"]["type"] == "local" and config["provider"]["max_instances"] == 5
+    assert shown.rstrip().splitlines()[-1] == "# queued 1, running 0, agents: none"
+    rec = json.loads(cli("queue", "show", "gpu-training-queue", "--json", check=True).stdout)
+    assert (rec["name"], rec["provider"], rec["max_instances"], rec["counts"]) == (
+        "gpu-training-queue", "local", 5, {"queued": 1})
+    missing = cli("queue", "show", "nope")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "unknown queue 'nope' (queues: default, gpu-training-queue)" in missing.stderr
+
+
+def test_queue_delete_needs_force_while_it_has_jobs(cli, launch_home, tmp_path):
+    (tmp_path / "empty.yaml").write_text("queue_name: empty\n")
+    (tmp_path / "busy.yaml").write_text("queue_name: busy\n")
+    cli("queue", "create", str(tmp_path / "empty.yaml"), check=True)
+    cli("queue", "create", str(tmp_path / "busy.yaml"), check=True)
+    assert cli("queue", "delete", "empty", check=True).stdout.strip() == "queue empty deleted"
+    (tmp_path / "job.yaml").write_text("command: [echo, hi]\n")
+    job_id = cli("submit", "--config", str(tmp_path / "job.yaml"), "--queue", "busy", check=True).stdout.strip()
+
+    refused = cli("queue", "delete", "busy")
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("jupyter launch: error: queue 'busy' has 1 queued or running job(s); "
+                                      "cancel them or use --force")
+    assert json.loads(cli("show", job_id, "--json", check=True).stdout)["state"] == "queued"
+    assert "busy" in cli("queue", "list", check=True).stdout
+
+    assert cli("queue", "delete", "busy", "--force", check=True).stdout.strip() == "queue busy deleted"
+    rec = json.loads(cli("show", job_id, "--json", check=True).stdout)
+    assert (rec["state"], rec["message"]) == ("cancelled", "its queue was deleted")
+    names = [q["name"] for q in json.loads(cli("queue", "list", "--json", check=True).stdout)]
+    assert names == ["default"]
+
+
+def test_agent_with_two_queue_flags_serves_both(cli, cli_env, launch_home, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    for name in ("first", "second"):
+        (tmp_path / f"{name}.yaml").write_text(f"queue_name: {name}\n")
+        cli("queue", "create", str(tmp_path / f"{name}.yaml"), check=True)
+    (tmp_path / "job.yaml").write_text("command: [python, -c, \"import os; print(os.environ['JUPYTER_LAUNCH_QUEUE'])\"]\n")
+    jobs = {name: cli("submit", "--config", str(tmp_path / "job.yaml"), "--queue", name, check=True).stdout.strip()
+            for name in ("first", "second")}
+    log = tmp_path / "agent.log"
+    with open(log, "w") as err:
+        agent = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "first",
+                                  "--queue", "second"], env=cli_env, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(json.loads(cli("show", j, "--json", check=True).stdout)["state"] == "succeeded"
+                      for j in jobs.values()):
+            assert agent.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        agents = json.loads(cli("queue", "list", "--json", check=True).stdout)
+    finally:
+        agent.terminate()
+        agent.wait(30)
+    recs = {name: json.loads(cli("show", j, "--json", check=True).stdout) for name, j in jobs.items()}
+    assert recs["first"]["agent_id"] == recs["second"]["agent_id"] is not None  # one agent ran both
+    for name, j in jobs.items():
+        assert cli("logs", j, check=True).stdout == f"{name}\n"
+    by_name = {q["name"]: q["agents"] for q in agents}
+    assert by_name["first"] == by_name["second"] == [recs["first"]["agent_id"]]
+    assert by_name["default"] == []
+    assert "serving first, second" in log.read_text()
+
+
+def test_submit_reports_the_artifact_size_and_what_was_already_stored(cli, launch_home, tmp_path):
+    src = tmp_path / "project"
+    src.mkdir()
+    shutil.copy(EXAMPLES / "hello.ipynb", src)
+    (src / "data.bin").write_bytes(b"\1" * 3000)
+
+    def report(proc) -> str:
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("packaged ")]
+        assert len(lines) == 1, proc.stderr
+        return lines[0]
+
+    size = sum(p.stat().st_size for p in src.iterdir())
+    first = report(cli("submit", str(src / "hello.ipynb")))
+    assert first.startswith(f"packaged 2 files, {size / 1000:.1f} kB (largest: data.bin 3.0 kB, hello.ipynb ")
+    assert first.endswith(f"; 2 new ({size / 1000:.1f} kB), 0 already stored")
+    assert report(cli("submit", str(src / "hello.ipynb"))).endswith("; 0 new, 2 already stored")
+    (src / "notes.txt").write_text("x" * 10)
+    assert report(cli("submit", str(src / "hello.ipynb"))).endswith("; 1 new (10 B), 2 already stored")
+
+
+def test_training_notebook_example_runs(cli, launch_home, tmp_path):
+    """examples/train.ipynb as the README shows it: numpy is a dependency of the package, not only of the tests."""
+    proc = cli("submit", str(EXAMPLES / "train.ipynb"), "--follow", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch  59" in proc.stdout
+    accuracy = float(proc.stdout.split("final accuracy")[1].split()[0])
+    assert accuracy > 0.9
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    rec = json.loads(cli("show", job_id, "--json", check=True).stdout)
+    assert rec["state"] == "succeeded"
+    metrics = [json.loads(line) for line in cli("metrics", job_id, check=True).stdout.splitlines()]
+    assert [m["step"] for m in metrics] == list(range(60)) and round(metrics[-1]["accuracy"], 3) == accuracy
+    cli("outputs", job_id, "--to", str(tmp_path / "out"), check=True)
+    assert {"train.ipynb", "train.html", "weights.npy"} <= {p.name for p in (tmp_path / "out").iterdir()}

@@ -1,14 +1,23 @@
-"""The store on SQLite: FIFO, max_instances, job-type routing, leases with fencing, requeue, logs with offsets."""
+"""The store on SQLite: FIFO, max_instances, job-type routing, leases with fencing, requeue, logs with offsets; WAL
+mode and the schema under alembic."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
+import jupyter_launch.store.sql as sql
 from jupyter_launch.spec import JobSpec, QueueConfig
 from jupyter_launch.store import ACTIVE, NotFound, SQLStore, StoreError
+from jupyter_launch.store.schema import metadata
 
 
 @pytest.fixture
@@ -218,3 +227,21 @@ def test_delete_queue_with_jobs_needs_force(store):
 def test_aws_queue_is_refused_by_the_store(store):
     with pytest.raises(Exception, match="supported providers are local, docker, kubernetes"):
         store.create_queue(QueueConfig(queue_name="aws", provider={"type": "aws", "region": "us-east-1"}))
+
+
+def test_sqlite_store_is_in_wal_mode_with_its_schema_under_alembic(tmp_path):
+    store = SQLStore(f"sqlite:///{tmp_path / 'fresh.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(sql.__file__).parent / "migrations"))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head == sql.SCHEMA_REVISION  # the store skips migrating when the database says this revision
+    with store.engine.connect() as conn:
+        # The tables alembic built are the ones the code declares: no change made outside a migration.
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    store.close()
+    db = sqlite3.connect(tmp_path / "fresh.db")  # a plain connection: what is in the file, not in the pool
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
+    finally:
+        db.close()

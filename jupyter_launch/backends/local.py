@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import sys
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -46,12 +47,12 @@ class WarmPool:
         self.python = python
         self.size = size
         self.env = env
-        self._ready: asyncio.Queue[asyncio.subprocess.Process] = asyncio.Queue()
+        self._ready: deque[asyncio.subprocess.Process] = deque()
         self._spawning = 0
         self._closed = False
 
     def top_up(self) -> None:
-        while not self._closed and self._ready.qsize() + self._spawning < self.size:
+        while not self._closed and len(self._ready) + self._spawning < self.size:
             self._spawning += 1
             asyncio.get_running_loop().create_task(self._spawn())
 
@@ -63,16 +64,19 @@ class WarmPool:
                 env=self.env, start_new_session=True, preexec_fn=_set_pdeathsig)
             line = await proc.stdout.readline()  # type: ignore[union-attr]
             if line.strip() == b"ready" and not self._closed:
-                self._ready.put_nowait(proc)
+                self._ready.append(proc)
             else:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
         finally:
             self._spawning -= 1
 
+    def ready_pids(self) -> list[int]:
+        return [proc.pid for proc in self._ready if proc.returncode is None]
+
     def take(self) -> asyncio.subprocess.Process | None:
-        while not self._ready.empty():
-            proc = self._ready.get_nowait()
+        while self._ready:
+            proc = self._ready.popleft()
             if proc.returncode is None:
                 self.top_up()
                 return proc
@@ -81,8 +85,8 @@ class WarmPool:
 
     async def close(self) -> None:
         self._closed = True
-        while not self._ready.empty():
-            proc = self._ready.get_nowait()
+        while self._ready:
+            proc = self._ready.popleft()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
@@ -126,6 +130,11 @@ class LocalBackend(Backend):
         if size and queue not in self._pools:
             self._pools[queue] = WarmPool(self.python(config), size, self.base_env())
             self._pools[queue].top_up()
+
+    def warm_runners(self, queue: str) -> list[int]:
+        """Pids of the runners waiting, kernel started, for this queue's next notebook job."""
+        pool = self._pools.get(queue)
+        return pool.ready_pids() if pool else []
 
     async def shutdown(self) -> None:
         for pool in self._pools.values():

@@ -313,14 +313,12 @@ async def run_remote_agent(agent: Any, stop: Any = None) -> None:
     stop = stop or asyncio.Event()
     await agent.start()
     task = asyncio.create_task(agent.run())
+    stopping = asyncio.create_task(stop.wait())
     try:
-        while not stop.is_set():
-            if agent.store.auth_error is not None:
-                agent.log.error("%s; stopping", agent.store.auth_error)
-                break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
+        # A refused token ends the agent's loop by itself, with one line saying why.
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        stopping.cancel()
         await agent.stop()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -482,8 +480,11 @@ def _running_servers() -> list[dict[str, Any]]:
 
 def discover_server() -> tuple[str, str] | None:
     """The newest local running Jupyter server that serves the launch API and takes its own token, as
-    ``(url, token)``."""
-    for info in _running_servers():
+    ``(url, token)``; in a kernel a server started (``$JPY_PARENT_PID``), that server first."""
+    servers = _running_servers()
+    parent = os.environ.get("JPY_PARENT_PID")
+    servers.sort(key=lambda info: str(info["pid"]) != parent)  # stable: newest first otherwise
+    for info in servers:
         url, token = info.get("url"), info.get("token") or ""
         if url and probe(url, token):
             return url, token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -108,3 +109,32 @@ async def test_long_poll_claim_returns_when_a_job_is_submitted(api, start_launch
     _, done = await api("GET", "jobs", job["id"])
     assert done["state"] == "cancelled"
     store.close()
+
+
+async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch, server_url, tmp_path, caplog):
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, record = app.tokens.create("box-4", ["remote"])
+    # A short lease makes housekeeping call the server too, as often as claiming does.
+    agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=0.5,
+                              work_root=str(tmp_path / "work"), poll_interval=0.1, lease_seconds=0.4,
+                              log=logging.getLogger("jupyter_launch.agent"))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_remote_agent(agent, stop))
+    try:
+        while True:
+            _, agents = await api("GET", "agents")
+            if agent.agent_id in [a["id"] for a in agents["agents"]]:
+                break
+            await asyncio.sleep(0.05)
+        with caplog.at_level(logging.INFO, logger="jupyter_launch.agent"):
+            app.tokens.revoke(record.id)
+            await asyncio.wait_for(runner, 10)  # it stops by itself
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 30)
+    said = [r for r in caplog.records if r.name == "jupyter_launch.agent"]
+    assert [r.levelname for r in said] == ["ERROR"], [r.getMessage() for r in said]
+    assert said[0].exc_info is None  # no traceback: nothing went wrong in the agent
+    assert "revoked" in said[0].getMessage() and said[0].getMessage().endswith("; stopping")
+    assert isinstance(agent.refused, RemoteAuthError)
