@@ -1,13 +1,19 @@
 """``%launch`` and ``%%launch``: run a notebook or one cell as a job from IPython, with a live view of it.
 
-``%load_ext jupyter_launch`` registers them. A cell job runs the notebook's cells tagged ``launch-setup`` first, gets
-the variables named by ``--push`` (pickled with cloudpickle) and, once it succeeds, gives back those named by
-``--pull``. Both magics return a :class:`LaunchedJob` (a :class:`~jupyter_launch.client.Job`) and show a live view
-that updates from a background thread, so the kernel stays free; ``--wait`` blocks until the job ends instead.
+``%load_ext jupyter_launch`` registers them (``c.InteractiveShellApp.extensions = ["jupyter_launch"]`` in
+``ipython_config.py`` does it in every shell and kernel of that profile). A cell job runs the notebook's cells tagged
+``launch-setup`` first, gets the variables named by ``--push`` (pickled with cloudpickle) and, once it succeeds, gives
+back those named by ``--pull``. Both magics return a :class:`LaunchedJob` (a :class:`~jupyter_launch.client.Job`)
+and show a live view that updates from a background thread, so the kernel stays free; ``--wait`` blocks until the job
+ends instead.
 
-Where no agent serves the queue, one runs inside this kernel (on the view's background loop) until the kernel stops,
-as ``jupyter launch submit --follow`` does in its own process: a first job needs no setup, and a standalone
-``jupyter launch agent`` (or the server's agent) takes over as soon as one is running.
+Jobs go where ``jupyter launch`` sends them (:func:`~jupyter_launch.server.remote.client_for`): through the server
+``$JUPYTER_LAUNCH_SERVER_URL`` names, else to the embedded store ``$JUPYTER_LAUNCH_HOME``/``$JUPYTER_LAUNCH_STORE_URL``
+names, else through the local running Jupyter server with jupyter-launch (the one that started this kernel first),
+else to the embedded store. On the embedded store, where no agent serves the queue, one runs inside this kernel (on
+the view's background loop) until the kernel stops, as ``jupyter launch submit --follow`` does in its own process: a
+first job needs no setup, and a standalone ``jupyter launch agent`` takes over as soon as one is running. Through a
+server, the server's agents run the job.
 """
 
 from __future__ import annotations
@@ -90,21 +96,27 @@ class LaunchedJob(Job):
 class LaunchMagics(Magics):
     """``%launch`` / ``%%launch``. Configure as ``c.LaunchMagics.*`` (e.g. in ``ipython_kernel_config.py``)."""
 
-    client_class = Type("jupyter_launch.client.LaunchClient", klass=object, config=True,
-                        help="The client jobs go through: the embedded store by default; a server client can be "
-                             "swapped in here.")
-    client_kwargs = Dict(config=True, help="Keyword arguments for client_class.")
+    client_class = Type(None, klass=object, allow_none=True, config=True,
+                        help="The client jobs go through, built with client_kwargs. Unset: the one `jupyter launch` "
+                             "uses (jupyter_launch.server.remote.client_for: a server named by "
+                             "$JUPYTER_LAUNCH_SERVER_URL, a store named by $JUPYTER_LAUNCH_HOME, a local running "
+                             "server, else the embedded store).")
+    client_kwargs = Dict(config=True, help="Keyword arguments for client_class, or for client_for when it is unset "
+                                           "(e.g. {'server': URL, 'token': TOKEN}).")
     view = Enum(["auto", "widget", "text"], "auto", config=True,
                 help="How jobs are shown: widgets in a kernel and text in a terminal IPython (auto), or forced.")
     agent_in_kernel = Bool(True, config=True,
-                           help="Run an agent in this kernel for a queue no agent serves (local store only).")
-    output_base_url = Unicode(config=True, help="Base URL of the Jupyter server, for links to outputs.")
+                           help="Run an agent in this kernel for a queue no agent serves (embedded store only).")
+    output_base_url = Unicode(config=True, help="Base URL of the Jupyter server, for links to outputs (default: "
+                                                "$JUPYTERHUB_SERVICE_PREFIX, else $JUPYTER_LAUNCH_SERVER_URL, else /).")
     tail_lines = Integer(500, config=True, help="Log lines kept in a job's view.")
     update_interval = Float(0.1, config=True, help="Seconds between two log updates of a view, at least.")
 
     @default("output_base_url")
     def _default_output_base_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
+        from .server.remote import SERVER_ENV
+
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or os.environ.get(SERVER_ENV) or "/"
 
     def __init__(self, shell: Any = None, **kwargs: Any):
         super().__init__(shell=shell, **kwargs)
@@ -121,7 +133,11 @@ class LaunchMagics(Magics):
             self._client_future = BackgroundLoop.get().submit(_call_in_thread(self._new_client))
 
     def _new_client(self) -> Any:
-        return self.client_class(**self.client_kwargs)
+        if self.client_class is not None:
+            return self.client_class(**self.client_kwargs)
+        from .server.remote import client_for
+
+        return client_for(**self.client_kwargs)
 
     @property
     def client(self) -> Any:
@@ -178,7 +194,10 @@ class LaunchMagics(Magics):
             return self._inside_job(cell)
 
         fields = _spec_fields(args, magic)
-        client = self.client
+        try:
+            client = self.client
+        except ValueError as exc:  # a server URL that is not http(s)
+            raise UsageError(f"{magic}: {exc}") from None
         from .spec import JobSpec, SpecError, validate
         from .store import StoreError
 
@@ -327,7 +346,15 @@ class LaunchMagics(Magics):
     # ------------------------------------------------------------ an agent in this kernel
 
     def _ensure_agent(self, queue: str) -> str | None:
+        """On the embedded store, start an agent in this kernel for a queue none serves; through a server, say that
+        the job waits for one of the server's agents. Returns the note for the view, if any."""
         client = self.client
+        server_url = getattr(client, "server_url", None)
+        if server_url:
+            if client.live_agents(queue):
+                return None
+            return (f"no agent serves queue {queue!r} on {server_url}; the job waits for one "
+                    f"(`jupyter launch agent --server URL --token AGENT_TOKEN --queue {queue}`)")
         if not self.agent_in_kernel or queue in self._agents or not (hasattr(client, "store") and
                                                                       hasattr(client, "blobs")):
             return None
@@ -503,7 +530,11 @@ def check_saved(shell: Any, path: Path) -> None:
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    magics = LaunchMagics(ipython)
-    ipython.register_magics(magics)
+    """Register the magics once per shell: loading again (from the config's extensions and a ``%load_ext``, or a
+    ``%reload_ext``) keeps the instance there is, with its client, its jobs and any agent it runs."""
+    magics = ipython.magics_manager.registry.get(LaunchMagics.__name__)
+    if not isinstance(magics, LaunchMagics):
+        magics = LaunchMagics(ipython)
+        ipython.register_magics(magics)
     if not os.environ.get(JOB_ID_ENV):  # inside a job the magics submit nothing
         magics.prewarm()

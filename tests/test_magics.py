@@ -1,6 +1,8 @@
-"""%launch / %%launch in real kernels: notebooks in tests/notebooks/magics_*.ipynb run through nbclient against this
-test's embedded store, with an agent in a subprocess (or in the kernel). Widget state is read from the widget models
-nbclient records (the state a frontend would render), not from text."""
+"""%launch / %%launch in real kernels: notebooks in tests/notebooks/magics_*.ipynb run through nbclient, with jobs
+going to this test's embedded store (an agent in a subprocess, or in the kernel) or through a real `jupyter server`
+with jupyter-launch and its in-process agent (named in the kernel's environment, or discovered the way a kernel that
+server started finds it). Widget state is read from the widget models nbclient records (the state a frontend would
+render), not from text."""
 
 from __future__ import annotations
 
@@ -10,9 +12,14 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +34,86 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+SERVER_TOKEN = "launch-magics-test"
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without jupyter-launch's variables, Jupyter's runtime and data dirs under ``tmp_path`` (so no
+    server of the person running the tests is found and nothing lands in their home), the package importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_LAUNCH_")}
+    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
+    env.pop("JPY_SESSION_NAME", None)
+    return env
+
+
+class LaunchServer:
+    """`jupyter server` with jupyter-launch in a subprocess, on its own launch home and a free port; its in-process
+    agent serves queue default."""
+
+    def __init__(self, base: Path):
+        self.base = base
+        self.home = base / "server-home"
+        root = base / "root"
+        root.mkdir(parents=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self.env = dict(base_env(base), JUPYTER_LAUNCH_HOME=str(self.home))
+        self.log = base / "server.log"
+        config = base / "jupyter_server_config.py"
+        config.write_text("c.ServerApp.jpserver_extensions = {'jupyter_launch': True}\n"
+                          "c.ServerApp.allow_root = True\n"
+                          "c.ServerApp.allow_unauthenticated_access = False\n"
+                          "c.LaunchApp.agent_queues = ['default']\n"
+                          "c.Agent.poll_interval = 0.5\n")
+        cmd = [sys.executable, "-m", "jupyter_server", f"--config={config}", "--no-browser", f"--port={port}",
+               "--port-retries=0", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={SERVER_TOKEN}",
+               f"--ServerApp.root_dir={root}"]
+        with open(self.log, "wb") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=root)
+        deadline = time.monotonic() + 90
+        while True:  # up, and its agent registered
+            assert self.process.poll() is None, f"jupyter server exited:\n{self.log_tail()}"
+            try:
+                if any("default" in a["queues"] for a in self.api("GET", "agents")["agents"]):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, f"jupyter server not ready within 90 s:\n{self.log_tail()}"
+            time.sleep(0.2)
+
+    def api(self, method: str, path: str) -> Any:
+        """A call to the REST API with the server's token; the JSON it answers."""
+        req = urllib.request.Request(f"{self.url}/launch/api/{path}", method=method,
+                                     headers={"Authorization": f"token {SERVER_TOKEN}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchServer]:
+    server = LaunchServer(tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture
 def kernel_env(launch_home: Path) -> dict[str, str]:
-    """The kernel's environment: the test's launch home, so the magic's LaunchClient() finds the same store."""
+    """The kernel's environment: the test's launch home, so the magic's client finds the same embedded store."""
     env = dict(os.environ)
     env["JUPYTER_LAUNCH_HOME"] = str(launch_home)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -39,19 +121,71 @@ def kernel_env(launch_home: Path) -> dict[str, str]:
     return env
 
 
+@dataclass
+class Target:
+    """Where a test's magics send jobs, and how the test sees them: ``client`` works on the same jobs, ``env`` is the
+    kernel's environment, ``workdir`` the kernel's folder (what a %%launch cell packages)."""
+
+    kind: str
+    client: Any
+    env: dict[str, str]
+    workdir: Path
+    server: LaunchServer | None = None
+    before: frozenset[str] = field(default_factory=frozenset)
+
+    def jobs(self) -> list[Any]:
+        """The jobs this test made, newest first (a server outlives one test)."""
+        return [j for j in self.client.jobs(limit=500) if j.id not in self.before]
+
+    def check_ran_on_server(self, job_id: str, state: str) -> None:
+        """Through a server the job is the server's, seen through its REST API, and the kernel made no store."""
+        if self.server is not None:
+            listed = {j["id"]: j["state"] for j in self.server.api("GET", "jobs?limit=500")["jobs"]}
+            assert listed.get(job_id) == state
+            assert not list(self.workdir.parent.rglob("launch.db"))
+
+
+@pytest.fixture(params=["embedded", "server"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """The embedded store of the test's launch home; or a running server, named in the kernel's environment
+    (``server``) or found in Jupyter's runtime dir as a kernel of that server finds it (``discovered``)."""
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    if request.param == "embedded":
+        env = request.getfixturevalue("kernel_env")
+        yield Target("embedded", request.getfixturevalue("client"), env, workdir)
+        return
+    from jupyter_launch.server.remote import connect
+
+    server: LaunchServer = request.getfixturevalue("launch_server")
+    env = base_env(tmp_path)
+    if request.param == "server":
+        # The kernel's own launch home only caches blobs; its jobs go to the server all the same.
+        env.update(JUPYTER_LAUNCH_SERVER_URL=server.url, JUPYTER_LAUNCH_TOKEN=SERVER_TOKEN,
+                   JUPYTER_LAUNCH_HOME=str(tmp_path / "kernel-home"))
+    else:
+        env["JUPYTER_RUNTIME_DIR"] = server.env["JUPYTER_RUNTIME_DIR"]
+    client = connect(server.url, SERVER_TOKEN, home=tmp_path / "test-home")
+    yield Target(request.param, client, env, workdir, server, frozenset(j.id for j in client.jobs(limit=500)))
+    client.close()
+
+
 @pytest.fixture
-def agent(client, kernel_env: dict[str, str], tmp_path: Path):
-    """`jupyter launch agent --queue default` in a subprocess, registered before the test starts."""
+def served(target: Target, tmp_path: Path) -> Iterator[Target]:
+    """``target`` with an agent on queue default: the server's own, or `jupyter launch agent` in a subprocess."""
+    if target.server is not None:
+        yield target
+        return
     log = tmp_path / "agent.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default"],
-                                env=kernel_env, stdout=out, stderr=subprocess.STDOUT)
+                                env=target.env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    while not client.live_agents("default"):
+    while not target.client.live_agents("default"):
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "the agent did not register"
         time.sleep(0.05)
-    yield proc
+    yield target
     proc.send_signal(signal.SIGINT)
     try:
         proc.wait(30)
@@ -104,10 +238,12 @@ def stream_text(cell: nbformat.NotebookNode, name: str = "stdout") -> str:
 # ------------------------------------------------------------------ cell jobs
 
 
-def test_cell_job_runs_setup_pushes_and_pulls(client, agent, kernel_env, tmp_path):
-    nb = run_notebook("magics_cell", tmp_path, kernel_env, session=True)
+@pytest.mark.parametrize("target", ["embedded", "server", "discovered"], indirect=True)
+def test_cell_job_runs_setup_pushes_and_pulls(served):
+    nb = run_notebook("magics_cell", served.workdir, served.env, session=True)
     result = json.loads(stream_text(nb.cells[4]))
     assert result == {"id": result["id"], "state": "succeeded", "c": 42, "d": [0, 2, 4, 6, 8], "pulled": ["c", "d"]}
+    served.check_ran_on_server(result["id"], "succeeded")
 
     view = widget_parts(nb, 3)
     assert "succeeded" in view["jl-state"]["value"]
@@ -119,9 +255,10 @@ def test_cell_job_runs_setup_pushes_and_pulls(client, agent, kernel_env, tmp_pat
     assert view["jl-progress"]["bar_style"] == "success"
     assert view["jl-progress"]["value"] == view["jl-progress"]["max"]
     assert view["jl-cancel"]["disabled"] is True
-    assert f"/launch/api/jobs/{result['id']}/outputs/result.txt" in view["jl-outputs"]["value"]
+    link = f"/launch/api/jobs/{result['id']}/outputs/result.txt"
+    assert (f'href="{served.server.url}{link}"' if served.kind == "server" else link) in view["jl-outputs"]["value"]
     assert "pulled c, d into this kernel" in view["jl-note"]["value"]
-    assert client.read_output(result["id"], "result.txt") == b"42"
+    assert served.client.read_output(result["id"], "result.txt") == b"42"
     # Where widgets are not rendered, the display's plain text tells how it ended.
     plain = next(o.data["text/plain"] for o in nb.cells[3].outputs if o.output_type == "display_data")
     assert plain.startswith(f"job {result['id']} on queue default: succeeded")
@@ -131,6 +268,7 @@ def test_cell_job_runs_setup_pushes_and_pulls(client, agent, kernel_env, tmp_pat
     error = next(o for o in nb.cells[5].outputs if o.output_type == "error")
     assert error.ename == "JobFailed"
     assert len(error.traceback) == 1 and "never_defined" in error.traceback[0] and "failed" in error.traceback[0]
+    assert [j.state for j in served.jobs()] == ["failed", "succeeded"]
 
 
 ERRORS = [  # the cells of magics_errors.ipynb, in order, and what their one line says
@@ -153,26 +291,37 @@ ERRORS = [  # the cells of magics_errors.ipynb, in order, and what their one lin
 ]
 
 
-def test_bad_arguments_give_one_line_usage_errors(client, kernel_env, tmp_path):
-    nb = run_notebook("magics_errors", tmp_path, kernel_env)
+def autoload_ipythondir(tmp_path: Path) -> str:
+    """An IPYTHONDIR whose default profile enables the extension, as the README says to."""
+    profile = tmp_path / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    (profile / "ipython_config.py").write_text("c.InteractiveShellApp.extensions = ['jupyter_launch']\n")
+    return str(profile.parent)
+
+
+def test_bad_arguments_give_one_line_usage_errors(target, tmp_path):
+    """In a kernel whose profile loads the extension: the notebook's own %load_ext finds it loaded already."""
+    nb = run_notebook("magics_errors", target.workdir, dict(target.env, IPYTHONDIR=autoload_ipythondir(tmp_path)))
+    assert stream_text(nb.cells[0]).startswith("The jupyter_launch extension is already loaded.")
     got = [stream_text(cell, "stderr") for cell in nb.cells[1:]]
     assert len(got) == len(ERRORS)
     for text, expected in zip(got, ERRORS):
         assert text.count("\n") == 1, text
         assert text.rstrip("\n") == expected
-    assert client.jobs() == []  # nothing was submitted
+    assert target.jobs() == []  # nothing was submitted
 
 
-def test_cancel_button_cancels_the_job(client, agent, kernel_env, tmp_path):
-    nb = run_notebook("magics_cancel", tmp_path, kernel_env)
+def test_cancel_button_cancels_the_job(served):
+    nb = run_notebook("magics_cancel", served.workdir, served.env)
     assert stream_text(nb.cells[2]) == "cancelled\n"
     view = widget_parts(nb, 1)
     assert "cancelled" in view["jl-state"]["value"]
     assert view["jl-cancel"]["disabled"] is True
     assert log_text(view["jl-log"]).startswith("started\n")
     assert "not reached" not in log_text(view["jl-log"])
-    job, = client.jobs()
+    job, = served.jobs()
     assert job.state == "cancelled"
+    served.check_ran_on_server(job.id, "cancelled")
 
 
 def test_no_agent_for_the_queue_runs_one_in_the_kernel(client, kernel_env, tmp_path):
@@ -184,14 +333,66 @@ def test_no_agent_for_the_queue_runs_one_in_the_kernel(client, kernel_env, tmp_p
     assert client.live_agents("default") == []  # it stopped with the kernel
 
 
+def test_through_a_server_a_queue_no_agent_serves_waits_for_one(launch_server, tmp_path):
+    """No agent starts in the kernel for the server's queue: the job waits on the server, and the view says why."""
+    from jupyter_client.manager import start_new_kernel
+
+    from jupyter_launch.server.remote import connect
+    from jupyter_launch.spec import QueueConfig, validate
+
+    client = connect(launch_server.url, SERVER_TOKEN, home=tmp_path / "test-home")
+    client.create_queue(validate(QueueConfig, {"queue_name": "unserved", "provider": {"type": "local"}}, "<test>"))
+    env = dict(base_env(tmp_path), JUPYTER_LAUNCH_SERVER_URL=launch_server.url, JUPYTER_LAUNCH_TOKEN=SERVER_TOKEN,
+               JUPYTER_LAUNCH_HOME=str(tmp_path / "kernel-home"))
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+    out: list[str] = []
+    try:
+        code = ("%load_ext jupyter_launch\n"
+                "job = get_ipython().run_cell_magic('launch', '--queue unserved', 'print(1)')\n"
+                "import time\n"
+                "time.sleep(2)\n"
+                "print(job.id, job.status)\n"
+                "print(*job.view.notes, sep='\\n')\n")
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda msg: out.append(
+            msg["content"]["text"] if msg["msg_type"] == "stream" else ""))
+        assert reply["content"]["status"] == "ok", reply["content"]
+        first, note = "".join(out).splitlines()
+        job_id, state = first.split()
+        assert state == "queued"
+        assert note == (f"no agent serves queue 'unserved' on {launch_server.url}/; the job waits for one "
+                        "(`jupyter launch agent --server URL --token AGENT_TOKEN --queue unserved`)")
+        assert client.live_agents("unserved") == []
+        assert launch_server.api("GET", f"jobs/{job_id}")["state"] == "queued"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        client.delete_queue("unserved", force=True)
+        client.close()
+
+
+@pytest.mark.parametrize("where", ["unreachable", "wrong token"])
+def test_a_server_that_refuses_is_one_line_usage_error(launch_server, tmp_path, where):
+    url, token = ("http://127.0.0.1:9", SERVER_TOKEN) if where == "unreachable" else (launch_server.url, "wrong")
+    script = tmp_path / "launch.ipy"
+    script.write_text("%load_ext jupyter_launch\nget_ipython().run_cell_magic('launch', '', 'print(1)')\n")
+    env = dict(base_env(tmp_path), JUPYTER_LAUNCH_SERVER_URL=url, JUPYTER_LAUNCH_TOKEN=token)
+    proc = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner", "--colors=nocolor", str(script)],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    expected = (f"UsageError: %%launch: cannot reach the jupyter-launch server at {url}/: " if where == "unreachable"
+                else f"UsageError: %%launch: the server at {url}/ refused the token: ")
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(expected), proc.stderr
+
+
 # ------------------------------------------------------------------ whole notebooks
 
 
-def test_launch_submits_this_notebook_as_saved(client, agent, kernel_env, tmp_path):
-    nb = run_notebook("magics_notebook", tmp_path, kernel_env, session=True)
+def test_launch_submits_this_notebook_as_saved(served):
+    client = served.client
+    nb = run_notebook("magics_notebook", served.workdir, served.env, session=True)
     assert stream_text(nb.cells[1]) == "greeting: default in kernel\n"
     state, job_id = stream_text(nb.cells[4]).split()
     assert state == "succeeded"
+    served.check_ran_on_server(job_id, "succeeded")
     log = client.job(job_id).logs()
     assert "greeting: hello in job\n" in log  # the parameter reached the job
     assert f"%launch: inside job {job_id}; not submitting this notebook again\n" in log
@@ -199,18 +400,18 @@ def test_launch_submits_this_notebook_as_saved(client, agent, kernel_env, tmp_pa
     assert "succeeded" in widget_parts(nb, 3)["jl-state"]["value"]
     # A %%launch cell in a launched notebook runs right there, in the job; from the kernel it is a job of its own.
     assert f"cell body in {job_id}\n" in log
-    cell_job = next(j for j in client.jobs() if j.id != job_id)
-    assert len(client.jobs()) == 2 and cell_job.kind == "cell"
+    cell_job = next(j for j in served.jobs() if j.id != job_id)
+    assert len(served.jobs()) == 2 and cell_job.kind == "cell"
     assert client.job(cell_job.id).logs() == f"cell body in {cell_job.id}\n"
 
 
-def test_launch_refuses_a_notebook_with_unsaved_changes(client, kernel_env, tmp_path):
+def test_launch_refuses_a_notebook_with_unsaved_changes(target):
     edited = "%launch --wait --param greeting=edited"
     with pytest.raises(Exception) as info:
-        run_notebook("magics_notebook", tmp_path, kernel_env, session=True, edit={3: edited})
+        run_notebook("magics_notebook", target.workdir, target.env, session=True, edit={3: edited})
     assert "magics_notebook.ipynb on disk does not have this cell yet (unsaved changes): save the notebook" \
         in str(info.value)
-    assert client.jobs() == []
+    assert target.jobs() == []
 
 
 # ------------------------------------------------------------------ --wait and interrupts
@@ -246,15 +447,16 @@ def _execute(kc: Any, code: str, *, allow_stdin: bool, answer: str | None, inter
     (True, "n", "running"),
     (False, None, "cancelled"),  # nobody to ask (nbclient, a job): interrupting means cancel
 ])
-def test_interrupting_wait_asks_then_cancels(client, agent, kernel_env, tmp_path, allow_stdin, answer, state):
+def test_interrupting_wait_asks_then_cancels(served, allow_stdin, answer, state):
     from jupyter_client.manager import start_new_kernel
 
-    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=kernel_env)
+    client = served.client
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(served.workdir), env=served.env)
     try:
         assert kc.execute_interactive("%load_ext jupyter_launch", timeout=60)["content"]["status"] == "ok"
 
         def started() -> bool:
-            jobs = client.jobs()
+            jobs = served.jobs()
             if jobs and "started" in client.job(jobs[0].id).logs():
                 km.interrupt_kernel()
                 return True
@@ -263,11 +465,12 @@ def test_interrupting_wait_asks_then_cancels(client, agent, kernel_env, tmp_path
         reply = _execute(kc, "%%launch --wait\nimport time\nprint('started', flush=True)\ntime.sleep(120)",
                          allow_stdin=allow_stdin, answer=answer, interrupt=started)
         assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
-        job, = client.jobs()
+        job, = served.jobs()
         if state == "running":
             assert client.job(job.id).status == "running"
             client.cancel(job.id)
         assert client.job(job.id).wait(timeout=60).state == "cancelled"
+        served.check_ran_on_server(job.id, "cancelled")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
@@ -276,17 +479,24 @@ def test_interrupting_wait_asks_then_cancels(client, agent, kernel_env, tmp_path
 # ------------------------------------------------------------------ a terminal IPython
 
 
-def test_terminal_ipython_gets_plain_text(client, agent, kernel_env, tmp_path):
-    script = tmp_path / "launch.ipy"
-    script.write_text("%load_ext jupyter_launch\n"
+def test_terminal_ipython_gets_plain_text(served, tmp_path):
+    """Also: the extension loads from the profile's ipython_config.py, and loading it again keeps its magics."""
+    script = served.workdir / "launch.ipy"
+    script.write_text("import jupyter_launch\n"
+                      "magics = get_ipython().magics_manager.registry['LaunchMagics']\n"
+                      "jupyter_launch.load_ipython_extension(get_ipython())\n"
+                      "assert get_ipython().magics_manager.registry['LaunchMagics'] is magics\n"
                       "get_ipython().run_cell_magic('launch', '--wait --pull answer', "
                       "'print(\"hello from the job\")\\nanswer = 6 * 7\\n')\n"
                       "print('answer is', answer)\n")
-    proc = subprocess.run([sys.executable, "-m", "IPython", "--quick", "--no-banner", "--colors=nocolor",
-                           str(script)], env=kernel_env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    job, = client.jobs()
+    env = dict(served.env, IPYTHONDIR=autoload_ipythondir(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "IPython", "--no-banner", "--colors=nocolor", str(script)],
+                          env=env, capture_output=True, text=True, timeout=120, cwd=served.workdir)
+    assert proc.returncode == 0, proc.stderr
+    job, = served.jobs()
+    served.check_ran_on_server(job.id, "succeeded")
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith(f"job {job.id} submitted to queue default: queued")
+    assert lines[0].startswith(f"job {job.id} submitted to queue default: ")  # queued, or claimed already
     assert "hello from the job" in lines
     assert f"job {job.id} succeeded: finished with exit code 0" in "\n".join(lines)
     assert lines[-1] == "answer is 42"
@@ -318,6 +528,18 @@ def test_metrics_plot_one_chart_per_numeric_metric():
     assert series.summary() == "loss 0.1 · acc 0.9 · note x"
     svg = metrics_svg(series.series)
     assert svg.count("<svg") == 2 and svg.count("<polyline") == 2
+
+
+def test_a_kernel_finds_the_server_that_started_it_first(monkeypatch):
+    from jupyter_launch.server import remote
+
+    servers = [{"pid": 2, "url": "http://newest/", "token": "b"}, {"pid": 1, "url": "http://parent/", "token": "a"}]
+    monkeypatch.setattr(remote, "_running_servers", lambda: [dict(s) for s in servers])
+    monkeypatch.setattr(remote, "probe", lambda url, token: True)
+    monkeypatch.setenv("JPY_PARENT_PID", "1")
+    assert remote.discover_server() == ("http://parent/", "a")
+    monkeypatch.delenv("JPY_PARENT_PID")
+    assert remote.discover_server() == ("http://newest/", "b")
 
 
 def test_push_names_and_pickling():
