@@ -2,7 +2,10 @@
 
 1. Submit → first log line through jupyter-launch (client → store → agent → Job) against a Job made directly with
    the kubernetes client → its first log line, alternating, in the same run.
-2. Many short jobs on a queue with max_instances 5: all complete, and the most Jobs that existed at once.
+2. Submit → the waiting reason the cluster gives, against the 5 s goal: a GPU job on this GPU-less node
+   (``unschedulable``), a missing image with ``imagePullPolicy: Never`` (``image_pull_failed``, from
+   ErrImageNeverPull) and an image from a registry that cannot be reached (``pulling_image`` with ErrImagePull).
+3. Many short jobs on a queue with max_instances 5: all complete, and the most Jobs that existed at once.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/bench_k8s.py [--rounds 5] [--jobs 50]
 """
@@ -23,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 NAMESPACE = "default"
 PRINT_HELLO = ["python", "-c", "print('hello', flush=True)"]
+REASON_GOAL = 5.0  # seconds from submit to the job showing the cluster's waiting reason (the issue's goal)
+UNREACHABLE_IMAGE = "registry.invalid/jupyter-launch/nothing:1"
 
 
 def cluster_and_image() -> tuple[str, str]:
@@ -112,19 +117,38 @@ async def bench(args: argparse.Namespace) -> None:
                 "image_pull_policy": "Never"}
     client.create_queue(QueueConfig(queue_name="latency", provider=provider))
     client.create_queue(QueueConfig(queue_name="capped", provider={**provider, "max_instances": 5}))
+    client.create_queue(QueueConfig(queue_name="pull", provider={**provider, "image_pull_policy": "IfNotPresent"}))
     try:
         import jupyter_launch.artifact  # noqa: F401
 
-        def submit(queue: str, command: list[str]):
-            return client.submit(spec={"kind": "command", "command": command}, queue=queue, root=folder)
+        def submit(queue: str, command: list[str], **spec):
+            return client.submit(spec={"kind": "command", "command": command, **spec}, queue=queue, root=folder)
         how = "client.submit"
     except ImportError:  # artifact.py not there yet: the job goes straight into the store
-        def submit(queue: str, command: list[str]):
-            return client.job(client.store.enqueue(queue, JobSpec(kind="command", command=command),
+        def submit(queue: str, command: list[str], **spec):
+            return client.job(client.store.enqueue(queue, JobSpec(kind="command", command=command, **spec),
                                                    artifact=None).id)
         how = "store.enqueue (no artifact.py yet)"
 
-    agent = make_local_agent(client.store, ["latency", "capped"], blobs=client.blobs, lease_seconds=10,
+    async def submit_to_reason(queue: str, reasons: tuple[str, ...], words: str, **spec) -> float:
+        """Seconds from submit to the job showing one of ``reasons`` with ``words`` in its message; then it is
+        cancelled (or has failed by itself)."""
+        t0 = time.perf_counter()
+        job = await asyncio.to_thread(submit, queue, ["true"], **spec)
+        while True:
+            rec = await asyncio.to_thread(job.refresh)
+            if rec.reason in reasons and words in (rec.message or ""):
+                took = time.perf_counter() - t0
+                break
+            assert not rec.done, rec
+            await asyncio.sleep(0.01)
+        if not rec.done:
+            await asyncio.to_thread(client.cancel, job.id)
+        while not (await asyncio.to_thread(job.refresh)).done:
+            await asyncio.sleep(0.05)
+        return took
+
+    agent = make_local_agent(client.store, ["latency", "capped", "pull"], blobs=client.blobs, lease_seconds=10,
                              max_jobs=16)
     await agent.start()
     task = asyncio.create_task(agent.run())
@@ -141,6 +165,15 @@ async def bench(args: argparse.Namespace) -> None:
             while not job.refresh().done:
                 await asyncio.sleep(0.05)
             assert job.record.state == "succeeded", job.record
+
+        waits: dict[str, list[float]] = {"unschedulable": [], "image_pull_failed": [], "ErrImagePull": []}
+        for _ in range(args.rounds):
+            waits["unschedulable"].append(await submit_to_reason(
+                "latency", ("unschedulable",), "nvidia.com/gpu", resources={"gpu": 1}))
+            waits["image_pull_failed"].append(await submit_to_reason(
+                "latency", ("image_pull_failed",), "ErrImageNeverPull", image="jupyter-launch-no-such-image:404"))
+            waits["ErrImagePull"].append(await submit_to_reason(
+                "pull", ("pulling_image", "image_pull_failed"), "ErrImagePull", image=UNREACHABLE_IMAGE))
 
         counter = JobCounter(kubeconfig, "capped")
         t0 = time.perf_counter()
@@ -161,6 +194,11 @@ async def bench(args: argparse.Namespace) -> None:
         ("submit → first log line, jupyter-launch (median)", f"{med_ours:.2f} s", f"{how}; runs {', '.join(f'{x:.2f}' for x in ours)}"),
         ("create Job → first log line, raw client (median)", f"{med_raw:.2f} s", f"runs {', '.join(f'{x:.2f}' for x in raw)}"),
         ("ratio (goal ≤ 1.2×)", f"{med_ours / med_raw:.2f}×", ""),
+        *[(f"submit → {label} (median)", f"{statistics.median(waits[key]):.2f} s",
+           f"goal ≤ {REASON_GOAL:g} s; max {max(waits[key]):.2f}; runs {', '.join(f'{x:.2f}' for x in waits[key])}")
+          for key, label in (("unschedulable", "reason unschedulable (GPU job)"),
+                             ("image_pull_failed", "image_pull_failed (ErrImageNeverPull)"),
+                             ("ErrImagePull", "ErrImagePull shown (pulling_image)"))],
         (f"{args.jobs} jobs, max_instances 5: succeeded", f"{states.count('succeeded')}/{len(states)}", f"wall {wall:.1f} s, {len(states) / wall:.2f} jobs/s"),
         ("most Jobs at once (watch)", str(counter.most), "must be ≤ 5"),
     ]

@@ -341,6 +341,9 @@ class KubernetesProvider(Strict):
     pod_template: dict[str, Any] = Field(default_factory=dict)
     host_network: bool = False
     image: str | None = None
+    # How a job is given an image when it names none, or when its folder is too big for a ConfigMap.
+    build: DockerBuild = Field(default_factory=DockerBuild)
+    registry: str | None = None  # where built images are pushed for the nodes to pull; None: the agent's engine
     ttl_seconds_after_finished: int = Field(default=600, ge=0)
     grace_period: GracePeriod = 10.0
 

@@ -195,6 +195,37 @@ def wait_gone(k8s, job_id: str, timeout: float = 30) -> dict[str, list[str]]:
         time.sleep(0.2)
 
 
+def notebook(folder: Path, name: str, *sources: str) -> Path:
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                          "display_name": "Python 3"}},
+          "cells": [{"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "id": f"c{i}",
+                     "source": source} for i, source in enumerate(sources)]}
+    path = folder / name
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def jobs_seen(recorder: "ClusterRecorder", kind: str, job_id: str) -> list[dict]:
+    """The recorded states of the job's objects of one kind."""
+    objs = [json.loads(text) for text in recorder.seen[kind]]
+    return [o for o in objs if (o["metadata"].get("labels") or {}).get(JOB_ID_LABEL) == job_id]
+
+
+def reasons_until_done(job, seen: list[str]):
+    """A ``while_running`` side task that records each reason the job shows."""
+
+    async def watch(agent):
+        while True:
+            rec = await asyncio.to_thread(job.refresh)
+            if not seen or seen[-1] != rec.reason:
+                seen.append(rec.reason)
+            if rec.done:
+                return
+            await asyncio.sleep(0.02)
+
+    return watch
+
+
 def wait_for_reason(job, reasons: tuple[str, ...], timeout: float) -> tuple[str, str, float]:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -289,9 +320,16 @@ def test_manifests_are_accepted_by_the_api_server_and_valid_for_newer_clusters(t
     batch.create_namespaced_job(NAMESPACE, job, dry_run="All")
     core.create_namespaced_config_map(NAMESPACE, manifests["configmap"], dry_run="All")
     core.create_namespaced_secret(NAMESPACE, manifests["secret"], dry_run="All")
+    # A job image carries the folder: no ConfigMap, nothing mounted over the place the bootstrap reads it from.
+    baked = build_manifests(ctx, "jupyter-launch-job:0123456789ab", None, "IfNotPresent")
+    baked_pod = baked["job"]["spec"]["template"]["spec"]
+    assert set(baked) == {"job", "secret"}
+    assert [v["name"] for v in baked_pod["volumes"]] == ["jl-work"]
+    assert baked_pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+    batch.create_namespaced_job(NAMESPACE, baked["job"], dry_run="All")
     # And the schemas of the clusters people run today (EKS/GKE 1.25+) accept them, strictly.
     for version in sorted(set(all_versions())):
-        for manifest in manifests.values():
+        for manifest in [*manifests.values(), baked["job"]]:
             kubernetes_validate.validate(manifest, version, strict=True)
 
 
@@ -312,17 +350,11 @@ def test_notebook_job_runs_to_completion_with_logs_and_outputs(launch, tmp_path,
     folder = tmp_path / "project"
     folder.mkdir()
     (folder / "data.txt").write_text("42\n")
-    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "language": "python",
-                                                                          "display_name": "Python 3"}},
-          "cells": [
-              {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "id": "a",
-               "source": "print('answer', open('data.txt').read().strip())"},
-              {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "id": "b",
-               "source": "import jupyter_launch, pathlib\n"
-                         "(jupyter_launch.output_dir() / 'result.txt').write_text('done')\n"
-                         "jupyter_launch.log({'loss': 0.5}, step=1)"}]}
-    (folder / "analysis.ipynb").write_text(json.dumps(nb))
-    job = launch.submit(folder / "analysis.ipynb", queue="k8s")
+    path = notebook(folder, "analysis.ipynb", "print('answer', open('data.txt').read().strip())",
+                    "import jupyter_launch, pathlib\n"
+                    "(jupyter_launch.output_dir() / 'result.txt').write_text('done')\n"
+                    "jupyter_launch.log({'loss': 0.5}, step=1)")
+    job = launch.submit(path, queue="k8s")
     rec, = run_agent(launch, [job])
     assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec, job.logs())
     assert "answer 42" in job.logs()
@@ -387,9 +419,9 @@ def test_gpu_job_waits_as_unschedulable_with_the_schedulers_message(launch, k8s)
     job = enqueue(launch, command=["nvidia-smi"], resources={"gpu": 1})
 
     async def watch_then_cancel(agent):
-        reason, message, took = await asyncio.to_thread(wait_for_reason, job, ("unschedulable",), 30)
+        # The 30 s bound is a sanity check; how fast the reason shows is measured by bench/bench_k8s.py.
+        reason, message, _ = await asyncio.to_thread(wait_for_reason, job, ("unschedulable",), 30)
         assert "nvidia.com/gpu" in message, message
-        assert took < 8, took  # within 5 s of the pod existing; the pod itself takes a moment to appear
         await asyncio.to_thread(launch.cancel, job.id)
 
     # The agent counts GPUs it can hand out; on Kubernetes the cluster has them, so give it one slot.
@@ -412,6 +444,57 @@ def test_cancel_deletes_the_job_and_its_pods(launch, k8s):
     rec, = run_agent(launch, [job], while_running=cancel_when_running)
     assert (rec.state, rec.reason) == ("cancelled", "cancelled")
     assert not any(wait_gone(k8s, job.id, timeout=20).values())
+
+
+def test_a_folder_too_big_for_a_configmap_is_built_into_the_jobs_image(launch, tmp_path, k8s, kubeconfig):
+    folder = tmp_path / "big"
+    folder.mkdir()
+    data = os.urandom(3 * 2**20 // 2)  # 1.5 MiB that gzip cannot shrink: past the ConfigMap's 900 KiB
+    (folder / "weights.bin").write_bytes(data)
+    code = "import hashlib; print('read', hashlib.sha256(open('weights.bin', 'rb').read()).hexdigest(), flush=True)"
+    job = launch.submit(spec={"kind": "command", "command": ["python", "-c", code]}, queue="k8s", root=folder)
+    reasons: list[str] = []
+    recorder = ClusterRecorder(kubeconfig)
+    try:
+        rec, = run_agent(launch, [job], while_running=reasons_until_done(job, reasons))
+        time.sleep(1)
+    finally:
+        recorder.close()
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    assert f"read {hashlib.sha256(data).hexdigest()}" in logs
+    assert "building it into an image" in logs and "[jupyter-launch] building image jupyter-launch-job:" in logs
+    assert "building_image" in reasons, reasons
+    # The folder went in the image (the queue's image plus one layer), which the node has without a pull.
+    container = jobs_seen(recorder, "Job", job.id)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("jupyter-launch-job:"), container["image"]
+    assert container["imagePullPolicy"] == "Never"  # the queue's; a built image is never pulled from anywhere
+    assert not jobs_seen(recorder, "ConfigMap", job.id)
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_a_queue_without_an_image_builds_one_from_the_jobs_environment(launch, tmp_path, k8s, kubeconfig):
+    launch.create_queue(QueueConfig(queue_name="built", provider={
+        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE,
+        "build": {"base_image": os.environ.get("LAUNCH_PYTHON_IMAGE", "launch-python:bookworm")}}))
+    folder = tmp_path / "env"
+    folder.mkdir()
+    path = notebook(folder, "where.ipynb", "import sys, nbclient\nprint('python at', sys.executable)")
+    job = launch.submit(path, queue="built")
+    recorder = ClusterRecorder(kubeconfig)
+    try:
+        rec, = run_agent(launch, [job], timeout=600)
+        time.sleep(1)
+    finally:
+        recorder.close()
+    logs = job.logs()
+    assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec, logs)
+    assert "python at /opt/jupyter-launch-venv/bin/python" in logs, logs
+    container = jobs_seen(recorder, "Job", job.id)[0]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("jupyter-launch-env:"), container["image"]
+    assert container["imagePullPolicy"] == "IfNotPresent"  # no registry: the node uses the agent engine's copy
+    assert jobs_seen(recorder, "ConfigMap", job.id)  # a small folder still travels in a ConfigMap
+    assert not any(wait_gone(k8s, job.id).values())
 
 
 def test_missing_image_fails_as_image_pull_failed(launch, k8s):
@@ -501,3 +584,35 @@ def test_a_restarted_agent_reattaches_to_the_running_job(launch, tmp_path, k8s):
     created = [e for e in events.items if e.reason == "SuccessfulCreate" and e.involved_object.uid == uid]
     assert len(created) == 1  # one pod, from the one Job: nothing was created again
     assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_the_next_agent_deletes_the_cluster_job_of_a_job_lost_with_its_agent(launch, tmp_path, k8s):
+    job = enqueue(launch, command=["sh", "-c", "echo one; sleep 300"])  # retries 0: nobody re-attaches
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "home")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "one" not in job.logs():
+            assert time.monotonic() < deadline and first.poll() is None, job.refresh()
+            time.sleep(0.1)
+        first.send_signal(signal.SIGKILL)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    deadline = time.monotonic() + 30
+    while job.refresh().reason != "lost":  # the lease (3 s) runs out and the store fails the job
+        assert time.monotonic() < deadline, job.record
+        launch.store.requeue_expired()
+        time.sleep(0.2)
+    assert k8s_objects(k8s, job.id)["pods"]  # the Job runs on with no agent following it
+
+    async def start_and_stop_an_agent():
+        agent = make_local_agent(launch.store, ["k8s"], blobs=launch.blobs, lease_seconds=5)
+        await agent.start()  # its start-up reconciliation deletes what the lost job left
+        await agent.stop()
+
+    asyncio.run(start_and_stop_an_agent())
+    assert not any(wait_gone(k8s, job.id).values()), k8s_objects(k8s, job.id)
+    assert (job.refresh().state, job.record.reason) == ("failed", "lost")

@@ -1,6 +1,8 @@
 """The Kubernetes backend: each job attempt is a batch/v1 Job, driven through the official ``kubernetes`` client.
 
-The job's folder travels in a ConfigMap (a gzipped tar, owner-referenced to the Job), its secrets in a Secret
+The job's folder travels in a ConfigMap (a gzipped tar, owner-referenced to the Job) or, when it is too big for one,
+inside an image built for the job on the agent's Docker engine (pushed to the queue's ``registry`` when it names one);
+a job with no image gets one built from its environment by :mod:`jupyter_launch.images`. Its secrets go in a Secret
 (``envFrom``, never inline in the Job), and its outputs come back through the pod's own log: after the job's process
 exits, a small bootstrap in the pod prints the output folder as base64 lines between ``\\x1ejupyter-launch-outputs``
 markers, which this backend takes out of the log. See docs/kubernetes.md.
@@ -14,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -25,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from traitlets import Float, Integer
+from traitlets import Float, Integer, Unicode
 
+from ..images import (BUILDER_VERSION, HASH_LABEL, BuildSettings, ImageBuildError, ImageBuilder, load_environment,
+                      plan_build)
 from .base import Backend, BackendError, JobContext, Result
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -41,6 +46,8 @@ OUTPUTS_MARK = b"\x1ejupyter-launch-outputs"
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and base64 in the request.
 CONFIGMAP_LIMIT = 900 * 1024
 READ_SIZE = 64 * 1024
+JOB_IMAGE_REPOSITORY = "jupyter-launch-job"
+DOCKER_API_TIMEOUT = 300.0  # seconds one Docker API read may take: a build step can be quiet for a while
 IMAGE_PULL_FATAL = ("ErrImageNeverPull", "InvalidImageName")
 IMAGE_PULL_RETRYING = ("ErrImagePull", "ImagePullBackOff")
 CONFIG_ERRORS = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
@@ -139,10 +146,13 @@ def job_labels(ctx: JobContext) -> dict[str, str]:
     return labels
 
 
-def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None = None) -> dict[str, dict[str, Any]]:
+def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
+                    image_pull_policy: str | None = None) -> dict[str, dict[str, Any]]:
     """The Job, the ConfigMap with the job's folder, and (when the job has secrets) the Secret, as API dicts.
 
-    Secrets appear only in the Secret's ``stringData``; the Job refers to it with ``envFrom``.
+    ``artifact_tar`` None: the image carries the folder (a job image), so there is no ConfigMap. Secrets appear only
+    in the Secret's ``stringData``; the Job refers to it with ``envFrom``. ``image_pull_policy`` overrides the
+    queue's (a built image that only exists on the agent's engine must not be pulled).
     """
     cfg = ctx.queue_config
     name = job_name(ctx.job_id)
@@ -169,11 +179,14 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None = No
         "workingDir": WORK_DIR,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": resources,
-        "volumeMounts": [{"name": "jl-artifact", "mountPath": ARTIFACT_DIR, "readOnly": True},
-                         {"name": "jl-work", "mountPath": WORK_DIR}],
+        "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}],
     }
-    if cfg.get("image_pull_policy"):
-        container["imagePullPolicy"] = cfg["image_pull_policy"]
+    volumes: list[dict[str, Any]] = [{"name": "jl-work", "emptyDir": {}}]
+    if artifact_tar is not None:  # else the image has it at the same path
+        container["volumeMounts"].insert(0, {"name": "jl-artifact", "mountPath": ARTIFACT_DIR, "readOnly": True})
+        volumes.insert(0, {"name": "jl-artifact", "configMap": {"name": f"{name}-artifact"}})
+    if image_pull_policy or cfg.get("image_pull_policy"):
+        container["imagePullPolicy"] = image_pull_policy or cfg["image_pull_policy"]
     secret_name = f"{name}-secrets"
     if ctx.secrets:
         container["envFrom"] = [{"secretRef": {"name": secret_name}}]
@@ -182,8 +195,7 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None = No
         "terminationGracePeriodSeconds": max(1, math.ceil(grace)),
         "enableServiceLinks": False,
         "containers": [container],
-        "volumes": [{"name": "jl-artifact", "configMap": {"name": f"{name}-artifact"}},
-                    {"name": "jl-work", "emptyDir": {}}],
+        "volumes": volumes,
     }
     if cfg.get("service_account"):
         pod_spec["serviceAccountName"] = cfg["service_account"]
@@ -214,27 +226,91 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None = No
     manifests: dict[str, dict[str, Any]] = {
         "job": {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {**meta, "annotations": annotations}, "spec": job_spec},
-        "configmap": {"apiVersion": "v1", "kind": "ConfigMap",
-                      "metadata": {**meta, "name": f"{name}-artifact"},
-                      "binaryData": {ARTIFACT_KEY: base64.b64encode(artifact_tar or b"").decode()}},
     }
+    if artifact_tar is not None:
+        manifests["configmap"] = {"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {**meta, "name": f"{name}-artifact"},
+                                  "binaryData": {ARTIFACT_KEY: base64.b64encode(artifact_tar).decode()}}
     if ctx.secrets:
         manifests["secret"] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                                "metadata": {**meta, "name": secret_name}, "stringData": dict(ctx.secrets)}
     return manifests
 
 
+def _workdir_entries(workdir: Path) -> list[Path]:
+    """The job's folder minus its outputs: plain files and folders, sorted."""
+    outputs = workdir / ".jupyter-launch" / "outputs"
+    return [path for path in sorted(workdir.rglob("*"))
+            if path != outputs and outputs not in path.parents and not path.is_symlink()
+            and (path.is_file() or path.is_dir())]
+
+
 def pack_workdir(workdir: Path) -> bytes:
     """The job's unpacked folder (minus its outputs) as a gzipped tar of plain files and folders."""
-    outputs = workdir / ".jupyter-launch" / "outputs"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
-        for path in sorted(workdir.rglob("*")):
-            if path == outputs or outputs in path.parents or path.is_symlink():
-                continue
-            if path.is_file() or path.is_dir():
-                tar.add(path, arcname=path.relative_to(workdir).as_posix(), recursive=False)
+        for path in _workdir_entries(workdir):
+            tar.add(path, arcname=path.relative_to(workdir).as_posix(), recursive=False)
     return buf.getvalue()
+
+
+def workdir_digest(workdir: Path) -> str:
+    """A hash of what :func:`pack_workdir` packs (names and contents, not times), so a job image is content-addressed."""
+    h = hashlib.sha256()
+    for path in _workdir_entries(workdir):
+        h.update(path.relative_to(workdir).as_posix().encode() + (b"/" if path.is_dir() else b"") + b"\0")
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class JobImagePlan:
+    """An image for one job folder: its environment image plus the packed folder where the pod's bootstrap reads it
+    (``/jl/artifact/artifact.tar.gz``). It has what :class:`~jupyter_launch.images.ImageBuilder` needs of a plan:
+    ``settings.base_image``, ``hash``, ``tag`` and ``context_tar()``."""
+
+    settings: BuildSettings  # base_image: the environment image
+    base_id: str
+    folder_digest: str
+    artifact_tar: bytes
+
+    @property
+    def hash(self) -> str:
+        doc = {"v": BUILDER_VERSION, "kind": "job", "base": self.settings.base_image, "base_id": self.base_id,
+               "folder": self.folder_digest}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{JOB_IMAGE_REPOSITORY}:{self.hash[:12]}"
+
+    def dockerfile(self) -> str:
+        return (f"FROM {self.settings.base_image}\n"
+                f"COPY {ARTIFACT_KEY} {ARTIFACT_DIR}/{ARTIFACT_KEY}\n"
+                f"LABEL {HASH_LABEL}={self.hash}\n")
+
+    def context_tar(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in (("Dockerfile", self.dockerfile().encode()), (ARTIFACT_KEY, self.artifact_tar)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
+@dataclass
+class PreparedImage:
+    """What ``prepare`` decided for one attempt: the pod's image and how the job's folder reaches the pod."""
+
+    image: str
+    artifact_tar: bytes | None  # None: the image carries the folder
+    pull_policy: str | None = None  # overrides the queue's
+    unpushed: bool = False  # built on the agent's engine and pushed nowhere: only that engine's node has it
 
 
 def _safe_extract(data: bytes, dest: Path) -> None:
@@ -309,6 +385,7 @@ class KubernetesHandle:
     loop: asyncio.AbstractEventLoop
     uid: str = ""
     image: str = ""
+    unpushed: bool = False  # the image was built on the agent's engine and pushed nowhere
     backoff_limit: int = 0
     adopted: bool = False
     pods: list[Any] = field(default_factory=list)  # the Job's pods, oldest first, from the last poll
@@ -337,7 +414,13 @@ class KubernetesBackend(Backend):
                                help="Seconds a container may fail to be created (a missing Secret or "
                                     "ConfigMap) before the job fails.")
     max_artifact_bytes = Integer(CONFIGMAP_LIMIT, config=True,
-                                 help="Largest packed job folder shipped in a ConfigMap.")
+                                 help="Largest packed job folder shipped in a ConfigMap; a bigger one is built "
+                                      "into an image for the job.")
+    default_base_image = Unicode("python:3.11-slim", config=True,
+                                 help="Base image for builds when the queue's provider.build.base_image is unset.")
+    reconcile_interval = Float(60.0, config=True,
+                               help="Seconds between sweeps that delete the Jobs (and their ConfigMaps and Secrets) "
+                                    "of jobs the store has as finished; 0: only when the agent starts.")
     stream_threads = Integer(64, config=True, help="Threads for blocking API calls and log streams.")
 
     def __init__(self, **kwargs: Any):
@@ -345,6 +428,11 @@ class KubernetesBackend(Backend):
         self._clients: dict[tuple[str | None, str | None], Any] = {}
         self._pool = ThreadPoolExecutor(self.stream_threads, thread_name_prefix="launch-k8s")
         self._client_lock = threading.Lock()
+        self._docker: Any = None
+        self._build_locks: dict[str, asyncio.Lock] = {}
+        self._pushed: set[str] = set()
+        self._prepared: dict[tuple[str, int], PreparedImage] = {}
+        self._reconcilers: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -378,10 +466,17 @@ class KubernetesBackend(Backend):
             return self._clients[key]
 
     async def shutdown(self) -> None:
+        for task in self._reconcilers.values():
+            task.cancel()
+        self._reconcilers.clear()
         for api in self._clients.values():
             with contextlib.suppress(Exception):
                 api.close()
         self._clients.clear()
+        if self._docker is not None:
+            with contextlib.suppress(Exception):
+                self._docker.close()
+            self._docker = None
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     @staticmethod
@@ -390,15 +485,226 @@ class KubernetesBackend(Backend):
 
         return client.BatchV1Api(api), client.CoreV1Api(api)
 
-    # ------------------------------------------------------------ start
+    # ------------------------------------------------------------ agent hooks: reconcile what finished jobs left
 
-    def image_for(self, ctx: JobContext) -> str:
-        image = ctx.spec.image or ctx.queue_config.get("image")
+    async def warm_up(self, queue: str, config: dict[str, Any]) -> None:
+        """Called by the agent at start: delete what finished jobs of ``queue`` left on the cluster, now and every
+        ``reconcile_interval`` seconds after."""
+        await self.reap_finished(queue, config)
+        if self.reconcile_interval > 0 and queue not in self._reconcilers:
+            self._reconcilers[queue] = asyncio.get_running_loop().create_task(self._reconcile(queue, config))
+
+    async def _reconcile(self, queue: str, config: dict[str, Any]) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            try:
+                await self.reap_finished(queue, config)
+            except Exception:
+                self.log.warning("queue %s: reconciling its Kubernetes Jobs failed; trying again later", queue,
+                                 exc_info=True)
+
+    async def reap_finished(self, queue: str, config: dict[str, Any]) -> list[str]:
+        """Delete the Jobs, pods, ConfigMaps and Secrets of ``queue`` whose job the store has as finished.
+
+        They are left by an agent that died: a job with no retries left is failed as ``lost`` by the store and no
+        agent re-attaches to its Job, which would otherwise run on. Objects of jobs the store does not know are left
+        alone (the namespace may be shared with other stores); those of queued or running jobs are re-attached to.
+        Returns the ids of the jobs whose objects were deleted.
+        """
+        from kubernetes.client.exceptions import ApiException
+
+        store = getattr(self.parent, "store", None)
+        if store is None:
+            return []
+        namespace = config.get("namespace") or "default"
+        selector = f"{MANAGED_BY}=jupyter-launch,{QUEUE_LABEL}={label_value(queue)}"
+        try:
+            api = await self._call(self.api_client, config)
+            batch, core = self._apis(api)
+            listings = await asyncio.gather(*(
+                self._call(list_fn, namespace, label_selector=selector, _request_timeout=30)
+                for list_fn in (batch.list_namespaced_job, core.list_namespaced_pod,
+                                core.list_namespaced_config_map, core.list_namespaced_secret)))
+        except Exception as exc:  # an unreachable cluster must not stop the agent from starting
+            self.log.warning("queue %s: cannot list its Kubernetes objects to reconcile: %s", queue, exc)
+            return []
+        by_job: dict[str, list[tuple[str, Any]]] = {}
+        for kind, listing in zip(("job", "pod", "configmap", "secret"), listings):
+            for obj in listing.items:
+                job_id = (obj.metadata.labels or {}).get(JOB_ID_LABEL)
+                if job_id:
+                    by_job.setdefault(job_id, []).append((kind, obj))
+        delete = {"job": functools.partial(batch.delete_namespaced_job, propagation_policy="Background"),
+                  # The Job's deletion takes its pods with it; one that never started is removed at once.
+                  "pod": functools.partial(core.delete_namespaced_pod, grace_period_seconds=0),
+                  "configmap": core.delete_namespaced_config_map, "secret": core.delete_namespaced_secret}
+        reaped = []
+        for job_id, objs in sorted(by_job.items()):
+            try:
+                record = await asyncio.to_thread(store.get_job, job_id)
+            except Exception:
+                continue  # not this store's job
+            if not record.done:
+                continue
+            self.log.info("job %s is %s (%s) but its Kubernetes objects remain; deleting %s", job_id, record.state,
+                          record.reason, ", ".join(obj.metadata.name for _, obj in objs))
+            for kind, obj in objs:
+                if kind == "pod" and not _never_started(obj):
+                    continue
+                with contextlib.suppress(ApiException):
+                    await self._call(delete[kind], obj.metadata.name, namespace)
+            reaped.append(job_id)
+        return reaped
+
+    # ------------------------------------------------------------ prepare: the pod's image
+
+    async def prepare(self, ctx: JobContext) -> None:
+        """Pack the job's folder and settle the pod's image: the job's or the queue's when the folder fits in a
+        ConfigMap; otherwise an image built here (the environment, then the folder on top), pushed to the queue's
+        ``registry`` when it names one."""
+        api = await self._call(self.api_client, ctx.queue_config)
+        namespace = ctx.queue_config.get("namespace") or "default"
+        if await self._live_jobs(api, namespace, ctx.job_id):
+            return  # start() re-attaches to it: nothing to build
+        prepared = await self._prepare_image(ctx)
+        if not ctx.cancel_requested.is_set():  # else start() never runs to take it
+            self._prepared[(ctx.job_id, ctx.attempt)] = prepared
+
+    async def _prepare_image(self, ctx: JobContext) -> PreparedImage:
+        cfg = ctx.queue_config
+        artifact = await self._call(pack_workdir, ctx.workdir)
+        image = ctx.spec.image or cfg.get("image")
+        fits = len(artifact) <= self.max_artifact_bytes
+        if image and fits:
+            return PreparedImage(image, artifact)
+        engine = await self._call(self.docker_api)
         if not image:
-            raise BackendError("no_image", "the kubernetes backend needs an image: set `image` in the job spec "
-                                           "or the queue's provider.image (building one from the job's "
-                                           "environment is not wired to this backend yet)")
-        return image
+            image = await self._environment_image(engine, ctx)
+        if not fits:
+            ctx.log("stderr", f"[jupyter-launch] the job's folder is {len(artifact) / 2**20:.1f} MiB packed, more "
+                              f"than a ConfigMap holds ({self.max_artifact_bytes / 1024:.0f} KiB): building it into "
+                              "an image\n".encode())
+            image = await self._job_image(engine, ctx, image, artifact)
+        if cfg.get("registry"):
+            return PreparedImage(await self._push(engine, image, ctx), artifact if fits else None)
+        # Only the agent's engine has it: right for a node on that engine (a single-node or local cluster).
+        policy = "Never" if cfg.get("image_pull_policy") == "Never" else "IfNotPresent"
+        return PreparedImage(image, artifact if fits else None, policy, unpushed=True)
+
+    def docker_api(self) -> Any:
+        """Blocking: the client for the agent's Docker engine (``DOCKER_HOST`` or the local socket), which builds."""
+        with self._client_lock:
+            if self._docker is None:
+                try:
+                    import docker
+                    from docker.utils import kwargs_from_env
+
+                    self._docker = docker.APIClient(version="auto", timeout=DOCKER_API_TIMEOUT, **kwargs_from_env())
+                except Exception as exc:
+                    raise BackendError("image_build_failed", (
+                        f"the job needs an image built (it names none, or its folder is too big for a ConfigMap), "
+                        f"but the agent's Docker engine cannot be reached: {exc}. Start it (ci/docker.sh on Debian), "
+                        "or give the job an image and keep its folder under the ConfigMap limit")) from None
+            return self._docker
+
+    async def _local_image_id(self, engine: Any, image: str, ctx: JobContext) -> str:
+        """The image's id on the agent's engine, pulling it first when it is not there."""
+        builder = ImageBuilder(engine)
+        try:
+            image_id = await self._call(builder.image_id, image)
+            if image_id is None:
+                ctx.set_reason("pulling_image", f"pulling {image} onto the agent's engine to build on it")
+                await self._call(self._pull_blocking, engine, image)
+                image_id = await self._call(builder.image_id, image)
+        except ImageBuildError as exc:
+            raise BackendError("image_pull_failed", str(exc)) from None
+        except Exception as exc:
+            raise BackendError("image_build_failed", f"the agent's Docker engine failed on {image}: {exc}") from None
+        return image_id or ""
+
+    @staticmethod
+    def _pull_blocking(engine: Any, image: str) -> None:
+        from docker.utils import parse_repository_tag
+
+        repo, tag = parse_repository_tag(image)
+        for event in engine.pull(repo, tag=tag or "latest", stream=True, decode=True):
+            if "error" in event:
+                raise ImageBuildError(f"cannot pull {image} onto the agent's engine to build on it: "
+                                      f"{(event.get('errorDetail') or {}).get('message') or event['error']}")
+
+    async def _environment_image(self, engine: Any, ctx: JobContext) -> str:
+        """``jupyter-launch-env:<hash>``: the queue's ``build`` base image with the job's environment (as the Docker
+        backend builds it), reused while its hash holds."""
+        try:
+            settings = BuildSettings.from_config(ctx.queue_config.get("build"), self.default_base_image)
+            base_id = await self._local_image_id(engine, settings.base_image, ctx)
+            plan = await self._call(plan_build, settings, base_id, load_environment(ctx.workdir), ctx.workdir)
+        except ImageBuildError as exc:
+            raise BackendError("image_build_failed", str(exc)) from None
+        return await self._build(ImageBuilder(engine), plan, ctx, f"the job's environment on {settings.base_image}")
+
+    async def _job_image(self, engine: Any, ctx: JobContext, environment: str, artifact: bytes) -> str:
+        """``jupyter-launch-job:<hash>``: the environment image plus the job's packed folder."""
+        base_id = await self._local_image_id(engine, environment, ctx)
+        digest = await self._call(workdir_digest, ctx.workdir)
+        plan = JobImagePlan(BuildSettings(base_image=environment), base_id, digest, artifact)
+        return await self._build(ImageBuilder(engine), plan, ctx, f"the job's folder on {environment}")
+
+    async def _build(self, builder: ImageBuilder, plan: Any, ctx: JobContext, what: str) -> str:
+        lock = self._build_locks.setdefault(plan.hash, asyncio.Lock())
+        async with lock:
+            try:
+                cached = await self._call(builder.cached, plan)
+            except Exception as exc:
+                raise BackendError("image_build_failed", f"the agent's Docker engine failed: {exc}") from None
+            if cached:
+                ctx.log("stderr", f"[jupyter-launch] image {plan.tag} ({what}) is up to date; no build\n".encode())
+                return plan.tag
+            ctx.set_reason("building_image", f"building image {plan.tag}: {what}")
+            ctx.log("stderr", f"[jupyter-launch] building image {plan.tag}: {what}\n".encode())
+            loop = asyncio.get_running_loop()
+
+            def output(text: str) -> None:
+                data = "".join(f"[build] {line}\n" for line in text.splitlines() if line.strip()).encode()
+                if data:
+                    loop.call_soon_threadsafe(ctx.log, "stderr", data)
+
+            t0 = time.monotonic()
+            try:
+                await self._call(builder.build, plan, output)
+            except ImageBuildError as exc:
+                raise BackendError("image_build_failed", f"{exc} (the build's output is in the job's log)") from None
+            ctx.log("stderr", f"[jupyter-launch] built {plan.tag} in {time.monotonic() - t0:.1f}s\n".encode())
+            return plan.tag
+
+    async def _push(self, engine: Any, image: str, ctx: JobContext) -> str:
+        """Tag ``image`` into the queue's registry and push it; returns the name the nodes pull."""
+        registry = ctx.queue_config["registry"].rstrip("/")
+        repository, _, tag = image.rpartition(":")
+        remote = f"{registry}/{repository}"
+        ref = f"{remote}:{tag}"
+        if ref in self._pushed:
+            return ref
+        ctx.set_reason("pushing_image", f"pushing {ref}")
+        ctx.log("stderr", f"[jupyter-launch] pushing {ref}\n".encode())
+
+        def push() -> None:
+            engine.tag(image, remote, tag)
+            for event in engine.push(remote, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise ImageBuildError((event.get("errorDetail") or {}).get("message") or event["error"])
+
+        try:
+            await self._call(push)
+        except Exception as exc:
+            raise BackendError("image_push_failed", (
+                f"cannot push {ref} to the queue's registry: {exc}. Log the agent's Docker engine in to it "
+                f"(`docker login {registry.split('/')[0]}` as the agent's user) and give the nodes pull access "
+                "(provider.image_pull_secrets)")) from None
+        self._pushed.add(ref)
+        return ref
+
+    # ------------------------------------------------------------ start
 
     async def start(self, ctx: JobContext) -> KubernetesHandle:
         from kubernetes.client.exceptions import ApiException
@@ -408,20 +714,18 @@ class KubernetesBackend(Backend):
         batch, core = self._apis(api)
         handle = KubernetesHandle(job_name(ctx.job_id), cfg.get("namespace") or "default", api, ctx,
                                   asyncio.get_running_loop(), backoff_limit=ctx.spec.retries)
+        prepared = self._prepared.pop((ctx.job_id, ctx.attempt), None)
         if await self._adopt(handle, ctx):
             return handle
-        handle.image = self.image_for(ctx)
-        artifact = await self._call(pack_workdir, ctx.workdir)
-        if len(artifact) > self.max_artifact_bytes:
-            raise BackendError("artifact_too_large", (
-                f"the job's folder is {len(artifact) / 1024:.0f} KiB packed; the kubernetes backend ships at most "
-                f"{self.max_artifact_bytes / 1024:.0f} KiB in a ConfigMap. Put large files in the image or a volume "
-                "(provider.pod_template), or leave them out with .launchignore"))
-        manifests = build_manifests(ctx, handle.image, artifact)
+        if prepared is None:  # prepare saw a Job to re-attach to, and it has gone since
+            prepared = await self._prepare_image(ctx)
+        handle.image, handle.unpushed = prepared.image, prepared.unpushed
+        manifests = build_manifests(ctx, prepared.image, prepared.artifact_tar, prepared.pull_policy)
         created: list[tuple[Any, str]] = []
         try:
-            await self._call(core.create_namespaced_config_map, handle.namespace, manifests["configmap"])
-            created.append((core.delete_namespaced_config_map, manifests["configmap"]["metadata"]["name"]))
+            if "configmap" in manifests:
+                await self._call(core.create_namespaced_config_map, handle.namespace, manifests["configmap"])
+                created.append((core.delete_namespaced_config_map, manifests["configmap"]["metadata"]["name"]))
             if "secret" in manifests:
                 await self._call(core.create_namespaced_secret, handle.namespace, manifests["secret"])
                 created.append((core.delete_namespaced_secret, manifests["secret"]["metadata"]["name"]))
@@ -448,13 +752,21 @@ class KubernetesBackend(Backend):
             except Exception as exc:  # cleanup deletes them by name anyway
                 self.log.warning("could not set the owner of %s/%s: %s", handle.namespace, name, exc)
 
+    async def _jobs_of(self, api: Any, namespace: str, job_id: str) -> list[Any]:
+        """The cluster's Jobs for ``job_id``, including ones being deleted."""
+        batch, _ = self._apis(api)
+        jobs = await self._call(batch.list_namespaced_job, namespace,
+                                label_selector=f"{MANAGED_BY}=jupyter-launch,{JOB_ID_LABEL}={label_value(job_id)}")
+        return list(jobs.items)
+
+    async def _live_jobs(self, api: Any, namespace: str, job_id: str) -> list[Any]:
+        return [j for j in await self._jobs_of(api, namespace, job_id) if not j.metadata.deletion_timestamp]
+
     async def _adopt(self, handle: KubernetesHandle, ctx: JobContext) -> bool:
         """A Job for this job already there (an earlier attempt's agent went away): follow it instead."""
-        batch, _ = self._apis(handle.api)
         for _ in range(120):
-            jobs = await self._call(batch.list_namespaced_job, handle.namespace,
-                                    label_selector=f"{MANAGED_BY}=jupyter-launch,{JOB_ID_LABEL}={label_value(ctx.job_id)}")
-            live = [j for j in jobs.items if not j.metadata.deletion_timestamp]
+            jobs = await self._jobs_of(handle.api, handle.namespace, ctx.job_id)
+            live = [j for j in jobs if not j.metadata.deletion_timestamp]
             if live:
                 job = live[0]
                 handle.name, handle.uid, handle.adopted = job.metadata.name, job.metadata.uid, True
@@ -464,7 +776,7 @@ class KubernetesBackend(Backend):
                                   f"(attempt {job.metadata.labels.get(ATTEMPT_LABEL, '?')}); its log is read again "
                                   "from the start\n".encode())
                 return True
-            if not jobs.items:
+            if not jobs:
                 return False
             await asyncio.sleep(0.5)  # the earlier Job is being deleted: wait for it to go before making ours
         raise BackendError("backend_error", f"Kubernetes Job {handle.name} is still being deleted after 60s")
@@ -537,10 +849,12 @@ class KubernetesBackend(Backend):
                                                                f"{sched.message}")
                 elif waiting is not None and waiting.reason in IMAGE_PULL_FATAL:
                     raise BackendError("image_pull_failed", f"image {handle.image!r} cannot be used: "
-                                                            f"{waiting.reason}: {waiting.message or ''}".strip())
+                                                            f"{waiting.reason}: {waiting.message or ''}".strip()
+                                       + _unpushed_hint(handle))
                 elif waiting is not None and waiting.reason in IMAGE_PULL_RETRYING:
                     pull_failing_since = pull_failing_since or now
-                    message = f"pulling image {handle.image!r} failed ({waiting.reason}: {waiting.message or ''})"
+                    message = (f"pulling image {handle.image!r} failed ({waiting.reason}: {waiting.message or ''})"
+                               + _unpushed_hint(handle))
                     if now - pull_failing_since >= self.image_pull_grace:
                         raise BackendError("image_pull_failed", message)
                     self._reason(handle, ctx, "pulling_image", message + "; retrying")
@@ -761,6 +1075,13 @@ class KubernetesBackend(Backend):
                              (core.delete_namespaced_secret, f"{handle.name}-secrets")):
             with contextlib.suppress(ApiException):
                 await self._call(delete, name, handle.namespace)
+
+
+def _unpushed_hint(handle: KubernetesHandle) -> str:
+    if not handle.unpushed:
+        return ""
+    return ("; it was built on the agent's Docker engine and pushed nowhere, so only a node on that engine has it: "
+            "set the queue's provider.registry to push it where the nodes can pull")
 
 
 def _exit_code(pod: Any) -> int | None:
