@@ -25,7 +25,9 @@ from tests.ui.conftest import command_job, launch_chromium, start_lab, wait_for_
 
 LATENCY_JOB = ("import time\nfor i in range({n}):\n    print(f'T {{time.time():.6f}} {{i}}', flush=True)\n"
                "    time.sleep(0.05)")
-FLOOD_JOB = ("import sys\nw = sys.stdout.write\nfor i in range({n}):\n"
+# Waits for the go file, so the trace and the page's observers are running before the first line.
+FLOOD_JOB = ("import os, sys, time\nwhile not os.path.exists({go!r}):\n    time.sleep(0.01)\n"
+             "w = sys.stdout.write\nfor i in range({n}):\n"
              "    w(f'line {{i:06d}} \\x1b[32mok\\x1b[0m loss=0.{{i % 997:03d}} some padding to look like a real log line\\n')\n"
              "sys.stdout.flush()")
 
@@ -92,15 +94,17 @@ def main() -> None:
                                 "p95": round(percentile(lat, 95), 1), "max": round(max(lat), 1),
                                 "min": round(min(lat), 1)}
         print(f"print-to-visible latency over {len(lat)} lines: p50 {result['latency_ms']['p50']} ms, "
-              f"p95 {result['latency_ms']['p95']} ms, max {result['latency_ms']['max']} ms")
+              f"p95 {result['latency_ms']['p95']} ms, max {result['latency_ms']['max']} ms (goal: p50 <= 150 ms)")
 
         # ---- responsiveness while a job prints args.lines lines.
-        _, flood = lab.api("POST", "jobs", {"queue": "default",
-                                            "spec": command_job(FLOOD_JOB.format(n=args.lines), name="flood")})
+        go = Path(tmp) / "go"
+        _, flood = lab.api("POST", "jobs", {"queue": "default", "spec": command_job(
+            FLOOD_JOB.format(n=args.lines, go=str(go)), name="flood")})
         open_job(page, lab, flood["id"])
         page.evaluate(RESPONSIVENESS)
         trace = Path(tmp) / "trace.json"
         browser.start_tracing(page=page, path=str(trace), categories=["devtools.timeline", "toplevel"])
+        go.touch()
         finished = wait_for_job(lab, flood["id"], ("succeeded", "failed"), timeout=300)
         count = page.locator(f"#jp-launch-job-{flood['id']} .jp-LaunchLog-count")
         page.wait_for_function(
@@ -147,7 +151,8 @@ def main() -> None:
               f"{f['all_lines_shown_after_finish_s']} s after it finished; longest main-thread "
               f"task {f['trace_longest_task_ms']} ms ({f['trace_tasks_over_100ms']} over 100 ms, "
               f"{f['trace_tasks_over_50ms']} over 50 ms, of {f['trace_main_thread_tasks']}); longest frame gap "
-              f"{f['longest_frame_gap_ms']} ms; search over the whole log {f['search_100k_ms']} ms")
+              f"{f['longest_frame_gap_ms']} ms; search over the whole log {f['search_100k_ms']} ms "
+              "(goal: no task over 100 ms)")
         page.screenshot(path=str(ROOT / "docs" / "panel-flood.png"))
         browser.close()
     if args.json:
