@@ -68,7 +68,9 @@ class LaunchApp(ExtensionApp):
     # ------------------------------------------------------------ extension hooks
 
     def initialize_settings(self) -> None:
-        self.store = SQLStore(self.store_url, migrate=self.migrate)
+        self.store = SQLStore(self.store_url, migrate=False)
+        if self.migrate:
+            self.store.migrate(in_child=True)  # the server lives long: it need not keep alembic loaded
         self.store.ensure_default_queue()
         self.blobs = BlobStore(self.blob_dir)
         self.tokens = AgentTokens(self.store)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +30,8 @@ from .base import (
 )
 
 SCHEMA_REVISION = "0002"
+_MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n"
+                     "SQLStore(os.environ['JUPYTER_LAUNCH_MIGRATE_URL'], migrate=False).migrate()\n")
 RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
@@ -101,8 +105,12 @@ class SQLStore:
         except FileNotFoundError:
             return False
 
-    def migrate(self) -> None:
-        """Bring the schema to this version with alembic (skipped when already current: it costs an import)."""
+    def migrate(self, *, in_child: bool = False) -> None:
+        """Bring the schema to this version with alembic (skipped when already current: it costs an import).
+
+        ``in_child`` runs alembic in a short child process instead, for a long-lived process (the server) that should
+        not hold alembic, mako and pygments in memory (about 10 MB) for a step it takes once. The URL travels in the
+        child's environment, never on its command line."""
         with self.engine.connect() as conn:
             try:
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
@@ -110,6 +118,13 @@ class SQLStore:
                 conn.rollback()
                 current = None
         if current == SCHEMA_REVISION:
+            return
+        if in_child and not self.url.endswith(":memory:"):
+            env = dict(os.environ, JUPYTER_LAUNCH_MIGRATE_URL=self.url, PYTHONPATH=os.pathsep.join(sys.path))
+            proc = subprocess.run([sys.executable, "-c", _MIGRATE_IN_CHILD], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise StoreError(f"bringing the store's schema up to date failed: {last}")
             return
         from alembic import command
         from alembic.config import Config
