@@ -252,7 +252,8 @@ class SQLStore:
             accepted = q.config.get("job_types") or []
             if accepted and spec.job_type not in accepted:
                 raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
-            seq = c.execute(t.jobs.insert().values(**values)).inserted_primary_key[0]
+            # Values as parameters, not in the statement: one compiled INSERT is cached and reused.
+            seq = c.execute(t.jobs.insert(), values).inserted_primary_key[0]
         job = JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
                         started_at=None, finished_at=None, progress=None, **{k: v for k, v in values.items()})
         self._emit("enqueued", job)
