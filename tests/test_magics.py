@@ -12,12 +12,9 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 
 import nbformat
 import pytest
+from launch_server import LaunchServer, isolated_env as base_env
 from nbclient import NotebookClient
 
 from jupyter_launch.magics import _names, pickle_variables
@@ -37,76 +35,9 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SERVER_TOKEN = "launch-magics-test"
 
 
-def base_env(tmp_path: Path) -> dict[str, str]:
-    """This environment without jupyter-launch's variables, Jupyter's runtime and data dirs under ``tmp_path`` (so no
-    server of the person running the tests is found and nothing lands in their home), the package importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_LAUNCH_")}
-    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"), JUPYTER_DATA_DIR=str(tmp_path / "data"),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), PYTHONUNBUFFERED="1")
-    env.pop("JPY_SESSION_NAME", None)
-    return env
-
-
-class LaunchServer:
-    """`jupyter server` with jupyter-launch in a subprocess, on its own launch home and a free port; its in-process
-    agent serves queue default."""
-
-    def __init__(self, base: Path):
-        self.base = base
-        self.home = base / "server-home"
-        root = base / "root"
-        root.mkdir(parents=True)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        self.env = dict(base_env(base), JUPYTER_LAUNCH_HOME=str(self.home))
-        self.log = base / "server.log"
-        config = base / "jupyter_server_config.py"
-        config.write_text("c.ServerApp.jpserver_extensions = {'jupyter_launch': True}\n"
-                          "c.ServerApp.allow_root = True\n"
-                          "c.ServerApp.allow_unauthenticated_access = False\n"
-                          "c.LaunchApp.agent_queues = ['default']\n"
-                          "c.Agent.poll_interval = 0.5\n")
-        cmd = [sys.executable, "-m", "jupyter_server", f"--config={config}", "--no-browser", f"--port={port}",
-               "--port-retries=0", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={SERVER_TOKEN}",
-               f"--ServerApp.root_dir={root}"]
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=root)
-        deadline = time.monotonic() + 90
-        while True:  # up, and its agent registered
-            assert self.process.poll() is None, f"jupyter server exited:\n{self.log_tail()}"
-            try:
-                if any("default" in a["queues"] for a in self.api("GET", "agents")["agents"]):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"jupyter server not ready within 90 s:\n{self.log_tail()}"
-            time.sleep(0.2)
-
-    def api(self, method: str, path: str) -> Any:
-        """A call to the REST API with the server's token; the JSON it answers."""
-        req = urllib.request.Request(f"{self.url}/launch/api/{path}", method=method,
-                                     headers={"Authorization": f"token {SERVER_TOKEN}"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
 @pytest.fixture(scope="module")
 def launch_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchServer]:
-    server = LaunchServer(tmp_path_factory.mktemp("server"))
+    server = LaunchServer(tmp_path_factory.mktemp("server"), agent_queues=["default"], token=SERVER_TOKEN).start()
     yield server
     server.stop()
 
@@ -140,7 +71,7 @@ class Target:
     def check_ran_on_server(self, job_id: str, state: str) -> None:
         """Through a server the job is the server's, seen through its REST API, and the kernel made no store."""
         if self.server is not None:
-            listed = {j["id"]: j["state"] for j in self.server.api("GET", "jobs?limit=500")["jobs"]}
+            listed = {j["id"]: j["state"] for j in self.server.api("GET", "jobs?limit=500")[1]["jobs"]}
             assert listed.get(job_id) == state
             assert not list(self.workdir.parent.rglob("launch.db"))
 
@@ -362,7 +293,7 @@ def test_through_a_server_a_queue_no_agent_serves_waits_for_one(launch_server, t
         assert note == (f"no agent serves queue 'unserved' on {launch_server.url}/; the job waits for one "
                         "(`jupyter launch agent --server URL --token AGENT_TOKEN --queue unserved`)")
         assert client.live_agents("unserved") == []
-        assert launch_server.api("GET", f"jobs/{job_id}")["state"] == "queued"
+        assert launch_server.api("GET", f"jobs/{job_id}")[1]["state"] == "queued"
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

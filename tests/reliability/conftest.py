@@ -1,35 +1,22 @@
 """Reliability fixtures: a real `jupyter server` process with the launch extension that a test can kill -9 and
 start again on the same store, and a ledger that jobs write their attempt and fencing token to.
 
-Figures the tests measure are written to ``$JUPYTER_LAUNCH_FIGURES`` (default: the pytest tmp folder's
-``figures.jsonl``) and printed, so `docs/reliability.md` can be checked against a run.
+Figures the tests measure are printed (``pytest -s``) and, when ``$JUPYTER_LAUNCH_FIGURES`` names a file, appended to
+it, so `docs/reliability.md` can be checked against a run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_server import LaunchServer
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "launch-reliability"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int:
@@ -50,94 +37,7 @@ def record_figure(name: str, **values: Any) -> None:
             f.write(line + "\n")
 
 
-class Server:
-    """One `jupyter server` subprocess with jupyter_launch on ``home``; ``start``/``kill``/``stop`` may repeat."""
-
-    def __init__(self, base: Path, *, agent_queues: list[str], extra_config: str = "",
-                 env: dict[str, str] | None = None):
-        self.base = base
-        self.home = base / "launch-home"
-        self.root = base / "root"
-        for p in (self.home, self.root):
-            p.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.token = TOKEN
-        self.log = base / "server.log"
-        self.config = base / "jupyter_server_config.py"
-        self.config.write_text(
-            "c.ServerApp.jpserver_extensions = {'jupyter_launch': True}\n"
-            "c.ServerApp.allow_root = True\n"
-            "c.ServerApp.allow_unauthenticated_access = False\n"
-            f"c.LaunchApp.agent_queues = {agent_queues!r}\n"
-            "c.LaunchApp.reap_interval = 0.5\n"
-            "c.Agent.poll_interval = 0.5\n"
-            + extra_config)
-        self.env = dict(os.environ, JUPYTER_LAUNCH_HOME=str(self.home), PYTHONUNBUFFERED="1")
-        self.env.pop("JUPYTER_LAUNCH_STORE_URL", None)
-        self.env.update(env or {})
-        self.env["PYTHONPATH"] = str(ROOT) + os.pathsep + self.env.get("PYTHONPATH", "")
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> Server:
-        cmd = [sys.executable, "-m", "jupyter_server", f"--config={self.config}", "--no-browser",
-               f"--port={self.port}", "--port-retries=0", "--ServerApp.ip=127.0.0.1",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"]
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"jupyter server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if self.api("GET", "queues")[0] == 200:
-                    return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"jupyter server did not answer within {timeout} s:\n{self.log_tail()}")
-            time.sleep(0.1)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown hook runs."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def api(self, method: str, path: str, body: Any = None, *, token: str | None = None,
-            timeout: float = 60) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else (b"" if method in ("POST", "PUT") else None)
-        headers = {"Content-Type": "application/json"}
-        if token != "":
-            headers["Authorization"] = f"token {token or self.token}"
-        req = urllib.request.Request(f"{self.url}/launch/api/{path}", data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                raw = r.read()
-                return r.status, (json.loads(raw) if raw else None)
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                return exc.code, json.loads(raw) if raw else None
-            except ValueError:
-                return exc.code, raw
-
-    def log_tail(self, n: int = 80) -> str:
-        if not self.log.exists():
-            return ""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
-def list_job_ids(server: Server, queue: str) -> list[tuple[str, str]]:
+def list_job_ids(server: LaunchServer, queue: str) -> list[tuple[str, str]]:
     """(id, state) of every job in ``queue``, newest first, paging with ``before``."""
     jobs: list[tuple[str, str]] = []
     before = None
@@ -153,11 +53,11 @@ def list_job_ids(server: Server, queue: str) -> list[tuple[str, str]]:
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Any]:
-    """``make_server(agent_queues=[...])`` → a started :class:`Server`; every one is stopped at the end."""
-    servers: list[Server] = []
+    """``make_server(agent_queues=[...])`` → a started :class:`LaunchServer`; every one is stopped at the end."""
+    servers: list[LaunchServer] = []
 
-    def make(*, agent_queues: list[str], start: bool = True, name: str = "server", **kw: Any) -> Server:
-        server = Server(tmp_path / name, agent_queues=agent_queues, **kw)
+    def make(*, agent_queues: list[str], start: bool = True, name: str = "server", **kw: Any) -> LaunchServer:
+        server = LaunchServer(tmp_path / name, agent_queues=agent_queues, **kw)
         servers.append(server)
         return server.start() if start else server
 

@@ -19,7 +19,9 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from .conftest import Server, list_job_ids, record_figure, rss_kib
+from launch_server import LaunchServer
+
+from .conftest import list_job_ids, record_figure, rss_kib
 
 SUBMITS = 1000
 INFLIGHT = 64
@@ -52,7 +54,7 @@ class Answer:
     error: str = ""
 
 
-async def submit(client: AsyncHTTPClient, server: Server) -> Answer:
+async def submit(client: AsyncHTTPClient, server: LaunchServer) -> Answer:
     body = json.dumps({"queue": "default", "spec": command_spec("pass")})
     req = HTTPRequest(f"{server.url}/launch/api/jobs", method="POST", body=body,
                       headers={"Authorization": f"token {server.token}", "Content-Type": "application/json"},
@@ -68,7 +70,7 @@ async def submit(client: AsyncHTTPClient, server: Server) -> Answer:
     return Answer(r.code, r.headers.get("Retry-After"), job_id, ms, error)
 
 
-async def submit_all(server: Server, n: int) -> list[Answer]:
+async def submit_all(server: LaunchServer, n: int) -> list[Answer]:
     client = AsyncHTTPClient(force_instance=True, max_clients=n)
     try:
         return await asyncio.gather(*(submit(client, server) for _ in range(n)))
@@ -76,7 +78,7 @@ async def submit_all(server: Server, n: int) -> list[Answer]:
         client.close()
 
 
-async def retry_until_accepted(server: Server, refused: list[Answer], deadline: float) -> list[list[Answer]]:
+async def retry_until_accepted(server: LaunchServer, refused: list[Answer], deadline: float) -> list[list[Answer]]:
     """Each refused client waits its Retry-After, submits again, and so on until accepted; all at once."""
     client = AsyncHTTPClient(force_instance=True, max_clients=max(1, len(refused)))
 
@@ -172,7 +174,7 @@ class LogCheck:
             f"{self.who}: {self.events[-3:]}")
 
 
-async def connect_follower(server: Server, job_id: str) -> Any:
+async def connect_follower(server: LaunchServer, job_id: str) -> Any:
     req = HTTPRequest(f"ws://127.0.0.1:{server.port}/launch/api/jobs/{job_id}/logs/ws",
                       headers={"Authorization": f"token {server.token}"}, connect_timeout=60, request_timeout=60)
     return await websocket_connect(req)
@@ -192,7 +194,7 @@ class SlowFollower(threading.Thread):
     """A WebSocket follower on a raw socket with a 4 KiB receive buffer that reads 4 KiB at a time and pauses between
     reads. The small buffer means the kernel cannot soak up the log for it: the server really waits on this reader."""
 
-    def __init__(self, server: Server, job_id: str, check: LogCheck):
+    def __init__(self, server: LaunchServer, job_id: str, check: LogCheck):
         super().__init__(name="slow-follower", daemon=True)
         self.server, self.job_id, self.check = server, job_id, check
         self.error: BaseException | None = None
@@ -266,7 +268,7 @@ class RssSampler(threading.Thread):
         return self.peak_kib
 
 
-async def follow_live(server: Server, job_id: str, go: Path, checks: list[LogCheck],
+async def follow_live(server: LaunchServer, job_id: str, go: Path, checks: list[LogCheck],
                       slow: SlowFollower | None = None) -> tuple[float, int]:
     """Attach a follower per check (and the slow one), start the job, read to the end. Returns when the job was
     started and how far the slow follower had read once all the others were done."""

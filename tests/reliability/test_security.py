@@ -48,7 +48,9 @@ from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE
 from jupyter_launch.server.tokens import AgentTokens
 from jupyter_launch.store import SQLStore
 
-from .conftest import Server, record_figure
+from launch_server import LaunchServer
+
+from .conftest import record_figure
 
 VERBS = ("get", "post", "put", "delete", "patch")
 SAMPLES = {"job_id": "0123456789abcd", "queue": "no-such-queue", "digest": "sha256:" + "0" * 64, "path": "out.txt"}
@@ -95,7 +97,7 @@ c.Agent.keep_workdirs = True
 class Secured:
     """The server under test, the canary it holds as MYSECRET, and agent tokens by name (``revoked`` is)."""
 
-    server: Server
+    server: LaunchServer
     canary: str
     agent_tokens: dict[str, str]
 
@@ -104,7 +106,7 @@ class Secured:
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     canary = "canary-" + secrets.token_hex(16)
     base = tmp_path_factory.mktemp("security")
-    server = Server(base, agent_queues=["default", DOCKER_QUEUE], extra_config=AUTH_CONFIG,
+    server = LaunchServer(base, agent_queues=["default", DOCKER_QUEUE], extra_config=AUTH_CONFIG,
                     env={SECRET_NAME: canary})
     try:
         server.start()
@@ -120,7 +122,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         server.stop()
 
 
-def request(server: Server, method: str, path: str, *, headers: dict[str, str] | None = None,
+def request(server: LaunchServer, method: str, path: str, *, headers: dict[str, str] | None = None,
             body: bytes | None = None) -> tuple[int, http.client.HTTPMessage, bytes]:
     """One HTTP request with exactly the headers given (no cookie jar, no redirects followed)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
@@ -132,7 +134,7 @@ def request(server: Server, method: str, path: str, *, headers: dict[str, str] |
         conn.close()
 
 
-async def open_log_socket(server: Server, path: str, headers: dict[str, str]) -> tuple[int, list[bytes]]:
+async def open_log_socket(server: LaunchServer, path: str, headers: dict[str, str]) -> tuple[int, list[bytes]]:
     """(101, frames until the server closes) when the handshake is accepted, else (its status, [])."""
     from tornado.httpclient import HTTPClientError, HTTPRequest
     from tornado.websocket import websocket_connect
@@ -270,7 +272,7 @@ def file_sizes(folder: Path) -> dict[Path, int]:
     return sizes
 
 
-def upload_lands_on_disk(server: Server, path: str, headers: dict[str, str]) -> int:
+def upload_lands_on_disk(server: LaunchServer, path: str, headers: dict[str, str]) -> int:
     """Start a large PUT, send its first MiB, and return the bytes the server has put in the blob store's tmp
     folder by then; the upload is then abandoned."""
     tmp = server.home / "blobs" / "tmp"
@@ -330,7 +332,7 @@ def test_verbs_a_handler_lacks_are_never_answered(secured: Secured):
 class Browser:
     """Cookies in, cookies out, and nothing a browser would not send on its own (no Authorization header)."""
 
-    def __init__(self, server: Server):
+    def __init__(self, server: LaunchServer):
         self.server = server
         self.cookies: dict[str, str] = {}
 
@@ -456,7 +458,7 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
                           text=True, timeout=timeout)
 
 
-def wait_done(server: Server, job_id: str, timeout: float = 90) -> dict[str, Any]:
+def wait_done(server: LaunchServer, job_id: str, timeout: float = 90) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         code, job = server.api("GET", f"jobs/{job_id}")

@@ -9,19 +9,15 @@ is ever discovered and no state lands in their home.
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_server import LaunchServer, free_port, isolated_env as base_env
 
 from jupyter_launch.store import BlobStore
 
@@ -29,78 +25,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 NOTEBOOKS = ROOT / "tests" / "notebooks"
 USER_TOKEN = "launch-cli-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def base_env(base: Path) -> dict[str, str]:
-    """The environment with no jupyter-launch variables, and Jupyter's runtime and data dirs under ``base``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER_LAUNCH_")}
-    env.update(JUPYTER_RUNTIME_DIR=str(base / "runtime"), JUPYTER_DATA_DIR=str(base / "data"), PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return env
-
-
-class Server:
-    """A `jupyter server` subprocess with jupyter_launch on its own launch home, on a free port."""
-
-    def __init__(self, base: Path, *, agent_queues: list[str]):
-        self.base = base
-        self.home = base / "server-home"
-        root = base / "root"
-        root.mkdir(parents=True)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = base / "server.log"
-        config = base / "jupyter_server_config.py"
-        config.write_text(
-            "c.ServerApp.jpserver_extensions = {'jupyter_launch': True}\n"
-            "c.ServerApp.allow_root = True\n"
-            "c.ServerApp.allow_unauthenticated_access = False\n"
-            f"c.LaunchApp.agent_queues = {agent_queues!r}\n"
-            "c.Agent.poll_interval = 0.5\n")
-        env = dict(base_env(base), JUPYTER_LAUNCH_HOME=str(self.home))
-        cmd = [sys.executable, "-m", "jupyter_server", f"--config={config}", "--no-browser", f"--port={self.port}",
-               "--port-retries=0", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={USER_TOKEN}",
-               f"--ServerApp.root_dir={root}"]
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root)
-        deadline = time.monotonic() + 90
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"jupyter server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if self.api("GET", "queues")[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"jupyter server did not answer within 90 s:\n{self.log_tail()}"
-            time.sleep(0.2)
-
-    def api(self, method: str, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(f"{self.url}/launch/api/{path}", method=method,
-                                     headers={"Authorization": f"token {USER_TOKEN}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def log_tail(self, n: int = 60) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
 def run_cli(env: dict[str, str], *args: str, check: bool = False, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -111,7 +35,7 @@ def run_cli(env: dict[str, str], *args: str, check: bool = False, timeout: float
     return proc
 
 
-def through(server: Server, env: dict[str, str]) -> Any:
+def through(server: LaunchServer, env: dict[str, str]) -> Any:
     """``cli(*args)``: `jupyter launch --server URL --token T *args`."""
 
     def cli(*args: str, **kw: Any) -> subprocess.CompletedProcess:
@@ -132,9 +56,10 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchServer]:
     """One server for the named-server tests; queue `remote` is served by no agent of its own."""
-    s = Server(tmp_path_factory.mktemp("named"), agent_queues=["default", "gpu-training-queue"])
+    s = LaunchServer(tmp_path_factory.mktemp("named"), agent_queues=["default", "gpu-training-queue"],
+                     token=USER_TOKEN).start()
     yield s
     s.stop()
 
@@ -255,7 +180,7 @@ def test_refused_tokens_unreachable_servers_and_misused_options_are_one_line_exi
 
 
 def test_discovery_uses_the_local_running_server_unless_a_store_is_named(tmp_path):
-    server = Server(tmp_path, agent_queues=["default"])
+    server = LaunchServer(tmp_path, agent_queues=["default"], token=USER_TOKEN).start()
     try:
         env = base_env(tmp_path)  # the server's runtime dir; no server, token or store named
         proc = run_cli(env, "submit", str(NOTEBOOKS / "trivial.ipynb"), "--follow")
