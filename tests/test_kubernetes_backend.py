@@ -17,6 +17,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -563,22 +564,28 @@ asyncio.run(main())
 """
 
 
-def test_a_restarted_agent_reattaches_to_the_running_job(launch, tmp_path, k8s):
-    job = enqueue(launch, command=["sh", "-c", "echo one; sleep 6; echo two"], retries=1)
+def kill_agent_once_job_printed_one(job: Any, home: Path) -> None:
+    """Run a real agent process on ``home`` until the job has printed `one`, then kill -9 it: the agent dies, and
+    its Job keeps running on the cluster."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "home")], env=env,
+    first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(home)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         while "one" not in job.logs():
             assert time.monotonic() < deadline and first.poll() is None, job.refresh()
             time.sleep(0.1)
-        uid = k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid
-        first.send_signal(signal.SIGKILL)  # the agent dies; its Job keeps running on the cluster
+        first.send_signal(signal.SIGKILL)
     finally:
         if first.poll() is None:
             first.kill()
         first.wait()
+
+
+def test_a_restarted_agent_reattaches_to_the_running_job(launch, tmp_path, k8s):
+    job = enqueue(launch, command=["sh", "-c", "echo one; sleep 6; echo two"], retries=1)
+    kill_agent_once_job_printed_one(job, tmp_path / "home")
+    uid = k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid
     rec, = run_agent(launch, [job])
     assert (rec.state, rec.exit_code, rec.attempt) == ("succeeded", 0, 2), (rec, job.logs())
     logs = job.logs()
@@ -591,19 +598,7 @@ def test_a_restarted_agent_reattaches_to_the_running_job(launch, tmp_path, k8s):
 
 def test_the_next_agent_deletes_the_cluster_job_of_a_job_lost_with_its_agent(launch, tmp_path, k8s):
     job = enqueue(launch, command=["sh", "-c", "echo one; sleep 300"])  # retries 0: nobody re-attaches
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(tmp_path / "home")], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "one" not in job.logs():
-            assert time.monotonic() < deadline and first.poll() is None, job.refresh()
-            time.sleep(0.1)
-        first.send_signal(signal.SIGKILL)
-    finally:
-        if first.poll() is None:
-            first.kill()
-        first.wait()
+    kill_agent_once_job_printed_one(job, tmp_path / "home")
     deadline = time.monotonic() + 30
     while job.refresh().reason != "lost":  # the lease (3 s) runs out and the store fails the job
         assert time.monotonic() < deadline, job.record

@@ -5,6 +5,7 @@ Nothing is lost; nothing runs twice at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -67,19 +69,26 @@ def kill_agents_mid_job(client: LaunchClient, queue: str, jobs: list[Any], env: 
     return mid_job
 
 
+@contextlib.asynccontextmanager
+async def agent_running(client: LaunchClient, queue: str, **traits: Any) -> AsyncIterator[Any]:
+    """An in-process agent serving ``queue`` on the client's store for the block's duration."""
+    agent = make_local_agent(client.store, [queue], blobs=client.blobs, **traits)
+    await agent.start()
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        await agent.stop()
+        task.cancel()
+
+
 def run_to_completion(client: LaunchClient, queue: str, jobs: list[Any], timeout: float = 300) -> list[Any]:
     async def go() -> None:
-        agent = make_local_agent(client.store, [queue], blobs=client.blobs, lease_seconds=1.0, max_jobs=4)
-        await agent.start()
-        task = asyncio.create_task(agent.run())
-        try:
+        async with agent_running(client, queue, lease_seconds=1.0, max_jobs=4):
             deadline = time.monotonic() + timeout
             while not all(j.refresh().done for j in jobs):
                 assert time.monotonic() < deadline, [(j.id, j.record.state, j.record.reason) for j in jobs]
                 await asyncio.sleep(0.1)
-        finally:
-            await agent.stop()
-            task.cancel()
 
     asyncio.run(go())
     return [j.record for j in jobs]
@@ -304,10 +313,7 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
     restarted = threading.Event()
 
     async def go() -> list[Any]:
-        agent = make_local_agent(client.store, [queue], blobs=client.blobs, lease_seconds=5.0)
-        await agent.start()
-        task = asyncio.create_task(agent.run())
-        try:
+        async with agent_running(client, queue, lease_seconds=5.0):
             deadline = time.monotonic() + 60
             while not any(j.refresh().state == "running" for j in first):
                 assert time.monotonic() < deadline, "no job started before the restart"
@@ -325,9 +331,6 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
                 assert time.monotonic() < deadline, [(j.id, j.record.state, j.record.reason) for j in jobs]
                 await asyncio.sleep(0.1)
             return jobs
-        finally:
-            await agent.stop()
-            task.cancel()
 
     try:
         jobs = asyncio.run(go())
@@ -354,10 +357,7 @@ def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(
     lease = 10.0
 
     async def go() -> float:
-        agent = make_local_agent(client.store, [queue], blobs=client.blobs, lease_seconds=lease)
-        await agent.start()
-        task = asyncio.create_task(agent.run())
-        try:
+        async with agent_running(client, queue, lease_seconds=lease):
             deadline = time.monotonic() + 60
             while "ready" not in job.logs():
                 assert time.monotonic() < deadline, f"the job never started: {job.refresh()}"
@@ -368,9 +368,6 @@ def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(
                 assert time.monotonic() - t0 < 120, f"the job outlived the engine restart: {job.record}"
                 await asyncio.sleep(0.1)
             return time.monotonic() - t0
-        finally:
-            await agent.stop()
-            task.cancel()
 
     try:
         seconds = asyncio.run(go())
