@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -132,19 +132,25 @@ def test_kill_9_the_local_agent_50_times_loses_nothing_and_runs_nothing_twice(cl
                   succeeded=len(records), lost=0, ran_twice_at_once=0, **counts)
 
 
-def docker_ready() -> Any:
-    try:
-        import docker
+@pytest.fixture
+def docker_api() -> Iterator[Any]:
+    """The engine's API, closed after the test: a client left for the garbage collector warns (an error here) in
+    whichever later test the collection happens to run."""
+    import docker
 
-        api = docker.APIClient(timeout=30)
-        api.ping()
-    except Exception as exc:
-        pytest.fail(f"the Docker engine is not reachable ({exc}): run ci/docker.sh", pytrace=False)
+    api = docker.APIClient(timeout=30)
     try:
-        api.inspect_image(BASE_IMAGE)
-    except Exception:
-        pytest.fail(f"missing base image {BASE_IMAGE}: run ci/python-base.sh", pytrace=False)
-    return api
+        try:
+            api.ping()
+        except Exception as exc:
+            pytest.fail(f"the Docker engine is not reachable ({exc}): run ci/docker.sh", pytrace=False)
+        try:
+            api.inspect_image(BASE_IMAGE)
+        except Exception:
+            pytest.fail(f"missing base image {BASE_IMAGE}: run ci/python-base.sh", pytrace=False)
+        yield api
+    finally:
+        api.close()
 
 
 class ContainerWatch:
@@ -180,8 +186,9 @@ class ContainerWatch:
         self._thread.join()
 
 
-def test_kill_9_the_docker_agent_50_times_loses_nothing_and_runs_nothing_twice(client, tmp_path, cli_env):
-    api = docker_ready()
+def test_kill_9_the_docker_agent_50_times_loses_nothing_and_runs_nothing_twice(client, tmp_path, cli_env,
+                                                                                docker_api):
+    api = docker_api
     queue = "faults-docker"
     client.create_queue(QueueConfig(queue_name=queue, provider={"type": "docker", "image": BASE_IMAGE}))
     src = tmp_path / "src"
@@ -345,8 +352,8 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
 
 # docker-py's unix transport leaves a socket unclosed when connect() is refused (the engine is gone): not ours.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(client, tmp_path):
-    api = docker_ready()
+def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(client, tmp_path, docker_api):
+    api = docker_api
     queue = "faults-dockerd"
     client.create_queue(QueueConfig(queue_name=queue, provider={"type": "docker", "image": BASE_IMAGE}))
     src = tmp_path / "src"
@@ -378,7 +385,6 @@ def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(
     assert (rec.state, rec.reason) == ("failed", "docker_engine_lost"), (rec.state, rec.reason, rec.message)
     assert "rather than left running" in rec.message
     assert seconds <= lease, f"the job took {seconds:.1f}s to fail, more than its {lease:g}s lease"
-    api.close()
     record_figure("dockerd restart mid-job", state=rec.state, reason=rec.reason, seconds_to_fail=round(seconds, 1),
                   lease_seconds=lease)
 
