@@ -350,9 +350,20 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
     record_figure("postgresql restart", jobs=len(jobs), succeeded=len(jobs), lost=0, **counts)
 
 
+@pytest.fixture
+def collect_garbage_last() -> Iterator[None]:
+    """Torn down after every other fixture of the test (ask for it first): sockets docker-py left unclosed while the
+    engine refused connections are collected, and reported, here, under the test's own warning filter, not in a
+    later test that happens to trigger the collection."""
+    yield
+    for _ in range(3):
+        gc.collect()
+
+
 # docker-py's unix transport leaves a socket unclosed when connect() is refused (the engine is gone): not ours.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(client, tmp_path, docker_api):
+def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(collect_garbage_last, client, tmp_path,
+                                                                                docker_api):
     api = docker_api
     queue = "faults-dockerd"
     client.create_queue(QueueConfig(queue_name=queue, provider={"type": "docker", "image": BASE_IMAGE}))
@@ -380,7 +391,6 @@ def test_dockerd_restarted_mid_job_fails_the_job_with_a_reason_within_the_lease(
         seconds = asyncio.run(go())
     finally:
         remove_job_containers(api, {job.id})  # the agent could not: the engine was down when the job ended
-        gc.collect()  # those refused sockets are reported here, under this test's filter, not at session end
     rec = job.record
     assert (rec.state, rec.reason) == ("failed", "docker_engine_lost"), (rec.state, rec.reason, rec.message)
     assert "rather than left running" in rec.message
