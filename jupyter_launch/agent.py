@@ -27,9 +27,10 @@ from .backends.base import Backend, JobContext, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .notify import WakeListener
 from .paths import launch_home
-from .server.remote import RemoteAuthError
 from .spec import JobSpec
-from .store import FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, describe, is_disk_full
+from .store import (
+    FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, RemoteAuthError, describe, is_disk_full,
+)
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024

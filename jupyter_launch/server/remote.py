@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..store import (
-    BlobStore, Claim, Heartbeat, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, StoreError, sha256_file,
+    BlobStore, Claim, Heartbeat, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, RemoteAuthError, RemoteError,
+    StoreError, sha256_file,
 )
 
 API = "launch/api"
@@ -31,18 +32,6 @@ SERVER_ENV, TOKEN_ENV = "JUPYTER_LAUNCH_SERVER_URL", "JUPYTER_LAUNCH_TOKEN"
 STORE_ENVS = ("JUPYTER_LAUNCH_HOME", "JUPYTER_LAUNCH_STORE_URL")
 _JOB_FIELDS = [f.name for f in fields(JobRecord)]
 _QUEUE_FIELDS = [f.name for f in fields(QueueRecord)]
-
-
-class RemoteError(StoreError):
-    """The server refused or failed a call; the message is the server's own."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteAuthError(RemoteError):
-    """The token is missing, unknown, revoked or out of scope."""
 
 
 class Http:

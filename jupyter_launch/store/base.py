@@ -194,5 +194,17 @@ class StoreError(RuntimeError):
     """A store operation that cannot be done (unknown queue, a job in the wrong state); message for a user."""
 
 
+class RemoteError(StoreError):
+    """A store behind a server (a remote agent's) refused or failed a call; the message is the server's own."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteAuthError(RemoteError):
+    """The token is missing, unknown, revoked or out of scope: no retry can succeed."""
+
+
 class NotFound(StoreError):
     pass
