@@ -6,7 +6,8 @@
 
 What the user's code prints goes to this process's stdout and stderr as it arrives, unchanged. Control records
 (:mod:`jupyter_launch.control`) report each code cell's start as progress, and exactly one ``result`` record at the end,
-flushed before the kernel is shut down and the executed notebook and HTML report are written to the output folder.
+flushed once the executed notebook and HTML report are in the output folder and before the kernel is shut down: from
+that record on, the job's log and files are complete, and what is left is only this process ending.
 Messages name a cell by its index in the executed notebook, from 0, markdown cells included.
 
 A cell that raises ``SystemExit`` with a clean status (``sys.exit()``, ``sys.exit(0)``) ends the run early as a
@@ -17,10 +18,15 @@ from __future__ import annotations
 
 import sys
 
+# jsonschema (imported by nbformat) imports these, when installed, for the string formats of its FormatChecker, which
+# nbformat never uses: rfc3987_syntax compiles a grammar at import (about 0.8 s of CPU), isoduration brings arrow and
+# dateutil (20 ms), and the rest 10 ms more. A notebook job's runner starts with the job: only it opts out.
+FORMAT_CHECK_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "isoduration", "fqdn",
+                        "idna", "webcolors", "jsonpointer", "uri_template")
+
 if __name__ == "__main__":
-    # jsonschema (imported by nbformat) imports rfc3987_syntax when installed, which compiles a grammar at import:
-    # about 0.8 s of CPU for URI format checks nbformat never makes. Only this short-lived program opts out.
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+    for _name in FORMAT_CHECK_MODULES:
+        sys.modules.setdefault(_name, None)  # type: ignore[arg-type]
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -330,6 +336,7 @@ class Kernel:
         self.name = name
         self.manager = manager
         self.client = manager.client()
+        self.info: dict[str, Any] = {}  # the kernel_info reply's content
 
     @classmethod
     async def start(cls, name: str, cwd: Path, scratch: Path) -> Kernel:
@@ -352,7 +359,7 @@ class Kernel:
         kernel = cls(name, manager)
         kernel.client.start_channels()
         try:
-            await kernel.client.wait_for_ready(timeout=STARTUP_TIMEOUT)
+            await kernel.wait_for_ready(STARTUP_TIMEOUT)
         except RuntimeError as exc:
             await kernel.shutdown(now=True)
             raise JobError("kernel_start_failed", f"the {name!r} kernel did not start: {exc}") from None
@@ -361,6 +368,52 @@ class Kernel:
             # IPython warns on SystemExit in a cell; here sys.exit() is how a notebook ends early, not a mistake.
             await kernel.run_silently(_QUIET_EXIT_CODE)
         return kernel
+
+    async def wait_for_ready(self, timeout: float) -> None:
+        """Ask ``kernel_info`` until its reply is in and iopub is known to be subscribed; keep the reply in ``info``.
+
+        iopub is up once it delivers the kernel's welcome (JEP 65, ipykernel 7) or the idle status of one of our
+        requests; a request made before the subscription joined loses its status, so the request is repeated every
+        half second. jupyter_client's ``wait_for_ready`` ends by listening to iopub until it has been silent for
+        0.2 s: a fifth of a second added to every cold job, spent after the kernel was ready.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sent: set[str] = set()
+
+        async def reply() -> dict[str, Any]:
+            while True:
+                msg = await self.client.get_shell_msg(timeout=max(deadline - loop.time(), 0.001))
+                if msg["msg_type"] == "kernel_info_reply" and msg["parent_header"].get("msg_id") in sent:
+                    return msg
+
+        async def subscribed() -> None:
+            while True:
+                msg = await self.client.get_iopub_msg(timeout=max(deadline - loop.time(), 0.001))
+                if msg["msg_type"] == "iopub_welcome" or (
+                        msg["msg_type"] == "status" and msg["parent_header"].get("msg_id") in sent):
+                    return
+
+        waits = [asyncio.ensure_future(reply()), asyncio.ensure_future(subscribed())]
+        try:
+            while not all(w.done() for w in waits):
+                if loop.time() > deadline:
+                    raise RuntimeError(f"no reply to kernel_info in {timeout:g} s")
+                if not await self.manager.is_alive():
+                    raise RuntimeError("it exited before replying")
+                sent.add(self.client.kernel_info())
+                await asyncio.wait(waits, timeout=0.5)
+                for w in waits:
+                    if w.done() and w.exception() is not None:
+                        raise RuntimeError(f"no reply to kernel_info in {timeout:g} s")
+        finally:
+            for w in waits:
+                w.cancel()
+        content = waits[0].result()["content"]
+        major = int(str(content.get("protocol_version", "5")).split(".")[0] or 5)
+        if major != 5:
+            self.client.session.adapt_version = major  # as jupyter_client does on a kernel_info reply
+        self.info = content
 
     async def run_silently(self, code: str) -> dict[str, Any]:
         """Run code the notebook does not show; the execute_reply's content (status, ename, evalue)."""
@@ -442,11 +495,19 @@ def is_clean_exit(ename: str | None, evalue: str | None) -> bool:
     return ename == "SystemExit" and (evalue or "") in CLEAN_EXIT_VALUES
 
 
-async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kernel) -> Outcome:
-    """Run the code cells in order, reporting progress before each; stop at the first failure or clean exit."""
+async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kernel,
+                        cancelled: Callable[[], bool] = lambda: False) -> Outcome:
+    """Run the code cells in order, reporting progress before each; stop at the first failure or clean exit.
+
+    ``cancelled`` is asked before each cell: a cancel that lands just as a cell ends can be lost inside nbclient (its
+    ``asyncio.wait_for`` on the cell's last output returns the output, and drops the cancellation, when both are due
+    at once), and the next cell would then run as if nothing had been asked.
+    """
     code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
     total = len(code_cells)
     for number, index in enumerate(code_cells):
+        if cancelled():
+            raise asyncio.CancelledError
         _emit({"type": "progress", "value": number, "total": total, "description": f"cell {number + 1}/{total}"})
         try:
             await client.async_execute_cell(nb.cells[index], index, execution_count=client.code_cells_executed + 1)
@@ -509,17 +570,28 @@ class Runner:
                 loop.remove_signal_handler(sig)
         if self.cancelled:  # nbclient reports a cell cancelled under it as a dead kernel
             outcome = Outcome("failed", "cancelled", "stopped by a signal")
-        # The result goes out first: shutting a kernel down sometimes stalls for seconds, and the report takes a while.
-        _emit(outcome.record)
-        finishing = []
-        if self.kernel is not None:
-            immediate = outcome.reason in ("timeout", "kernel_died", "cancelled")
-            finishing.append(asyncio.create_task(self.kernel.shutdown(now=immediate)))
+        # The outputs are written, then the result goes out, then the kernel is shut down: the result record says the
+        # job's files are complete, so the agent can end the job there, while a kernel's shutdown (which sometimes
+        # stalls for seconds) and this interpreter's exit go on behind it.
+        immediate = outcome.reason in ("timeout", "kernel_died", "cancelled")
+        if immediate and self.kernel is not None:  # nothing more to wait for from this kernel
+            shutting = asyncio.create_task(self.kernel.shutdown(now=True))
+            self.kernel = None
+        else:
+            shutting = None
         if nb is not None and out_dir.is_dir():
-            finishing.append(asyncio.create_task(write_outputs(nb, out_dir, stem, exporter)))
-        for failure in await asyncio.gather(*finishing, return_exceptions=True):
-            if failure is not None:
-                _warn(f"after the job: {type(failure).__name__}: {failure}")
+            try:
+                await write_outputs(nb, out_dir, stem, exporter)
+            except Exception as exc:  # write_outputs warns for what it expects; this is for the rest
+                _warn(f"the outputs were not written: {type(exc).__name__}: {exc}")
+        _emit(outcome.record)
+        if self.kernel is not None:
+            shutting = asyncio.create_task(self.kernel.shutdown(now=False))
+        if shutting is not None:
+            try:
+                await shutting
+            except Exception as exc:
+                _warn(f"after the job, shutting the kernel down: {type(exc).__name__}: {exc}")
         return 0 if outcome.state == "succeeded" else 1
 
     def _cancel(self, task: asyncio.Task[Any] | None) -> None:
@@ -545,15 +617,14 @@ class Runner:
                                  timeout=math.ceil(job.timeout_per_cell) if job.timeout_per_cell else None,
                                  resources={"metadata": {"path": str(Path.cwd())}})
         client.kc = kernel.client
-        info = await client.async_wait_for_reply(kernel.client.kernel_info())
-        if info is not None and "language_info" in info["content"]:
-            nb.metadata["language_info"] = info["content"]["language_info"]
+        if "language_info" in kernel.info:
+            nb.metadata["language_info"] = kernel.info["language_info"]
         if job.push:
             reply = await kernel.run_silently(_PUSH_CODE.format(path=python_literal(str(Path(job.push).absolute()))))
             if reply["status"] != "ok":
                 return Outcome("failed", "push_failed",
                                f"cannot load the pushed variables: {reply.get('ename')}: {reply.get('evalue')}")
-        outcome = await execute_cells(client, nb, kernel)
+        outcome = await execute_cells(client, nb, kernel, lambda: self.cancelled)
         if outcome.state == "succeeded" and job.pull:
             path = Path(os.environ[control.OUTPUT_DIR_ENV]) / "pulled.pkl"
             reply = await kernel.run_silently(_PULL_CODE.format(names=python_literal(list(job.pull)),

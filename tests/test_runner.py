@@ -391,3 +391,29 @@ def test_sigterm_cancels_and_keeps_the_partial_notebook(tmp_path: Path) -> None:
                                     "message": "stopped by a signal"}
     assert stored_text(nbformat.read(tmp_path / "outputs" / "built.ipynb", as_version=4)) == "sleeping\n"
     assert not running(kernel)
+
+
+def test_the_result_record_comes_after_the_outputs_are_written(tmp_path: Path) -> None:
+    """The agent ends a job at its result record, so the executed notebook and report must be in place by then; the
+    kernel's shutdown comes after (here an exit handler in the kernel that takes 3 s)."""
+    work = job_folder(tmp_path, code_notebook("import atexit, time\natexit.register(time.sleep, 3)", "print('done')"))
+    out_dir = tmp_path / "outputs"
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter_launch.runner", "job.json"], cwd=work,
+                            env=runner_env(out_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        splitter, records = control.RecordSplitter(), []
+        while not any(r["type"] == "result" for r in records):
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            assert line, f"no result record; stderr:\n{proc.stderr.read().decode()}"  # type: ignore[union-attr]
+            records += splitter.feed(line)[1]
+            seen_at = time.monotonic()
+        present = sorted(p.name for p in out_dir.iterdir())
+        assert proc.poll() is None, "the runner is still shutting its kernel down"
+        assert present == ["built.html", "built.ipynb"]
+        assert stored_text(nbformat.read(out_dir / "built.ipynb", as_version=4)) == "done\n"
+        proc.wait(timeout=30)
+        assert time.monotonic() - seen_at > 2, "the kernel's exit handler ran after the result"
+        assert proc.returncode == 0
+    finally:
+        proc.kill()
+        proc.communicate()
