@@ -29,7 +29,7 @@ from .notify import WakeListener
 from .paths import launch_home
 from .spec import JobSpec
 from .store import (
-    FAILED, RUNNING, STARTING, BlobStore, Claim, OutputRecord, RemoteAuthError, describe, is_disk_full,
+    FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, RemoteAuthError, describe, is_disk_full,
 )
 
 FLUSH_INTERVAL = 0.02
@@ -319,6 +319,7 @@ class Agent(LoggingConfigurable):
         self._cancel_events[job.id] = cancel
         lost = asyncio.Event()
         runner_result: dict[str, Any] = {}
+        result_seen = asyncio.Event()
         workdir = Path(self.work_root) / f"{job.id}-{job.attempt}"
         store = self.store
 
@@ -330,6 +331,7 @@ class Agent(LoggingConfigurable):
                 updates.submit(store.set_progress, job.id, fence, rec)
             elif kind == "result":
                 runner_result.update(rec)
+                result_seen.set()
 
         pending_metrics: list[dict[str, Any]] = []
         updates = OrderedUpdates()
@@ -359,6 +361,7 @@ class Agent(LoggingConfigurable):
                 result = Result(FAILED, reason=exc.reason, message=str(exc))
                 return
             ctx.cancel_requested = cancel
+            ctx.result_seen = result_seen
             ctx.log = sink.write
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)
@@ -390,6 +393,8 @@ class Agent(LoggingConfigurable):
                 result.state = runner_result.get("state", result.state)
                 result.reason = runner_result.get("reason") or result.reason
                 result.message = runner_result.get("message") or result.message
+                if result.finished_at_result:  # the status the runner exits with, as it promises
+                    result.exit_code = 0 if result.state == SUCCEEDED else 1
             if sink.failure is None:  # else the store has no room for them either: the job was stopped
                 await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
         except RemoteAuthError as exc:

@@ -225,6 +225,101 @@ def test_min_instances_runs_a_notebook_job_on_a_kernel_started_before_it(client,
     assert refill and runner not in refill
 
 
+def test_pipes_drain_delivers_what_the_child_wrote_before_the_call():
+    """What makes ending at the result record safe: output already in the pipes reaches the log in the drain call
+    itself, with no turn of the event loop in between (stderr is a separate pipe, read on its own turn)."""
+    import subprocess
+
+    from jupyter_launch.backends.local import Pipes
+
+    async def scenario():
+        pipes = Pipes(read_size=4096)
+        out, err = pipes.child_ends
+        proc = subprocess.Popen(["sh", "-c", "head -c 100000 /dev/zero | tr '\\0' e >&2; printf out"],
+                                stdout=out, stderr=err)
+        pipes.started()
+        got: list[tuple[str, bytes]] = []
+        pipes.attach(lambda stream, data: got.append((stream, data)))
+        while True:  # the child blocks once the pipe is full: read (without the loop) until it is done
+            pipes.drain()
+            if proc.poll() is not None:
+                break
+        pipes.drain()
+        delivered = {name: b"".join(d for n, d in got if n == name) for name in ("stdout", "stderr")}
+        await asyncio.wait_for(pipes.ended(), 1)  # both at end of file, found by the drain
+        return delivered
+
+    delivered = asyncio.run(scenario())
+    assert delivered == {"stdout": b"out", "stderr": b"e" * 100000}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _slow_exit_notebook(folder: Path, exit_seconds: float) -> Path:
+    """A notebook whose kernel takes ``exit_seconds`` to exit, and that writes to fd 2 as its last act."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    folder.mkdir(exist_ok=True)
+    nb = new_notebook(cells=[
+        new_code_cell(f"import atexit, os, pathlib, time\natexit.register(time.sleep, {exit_seconds})\n"
+                      "pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'pids').write_text("
+                      "f'{os.getppid()} {os.getpid()}')"),
+        new_code_cell("import os\nos.write(2, b'e' * 60000 + b'\\nTAIL\\n')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "slow_exit.ipynb")
+    return folder / "slow_exit.ipynb"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("linger", [None, 0.5])
+def test_a_notebook_job_ends_at_its_result_while_its_runner_is_still_ending(client, tmp_path, linger):
+    """The job is done, its log and files complete, once the runner's result record is in; the runner then shuts
+    its kernel down behind it (here 3 s of exit handler), or is killed after ``LocalBackend.linger``."""
+    from traitlets.config import Config
+
+    job = client.submit(_slow_exit_notebook(tmp_path / "src", 3), queue="default")
+    config = Config({"LocalBackend": {"linger": linger}}) if linger else Config()
+
+    async def scenario():
+        agent = make_local_agent(client.store, ["default"], blobs=client.blobs, config=config)
+        await agent.start()
+        task = asyncio.create_task(agent.run())
+        try:
+            deadline = time.monotonic() + 120
+            while not job.refresh().done:
+                assert time.monotonic() < deadline, job.record
+                await asyncio.sleep(0.02)
+            done_at = time.monotonic()
+            runner, kernel = map(int, client.read_output(job.id, "pids").split())
+            alive_at_done = _alive(runner), _alive(kernel)
+            while _alive(runner) or _alive(kernel):  # the agent ends them, still running
+                assert time.monotonic() - done_at < 20, "the runner and its kernel did not end"
+                await asyncio.sleep(0.02)
+            return alive_at_done, time.monotonic() - done_at
+        finally:
+            await agent.stop()
+            task.cancel()
+
+    alive_at_done, ended_after = asyncio.run(scenario())
+    rec = job.record
+    assert (rec.state, rec.reason, rec.exit_code) == ("succeeded", "completed", 0), job.logs()
+    assert alive_at_done == (True, True), "the job was done before its runner ended"
+    chunks, _ = client.read_log(job.id, 0)
+    stderr = b"".join(c.data for c in chunks if c.stream == "stderr")
+    assert stderr == b"e" * 60000 + b"\nTAIL\n"  # written just before the result record: drained, not cut
+    assert sorted(o.path for o in job.outputs) == ["pids", "slow_exit.html", "slow_exit.ipynb"]
+    if linger:
+        assert ended_after < 2.5, "killed after the linger, not left to its 3 s exit"
+    else:
+        assert ended_after > 1.5, "left to shut its kernel down"
+
+
 def test_metrics_and_progress_are_recorded_and_removed_from_the_log(client, tmp_path):
     job = command_job(client, tmp_path, (
         "import jupyter_launch\n"

@@ -45,6 +45,7 @@ class JobContext:
     set_reason: Callable[[str, str | None], None] = lambda reason, message=None: None
     mark_running: Callable[[], None] = lambda: None
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    result_seen: asyncio.Event = field(default_factory=asyncio.Event)  # the runner's result record is in the log
 
     @property
     def runner_command(self) -> list[str]:
@@ -62,6 +63,7 @@ class Result:
     exit_code: int | None = None
     reason: str | None = None
     message: str | None = None
+    finished_at_result: bool = False  # ended at the runner's result record, its process still ending
 
 
 class BackendError(RuntimeError):
@@ -107,6 +109,15 @@ class Backend(LoggingConfigurable):
         """Ask the job to stop (SIGTERM or the equivalent), then force it after ``grace`` seconds."""
         raise NotImplementedError
 
+    def finishes_at_result(self, handle: Any) -> bool:
+        """Whether this job ends at the runner's result record rather than at its process's exit: true where the
+        runner writes the outputs straight into ``ctx.output_dir`` (a local process), so nothing is left to collect
+        once the record is out. The process is then the backend's to end, in ``cleanup``."""
+        return False
+
+    async def drain(self, handle: Any, ctx: JobContext) -> None:
+        """Send ``ctx.log`` all the output the job wrote before now; called when it ends at its result record."""
+
     async def collect_outputs(self, handle: Any, ctx: JobContext) -> None:
         """Make sure the job's output files are in ``ctx.output_dir`` (local backends write there directly)."""
 
@@ -135,8 +146,15 @@ class Backend(LoggingConfigurable):
             waiting = asyncio.create_task(self.wait(handle))
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())
             tasks = [streaming, waiting, cancelling]
-            done, _ = await asyncio.wait({waiting, cancelling}, timeout=ctx.timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            ends = {waiting, cancelling}
+            if self.finishes_at_result(handle):
+                ends.add(asyncio.create_task(ctx.result_seen.wait()))
+                tasks.extend(ends - set(tasks))
+            done, _ = await asyncio.wait(ends, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED)
+            if ctx.result_seen.is_set() and not done & {waiting, cancelling}:
+                await self.drain(handle, ctx)
+                result = Result("succeeded", 0, "completed", finished_at_result=True)  # the agent reads the record
+                return result
             stopped_by = None
             if waiting not in done:
                 stopped_by = "cancelled" if cancelling in done else "timeout"

@@ -1,8 +1,12 @@
 """The local backend: a job is a process group on the agent's machine, in the unpacked artifact's folder.
 
-Output is read from the pipes in large chunks (not line by line: asyncio's readline is many times slower), cancel
-is SIGTERM to the group, a grace period, then SIGKILL. Children get PR_SET_PDEATHSIG so a killed agent leaves no job
-running behind its lease. Queues with ``min_instances`` keep warm runners, each with a kernel already started.
+Output is read from the pipes in large chunks, straight from the event loop (:class:`Pipes`); cancel is SIGTERM to
+the group, a grace period, then SIGKILL. Children get PR_SET_PDEATHSIG so a killed agent leaves no job running behind
+its lease. Queues with ``min_instances`` keep warm runners, each with a kernel already started.
+
+A notebook or cell job ends at the runner's result record: the runner writes it once the job's outputs are in place,
+the pipes are drained of what was written before it, and the runner's own ending (a kernel shutdown, the interpreter's
+exit: a quarter of a second for a trivial notebook) goes on in the background, bounded by ``linger``.
 """
 
 from __future__ import annotations
@@ -15,9 +19,10 @@ import signal
 import sys
 from collections import deque
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-from traitlets import Integer
+from traitlets import Float, Integer
 
 from .base import Backend, JobContext, Result
 
@@ -34,10 +39,126 @@ def _set_pdeathsig() -> None:
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
+class Pipes:
+    """A child's stdout and stderr, read without blocking straight from the event loop.
+
+    What is read goes to ``sink(stream, data)`` as it comes, or is kept until a sink is attached (a warm runner's
+    start-up output, before its job). :meth:`drain` reads what the pipes hold at once, synchronously: everything the
+    child wrote before the moment of the call.
+    """
+
+    def __init__(self, read_size: int = READ_SIZE):
+        self.read_size = read_size
+        self._fds: dict[str, int] = {}
+        self._write_ends: list[int] = []
+        for name in ("stdout", "stderr"):
+            read_end, write_end = os.pipe()
+            os.set_blocking(read_end, False)
+            self._fds[name] = read_end
+            self._write_ends.append(write_end)
+        self._kept: list[tuple[str, bytes]] = []
+        self._sink: Callable[[str, bytes], None] | None = None
+        self._changed = asyncio.Event()
+        self._ended = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def child_ends(self) -> tuple[int, int]:
+        """The write ends, for the child's stdout and stderr; :meth:`started` closes them here once it has them."""
+        return self._write_ends[0], self._write_ends[1]
+
+    def started(self) -> None:
+        for fd in self._write_ends:
+            os.close(fd)
+        self._write_ends = []
+        for name, fd in self._fds.items():
+            self._loop.add_reader(fd, self._read, name)
+
+    def _read(self, name: str) -> None:
+        fd = self._fds.get(name)
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, self.read_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._deliver(name, data)
+        else:
+            self._close(name)
+
+    def _deliver(self, name: str, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(name, data)
+        else:
+            self._kept.append((name, data))
+            self._changed.set()
+
+    def _close(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            self._loop.remove_reader(fd)
+            os.close(fd)
+        self._changed.set()
+        if not self._fds:
+            self._ended.set()
+
+    def drain(self) -> None:
+        """Read everything the pipes hold now (up to end of file where the writers are gone)."""
+        for name in list(self._fds):
+            while name in self._fds:
+                try:
+                    data = os.read(self._fds[name], self.read_size)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if data:
+                    self._deliver(name, data)
+                else:
+                    self._close(name)
+
+    async def readline(self, stream: str = "stdout") -> bytes:
+        """The first line kept from ``stream`` (before a sink is attached), taken out of what is kept; b"" at EOF."""
+        while True:
+            text = b"".join(data for name, data in self._kept if name == stream)
+            line, newline, rest = text.partition(b"\n")
+            if newline:
+                others = [(name, data) for name, data in self._kept if name != stream]
+                self._kept = others + ([(stream, rest)] if rest else [])
+                return line + newline
+            if stream not in self._fds:
+                return b""
+            self._changed.clear()
+            await self._changed.wait()
+
+    def attach(self, sink: Callable[[str, bytes], None]) -> None:
+        kept, self._kept = self._kept, []
+        for name, data in kept:
+            sink(name, data)
+        self._sink = sink
+
+    async def ended(self) -> None:
+        """Both pipes at end of file: every process holding their write ends has closed them or exited."""
+        await self._ended.wait()
+
+    def close(self) -> None:
+        """Stop reading; a writer still there gets EPIPE."""
+        for fd in self._write_ends:
+            os.close(fd)
+        self._write_ends = []
+        for name in list(self._fds):
+            self._close(name)
+
+
 @dataclass
 class LocalHandle:
     proc: asyncio.subprocess.Process
+    pipes: Pipes
     warm: bool = False
+    runner: bool = False  # a notebook or cell job: it ends at the runner's result record
 
 
 class WarmPool:
@@ -47,7 +168,7 @@ class WarmPool:
         self.python = python
         self.size = size
         self.env = env
-        self._ready: deque[asyncio.subprocess.Process] = deque()
+        self._ready: deque[tuple[asyncio.subprocess.Process, Pipes]] = deque()
         self._spawning = 0
         self._closed = False
 
@@ -57,48 +178,63 @@ class WarmPool:
             asyncio.get_running_loop().create_task(self._spawn())
 
     async def _spawn(self) -> None:
+        pipes = Pipes()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "jupyter_launch.runner", "--warm",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env=self.env, start_new_session=True, preexec_fn=_set_pdeathsig)
-            line = await proc.stdout.readline()  # type: ignore[union-attr]
+            out, err = pipes.child_ends
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.python, "-m", "jupyter_launch.runner", "--warm", stdin=asyncio.subprocess.PIPE,
+                    stdout=out, stderr=err, env=self.env, start_new_session=True, preexec_fn=_set_pdeathsig)
+            finally:
+                pipes.started()
+            line = await pipes.readline()
             if line.strip() == b"ready" and not self._closed:
-                self._ready.append(proc)
-            else:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+                self._ready.append((proc, pipes))
+                return
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            pipes.close()
+        except BaseException:
+            pipes.close()
+            raise
         finally:
             self._spawning -= 1
 
     def ready_pids(self) -> list[int]:
-        return [proc.pid for proc in self._ready if proc.returncode is None]
+        return [proc.pid for proc, _ in self._ready if proc.returncode is None]
 
-    def take(self) -> asyncio.subprocess.Process | None:
+    def take(self) -> tuple[asyncio.subprocess.Process, Pipes] | None:
         while self._ready:
-            proc = self._ready.popleft()
+            proc, pipes = self._ready.popleft()
             if proc.returncode is None:
                 self.top_up()
-                return proc
+                return proc, pipes
+            pipes.close()
         self.top_up()
         return None
 
     async def close(self) -> None:
         self._closed = True
         while self._ready:
-            proc = self._ready.popleft()
+            proc, pipes = self._ready.popleft()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
+            pipes.close()
 
 
 class LocalBackend(Backend):
     name: ClassVar[str] = "local"
     read_size = Integer(READ_SIZE, config=True, help="Bytes read from a job's pipes at a time.")
+    linger = Float(10.0, config=True, help=(
+        "Seconds a runner may take to end on its own after its result record (shutting its kernel down); then its "
+        "process group is killed."))
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._pools: dict[str, WarmPool] = {}
+        self._ending: set[asyncio.Task[None]] = set()  # runners ending after their job did
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -140,6 +276,8 @@ class LocalBackend(Backend):
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        if self._ending:
+            await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
         python = self.python(ctx)
@@ -152,35 +290,40 @@ class LocalBackend(Backend):
                 argv[0] = python  # "python" in a job means this environment's interpreter, not the first on PATH
         else:
             pool = self._pools.get(ctx.queue)
-            proc = pool.take() if pool else None
-            if proc is not None:
+            taken = pool.take() if pool else None
+            if taken is not None:
+                proc, pipes = taken
                 line = json.dumps({"job_file": str(ctx.workdir / ".jupyter-launch" / "job.json"),
                                    "cwd": str(ctx.workdir), "env": {**ctx.env, **ctx.secrets,
                                    **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, ctx.gpu_ids))} if ctx.gpu_ids else {})}})
                 proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
                 await proc.stdin.drain()  # type: ignore[union-attr]
                 proc.stdin.close()  # type: ignore[union-attr]
-                return LocalHandle(proc, warm=True)
+                return LocalHandle(proc, pipes, warm=True, runner=True)
             argv = [python] + ctx.runner_command[1:]
+        pipes = Pipes(self.read_size)
+        out, err = pipes.child_ends
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, cwd=ctx.workdir, env=self.job_env(ctx), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, preexec_fn=_set_pdeathsig, limit=self.read_size)
+                stdout=out, stderr=err, start_new_session=True, preexec_fn=_set_pdeathsig)
         except (FileNotFoundError, PermissionError) as exc:
+            pipes.close()
             from .base import BackendError
 
             raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
-        return LocalHandle(proc)
+        pipes.started()
+        return LocalHandle(proc, pipes, runner=ctx.spec.kind != "command")
 
     async def stream(self, handle: LocalHandle, ctx: JobContext) -> None:
-        async def pump(reader: asyncio.StreamReader | None, name: str) -> None:
-            if reader is None:
-                return
-            while chunk := await reader.read(self.read_size):
-                ctx.log(name, chunk)
+        handle.pipes.attach(ctx.log)
+        await handle.pipes.ended()
 
-        await asyncio.gather(pump(handle.proc.stdout, "stdout"), pump(handle.proc.stderr, "stderr"))
+    def finishes_at_result(self, handle: LocalHandle) -> bool:
+        return handle.runner
+
+    async def drain(self, handle: LocalHandle, ctx: JobContext) -> None:
+        handle.pipes.drain()
 
     async def wait(self, handle: LocalHandle) -> int:
         code = await handle.proc.wait()
@@ -197,6 +340,22 @@ class LocalBackend(Backend):
                 os.killpg(proc.pid, signal.SIGKILL)
 
     async def cleanup(self, handle: LocalHandle, ctx: JobContext, result: Result) -> None:
+        if handle.proc.returncode is None and result.finished_at_result:
+            # The job is over and its files are in; the runner is shutting its kernel down. Let it, for a while.
+            handle.pipes.attach(lambda stream, data: None)  # the log is closed: what it prints now goes nowhere
+            task = asyncio.get_running_loop().create_task(self._end(handle, self.linger))
+            self._ending.add(task)
+            task.add_done_callback(self._ending.discard)
+            return
+        await self._end(handle, 0)
+
+    async def _end(self, handle: LocalHandle, linger: float) -> None:
+        if linger:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.proc.wait(), linger)
         # A job's leftover children (a kernel it started, a background process) end with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(handle.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(handle.proc.wait(), 5)
+        handle.pipes.close()
