@@ -147,11 +147,12 @@ class Backend(LoggingConfigurable):
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())
             tasks = [streaming, waiting, cancelling]
             ends = {waiting, cancelling}
-            if self.finishes_at_result(handle):
+            at_result = self.finishes_at_result(handle)
+            if at_result:
                 ends.add(asyncio.create_task(ctx.result_seen.wait()))
                 tasks.extend(ends - set(tasks))
             done, _ = await asyncio.wait(ends, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED)
-            if ctx.result_seen.is_set() and not done & {waiting, cancelling}:
+            if at_result and ctx.result_seen.is_set() and not done & {waiting, cancelling}:
                 await self.drain(handle, ctx)
                 result = Result("succeeded", 0, "completed", finished_at_result=True)  # the agent reads the record
                 return result

@@ -74,20 +74,22 @@ class Pipes:
         for name, fd in self._fds.items():
             self._loop.add_reader(fd, self._read, name)
 
-    def _read(self, name: str) -> None:
+    def _read(self, name: str) -> bool:
+        """One read from a pipe; whether it gave data (False: nothing there now, or end of file)."""
         fd = self._fds.get(name)
         if fd is None:
-            return
+            return False
         try:
             data = os.read(fd, self.read_size)
         except BlockingIOError:
-            return
+            return False
         except OSError:
             data = b""
         if data:
             self._deliver(name, data)
         else:
             self._close(name)
+        return bool(data)
 
     def _deliver(self, name: str, data: bytes) -> None:
         if self._sink is not None:
@@ -108,17 +110,8 @@ class Pipes:
     def drain(self) -> None:
         """Read everything the pipes hold now (up to end of file where the writers are gone)."""
         for name in list(self._fds):
-            while name in self._fds:
-                try:
-                    data = os.read(self._fds[name], self.read_size)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    data = b""
-                if data:
-                    self._deliver(name, data)
-                else:
-                    self._close(name)
+            while self._read(name):
+                pass
 
     async def readline(self, stream: str = "stdout") -> bytes:
         """The first line kept from ``stream`` (before a sink is attached), taken out of what is kept; b"" at EOF."""
