@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,16 @@ pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+
+
+@pytest.fixture(autouse=True)
+def collect_garbage_after_the_test() -> Iterator[None]:
+    """Collect garbage once the test's other fixtures are torn down (autouse: set up first, torn down last), so that
+    a socket or file a test left to the garbage collector is reported as that test's failure, not in whichever later
+    test happens to set off a collection. (CI's Kubernetes manifest test failed twice so, on a Docker client's unix
+    socket, while it parsed a large schema.)"""
+    yield
+    gc.collect()
 
 
 @pytest.fixture
