@@ -186,8 +186,8 @@ class ContainerWatch:
         self._thread.join()
 
 
-def test_kill_9_the_docker_agent_50_times_loses_nothing_and_runs_nothing_twice(client, tmp_path, cli_env,
-                                                                                docker_api):
+def test_kill_9_the_docker_agent_50_times_loses_nothing_and_never_runs_a_job_twice_at_once(
+        client, tmp_path, cli_env, docker_api):
     api = docker_api
     queue = "faults-docker"
     client.create_queue(QueueConfig(queue_name=queue, provider={"type": "docker", "image": BASE_IMAGE}))
