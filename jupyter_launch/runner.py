@@ -573,23 +573,18 @@ class Runner:
         # The outputs are written, then the result goes out, then the kernel is shut down: the result record says the
         # job's files are complete, so the agent can end the job there, while a kernel's shutdown (which sometimes
         # stalls for seconds) and this interpreter's exit go on behind it.
-        immediate = outcome.reason in ("timeout", "kernel_died", "cancelled")
-        if immediate and self.kernel is not None:  # nothing more to wait for from this kernel
-            shutting = asyncio.create_task(self.kernel.shutdown(now=True))
-            self.kernel = None
-        else:
-            shutting = None
+        kernel, shutting = self.kernel, None
+        if kernel is not None and outcome.reason in ("timeout", "kernel_died", "cancelled"):
+            shutting = asyncio.create_task(kernel.shutdown(now=True))  # nothing more to wait for from it
         if nb is not None and out_dir.is_dir():
             try:
                 await write_outputs(nb, out_dir, stem, exporter)
             except Exception as exc:  # write_outputs warns for what it expects; this is for the rest
                 _warn(f"the outputs were not written: {type(exc).__name__}: {exc}")
         _emit(outcome.record)
-        if self.kernel is not None:
-            shutting = asyncio.create_task(self.kernel.shutdown(now=False))
-        if shutting is not None:
+        if kernel is not None:
             try:
-                await shutting
+                await (shutting or kernel.shutdown(now=False))
             except Exception as exc:
                 _warn(f"after the job, shutting the kernel down: {type(exc).__name__}: {exc}")
         return 0 if outcome.state == "succeeded" else 1
