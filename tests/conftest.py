@@ -7,8 +7,10 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from docker_engine import engine_client
 
 pytest_plugins = ("pytest_jupyter.jupyter_server",)
 
@@ -24,6 +26,14 @@ def collect_garbage_after_the_test() -> Iterator[None]:
     socket, while it parsed a large schema.)"""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def docker_api() -> Iterator[Any]:
+    """The Docker engine's low-level API for one test, closed after it (``docker_engine.engine_client``); the test
+    fails, naming the script to run, when the engine or the base image is missing."""
+    with engine_client() as api:
+        yield api
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from traitlets.config import Config
 
+from docker_engine import BASE_IMAGE, engine_client
+
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.backends.docker import (JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, DockerBackend,
                                             secrets_line, sh_quote)
@@ -30,36 +32,19 @@ from jupyter_launch.images import BuildSettings, pip_install_args, plan_build
 from jupyter_launch.spec import QueueConfig
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
-BASE_IMAGE = "launch-python:bookworm"
 BUILD = {"base_image": BASE_IMAGE}
 
 
 @pytest.fixture(scope="session")
-def docker_api():
-    try:
-        import docker
-
-        api = docker.APIClient(version="auto", timeout=30)
-        api.ping()
-    except Exception as exc:
-        pytest.fail(f"Docker engine not reachable ({exc}): run ci/docker.sh", pytrace=False)
-    try:
-        api.inspect_image(BASE_IMAGE)
-    except Exception:
-        pytest.fail(f"missing base image {BASE_IMAGE}: run ci/python-base.sh", pytrace=False)
-    yield api
-    api.close()
-
-
-@pytest.fixture(scope="session")
-def env_image(docker_api) -> str:
+def env_image() -> str:
     """The job image notebook jobs on a plain queue get: built here once, then a cache hit for every job."""
     from jupyter_launch.images import ImageBuilder
 
-    builder = ImageBuilder(docker_api)
-    plan = plan_build(BuildSettings.from_config(BUILD, BASE_IMAGE), builder.image_id(BASE_IMAGE), {}, None)
-    if not builder.cached(plan):
-        builder.build(plan, lambda text: None)
+    with engine_client() as api:
+        builder = ImageBuilder(api)
+        plan = plan_build(BuildSettings.from_config(BUILD, BASE_IMAGE), builder.image_id(BASE_IMAGE), {}, None)
+        if not builder.cached(plan):
+            builder.build(plan, lambda text: None)
     return plan.tag
 
 

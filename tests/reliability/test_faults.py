@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from docker_engine import BASE_IMAGE
+
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.spec import QueueConfig
@@ -26,7 +28,6 @@ from jupyter_launch.spec import QueueConfig
 from .conftest import ROOT, ledger_code, list_job_ids, read_ledger, record_figure
 
 KILLS = int(os.environ.get('JUPYTER_LAUNCH_TEST_KILLS', 50))  # fewer only to debug
-BASE_IMAGE = "launch-python:bookworm"
 
 
 def until(predicate: Any, timeout: float, what: str, interval: float = 0.02) -> None:
@@ -130,27 +131,6 @@ def test_kill_9_the_local_agent_50_times_loses_nothing_and_runs_nothing_twice(cl
     counts = check_ledger(ledger, jobs)
     record_figure("kill -9 local agent", kills=KILLS, kills_mid_job=mid_job, jobs=len(jobs),
                   succeeded=len(records), lost=0, ran_twice_at_once=0, **counts)
-
-
-@pytest.fixture
-def docker_api() -> Iterator[Any]:
-    """The engine's API, closed after the test: a client left for the garbage collector warns (an error here) in
-    whichever later test the collection happens to run."""
-    import docker
-
-    api = docker.APIClient(timeout=30)
-    try:
-        try:
-            api.ping()
-        except Exception as exc:
-            pytest.fail(f"the Docker engine is not reachable ({exc}): run ci/docker.sh", pytrace=False)
-        try:
-            api.inspect_image(BASE_IMAGE)
-        except Exception:
-            pytest.fail(f"missing base image {BASE_IMAGE}: run ci/python-base.sh", pytrace=False)
-        yield api
-    finally:
-        api.close()
 
 
 class ContainerWatch:

@@ -48,6 +48,7 @@ from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE
 from jupyter_launch.server.tokens import AgentTokens
 from jupyter_launch.store import SQLStore
 
+from docker_engine import BASE_IMAGE as DOCKER_IMAGE
 from launch_server import LaunchServer
 
 from .conftest import record_figure
@@ -56,7 +57,6 @@ VERBS = ("get", "post", "put", "delete", "patch")
 SAMPLES = {"job_id": "0123456789abcd", "queue": "no-such-queue", "digest": "sha256:" + "0" * 64, "path": "out.txt"}
 GROUP = re.compile(r"\(\?P<(\w+)>((?:[^()]|\([^()]*\))+)\)")  # a named group, one level of nested groups inside
 DENIED_TOKEN = "denied-" + secrets.token_hex(8)
-DOCKER_IMAGE = "launch-python:bookworm"  # built by ci/python-base.sh; images cannot be pulled here
 DOCKER_QUEUE = "sec-docker"
 SECRET_NAME = "MYSECRET"
 
@@ -482,20 +482,7 @@ def submit(secured: Secured, tmp_path: Path, name: str, code: str, queue: str, *
     return job_id.group(1), proc.stdout + proc.stderr
 
 
-def docker_api() -> Any:
-    try:
-        import docker
-
-        api = docker.APIClient(version="auto", timeout=30)
-        api.ping()
-        api.inspect_image(DOCKER_IMAGE)
-    except Exception as exc:
-        pytest.fail(f"the Docker part needs the engine (ci/docker.sh) and {DOCKER_IMAGE} (ci/python-base.sh): "
-                    f"{exc}", pytrace=False)
-    return api
-
-
-def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path):
+def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path, docker_api: Any):
     from jupyter_launch.backends.base import JobContext
     from jupyter_launch.backends.docker import JOB_ID_LABEL
     from jupyter_launch.backends.kubernetes import build_manifests, pack_workdir
@@ -503,7 +490,7 @@ def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path):
 
     server, canary = secured.server, secured.canary
     digest = hashlib.sha256(canary.encode()).hexdigest()
-    api = docker_api()
+    api = docker_api
     code, queue = server.api("POST", "queues", {"queue_name": DOCKER_QUEUE, "provider": {
         "type": "docker", "build": {"base_image": DOCKER_IMAGE}, "keep_on_failure": True}})
     assert code == 201, queue
@@ -536,7 +523,6 @@ def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path):
         scan.text("docker ps (labels)", json.dumps(containers))
     finally:
         api.remove_container(containers[0]["Id"], force=True)
-        api.close()
 
     # Every API read of the jobs, as a user and as an agent.
     user = {"Authorization": f"token {server.token}"}
