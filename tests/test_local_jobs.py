@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import running
 
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.client import LaunchClient
@@ -253,13 +254,6 @@ def test_pipes_drain_delivers_what_the_child_wrote_before_the_call():
     assert delivered == {"stdout": b"out", "stderr": b"e" * 100000}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _slow_exit_notebook(folder: Path, exit_seconds: float) -> Path:
     """A notebook whose kernel takes ``exit_seconds`` to exit, and that writes to fd 2 as its last act."""
     import nbformat
@@ -276,7 +270,6 @@ def _slow_exit_notebook(folder: Path, exit_seconds: float) -> Path:
     return folder / "slow_exit.ipynb"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("linger", [None, 0.5])
 def test_a_notebook_job_ends_at_its_result_while_its_runner_is_still_ending(client, tmp_path, linger):
     """The job is done, its log and files complete, once the runner's result record is in; the runner then shuts
@@ -297,8 +290,8 @@ def test_a_notebook_job_ends_at_its_result_while_its_runner_is_still_ending(clie
                 await asyncio.sleep(0.02)
             done_at = time.monotonic()
             runner, kernel = map(int, client.read_output(job.id, "pids").split())
-            alive_at_done = _alive(runner), _alive(kernel)
-            while _alive(runner) or _alive(kernel):  # the agent ends them, still running
+            alive_at_done = running(runner), running(kernel)
+            while running(runner) or running(kernel):  # the agent ends them, still running
                 assert time.monotonic() - done_at < 20, "the runner and its kernel did not end"
                 await asyncio.sleep(0.02)
             return alive_at_done, time.monotonic() - done_at

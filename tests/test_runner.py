@@ -18,6 +18,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from processes import child_pids, running
+
 from jupyter_launch import control
 from jupyter_launch.runner import INJECTED_TAG, JobError, inject_parameters, parameters_source, python_literal
 
@@ -90,26 +92,6 @@ def code_notebook(*sources: str) -> nbformat.NotebookNode:
 
 def stored_text(nb: nbformat.NotebookNode) -> str:
     return "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-
-
-def child_pids(pid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 # ------------------------------------------------------------------ parameters, without a kernel
