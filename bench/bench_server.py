@@ -204,7 +204,7 @@ async def bench_submits(server: Server, n: int) -> dict[str, Any]:
 
 def bench_claim_latency(server: Server, n: int = 20) -> list[float]:
     sys.path.insert(0, str(ROOT))
-    from jupyter_launch.server.remote import HttpStore
+    from jupyter_launch.remote.store import HttpStore
     from jupyter_launch.server.tokens import AgentTokens
     from jupyter_launch.store import SQLStore
 

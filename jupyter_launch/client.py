@@ -2,7 +2,7 @@
 
 The client packages and submits, reads logs from an offset and follows them, cancels, reruns and fetches outputs.
 It works on the embedded store (SQLite and the blob folder under the launch home, no server needed), or through a
-running server's API (``jupyter_launch.server.remote.connect`` / ``client_for``, what the CLI uses); the magics, the
+running server's API (``jupyter_launch.remote``: ``connect`` / ``client_for``, what the CLI uses); the magics, the
 CLI and the panel all go through it.
 """
 

@@ -7,7 +7,7 @@ back those named by ``--pull``. Both magics return a :class:`LaunchedJob` (a :cl
 and show a live view that updates from a background thread, so the kernel stays free; ``--wait`` blocks until the job
 ends instead.
 
-Jobs go where ``jupyter launch`` sends them (:func:`~jupyter_launch.server.remote.client_for`): through the server
+Jobs go where ``jupyter launch`` sends them (:func:`~jupyter_launch.remote.discovery.client_for`): through the server
 ``$JUPYTER_LAUNCH_SERVER_URL`` names, else to the embedded store ``$JUPYTER_LAUNCH_HOME``/``$JUPYTER_LAUNCH_STORE_URL``
 names, else through the local running Jupyter server with jupyter-launch (the one that started this kernel first),
 else to the embedded store. On the embedded store, where no agent serves the queue, one runs inside this kernel (on
@@ -98,7 +98,7 @@ class LaunchMagics(Magics):
 
     client_class = Type(None, klass=object, allow_none=True, config=True,
                         help="The client jobs go through, built with client_kwargs. Unset: the one `jupyter launch` "
-                             "uses (jupyter_launch.server.remote.client_for: a server named by "
+                             "uses (jupyter_launch.remote.discovery.client_for: a server named by "
                              "$JUPYTER_LAUNCH_SERVER_URL, a store named by $JUPYTER_LAUNCH_HOME, a local running "
                              "server, else the embedded store).")
     client_kwargs = Dict(config=True, help="Keyword arguments for client_class, or for client_for when it is unset "
@@ -114,7 +114,7 @@ class LaunchMagics(Magics):
 
     @default("output_base_url")
     def _default_output_base_url(self) -> str:
-        from .server.remote import SERVER_ENV
+        from .remote.http import SERVER_ENV
 
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or os.environ.get(SERVER_ENV) or "/"
 
@@ -135,7 +135,7 @@ class LaunchMagics(Magics):
     def _new_client(self) -> Any:
         if self.client_class is not None:
             return self.client_class(**self.client_kwargs)
-        from .server.remote import client_for
+        from .remote.discovery import client_for
 
         return client_for(**self.client_kwargs)
 

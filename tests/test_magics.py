@@ -86,7 +86,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         env = request.getfixturevalue("kernel_env")
         yield Target("embedded", request.getfixturevalue("client"), env, workdir)
         return
-    from jupyter_launch.server.remote import connect
+    from jupyter_launch.remote.client import connect
 
     server: LaunchServer = request.getfixturevalue("launch_server")
     env = base_env(tmp_path)
@@ -268,7 +268,7 @@ def test_through_a_server_a_queue_no_agent_serves_waits_for_one(launch_server, t
     """No agent starts in the kernel for the server's queue: the job waits on the server, and the view says why."""
     from jupyter_client.manager import start_new_kernel
 
-    from jupyter_launch.server.remote import connect
+    from jupyter_launch.remote.client import connect
     from jupyter_launch.spec import QueueConfig, validate
 
     client = connect(launch_server.url, SERVER_TOKEN, home=tmp_path / "test-home")
@@ -462,7 +462,7 @@ def test_metrics_plot_one_chart_per_numeric_metric():
 
 
 def test_a_kernel_finds_the_server_that_started_it_first(monkeypatch):
-    from jupyter_launch.server import remote
+    from jupyter_launch.remote import discovery as remote
 
     servers = [{"pid": 2, "url": "http://newest/", "token": "b"}, {"pid": 1, "url": "http://parent/", "token": "a"}]
     monkeypatch.setattr(remote, "_running_servers", lambda: [dict(s) for s in servers])

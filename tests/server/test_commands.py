@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jupyter_launch.server.commands import add_token_commands
+from jupyter_launch.cli.tokens import add_token_commands
 
 
 def run(*argv: str) -> None:

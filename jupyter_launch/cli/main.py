@@ -19,9 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .server.remote import SERVER_ENV, TOKEN_ENV, client_for
-from .spec import SpecError, format_memory, parse_param
-from .store import FINAL, JobRecord, StoreError
+from ..remote.discovery import client_for
+from ..remote.http import SERVER_ENV, TOKEN_ENV
+from ..spec import SpecError, format_memory, parse_param
+from ..store import FINAL, JobRecord, StoreError
 
 
 class UsageError(Exception):
@@ -182,7 +183,7 @@ def _follow(client: Any, job_id: str, *, run_agent_for: str | None = None, offse
                 print(f"no agent serves queue {run_agent_for} on {client.server_url}; the job waits for one (jupyter "
                       f"launch agent --server URL --token AGENT_TOKEN --queue {run_agent_for})", file=sys.stderr)
             else:
-                from .agent import make_local_agent
+                from ..agent import make_local_agent
 
                 print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
                       file=sys.stderr)
@@ -341,14 +342,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from .agent import make_local_agent
-    from .client import LaunchClient
+    from ..agent import make_local_agent
+    from ..client import LaunchClient
 
     args.server = args.server or os.environ.get(SERVER_ENV)
     if args.server:
         if not (args.token or os.environ.get(TOKEN_ENV)):
             raise UsageError(f"agent --server needs --token (or ${TOKEN_ENV}): an agent token from `token create`")
-        from .server.commands import cmd_remote_agent
+        from .tokens import cmd_remote_agent
 
         return cmd_remote_agent(args)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
@@ -484,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gpus", type=int, help="GPU slots (default: detected with nvidia-smi)")
     a.set_defaults(func=cmd_agent)
 
-    from .server.commands import add_token_commands
+    from .tokens import add_token_commands
 
     add_token_commands(sub)
     return p
@@ -511,6 +512,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,13 @@ import signal
 import sys
 from typing import Any
 
-from .remote import TOKEN_ENV
+from ..remote.http import TOKEN_ENV
 
 
 def _tokens() -> Any:
     from ..paths import default_store_url
     from ..store import SQLStore
-    from .tokens import AgentTokens
+    from ..server.tokens import AgentTokens
 
     return AgentTokens(SQLStore(default_store_url()))
 
@@ -70,7 +70,7 @@ def add_token_commands(sub: Any) -> None:
 
 def cmd_remote_agent(args: argparse.Namespace) -> int:
     """``jupyter launch agent --server URL --token T --queue Q``: work for a server over HTTP."""
-    from .remote import make_remote_agent, run_remote_agent
+    from ..remote.agent import make_remote_agent, run_remote_agent
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
     token = args.token or os.environ.get(TOKEN_ENV, "")  # cli.cmd_agent has checked there is one
