@@ -302,7 +302,7 @@ def _manifest(launch_home: Path, job: dict) -> dict:
     from jupyter_launch.artifact import load_manifest
     from jupyter_launch.store.blobs import BlobStore
 
-    return load_manifest(BlobStore(launch_home / "blobs"), job["artifact"])
+    return load_manifest(job["artifact"], BlobStore(launch_home / "blobs"))
 
 
 def test_the_cli_and_the_python_api_package_the_same_notebook_into_the_same_artifact(cli, client, launch_home,
