@@ -356,7 +356,7 @@ class LaunchMagics(Magics):
             if client.live_agents(queue):
                 return None
             return (f"no agent serves queue {queue!r} on {client.server_url}; the job waits for one "
-                    f"(`jupyter launch agent --server URL --queue {queue}`, with an agent token)")
+                    f"(`jupyter launch agent --server URL --token AGENT_TOKEN --queue {queue}`)")
         if not self.agent_in_kernel:
             return None
         if not BackgroundLoop.get().submit(client.ensure_agent(queue)).result():
@@ -410,6 +410,8 @@ def _names(values: list[str] | None, option: str) -> list[str]:
 
 def _spec_message(exc: Any, magic: str) -> str:
     option = _OPTION.get(exc.field or "") or _OPTION.get((exc.field or "").split(".")[0])
+    if option and exc.message.startswith(option + " "):
+        return exc.message  # the message names its option already
     if option:
         return f"{magic} {option}: {exc.message}"
     return f"{magic}: {exc.field + ': ' if exc.field else ''}{exc.message}"
