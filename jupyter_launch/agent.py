@@ -25,12 +25,12 @@ from traitlets.config import LoggingConfigurable
 
 from .backends.base import Backend, JobContext, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
+from .errors import LaunchError
 from .notify import WakeListener
 from .paths import launch_home
+from .remote.http import RemoteAuthError
 from .spec import JobSpec
-from .store import (
-    FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, RemoteAuthError, describe, is_disk_full,
-)
+from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024
@@ -502,7 +502,9 @@ class Agent(LoggingConfigurable):
         self.store.add_outputs(job_id, records)
 
 
-class _JobSetupError(Exception):
+class _JobSetupError(LaunchError):
+    """A job that cannot be set up to run (a secret missing, an artifact that does not unpack), with its reason."""
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason

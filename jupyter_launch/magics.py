@@ -34,6 +34,7 @@ from IPython.display import display
 from traitlets import Bool, Dict, Enum, Float, Integer, Type, Unicode, default
 
 from .client import Job
+from .errors import LaunchError
 from .widgets import BackgroundLoop, JobView, JobWatcher, TextView, reason_text
 
 SETUP_TAG = "launch-setup"
@@ -47,7 +48,7 @@ _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memo
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
 
 
-class JobFailed(Exception):
+class JobFailed(LaunchError):
     """A ``--wait`` job that did not succeed (or whose pulled variables could not be loaded); ``.job`` is its handle."""
 
     def __init__(self, job: LaunchedJob, message: str):
@@ -198,6 +199,7 @@ class LaunchMagics(Magics):
             client = self.client
         except ValueError as exc:  # a server URL that is not http(s)
             raise UsageError(f"{magic}: {exc}") from None
+        from .artifact import ArtifactError
         from .spec import JobSpec, SpecError, validate
         from .store import StoreError
 
@@ -211,7 +213,7 @@ class LaunchMagics(Magics):
                 path, root = self._notebook_path(args)
                 validate(JobSpec, {"kind": "notebook", "notebook": path.name, **fields}, magic)
                 job = client.submit(path, queue=args.queue, root=root, include=args.include, **fields)
-        except SpecError as exc:
+        except (SpecError, ArtifactError) as exc:
             raise UsageError(_spec_message(exc, magic)) from None
         except StoreError as exc:
             raise UsageError(f"{magic}: {exc}") from None

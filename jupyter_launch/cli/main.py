@@ -19,14 +19,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..errors import LaunchError, LocatedError
 from ..remote.discovery import client_for
 from ..remote.http import SERVER_ENV, TOKEN_ENV
 from ..spec import SpecError, format_memory, parse_param
 from ..store import FINAL, JobRecord, StoreError
 
 
-class UsageError(Exception):
-    pass
+class UsageError(LaunchError):
+    """A command line that cannot be run as given."""
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -504,7 +505,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("token commands act on the store itself ($JUPYTER_LAUNCH_HOME or "
                              "$JUPYTER_LAUNCH_STORE_URL), not through a server: run them without --server")
         return args.func(args)
-    except (SpecError, StoreError, UsageError) as exc:
+    except (LocatedError, StoreError, UsageError) as exc:  # bad input (a spec, a folder to package), a refusal
         print(f"jupyter launch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

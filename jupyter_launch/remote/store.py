@@ -15,8 +15,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..store import BlobStore, Claim, Heartbeat, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, sha256_file
-from .http import Http, job_record, queue_record
+from ..store import BlobStore, Claim, Heartbeat, OutputRecord, QueueRecord, sha256_file
+from .http import Http, RemoteAuthError, RemoteError, job_record, queue_record
 
 
 class HttpStore:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from jupyter_launch.remote.agent import make_remote_agent, run_remote_agent
+from jupyter_launch.remote.http import RemoteAuthError
 from jupyter_launch.remote.store import HttpStore
-from jupyter_launch.store import RemoteAuthError
 from jupyter_launch.store import schema as t
 
 from .conftest import command_spec, wait_done
