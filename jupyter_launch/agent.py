@@ -31,6 +31,7 @@ from .paths import launch_home
 from .remote.http import RemoteAuthError
 from .spec import JobSpec
 from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
+from .store.protocol import DiskReserve, LocalEvents, Store
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024
@@ -151,7 +152,7 @@ class Agent(LoggingConfigurable):
     work_root = Unicode(config=True, help="Where jobs' folders are unpacked.")
     agent_id = Unicode(config=True, help="This agent's id in the store.")
     backend_classes = Dict(config=True, help="Provider type -> Backend class, overriding the registry.")
-    store = Instance(object, help="The store (SQLStore, or the server's HTTP client for remote agents).")
+    store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
 
@@ -218,7 +219,7 @@ class Agent(LoggingConfigurable):
         await asyncio.to_thread(self.store.register_agent, self.agent_id, self.queues, self.job_types,
                                 host=socket.gethostname(),
                                 info={"gpus": self._total_gpus if self._local_gpus else None, "pid": os.getpid()})
-        if hasattr(self.store, "subscribe"):
+        if isinstance(self.store, LocalEvents):  # else woken by the wake socket, a long-polled claim, or the poll
             self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
             self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
         if self.wake_socket:
@@ -298,7 +299,7 @@ class Agent(LoggingConfigurable):
         return self.heartbeat_interval or self.lease_seconds / 4
 
     def _housekeeping(self) -> None:
-        if hasattr(self.store, "ensure_reserve"):
+        if isinstance(self.store, DiskReserve):
             self.store.ensure_reserve()  # taken back once a full disk has room again
         self.store.agent_seen(self.agent_id)
         if self.store.requeue_expired():
@@ -384,7 +385,7 @@ class Agent(LoggingConfigurable):
             if sink.failure is not None:
                 full = is_disk_full(sink.failure)
                 cause = getattr(sink.failure, "orig", None) or sink.failure  # the driver's words, not the SQL
-                if full and hasattr(store, "release_reserve"):
+                if full and isinstance(store, DiskReserve):
                     await asyncio.to_thread(store.release_reserve)  # room to record the failure below
                 result = Result(FAILED, reason="log_storage_full" if full else "log_write_failed", message=(
                     f"{describe('log_storage_full' if full else 'log_write_failed')}: {cause}. The log "

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .paths import default_store_url, launch_home
 from .spec import JobSpec, QueueConfig, SpecError, load_job_spec, load_queue_config, validate
 from .store import FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, SQLStore, StoreError
+from .store.protocol import LocalEvents
 
 if TYPE_CHECKING:
     from .artifact import Artifact
@@ -201,8 +202,9 @@ class LaunchClient:
             if jid == job_id:
                 loop.call_soon_threadsafe(wake.set)
 
-        unsubscribe = self.store.subscribe("log", on_log)
-        unsub_state = self.store.subscribe("state", on_log)
+        # In-process events wake the follower at once; a store behind a server has none, so it polls.
+        unsubscribes = ([self.store.subscribe(name, on_log) for name in ("log", "state")]
+                        if isinstance(self.store, LocalEvents) else [])
         try:
             delay = FOLLOW_POLL_MIN
             while True:
@@ -222,8 +224,8 @@ class LaunchClient:
                 except asyncio.TimeoutError:
                     delay = min(delay * 2, FOLLOW_POLL_MAX)
         finally:
-            unsubscribe()
-            unsub_state()
+            for unsubscribe in unsubscribes:
+                unsubscribe()
 
     def metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self.store.read_metrics(job_id, after)

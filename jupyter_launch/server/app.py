@@ -21,7 +21,6 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 from ..agent import Agent
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
-from .tokens import AgentTokens
 from .ws import LogHub
 
 T = TypeVar("T")
@@ -73,7 +72,6 @@ class LaunchApp(ExtensionApp):
             self.store.migrate(in_child=True)  # the server lives long: it need not keep alembic loaded
         self.store.ensure_default_queue()
         self.blobs = BlobStore(self.blob_dir)
-        self.tokens = AgentTokens(self.store)
         self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
         self.hub = LogHub(self.store)
         self.inflight = 0
@@ -117,7 +115,7 @@ class LaunchApp(ExtensionApp):
         agents, self.agents = self.agents, []
         for agent in agents:
             with contextlib.suppress(Exception):
-                await self.run_store(self._release_leases, agent.agent_id)
+                await self.run_store(self.store.release_agent_leases, agent.agent_id)
                 await agent.stop(cancel_jobs=True)
         if agents:
             with contextlib.suppress(Exception):
@@ -135,14 +133,6 @@ class LaunchApp(ExtensionApp):
         """Run a blocking store call off the event loop, on the API's own threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
-
-    def _release_leases(self, agent_id: str) -> None:
-        from ..store import ACTIVE
-        from ..store import schema as t
-
-        with self.store._write() as c:
-            c.execute(t.jobs.update().where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(ACTIVE))
-                      .values(fence=t.jobs.c.fence + 1, lease_expires=0.0))
 
     async def _reap_expired_leases(self) -> None:
         while True:

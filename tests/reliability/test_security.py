@@ -45,7 +45,6 @@ from tornado import web
 import jupyter_launch.server
 from jupyter_launch.server.app import LaunchApp
 from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE
-from jupyter_launch.server.tokens import AgentTokens
 from jupyter_launch.store import SQLStore
 
 from docker_engine import BASE_IMAGE as DOCKER_IMAGE
@@ -112,9 +111,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         server.start()
         store = SQLStore(f"sqlite:///{server.home / 'launch.db'}", migrate=False)
         try:
-            tokens = AgentTokens(store)
-            agent_tokens = {name: tokens.create(name, ["*"])[0] for name in ("box", "mallory", "revoked")}
-            tokens.revoke(agent_tokens["revoked"])
+            agent_tokens = {name: store.create_agent_token(name, ["*"])[0] for name in ("box", "mallory", "revoked")}
+            store.revoke_agent_token(agent_tokens["revoked"])
         finally:
             store.close()
         yield Secured(server, canary, agent_tokens)
