@@ -199,6 +199,14 @@ def register(name: str, cls: type[Backend]) -> None:
     _REGISTRY[name] = cls
 
 
+def registered_backends() -> dict[str, type[Backend]]:
+    """Every backend the ``jupyter_launch.backends`` entry points name, and those registered in-process, loaded."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _REGISTRY:
+            register(ep.name, ep.load())
+    return dict(_REGISTRY)
+
+
 def backend_class(name: str) -> type[Backend]:
     """The backend for a provider type: registered ones first, then the ``jupyter_launch.backends`` entry points."""
     if name not in _REGISTRY:

@@ -21,7 +21,7 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 from ..agent import Agent
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
-from .ws import LogHub
+from ..service import LaunchService
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ class LaunchApp(ExtensionApp):
         self.store.ensure_default_queue()
         self.blobs = BlobStore(self.blob_dir)
         self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
-        self.hub = LogHub(self.store)
+        self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
         self.inflight = 0
         self.agents: list[Agent] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -87,7 +87,6 @@ class LaunchApp(ExtensionApp):
         self.handlers.extend(default_handlers + stream_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        self.hub.start(asyncio.get_running_loop())
         if self.listen_backlog:
             # listen() again on a listening socket only changes its backlog. Tornado keeps no public list of them.
             for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
@@ -122,7 +121,7 @@ class LaunchApp(ExtensionApp):
                 await self.run_store(self.store.requeue_expired)
         for task in self._tasks:
             task.cancel()
-        self.hub.stop()
+        self.service.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         self.store = None
