@@ -205,12 +205,11 @@ async def bench_submits(server: Server, n: int) -> dict[str, Any]:
 def bench_claim_latency(server: Server, n: int = 20) -> list[float]:
     sys.path.insert(0, str(ROOT))
     from jupyter_launch.remote.store import HttpStore
-    from jupyter_launch.server.tokens import AgentTokens
     from jupyter_launch.store import SQLStore
 
     store = SQLStore(f"sqlite:///{server.home / 'launch.db'}")
-    token, _ = AgentTokens(store).create("bench", ["remote"])
-    http = HttpStore(server.url, token, claim_wait=10)
+    token, _ = store.create_agent_token("bench", ["remote"])
+    http = HttpStore(server.url, agent_token=token, claim_wait=10)
     http.register_agent("bench-agent", ["remote"], [], host="bench")
     lat = []
     import concurrent.futures

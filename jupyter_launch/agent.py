@@ -25,12 +25,13 @@ from traitlets.config import LoggingConfigurable
 
 from .backends.base import Backend, JobContext, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
+from .errors import LaunchError
 from .notify import WakeListener
 from .paths import launch_home
+from .remote.http import RemoteAuthError
 from .spec import JobSpec
-from .store import (
-    FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, RemoteAuthError, describe, is_disk_full,
-)
+from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
+from .store.protocol import DiskReserve, LocalEvents, Store
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024
@@ -151,7 +152,7 @@ class Agent(LoggingConfigurable):
     work_root = Unicode(config=True, help="Where jobs' folders are unpacked.")
     agent_id = Unicode(config=True, help="This agent's id in the store.")
     backend_classes = Dict(config=True, help="Provider type -> Backend class, overriding the registry.")
-    store = Instance(object, help="The store (SQLStore, or the server's HTTP client for remote agents).")
+    store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
 
@@ -225,7 +226,7 @@ class Agent(LoggingConfigurable):
         await asyncio.to_thread(self.store.register_agent, self.agent_id, self.queues, self.job_types,
                                 host=socket.gethostname(),
                                 info={"gpus": self._total_gpus if self._local_gpus else None, "pid": os.getpid()})
-        if hasattr(self.store, "subscribe"):
+        if isinstance(self.store, LocalEvents):  # else woken by the wake socket, a long-polled claim, or the poll
             self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
             self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
         if self.wake_socket:
@@ -305,7 +306,7 @@ class Agent(LoggingConfigurable):
         return self.heartbeat_interval or self.lease_seconds / 4
 
     def _housekeeping(self) -> None:
-        if hasattr(self.store, "ensure_reserve"):
+        if isinstance(self.store, DiskReserve):
             self.store.ensure_reserve()  # taken back once a full disk has room again
         self.store.agent_seen(self.agent_id)
         if self.store.requeue_expired():
@@ -391,7 +392,7 @@ class Agent(LoggingConfigurable):
             if sink.failure is not None:
                 full = is_disk_full(sink.failure)
                 cause = getattr(sink.failure, "orig", None) or sink.failure  # the driver's words, not the SQL
-                if full and hasattr(store, "release_reserve"):
+                if full and isinstance(store, DiskReserve):
                     await asyncio.to_thread(store.release_reserve)  # room to record the failure below
                 result = Result(FAILED, reason="log_storage_full" if full else "log_write_failed", message=(
                     f"{describe('log_storage_full' if full else 'log_write_failed')}: {cause}. The log "
@@ -509,7 +510,9 @@ class Agent(LoggingConfigurable):
         self.store.add_outputs(job_id, records)
 
 
-class _JobSetupError(Exception):
+class _JobSetupError(LaunchError):
+    """A job that cannot be set up to run (a secret missing, an artifact that does not unpack), with its reason."""
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason

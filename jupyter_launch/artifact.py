@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, BinaryIO
 
-from .spec import SpecError
+from .errors import LocatedError
 from .store.blobs import BlobStore, sha256_bytes, sha256_file
 
 MANIFEST_VERSION = 1
@@ -38,7 +38,7 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _HASH_RETRIES = 3
 
 
-class ArtifactError(SpecError):
+class ArtifactError(LocatedError):
     """An artifact that cannot be built or unpacked safely: too large, an escaping link or path, a bad manifest."""
 
 

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .store.protocol import LocalEvents
+
 
 class StoreEvents:
     """Turns the store's in-process ``log``/``state``/``enqueued`` events into asyncio wake-ups for waiters."""
@@ -25,7 +27,7 @@ class StoreEvents:
 
     def _subscribe(self) -> None:
         # Lazily, once: a store without in-process events (over HTTP) leaves waiters to their poll.
-        if not self._unsubscribe and hasattr(self.store, "subscribe"):
+        if not self._unsubscribe and isinstance(self.store, LocalEvents):
             self._unsubscribe = [self.store.subscribe("log", self._on_job),
                                  self.store.subscribe("state", self._on_job),
                                  self.store.subscribe("enqueued", self._on_enqueued)]

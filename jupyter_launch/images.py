@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import LaunchError
+
 IMAGE_REPOSITORY = "jupyter-launch-env"
 HASH_LABEL = "jupyter-launch.env-hash"
 BUILDER_VERSION = "1"  # bump when the Dockerfile's shape changes, so old images are not reused
@@ -32,7 +34,9 @@ ENVIRONMENT_FILES = (".jupyter-launch/environment.json", ".jupyter-launch/manife
 _PIP_INSTALL = re.compile(r"^\s*[%!]?\s*(?:python3?\s+-m\s+)?pip3?\s+install\s+(.*)$")
 
 
-class ImageBuildError(RuntimeError):
+class ImageBuildError(LaunchError, RuntimeError):
+    """An image build, pull or push that failed; ``log_tail`` holds the end of the build's output."""
+
     def __init__(self, message: str, log_tail: str = ""):
         super().__init__(message)
         self.log_tail = log_tail

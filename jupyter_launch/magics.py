@@ -36,6 +36,7 @@ from IPython.utils.process import arg_split
 from traitlets import Bool, Dict, Enum, Float, Integer, Type, Unicode, default
 
 from .client import Job, StoreError
+from .errors import LaunchError, LocatedError
 from .options import JobOptions, PreparedJob, prepare_job, read_notebook, split_param_args
 from .spec import SpecError
 from .widgets import BackgroundLoop, JobView, JobWatcher, TextView, reason_text
@@ -51,7 +52,7 @@ _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memo
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
 
 
-class JobFailed(Exception):
+class JobFailed(LaunchError):
     """A ``--wait`` job that did not succeed (or whose pulled variables could not be loaded); ``.job`` is its handle."""
 
     def __init__(self, job: LaunchedJob, message: str):
@@ -212,7 +213,7 @@ class LaunchMagics(Magics):
                 path, root = self._notebook_path(args)
                 prepared = prepare_job(_job_options(args, notebook=path, root=root), source=magic)
                 job = client.submit_prepared(prepared, queue=args.queue, include=args.include)
-        except SpecError as exc:
+        except LocatedError as exc:  # a spec or a folder to package that is refused
             raise UsageError(_spec_message(exc, magic)) from None
         except StoreError as exc:
             raise UsageError(f"{magic}: {exc}") from None

@@ -53,6 +53,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernel
 from nbformat import NotebookNode  # noqa: E402
 
 from . import control  # noqa: E402
+from .errors import LaunchError  # noqa: E402
 
 DEFAULT_KERNEL = "python3"
 DEFAULT_OUTPUT_DIR = "outputs"
@@ -116,7 +117,7 @@ del _jupyter_launch_os
 """
 
 
-class JobError(Exception):
+class JobError(LaunchError):
     """A job that cannot run as asked: carries the result's reason and a one-line message."""
 
     def __init__(self, reason: str, message: str):

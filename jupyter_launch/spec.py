@@ -17,6 +17,8 @@ from pydantic import (
     AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
+from .errors import LocatedError
+
 SUPPORTED_PROVIDERS = ("local", "docker", "kubernetes")
 # Providers whose YAML we understand (so the seed's aws queue parses) but whose capacity is not provisioned here.
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
@@ -28,22 +30,10 @@ MAX_DEPTH = 100
 MAX_VALUES = 100_000
 
 
-class SpecError(ValueError):
-    """Bad user input: ``file:line: field: message`` on one line."""
-
-    def __init__(self, message: str, *, source: str | None = None, line: int | None = None, field: str | None = None):
-        self.message = message
-        self.source = source
-        self.line = line
-        self.field = field
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = ""
-        if self.source:
-            where = f"{self.source}:{self.line}: " if self.line else f"{self.source}: "
-        what = f"{self.field}: " if self.field else ""
-        return f"{where}{what}{self.message}"
+class SpecError(LocatedError, ValueError):
+    """Bad user input: ``file:line: field: message`` on one line. Still a ``ValueError`` too, as it always was: it is
+    a bad value, like those the parsers here (``parse_memory``, ...) refuse, and a caller's ``except ValueError``
+    around a submit keeps catching it."""
 
 
 # ---------------------------------------------------------------- resource strings

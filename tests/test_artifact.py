@@ -30,6 +30,7 @@ from jupyter_launch.artifact import (
     safe_extract_tar,
     write_tar,
 )
+from jupyter_launch.errors import LaunchError
 from jupyter_launch.spec import SpecError
 from jupyter_launch.store.blobs import BlobStore
 
@@ -155,7 +156,7 @@ def test_size_limit_error_lists_the_largest_files_and_stores_nothing(tmp_path: P
     with pytest.raises(ArtifactError) as info:
         build_artifact(root, blobs, max_size=100_000)
     message = str(info.value)
-    assert "\n" not in message and isinstance(info.value, SpecError)
+    assert "\n" not in message and isinstance(info.value, LaunchError) and not isinstance(info.value, SpecError)
     assert "156.0 kB" in message and "100.0 kB" in message
     assert "f0.bin (50.0 kB), f1.bin (40.0 kB), f2.bin (30.0 kB), f3.bin (20.0 kB), f4.bin (10.0 kB)" in message
     assert "f5.bin" not in message

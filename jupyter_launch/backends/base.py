@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from ..errors import LaunchError
 from ..spec import JobSpec
 
 ENTRY_POINT_GROUP = "jupyter_launch.backends"
@@ -66,7 +67,7 @@ class Result:
     finished_at_result: bool = False  # ended at the runner's result record, its process still ending
 
 
-class BackendError(RuntimeError):
+class BackendError(LaunchError, RuntimeError):
     """A failure with a reason code the user sees (``image_pull_failed``, ``no_gpu_runtime``, ...)."""
 
     def __init__(self, reason: str, message: str):

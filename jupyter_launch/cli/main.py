@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from ..errors import LaunchError, LocatedError
 from ..remote.discovery import client_for
 from ..remote.http import SERVER_ENV, TOKEN_ENV
 from ..client import FINAL, Client, JobRecord, StoreError
@@ -26,8 +27,8 @@ from ..options import JobOptions, prepare_job, split_param_args
 from ..spec import SpecError, format_memory
 
 
-class UsageError(Exception):
-    pass
+class UsageError(LaunchError):
+    """A command line that cannot be run as given."""
 
 
 def _fmt_time(ts: float | None) -> str:
@@ -497,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("token commands act on the store itself ($JUPYTER_LAUNCH_HOME or "
                              "$JUPYTER_LAUNCH_STORE_URL), not through a server: run them without --server")
         return args.func(args)
-    except (SpecError, StoreError, UsageError) as exc:
+    except (LocatedError, StoreError, UsageError) as exc:  # bad input (a spec, a folder to package), a refusal
         print(f"jupyter launch: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,16 +18,15 @@ from ..remote.http import TOKEN_ENV
 from .main import agent_traits
 
 
-def _tokens() -> Any:
+def _store() -> Any:
     from ..paths import default_store_url
     from ..store import SQLStore
-    from ..server.tokens import AgentTokens
 
-    return AgentTokens(SQLStore(default_store_url()))
+    return SQLStore(default_store_url())
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    token, record = _tokens().create(args.name, args.queue, created_by=os.environ.get("USER"))
+    token, record = _store().create_agent_token(args.name, args.queue, created_by=os.environ.get("USER"))
     print(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:",
           file=sys.stderr)
     print(token)
@@ -35,7 +34,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    records = _tokens().list(include_revoked=args.all)
+    records = _store().list_agent_tokens(include_revoked=args.all)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
@@ -46,7 +45,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    record = _tokens().revoke(args.token_id)
+    record = _store().revoke_agent_token(args.token_id)
     print(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next call")
     return 0
 

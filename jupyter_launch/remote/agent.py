@@ -16,8 +16,8 @@ def make_remote_agent(server_url: str, token: str, queues: list[str], *, job_typ
     from ..agent import Agent
     from ..paths import launch_home
 
-    store = HttpStore(server_url, token, claim_wait=claim_wait)
-    blobs = HttpBlobs(store.http, BlobStore(Path(cache_dir) if cache_dir else launch_home() / "agent-cache"))
+    store = HttpStore(server_url, agent_token=token, claim_wait=claim_wait)
+    blobs = HttpBlobs(store.agent_http, BlobStore(Path(cache_dir) if cache_dir else launch_home() / "agent-cache"))
     traits.setdefault("wake_socket", False)
     return Agent(store=store, blobs=blobs, queues=queues, job_types=job_types or [], **traits)
 

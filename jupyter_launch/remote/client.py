@@ -1,14 +1,12 @@
-"""The client through a running server's API, with a user's token: ``HttpClient``, made by ``connect``."""
+"""The client through a running server's API, with a user's token: ``HttpClient`` on an ``HttpStore``, made by
+``connect``."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import json
 import threading
-import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,81 +16,9 @@ from ..options import PreparedJob
 from ..paths import launch_home
 from ..service import LogPage, package
 from ..spec import QueueConfig, load_queue_config
-from ..store import BlobStore, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, RemoteError
-from .http import Http, job_record, queue_record
-from .store import HttpBlobs
-
-
-class ServerStore:
-    """The store methods ``LaunchClient`` uses, through the user endpoints of a running server."""
-
-    def __init__(self, http: Http):
-        self.http = http
-        self.blobs: ServerBlobs | None = None
-
-    def ensure_default_queue(self) -> None:
-        """The server makes the default queue itself."""
-
-    def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
-        return lambda: None  # no in-process events across HTTP; followers poll
-
-    def create_queue(self, config: Any, *, replace: bool = False) -> QueueRecord:
-        data = config.model_dump(mode="json", exclude_none=True)
-        if replace:
-            with contextlib.suppress(NotFound):
-                return queue_record(self.http.request("PUT", f"queues/{config.queue_name}", data)[1])
-        return queue_record(self.http.request("POST", "queues", data)[1])
-
-    def list_queues(self) -> list[QueueRecord]:
-        return [queue_record(q) for q in self.http.request("GET", "queues")[1]["queues"]]
-
-    def get_queue(self, name: str) -> QueueRecord:
-        return queue_record(self.http.request("GET", f"queues/{urllib.parse.quote(name)}")[1])
-
-    def delete_queue(self, name: str, *, force: bool = False) -> None:
-        self.http.request("DELETE", f"queues/{urllib.parse.quote(name)}", params={"force": str(force).lower()})
-
-    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None,
-                rerun_of: str | None = None) -> JobRecord:
-        if artifact and self.blobs is not None:
-            self.blobs.sync()
-        return job_record(self.http.request("POST", "jobs", {"queue": queue, "spec": spec.model_dump(mode="json"),
-                                                       "artifact": artifact})[1])
-
-    def get_job(self, job_id: str) -> JobRecord:
-        return job_record(self.http.request("GET", f"jobs/{job_id}")[1])
-
-    def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None) -> list[JobRecord]:
-        data = self.http.request("GET", "jobs", params={"queue": queue, "state": state, "limit": limit,
-                                                        "before": before})[1]
-        return [job_record(j) for j in data["jobs"]]
-
-    def request_cancel(self, job_id: str) -> JobRecord:
-        return job_record(self.http.request("POST", f"jobs/{job_id}/cancel")[1])
-
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
-        return job_record(self.http.request("POST", f"jobs/{job_id}/rerun")[1])
-
-    def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
-        data = self.http.request("GET", f"jobs/{job_id}/logs", params={"offset": offset, "limit": limit,
-                                                                       "encoding": "base64"})[1]
-        chunks = [LogChunk(c["offset"], c["stream"], c["attempt"], base64.b64decode(c["data"]))
-                  for c in data["chunks"]]
-        return chunks, data["next_offset"]
-
-    def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
-        return self.http.request("GET", f"jobs/{job_id}/metrics", params={"after": after})[1]["metrics"]
-
-    def list_outputs(self, job_id: str) -> list[OutputRecord]:
-        data = self.http.request("GET", f"jobs/{job_id}/outputs")[1]
-        return [OutputRecord(o["path"], o["digest"], o["size"]) for o in data["outputs"]]
-
-    def list_agents(self) -> list[dict[str, Any]]:
-        return self.http.request("GET", "agents")[1]["agents"]
-
-    def close(self) -> None:
-        self.http.close()
+from ..store import BlobStore, JobRecord, LogChunk, QueueRecord
+from .http import Http, RemoteError
+from .store import HttpBlobs, HttpStore
 
 
 class ServerBlobs(HttpBlobs):
@@ -140,13 +66,15 @@ class HttpClient(Client):
 
     reconnects = 5  # a dropped log stream is reopened from its offset this many times in a row before giving up
 
-    def __init__(self, http: Http, *, home: str | Path | None = None, owner: str | None = None):
-        self.http = http
-        self.server_url = http.server_url
+    def __init__(self, store: HttpStore, *, home: str | Path | None = None, owner: str | None = None):
+        if store.user_http is None:
+            raise ValueError("HttpClient needs an HttpStore with a user token")
+        self.store = store
+        self.http = store.user_http
+        self.server_url = store.server_url
         self.home = Path(home) if home else launch_home()
         self.owner = owner
-        self.store = ServerStore(http)
-        self.blobs = self.store.blobs = ServerBlobs(http, BlobStore(self.home / "blobs"))
+        self.blobs = store.blobs = ServerBlobs(self.http, BlobStore(self.home / "blobs"))
         self._hash_cache: HashCache | None = None
 
     def create_queue(self, config: QueueConfig | str | Path, *, replace: bool = False) -> QueueRecord:
@@ -232,4 +160,4 @@ class HttpClient(Client):
 
 def connect(server_url: str, token: str, *, home: str | Path | None = None, owner: str | None = None) -> HttpClient:
     """A client that works through a running server's API instead of the embedded store."""
-    return HttpClient(Http(server_url, token), home=home, owner=owner)
+    return HttpClient(HttpStore(server_url, user_token=token), home=home, owner=owner)

@@ -9,12 +9,25 @@ import urllib.parse
 from dataclasses import fields
 from typing import Any
 
-from ..store import JobRecord, NotFound, QueueRecord, RemoteAuthError, RemoteError
+from ..store import JobRecord, NotFound, QueueRecord, StoreError
 
 API = "launch/api"
 SERVER_ENV, TOKEN_ENV = "JUPYTER_LAUNCH_SERVER_URL", "JUPYTER_LAUNCH_TOKEN"
 _JOB_FIELDS = [f.name for f in fields(JobRecord)]
 _QUEUE_FIELDS = [f.name for f in fields(QueueRecord)]
+
+
+class RemoteError(StoreError):
+    """A server refused or failed a call; the message is the server's own, ``status`` its HTTP status (0: no
+    answer). A store error, like any other store's: a caller need not know the store is behind a server."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteAuthError(RemoteError):
+    """The token is missing, unknown, revoked or out of scope: no retry can succeed."""
 
 
 class Http:
@@ -108,8 +121,6 @@ class Http:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
-
-
 
 
 def job_record(d: dict[str, Any]) -> JobRecord:

@@ -1,13 +1,14 @@
-"""The store and blobs as a remote agent sees them: the server's agent endpoints, with an agent token.
+"""The store and blobs through a running server's REST API: ``HttpStore`` for remote agents and HTTP clients alike.
 
-``HttpStore`` has the same methods, with the same signatures, as the parts of ``SQLStore`` the ``Agent`` uses, so an
-agent on another machine is the same agent with a different store. ``HttpBlobs`` fetches artifacts into a local
-cache and uploads outputs, asking first which blobs the server lacks.
+``HttpStore`` implements the ``Store`` protocol (store/protocol.py) fully, so an agent on another machine is the same
+agent with a different store, and a client through a server is the same client. ``HttpBlobs`` fetches artifacts
+into a local cache and uploads outputs, asking first which blobs the server lacks.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -15,54 +16,123 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from ..store import BlobStore, Claim, Heartbeat, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, sha256_file
-from .http import Http, job_record, queue_record
+from ..store import (
+    BlobStore, Claim, Heartbeat, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, sha256_file,
+)
+from ..store.tokens import AgentToken, token_id
+from .http import Http, RemoteAuthError, RemoteError, job_record, queue_record
+
+_USER_ROUTES = "queues, jobs, logs, metrics, outputs, agents and tokens"
+_AGENT_ROUTES = "registering, claiming and reporting on claimed jobs"
 
 
 class HttpStore:
-    """The store as a remote agent sees it, through the server's agent endpoints and an agent token."""
+    """The store through a server's API, with up to two credentials, each for its own routes:
 
-    def __init__(self, server_url: str, token: str, *, claim_wait: float = 20.0):
-        self.http = Http(server_url, token, timeout=claim_wait + 30)
+    * ``user_token``, a Jupyter identity (the server's token, a JupyterHub token; ``""`` sends none), for the user
+      routes (``/launch/api/queues``, ``jobs``, ``agents``, ``tokens``, ...), authorized as the server authorizes
+      that user. The server records that user as a job's owner: ``owner`` arguments are not sent.
+    * ``agent_token``, an agent token (``jla_...``, from ``jupyter launch token create``), for the agent routes
+      (``/launch/api/agent/...``): registering, claims (long-polled up to ``claim_wait`` seconds), and reports on
+      claimed jobs (heartbeat, state, progress, finish, logs, metrics, outputs), scoped to the token's queues.
+
+    A remote agent holds only an agent token, a client (``connect``) only a user token. A call whose credential the
+    store was not given raises ``RemoteAuthError`` naming it, and sends nothing. ``get_queue``, which both kinds of
+    caller make, takes the user route when there is a user token and the agent route otherwise. Leases are reaped
+    by the server itself (``LaunchApp.reap_interval``), so ``requeue_expired`` has nothing to do here.
+    """
+
+    def __init__(self, server_url: str, *, user_token: str | None = None, agent_token: str | None = None,
+                 claim_wait: float = 20.0):
+        self.user_http = Http(server_url, user_token) if user_token is not None else None
+        self.agent_http = Http(server_url, agent_token, timeout=claim_wait + 30) if agent_token is not None else None
+        if self.user_http is None and self.agent_http is None:
+            raise ValueError("HttpStore needs a user token, an agent token, or both")
+        self.server_url = (self.user_http or self.agent_http).server_url  # type: ignore[union-attr]
         self.claim_wait = claim_wait
-        self.auth_error: RemoteAuthError | None = None
+        self.auth_error: RemoteAuthError | None = None  # the agent token's refusal, once the server refused it
+        self.blobs: Any = None  # set by ``connect``: blobs packaged locally, uploaded before a submit names them
 
-    def _call(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+    # ------------------------------------------------------------ transport
+
+    def _user(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        if self.user_http is None:
+            raise RemoteAuthError(f"this store has no user token for {self.server_url}: {_USER_ROUTES} need one "
+                                  "(the server's token, or a JupyterHub token)", 0)
+        return self.user_http.request(method, path, body, **kw)[1]
+
+    def _agent(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        if self.agent_http is None:
+            raise RemoteAuthError(f"this store has no agent token for {self.server_url}: {_AGENT_ROUTES} need one "
+                                  "(`jupyter launch token create`)", 0)
         try:
-            return self.http.request(method, path, body, **kw)
+            return self.agent_http.request(method, path, body, **kw)
         except RemoteAuthError as exc:
             self.auth_error = exc
             raise
 
-    def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
-                       info: dict[str, Any] | None = None) -> None:
-        self._call("POST", "agent/register", {"agent_id": agent_id, "queues": queues, "job_types": job_types,
-                                              "host": host, "info": info or {}})
+    def _job_call(self, job_id: str, action: str, body: dict[str, Any]) -> Any:
+        return self._agent("POST", f"agent/jobs/{job_id}/{action}", body)[1]
 
-    def agent_seen(self, agent_id: str) -> None:
-        self._call("POST", "agent/seen", {"agent_id": agent_id})
+    # ------------------------------------------------------------ queues
 
-    def unregister_agent(self, agent_id: str) -> None:
-        self._call("POST", "agent/unregister", {"agent_id": agent_id})
+    def create_queue(self, config: Any, *, replace: bool = False) -> QueueRecord:
+        data = config.model_dump(mode="json", exclude_none=True)
+        if replace:
+            with contextlib.suppress(NotFound):
+                return queue_record(self._user("PUT", f"queues/{_q(config.queue_name)}", data))
+        return queue_record(self._user("POST", "queues", data))
+
+    def ensure_default_queue(self) -> None:
+        """Nothing to do: the server makes the default queue when it starts."""
+
+    def get_queue(self, name: str) -> QueueRecord:
+        if self.user_http is not None:
+            return queue_record(self._user("GET", f"queues/{_q(name)}"))
+        return queue_record(self._agent("GET", f"agent/queues/{_q(name)}")[1])
+
+    def list_queues(self) -> list[QueueRecord]:
+        return [queue_record(q) for q in self._user("GET", "queues")["queues"]]
+
+    def delete_queue(self, name: str, *, force: bool = False) -> None:
+        self._user("DELETE", f"queues/{_q(name)}", params={"force": str(force).lower()})
+
+    # ------------------------------------------------------------ jobs, as a user sees them
+
+    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None) -> JobRecord:
+        if artifact and self.blobs is not None:
+            self.blobs.sync()
+        return job_record(self._user("POST", "jobs", {"queue": queue, "spec": spec.model_dump(mode="json"),
+                                                      "artifact": artifact}))
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return job_record(self._user("GET", f"jobs/{_q(job_id)}"))
+
+    def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
+                  before: int | None = None) -> list[JobRecord]:
+        data = self._user("GET", "jobs", params={"queue": queue, "state": state, "limit": limit, "before": before})
+        return [job_record(j) for j in data["jobs"]]
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        return job_record(self._user("POST", f"jobs/{_q(job_id)}/cancel"))
+
+    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        return job_record(self._user("POST", f"jobs/{_q(job_id)}/rerun"))
 
     def requeue_expired(self) -> list[tuple[str, str]]:
         return []  # the server reaps expired leases itself (LaunchApp.reap_interval)
 
-    def get_queue(self, name: str) -> QueueRecord:
-        return queue_record(self._call("GET", f"agent/queues/{urllib.parse.quote(name)}")[1])
+    # ------------------------------------------------------------ jobs, as an agent runs them
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
         """Long-polls: the server holds the call up to ``claim_wait`` seconds until a job can be claimed."""
-        status, data = self._call("POST", "agent/claim", {
+        status, data = self._agent("POST", "agent/claim", {
             "agent_id": agent_id, "queues": queues, "job_types": job_types, "lease_seconds": lease_seconds,
             "free_gpus": free_gpus, "wait": self.claim_wait})
         if status == 204 or not data:
             return None
         return Claim(job=job_record(data["job"]), fence=data["fence"])
-
-    def _job_call(self, job_id: str, action: str, body: dict[str, Any]) -> Any:
-        return self._call("POST", f"agent/jobs/{job_id}/{action}", body)[1]
 
     def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
         data = self._job_call(job_id, "heartbeat", {"fence": fence, "lease_seconds": lease_seconds})
@@ -81,22 +151,85 @@ class HttpStore:
         return bool(self._job_call(job_id, "finish", {"fence": fence, "state": state, "exit_code": exit_code,
                                                       "reason": reason, "message": message})["ok"])
 
+    # ------------------------------------------------------------ agents
+
+    def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
+                       info: dict[str, Any] | None = None) -> None:
+        self._agent("POST", "agent/register", {"agent_id": agent_id, "queues": queues, "job_types": job_types,
+                                               "host": host, "info": info or {}})
+
+    def agent_seen(self, agent_id: str) -> None:
+        self._agent("POST", "agent/seen", {"agent_id": agent_id})
+
+    def unregister_agent(self, agent_id: str) -> None:
+        self._agent("POST", "agent/unregister", {"agent_id": agent_id})
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        return self._user("GET", "agents")["agents"]
+
+    # ------------------------------------------------------------ logs, metrics, outputs
+
     def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
         data = self._job_call(job_id, "logs", {"attempt": attempt, "pieces": [
             (stream, base64.b64encode(chunk).decode()) for stream, chunk in pieces]})
         return int(data["log_size"])
 
+    def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
+        data = self._user("GET", f"jobs/{_q(job_id)}/logs", params={"offset": offset, "limit": limit,
+                                                                    "encoding": "base64"})
+        chunks = [LogChunk(c["offset"], c["stream"], c["attempt"], base64.b64decode(c["data"]))
+                  for c in data["chunks"]]
+        return chunks, data["next_offset"]
+
     def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
         if records:
             self._job_call(job_id, "metrics", {"records": records})
+
+    def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        return self._user("GET", f"jobs/{_q(job_id)}/metrics", params={"after": after})["metrics"]
 
     def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
         if outputs:
             self._job_call(job_id, "outputs", {"outputs": [
                 {"path": o.path, "digest": o.digest, "size": o.size} for o in outputs]})
 
+    def list_outputs(self, job_id: str) -> list[OutputRecord]:
+        data = self._user("GET", f"jobs/{_q(job_id)}/outputs")
+        return [OutputRecord(o["path"], o["digest"], o["size"]) for o in data["outputs"]]
+
+    # ------------------------------------------------------------ agent tokens
+
+    def create_agent_token(self, name: str, queues: list[str], *,
+                           created_by: str | None = None) -> tuple[str, AgentToken]:
+        """``created_by`` is the user of the user token, as the server records it; the argument is not sent."""
+        data = self._user("POST", "tokens", {"name": name, "queues": list(queues)})
+        return data["token"], AgentToken.from_dict(data)
+
+    def list_agent_tokens(self, *, include_revoked: bool = False) -> list[AgentToken]:
+        data = self._user("GET", "tokens", params={"include_revoked": str(include_revoked).lower()})
+        return [AgentToken.from_dict(d) for d in data["tokens"]]
+
+    def revoke_agent_token(self, token: str) -> AgentToken:
+        return AgentToken.from_dict(self._user("DELETE", f"tokens/{_q(token_id(token))}"))
+
+    def verify_agent_token(self, token: str) -> AgentToken | None:
+        """Asks the server with ``token`` itself as the credential: a refusal means it is unknown or revoked."""
+        http = Http(self.server_url, token)
+        try:
+            return AgentToken.from_dict(http.request("GET", "agent/token")[1])
+        except RemoteAuthError:
+            return None
+        finally:
+            http.close()
+
     def close(self) -> None:
-        self.http.close()
+        for http in (self.user_http, self.agent_http):
+            if http is not None:
+                http.close()
+
+
+def _q(segment: str) -> str:
+    return urllib.parse.quote(segment, safe="")
 
 
 class HttpBlobs:

@@ -22,7 +22,6 @@ from ..agent import Agent
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
 from ..service import LaunchService
-from .tokens import AgentTokens
 
 T = TypeVar("T")
 
@@ -73,7 +72,6 @@ class LaunchApp(ExtensionApp):
             self.store.migrate(in_child=True)  # the server lives long: it need not keep alembic loaded
         self.store.ensure_default_queue()
         self.blobs = BlobStore(self.blob_dir)
-        self.tokens = AgentTokens(self.store)
         self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
         self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
         self.inflight = 0
@@ -116,7 +114,7 @@ class LaunchApp(ExtensionApp):
         agents, self.agents = self.agents, []
         for agent in agents:
             with contextlib.suppress(Exception):
-                await self.run_store(self._release_leases, agent.agent_id)
+                await self.run_store(self.store.release_agent_leases, agent.agent_id)
                 await agent.stop(cancel_jobs=True)
         if agents:
             with contextlib.suppress(Exception):
@@ -134,14 +132,6 @@ class LaunchApp(ExtensionApp):
         """Run a blocking store call off the event loop, on the API's own threads."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, lambda: fn(*args, **kwargs))
-
-    def _release_leases(self, agent_id: str) -> None:
-        from ..store import ACTIVE
-        from ..store import schema as t
-
-        with self.store._write() as c:
-            c.execute(t.jobs.update().where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(ACTIVE))
-                      .values(fence=t.jobs.c.fence + 1, lease_expires=0.0))
 
     async def _reap_expired_leases(self) -> None:
         while True:

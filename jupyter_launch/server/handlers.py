@@ -1,4 +1,5 @@
-"""REST handlers under ``/launch/api/``: queues, jobs, logs, metrics, outputs, artifacts, and the agent endpoints.
+"""REST handlers under ``/launch/api/``: queues, jobs, logs, metrics, outputs, artifacts, agent tokens, and the agent
+endpoints.
 
 User endpoints take a Jupyter identity (the server's token, cookie or hub login) and are authorized on the resource
 ``launch``. Agent endpoints take only an agent token (``Authorization: Bearer jla_...``), scoped to queues, and are
@@ -35,6 +36,7 @@ AGENT_AUTH_RESOURCE = "launch_agent"
 API = "/launch/api"
 JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
 QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
+TOKEN_ID = r"(?P<token_id>[0-9A-Za-z]{1,64})"
 DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
 MAX_PAGE = 500
 LOG_READ_LIMIT = 1024 * 1024
@@ -358,6 +360,40 @@ class AgentsHandler(LaunchHandler):
         self.reply({"agents": agents})
 
 
+# ------------------------------------------------------------------ agent tokens (administration, like queues)
+
+class TokensHandler(LaunchHandler):
+    """Agent tokens: list them (never their secrets), or create one (its secret is in this answer only)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        include_revoked = self.get_argument("include_revoked", "false").lower() in ("1", "true", "yes")
+        tokens = await self.store_call(self.launch.store.list_agent_tokens, include_revoked=include_revoked)
+        self.reply({"tokens": [r.to_dict() for r in tokens]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        name, queues = data.get("name") or "remote-agent", data.get("queues")
+        if not isinstance(name, str) or not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
+            raise web.HTTPError(400, "give 'queues' (a list of queue names, or ['*']) and optionally a 'name'")
+        created_by = self.current_user.username if self.current_user else None
+        token, record = await self.store_call(self.launch.store.create_agent_token, name, queues,
+                                              created_by=created_by)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/tokens/{record.id}")
+        self.reply({"token": token, **record.to_dict()}, 201)
+
+
+class TokenHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def delete(self, token_id: str) -> None:
+        record = await self.store_call(self.launch.store.revoke_agent_token, token_id)
+        self.reply(record.to_dict())
+
+
 # ------------------------------------------------------------------ artifacts (blobs by digest)
 
 class BlobsMissingMixin:
@@ -477,7 +513,7 @@ class AgentHandler(LaunchHandler):
         if scheme.lower() not in ("bearer", "token") or not token.strip():
             raise web.HTTPError(401, "agent endpoints need an agent token: Authorization: Bearer jla_... "
                                      "(create one with `jupyter launch token create`)")
-        record = await self.launch.run_store(self.launch.tokens.verify, token.strip())
+        record = await self.launch.run_store(self.launch.store.verify_agent_token, token.strip())
         if record is None:
             raise web.HTTPError(403, "this agent token is unknown or revoked; ask an admin for a new one "
                                      "(`jupyter launch token create --queue Q`)")
@@ -517,12 +553,21 @@ class AgentRegisterHandler(AgentHandler):
             self.require_queues(queues)
             await self.store_call(store.register_agent, agent_id, queues, job_types,
                                   host=str(data.get("host") or self.request.remote_ip), info=data.get("info") or {})
-            await self.store_call(self.launch.tokens.touch, self.agent_token.id)
+            await self.store_call(store.touch_agent_token, self.agent_token.id)
         elif action == "seen":
             await self.store_call(store.agent_seen, agent_id)
         else:
             await self.store_call(store.unregister_agent, agent_id)
         self.reply({"ok": True})
+
+
+class AgentTokenHandler(AgentHandler):
+    """The record of the agent token the call carries (its name and queues): how a client verifies a token."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply(self.agent_token.to_dict())
 
 
 class AgentQueueHandler(AgentHandler):
@@ -556,7 +601,7 @@ class AgentClaimHandler(AgentHandler):
         while True:
             wake = app.service.events.claim_waiter()
             try:
-                if not first and await self.store_call(app.tokens.verify, self.agent_secret) is None:
+                if not first and await self.store_call(store.verify_agent_token, self.agent_secret) is None:
                     raise web.HTTPError(403, "this agent token was revoked; the agent gets no more work")
                 first = False
                 claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types, **kwargs)
@@ -673,10 +718,13 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs/(?P<path>.+)", JobOutputHandler),
     (rf"{API}/agents", AgentsHandler),
+    (rf"{API}/tokens", TokensHandler),
+    (rf"{API}/tokens/{TOKEN_ID}", TokenHandler),
     (rf"{API}/artifacts/missing", ArtifactsMissingHandler),
     (rf"{API}/artifacts/blobs/{DIGEST}", ArtifactBlobHandler),
     (rf"{API}/agent/(?P<action>register|seen|unregister)", AgentRegisterHandler),
     (rf"{API}/agent/claim", AgentClaimHandler),
+    (rf"{API}/agent/token", AgentTokenHandler),
     (rf"{API}/agent/queues/{QUEUE}", AgentQueueHandler),
     (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|logs|metrics|outputs)", AgentJobHandler),
     (rf"{API}/agent/blobs/missing", AgentBlobsMissingHandler),

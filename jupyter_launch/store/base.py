@@ -6,6 +6,8 @@ import errno
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..errors import LaunchError
+
 QUEUED, CLAIMED, STARTING, RUNNING = "queued", "claimed", "starting", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATES = (QUEUED, CLAIMED, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
@@ -190,21 +192,9 @@ class OutputRecord:
     size: int
 
 
-class StoreError(RuntimeError):
+class StoreError(LaunchError, RuntimeError):
     """A store operation that cannot be done (unknown queue, a job in the wrong state); message for a user."""
 
 
-class RemoteError(StoreError):
-    """A store behind a server (a remote agent's) refused or failed a call; the message is the server's own."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.status = status
-
-
-class RemoteAuthError(RemoteError):
-    """The token is missing, unknown, revoked or out of scope: no retry can succeed."""
-
-
 class NotFound(StoreError):
-    pass
+    """No queue, job or agent token by that name."""

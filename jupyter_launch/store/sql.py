@@ -28,6 +28,7 @@ from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, Claim, Heartbeat, JobRecord, LogChunk,
     NotFound, OutputRecord, QueueRecord, StoreError, describe,
 )
+from .tokens import AgentTokenRows
 
 SCHEMA_REVISION = "0002"
 _MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n"
@@ -49,8 +50,11 @@ def _row_to_job(row: Any) -> JobRecord:
     return JobRecord(**{name: getattr(row, name) for name in _JOB_COLUMNS})
 
 
-class SQLStore:
-    """The store. ``url`` is a SQLAlchemy URL: ``sqlite:///path/launch.db`` or ``postgresql+psycopg://...``."""
+class SQLStore(AgentTokenRows):
+    """The store. ``url`` is a SQLAlchemy URL: ``sqlite:///path/launch.db`` or ``postgresql+psycopg://...``.
+
+    Implements the ``Store`` protocol (store/protocol.py) and its optional capabilities; agent tokens come from
+    :class:`~.tokens.AgentTokenRows`."""
 
     def __init__(self, url: str, *, migrate: bool = True):
         self.url = url
@@ -466,6 +470,13 @@ class SQLStore:
         return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner, rerun_of=old.id)
 
     # ------------------------------------------------------------ agents
+
+    def release_agent_leases(self, agent_id: str) -> None:
+        """Fence off and expire the leases of an agent's active jobs (the server hands its jobs back on shutdown):
+        the agent's late reports are refused, and the next ``requeue_expired`` requeues the jobs."""
+        with self._write() as c:
+            c.execute(t.jobs.update().where(t.jobs.c.agent_id == agent_id, t.jobs.c.state.in_(ACTIVE))
+                      .values(fence=t.jobs.c.fence + 1, lease_expires=0.0))
 
     def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
                        info: dict[str, Any] | None = None) -> None:

@@ -76,14 +76,14 @@ def bad_input_summary() -> Iterator[None]:
 
 
 def attempt(kind: str, call: Callable[[], Any]) -> Any:
-    """One input: what ``call`` returns, or the SpecError (ArtifactError included) it refused with.
+    """One input: what ``call`` returns, or the SpecError or ArtifactError it refused with.
 
     Any other exception is a crash: recorded for the summary, then raised so the property fails on it.
     """
     TRIED[kind] += 1
     try:
         return call()
-    except SpecError as exc:
+    except (SpecError, ArtifactError) as exc:
         REFUSED[kind] += 1
         return exc
     except Exception as exc:

@@ -45,7 +45,6 @@ from tornado import web
 import jupyter_launch.server
 from jupyter_launch.server.app import LaunchApp
 from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE
-from jupyter_launch.server.tokens import AgentTokens
 from jupyter_launch.store import SQLStore
 
 from docker_engine import BASE_IMAGE as DOCKER_IMAGE
@@ -54,7 +53,8 @@ from launch_server import LaunchServer
 from .conftest import record_figure
 
 VERBS = ("get", "post", "put", "delete", "patch")
-SAMPLES = {"job_id": "0123456789abcd", "queue": "no-such-queue", "digest": "sha256:" + "0" * 64, "path": "out.txt"}
+SAMPLES = {"job_id": "0123456789abcd", "queue": "no-such-queue", "digest": "sha256:" + "0" * 64, "path": "out.txt",
+           "token_id": "0123456789ab"}
 GROUP = re.compile(r"\(\?P<(\w+)>((?:[^()]|\([^()]*\))+)\)")  # a named group, one level of nested groups inside
 DENIED_TOKEN = "denied-" + secrets.token_hex(8)
 DOCKER_QUEUE = "sec-docker"
@@ -112,9 +112,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
         server.start()
         store = SQLStore(f"sqlite:///{server.home / 'launch.db'}", migrate=False)
         try:
-            tokens = AgentTokens(store)
-            agent_tokens = {name: tokens.create(name, ["*"])[0] for name in ("box", "mallory", "revoked")}
-            tokens.revoke(agent_tokens["revoked"])
+            agent_tokens = {name: store.create_agent_token(name, ["*"])[0] for name in ("box", "mallory", "revoked")}
+            store.revoke_agent_token(agent_tokens["revoked"])
         finally:
             store.close()
         yield Secured(server, canary, agent_tokens)

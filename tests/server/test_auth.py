@@ -17,7 +17,8 @@ from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE, d
 from jupyter_launch.server.ws import stream_handlers
 
 METHODS = ("get", "post", "put", "delete", "patch", "head")
-SAMPLES = {"job_id": "0123456789abcd", "queue": "default", "digest": "sha256:" + "0" * 64, "path": "out.txt"}
+SAMPLES = {"job_id": "0123456789abcd", "queue": "default", "digest": "sha256:" + "0" * 64, "path": "out.txt",
+           "token_id": "0123456789ab"}
 CALLS: list[tuple[str, str, str]] = []
 
 
@@ -88,7 +89,7 @@ def server_config() -> dict[str, Any]:
 
 
 async def test_every_endpoint_asks_the_authorizer(jp_fetch, launch_app):
-    token, _ = launch_app.tokens.create("auth-test", ["*"])
+    token, _ = launch_app.store.create_agent_token("auth-test", ["*"])
     for method, path, cls in ENDPOINTS:
         CALLS.clear()
         agent = path.startswith("/launch/api/agent/")

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from jupyter_launch.server.tokens import AgentTokens
 from jupyter_launch.spec import JobSpec, QueueConfig
 from jupyter_launch.store import SQLStore
 
@@ -73,11 +72,10 @@ def test_max_instances_holds_across_servers(pg_store: Any):
 
 def test_agent_tokens_and_logs_on_postgres(pg_store: Any):
     store = pg_store()
-    tokens = AgentTokens(store)
-    token, rec = tokens.create("pg-agent", ["default"])
-    assert tokens.verify(token).id == rec.id and tokens.verify(token + "x") is None
-    tokens.revoke(rec.id)
-    assert tokens.verify(token) is None
+    token, rec = store.create_agent_token("pg-agent", ["default"])
+    assert store.verify_agent_token(token).id == rec.id and store.verify_agent_token(token + "x") is None
+    store.revoke_agent_token(rec.id)
+    assert store.verify_agent_token(token) is None
     store.ensure_default_queue()
     job = store.enqueue("default", JobSpec(kind="command", command=["true"]), artifact=None)
     store.append_logs(job.id, 1, [("stdout", b"a" * 300_000), ("stderr", b"b")])

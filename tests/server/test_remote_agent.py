@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from jupyter_launch.remote.agent import make_remote_agent, run_remote_agent
+from jupyter_launch.remote.http import RemoteAuthError
 from jupyter_launch.remote.store import HttpStore
-from jupyter_launch.store import RemoteAuthError
 from jupyter_launch.store import schema as t
 
 from .conftest import command_spec, wait_done
@@ -25,8 +25,8 @@ def launch_config() -> dict[str, Any]:
 async def test_remote_agent_runs_a_job_end_to_end(api, start_launch, server_url, tmp_path):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
-    token, record = app.tokens.create("box-1", ["remote"])
-    with app.store._read() as c:  # stored hashed: the secret is nowhere in the table
+    token, record = app.store.create_agent_token("box-1", ["remote"])
+    with app.store.engine.connect() as c:  # stored hashed: the secret is nowhere in the table
         row = c.execute(t.agent_tokens.select()).one()
     assert token.split("_", 2)[2] not in str(tuple(row)) and row.secret_hash
     agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=2,
@@ -53,7 +53,7 @@ async def test_remote_agent_runs_a_job_end_to_end(api, start_launch, server_url,
         assert agent.agent_id in [a["id"] for a in agents["agents"]]
 
         # Revoked: the agent's next call is refused, it gets no more work and stops.
-        app.tokens.revoke(record.id)
+        app.store.revoke_agent_token(record.id)
         _, queued = await api("POST", "jobs", body={"queue": "remote", "spec": command_spec("print(1)")})
         await asyncio.wait_for(runner, 10)
         assert isinstance(agent.store.auth_error, RemoteAuthError)
@@ -67,8 +67,8 @@ async def test_remote_agent_runs_a_job_end_to_end(api, start_launch, server_url,
 async def test_token_scope_and_kinds_are_enforced(api, start_launch, server_url):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
-    token, _ = app.tokens.create("box-2", ["remote"])
-    store = HttpStore(server_url, token, claim_wait=0)
+    token, _ = app.store.create_agent_token("box-2", ["remote"])
+    store = HttpStore(server_url, agent_token=token, claim_wait=0)
     with pytest.raises(RemoteAuthError, match="may not serve queue.*default"):
         await asyncio.to_thread(store.register_agent, "a1", ["default"], [], host="h")
     await asyncio.to_thread(store.register_agent, "a1", ["remote"], [], host="h")
@@ -89,8 +89,8 @@ async def test_token_scope_and_kinds_are_enforced(api, start_launch, server_url)
 async def test_long_poll_claim_returns_when_a_job_is_submitted(api, start_launch, server_url):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
-    token, _ = app.tokens.create("box-3", ["remote"])
-    store = HttpStore(server_url, token, claim_wait=10)
+    token, _ = app.store.create_agent_token("box-3", ["remote"])
+    store = HttpStore(server_url, agent_token=token, claim_wait=10)
     await asyncio.to_thread(store.register_agent, "poller", ["remote"], [], host="h")
     claiming = asyncio.create_task(asyncio.to_thread(store.claim_next_job, "poller", ["remote"]))
     await asyncio.sleep(0.5)
@@ -116,7 +116,7 @@ async def test_long_poll_claim_returns_when_a_job_is_submitted(api, start_launch
 async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch, server_url, tmp_path, caplog):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
-    token, record = app.tokens.create("box-4", ["remote"])
+    token, record = app.store.create_agent_token("box-4", ["remote"])
     # A short lease makes housekeeping call the server too, as often as claiming does.
     agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=0.5,
                               work_root=str(tmp_path / "work"), poll_interval=0.1, lease_seconds=0.4,
@@ -130,7 +130,7 @@ async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch
                 break
             await asyncio.sleep(0.05)
         with caplog.at_level(logging.INFO, logger="jupyter_launch.agent"):
-            app.tokens.revoke(record.id)
+            app.store.revoke_agent_token(record.id)
             await asyncio.wait_for(runner, 10)  # it stops by itself
     finally:
         stop.set()

@@ -1,0 +1,167 @@
+"""The ``Store`` protocol: every store operation the agent, the server's handlers and the clients use.
+
+Two stores implement it fully, and one contract suite (tests/test_store_contract.py) runs against both:
+``SQLStore`` (store/sql.py: SQLite or PostgreSQL, in this process) and ``HttpStore`` (remote/store.py: the same
+operations through a running server's REST API). Errors are the store's own: ``NotFound`` for an unknown queue, job
+or token, ``StoreError`` for an operation that cannot be done (``HttpStore`` raises them as ``RemoteError``, a
+``StoreError`` carrying the HTTP status).
+
+Outside the protocol, as optional capabilities a caller checks for with ``isinstance``:
+
+* :class:`LocalEvents` (``subscribe``): in-process events, so an agent or a follower in the same process wakes at
+  once. Only a store in this process has them; a store behind a server has none (its agents long-poll their claims
+  and clients follow logs over the server's WebSocket), so followers without them poll.
+* :class:`DiskReserve` (``ensure_reserve``, ``release_reserve``): the space a SQLite file keeps to record a failure
+  once its disk is full. A remote agent's store is the server's disk, which the server looks after itself.
+
+The server itself always holds a ``SQLStore`` and uses a few more of its methods that mean nothing over HTTP:
+``migrate``, ``release_agent_leases`` (on shutdown) and ``touch_agent_token`` (an agent registering); tests and
+benchmarks fill and count a SQL store directly (``enqueue_many``, ``count_jobs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .base import Claim, Heartbeat, JobRecord, LogChunk, OutputRecord, QueueRecord
+
+if TYPE_CHECKING:
+    from ..spec import JobSpec, QueueConfig
+    from .tokens import AgentToken
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Queues, jobs with leases and fencing tokens, agents, logs, metrics, outputs and agent tokens."""
+
+    # ------------------------------------------------------------ queues
+
+    def create_queue(self, config: QueueConfig, *, replace: bool = False) -> QueueRecord:
+        """Create a queue (``replace``: or replace its config); ``StoreError`` if it exists and not ``replace``."""
+
+    def ensure_default_queue(self) -> None:
+        """Make sure the ``default`` queue exists."""
+
+    def get_queue(self, name: str) -> QueueRecord:
+        """The queue with its counts by state and the live agents serving it."""
+
+    def list_queues(self) -> list[QueueRecord]:
+        """Every queue, by name."""
+
+    def delete_queue(self, name: str, *, force: bool = False) -> None:
+        """Delete a queue; with queued or running jobs only with ``force`` (they are cancelled)."""
+
+    # ------------------------------------------------------------ jobs, as a user sees them
+
+    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None) -> JobRecord:
+        """Queue a job (its artifact's blobs already stored); ``owner`` is who submits it."""
+
+    def get_job(self, job_id: str) -> JobRecord:
+        """One job; a queued one carries the reason it is waiting, derived now."""
+
+    def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
+                  before: int | None = None) -> list[JobRecord]:
+        """Jobs newest first; ``state`` may list states with commas; page with ``before`` = the last ``seq``."""
+
+    def request_cancel(self, job_id: str) -> JobRecord:
+        """Cancel a queued job at once, or flag an active one for its agent to stop."""
+
+    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+        """Queue a new job with the same spec and artifact (``rerun_of`` names the old one)."""
+
+    def requeue_expired(self) -> list[tuple[str, str]]:
+        """Requeue (or fail as ``lost``) jobs whose lease expired; the ``(job id, new state)`` pairs changed."""
+
+    # ------------------------------------------------------------ jobs, as an agent runs them
+
+    def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
+                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
+        """Take the oldest queued job this agent may run as a lease with a new fence; ``None`` when there is none."""
+
+    def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
+        """Renew the lease; ``ok`` is false when the fence is stale or the job ended."""
+
+    def set_state(self, job_id: str, fence: int, state: str, reason: str | None = None,
+                  message: str | None = None, **facts: Any) -> bool:
+        """Move an active job to another active state or reason; false when the fence is stale."""
+
+    def set_progress(self, job_id: str, fence: int, progress: dict[str, Any]) -> bool:
+        """Record the job's progress; false when the fence is stale."""
+
+    def finish(self, job_id: str, fence: int, state: str, *, exit_code: int | None = None,
+               reason: str | None = None, message: str | None = None) -> bool:
+        """Record the final state; false (and nothing changed) when the fence is stale or the job already ended."""
+
+    # ------------------------------------------------------------ agents
+
+    def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
+                       info: dict[str, Any] | None = None) -> None:
+        """Announce an agent serving these queues (``info``: its GPU count, pid)."""
+
+    def agent_seen(self, agent_id: str) -> None:
+        """The agent is alive; unseen for a while, it no longer counts as serving its queues."""
+
+    def unregister_agent(self, agent_id: str) -> None:
+        """The agent stopped."""
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        """The live agents: id, host, queues, job types, start and last-seen times, info."""
+
+    # ------------------------------------------------------------ logs, metrics, outputs
+
+    def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
+        """Append ``(stream, data)`` pieces in order; the log's new size in bytes."""
+
+    def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
+        """Chunks from byte ``offset`` (the first trimmed to start there) and the offset to read from next."""
+
+    def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
+        """Append metric records (``step``, ``time``, ``data``)."""
+
+    def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Metric records with an id past ``after``, in order."""
+
+    def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
+        """Record output files (their blobs already stored), replacing those with the same path."""
+
+    def list_outputs(self, job_id: str) -> list[OutputRecord]:
+        """The job's output files, by path."""
+
+    # ------------------------------------------------------------ agent tokens
+
+    def create_agent_token(self, name: str, queues: list[str], *,
+                           created_by: str | None = None) -> tuple[str, AgentToken]:
+        """A new agent token scoped to ``queues`` (``["*"]``: all) as ``(token, record)``; the token is shown once."""
+
+    def list_agent_tokens(self, *, include_revoked: bool = False) -> list[AgentToken]:
+        """Agent tokens, oldest first, never their secrets."""
+
+    def revoke_agent_token(self, token: str) -> AgentToken:
+        """Revoke a token by its id (or the whole token); ``StoreError`` if it already was."""
+
+    def verify_agent_token(self, token: str) -> AgentToken | None:
+        """The token's record when it is valid and not revoked, else ``None``."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+@runtime_checkable
+class LocalEvents(Protocol):
+    """A store in this process that tells listeners what changed (``enqueued``, ``state``, ``cancel``, ``log``,
+    ``progress``, ``metrics``, ``queue``) as it happens."""
+
+    def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
+        """Call ``callback`` on each such event, from the thread that made it; returns an unsubscribe."""
+
+
+@runtime_checkable
+class DiskReserve(Protocol):
+    """A store on this machine's disk that keeps a little space aside, to record failures once the disk is full."""
+
+    def ensure_reserve(self) -> None:
+        """Take the reserve back if it is gone and there is room again."""
+
+    def release_reserve(self) -> bool:
+        """Free the reserve's space for the store; true when there was one."""

@@ -1,0 +1,355 @@
+"""The ``Store`` contract: the same tests against ``SQLStore`` (SQLite in tmp) and ``HttpStore`` (a real `jupyter
+server` with the extension, shared by the module, with a user token and an agent token).
+
+Every test works in queues of its own, so the shared server's other rows never matter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from launch_server import LaunchServer
+
+from jupyter_launch.remote.http import RemoteAuthError
+from jupyter_launch.remote.store import HttpBlobs, HttpStore
+from jupyter_launch.spec import JobSpec, QueueConfig
+from jupyter_launch.store import (
+    CANCELLED, CLAIMED, QUEUED, RUNNING, SUCCEEDED, BlobStore, NotFound, OutputRecord, SQLStore, StoreError,
+)
+from jupyter_launch.store.protocol import Store
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LaunchServer]:
+    """One server for the module, with no in-process agent: only the tests claim jobs."""
+    launch = LaunchServer(tmp_path_factory.mktemp("contract"), agent_queues=[])
+    launch.start()
+    try:
+        yield launch
+    finally:
+        launch.stop()
+
+
+@pytest.fixture(params=["sql", "http"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "sql":
+        s: Any = SQLStore(f"sqlite:///{tmp_path / 'launch.db'}")
+        s.ensure_default_queue()
+    else:
+        server = request.getfixturevalue("server")
+        admin = HttpStore(server.url, user_token=server.token)
+        agent_token, _ = admin.create_agent_token("contract", ["*"])
+        admin.close()
+        s = HttpStore(server.url, user_token=server.token, agent_token=agent_token, claim_wait=0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def output_blob(store: Any, tmp_path: Path) -> Any:
+    """Stores a blob where the store's outputs may name it (a server refuses outputs whose blobs it lacks)."""
+    def put(data: bytes) -> str:
+        if isinstance(store, HttpStore):
+            return HttpBlobs(store.agent_http, BlobStore(tmp_path / "agent-cache")).put_bytes(data)
+        return "sha256:" + hashlib.sha256(data).hexdigest()
+
+    return put
+
+
+def spec(**kw: Any) -> JobSpec:
+    return JobSpec(kind="command", command=["true"], **kw)
+
+
+def new_queue(store: Any, **provider: Any) -> str:
+    name = f"c-{secrets.token_hex(4)}"
+    store.create_queue(QueueConfig(queue_name=name, provider={"type": "local", **provider}))
+    return name
+
+
+def agent_id() -> str:
+    return f"agent-{secrets.token_hex(4)}"
+
+
+def wait_for(check: Any, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return value
+
+
+def test_both_stores_implement_every_operation_of_the_protocol():
+    operations = [name for name in dir(Store) if not name.startswith("_")]
+    assert len(operations) >= 30  # the walk found the protocol's operations
+    for cls in (SQLStore, HttpStore):
+        for name in operations:
+            assert hasattr(cls, name), f"{cls.__name__} lacks {name}"
+            want = inspect.signature(getattr(Store, name)).parameters
+            have = inspect.signature(getattr(cls, name)).parameters
+            assert list(have)[:len(want)] == list(want), f"{cls.__name__}.{name}{tuple(have)} != {tuple(want)}"
+            for p in want.values():
+                assert (have[p.name].kind, have[p.name].default) == (p.kind, p.default), f"{cls.__name__}.{name}"
+            extra = [p for n, p in have.items() if n not in want and p.kind is not p.VAR_KEYWORD]
+            assert all(p.default is not p.empty for p in extra), f"{cls.__name__}.{name} needs more than the protocol"
+
+
+# ------------------------------------------------------------------ queues
+
+def test_queues_create_get_list_replace_delete(store):
+    store.ensure_default_queue()
+    assert store.get_queue("default").name == "default"
+    name = new_queue(store, max_instances=2)
+    record = store.get_queue(name)
+    assert (record.name, record.provider, record.max_instances, record.counts) == (name, "local", 2, {})
+    assert name in [q.name for q in store.list_queues()]
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_queue(QueueConfig(queue_name=name))
+    store.create_queue(QueueConfig(queue_name=name, provider={"type": "local", "max_instances": 5}), replace=True)
+    assert store.get_queue(name).max_instances == 5
+    store.delete_queue(name)
+    with pytest.raises(NotFound, match=f"unknown queue '{name}'"):
+        store.get_queue(name)
+    with pytest.raises(NotFound):
+        store.delete_queue(name)
+
+
+def test_a_busy_queue_is_deleted_only_with_force_and_its_jobs_are_cancelled(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    with pytest.raises(StoreError, match="--force"):
+        store.delete_queue(name)
+    store.delete_queue(name, force=True)
+    assert store.get_job(job.id).state == CANCELLED
+
+
+# ------------------------------------------------------------------ jobs
+
+def test_enqueue_get_and_list_newest_first_with_paging(store):
+    name = new_queue(store)
+    ids = [store.enqueue(name, spec(name=f"j{i}"), artifact=None).id for i in range(3)]
+    job = store.get_job(ids[0])
+    assert (job.state, job.queue, job.kind, job.name, job.attempt, job.fence) == (QUEUED, name, "command", "j0", 1, 0)
+    assert job.reason == "no_agent_for_queue" and f"--queue {name}" in job.message
+    listed = store.list_jobs(queue=name)
+    assert [j.id for j in listed] == ids[::-1]
+    page = store.list_jobs(queue=name, limit=2)
+    assert [j.id for j in page] == ids[:0:-1]
+    assert [j.id for j in store.list_jobs(queue=name, before=page[-1].seq)] == ids[:1]
+    assert store.list_jobs(queue=name, state="running,succeeded") == []
+    with pytest.raises(NotFound, match="unknown job"):
+        store.get_job("0000000000000000")
+
+
+def test_enqueue_refuses_an_unknown_queue_and_a_job_type_the_queue_does_not_take(store):
+    with pytest.raises(NotFound, match="unknown queue"):
+        store.enqueue(f"nope-{secrets.token_hex(3)}", spec(), artifact=None)
+    name = f"c-{secrets.token_hex(4)}"
+    store.create_queue(QueueConfig(queue_name=name, job_types=["gpu"]))
+    with pytest.raises(StoreError, match="accepts job types"):
+        store.enqueue(name, spec(job_type="cpu"), artifact=None)
+
+
+def test_claims_are_fifo_leased_fenced_and_capped_by_max_instances(store):
+    name = new_queue(store, max_instances=1)
+    first, second = (store.enqueue(name, spec(), artifact=None) for _ in range(2))
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    claim = store.claim_next_job(me, [name], lease_seconds=30)
+    assert claim is not None and claim.job.id == first.id and claim.fence == 1
+    assert (claim.job.state, claim.job.agent_id) == (CLAIMED, me)
+    job = store.get_job(first.id)
+    assert (job.state, job.agent_id, job.fence) == (CLAIMED, me, 1) and job.lease_expires > time.time() + 20
+    assert store.claim_next_job(me, [name]) is None  # max_instances 1: the second waits
+    assert store.get_job(second.id).reason == "waiting_for_capacity"
+    assert store.get_queue(name).counts == {QUEUED: 1, CLAIMED: 1}
+
+
+def test_heartbeat_renews_the_lease_and_reports_a_cancel_request(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    claim = store.claim_next_job(agent_id(), [name], lease_seconds=30)
+    beat = store.heartbeat(job.id, claim.fence, lease_seconds=60)
+    assert (beat.ok, beat.cancel_requested) == (True, False)
+    assert store.get_job(job.id).lease_expires > time.time() + 50
+    assert store.heartbeat(job.id, claim.fence + 1).ok is False  # a stale fence
+    cancelled = store.request_cancel(job.id)
+    assert cancelled.state == CLAIMED and cancelled.cancel_requested
+    beat = store.heartbeat(job.id, claim.fence)
+    assert (beat.ok, beat.cancel_requested) == (True, True)
+
+
+def test_set_state_and_progress_need_the_current_fence(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    me = agent_id()
+    claim = store.claim_next_job(me, [name])
+    assert store.set_state(job.id, claim.fence, "starting", "preparing") is True
+    assert store.get_job(job.id).reason == "preparing"
+    assert store.set_state(job.id, claim.fence, RUNNING, "running", None, agent_id=me) is True
+    job = store.get_job(job.id)
+    assert (job.state, job.message) == (RUNNING, f"running on agent {me}") and job.started_at is not None
+    assert store.set_state(job.id, claim.fence + 1, "starting", "preparing") is False
+    assert store.set_progress(job.id, claim.fence, {"current": 2, "total": 5}) is True
+    assert store.set_progress(job.id, claim.fence + 1, {"current": 9, "total": 5}) is False
+    assert store.get_job(job.id).progress == {"current": 2, "total": 5}
+
+
+def test_finish_with_a_stale_fence_is_refused_and_changes_nothing(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    claim = store.claim_next_job(agent_id(), [name])
+    assert store.finish(job.id, claim.fence - 1, "failed", exit_code=1, reason="exit_code") is False
+    assert store.get_job(job.id).state == CLAIMED
+    assert store.finish(job.id, claim.fence, SUCCEEDED, exit_code=0, reason="completed") is True
+    job = store.get_job(job.id)
+    assert (job.state, job.exit_code, job.reason, job.message) == (SUCCEEDED, 0, "completed",
+                                                                   "finished with exit code 0")
+    assert job.finished_at is not None and job.done and job.lease_expires is None
+    assert store.finish(job.id, claim.fence, "failed", exit_code=1) is False  # already final
+
+
+def test_an_expired_lease_is_requeued_as_a_new_attempt_and_the_old_fence_is_stale(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(retries=1), artifact=None)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    claim = store.claim_next_job(me, [name], lease_seconds=0.3)
+    time.sleep(0.5)
+    # The SQL store requeues when asked; a server does it itself every reap_interval.
+    store.requeue_expired()
+    requeued = wait_for(lambda: (j := store.get_job(job.id)).state == QUEUED and j)
+    assert (requeued.attempt, requeued.reason, requeued.agent_id) == (2, "requeued", None)
+    assert store.finish(job.id, claim.fence, SUCCEEDED, exit_code=0) is False
+    again = store.claim_next_job(me, [name])
+    assert again.job.id == job.id and again.fence == claim.fence + 1 and again.job.attempt == 2
+
+
+def test_cancel_a_queued_job_at_once(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    cancelled = store.request_cancel(job.id)
+    assert (cancelled.state, cancelled.reason) == (CANCELLED, "cancelled") and cancelled.finished_at is not None
+    assert store.claim_next_job(agent_id(), [name]) is None
+    with pytest.raises(NotFound):
+        store.request_cancel("0000000000000000")
+
+
+def test_rerun_queues_the_same_spec_and_artifact_again(store):
+    name = new_queue(store)
+    old = store.enqueue(name, spec(name="again", env={"A": "1"}), artifact=None)
+    new = store.rerun(old.id)
+    assert new.id != old.id and new.rerun_of == old.id and new.state == QUEUED
+    assert (new.queue, new.name, new.spec, new.artifact) == (name, "again", old.spec, old.artifact)
+    with pytest.raises(NotFound):
+        store.rerun("0000000000000000")
+
+
+# ------------------------------------------------------------------ logs, metrics, outputs
+
+def test_logs_append_in_order_and_read_from_any_offset(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    assert store.append_logs(job.id, 1, [("stdout", b"hello\n"), ("stderr", b"oops\n")]) == 11
+    assert store.append_logs(job.id, 1, [("stdout", bytes(range(256)))]) == 267
+    assert store.get_job(job.id).log_size == 267
+    chunks, nxt = store.read_log(job.id)
+    assert [(c.offset, c.stream, c.attempt) for c in chunks] == [(0, "stdout", 1), (6, "stderr", 1), (11, "stdout", 1)]
+    assert b"".join(c.data for c in chunks) == b"hello\noops\n" + bytes(range(256)) and nxt == 267
+    chunks, nxt = store.read_log(job.id, 8)  # the first chunk is trimmed to the offset
+    assert (chunks[0].offset, chunks[0].data, nxt) == (8, b"ps\n", 267)
+    chunks, nxt = store.read_log(job.id, 0, limit=6)
+    assert b"".join(c.data for c in chunks) == b"hello\n" and nxt == 6
+    assert store.read_log(job.id, 267) == ([], 267)
+
+
+def test_metrics_are_read_after_an_id(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    store.add_metrics(job.id, [{"step": 1, "time": 10.0, "data": {"loss": 0.5}},
+                               {"step": 2, "time": 11.0, "data": {"loss": 0.25}}])
+    store.add_metrics(job.id, [])
+    metrics = store.read_metrics(job.id)
+    assert [(m["step"], m["time"], m["data"]) for m in metrics] == [(1, 10.0, {"loss": 0.5}), (2, 11.0, {"loss": 0.25})]
+    assert [m["step"] for m in store.read_metrics(job.id, metrics[0]["id"])] == [2]
+
+
+def test_outputs_are_listed_by_path_and_replaced_by_path(store, output_blob):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(), artifact=None)
+    a, b = output_blob(b"first"), output_blob(b"second version")
+    store.add_outputs(job.id, [OutputRecord("z/model.bin", a, 5), OutputRecord("report.html", a, 5)])
+    store.add_outputs(job.id, [OutputRecord("z/model.bin", b, 14)])
+    assert store.list_outputs(job.id) == [OutputRecord("report.html", a, 5), OutputRecord("z/model.bin", b, 14)]
+
+
+# ------------------------------------------------------------------ agents and tokens
+
+def test_agents_register_are_seen_serve_queues_and_unregister(store):
+    name = new_queue(store)
+    me = agent_id()
+    store.register_agent(me, [name], ["cpu"], host="box-1", info={"gpus": 2})
+    agent = next(a for a in store.list_agents() if a["id"] == me)
+    assert (agent["host"], agent["queues"], agent["job_types"], agent["info"]["gpus"]) == ("box-1", [name], ["cpu"], 2)
+    before = agent["last_seen"]
+    time.sleep(0.01)
+    store.agent_seen(me)
+    assert next(a for a in store.list_agents() if a["id"] == me)["last_seen"] > before
+    assert store.get_queue(name).agents == [me]
+    job = store.enqueue(name, spec(job_type="cpu"), artifact=None)
+    assert store.get_job(job.id).reason == "waiting_for_agent"
+    store.unregister_agent(me)
+    assert me not in [a["id"] for a in store.list_agents()]
+    assert store.get_queue(name).agents == []
+
+
+def test_agent_tokens_create_verify_list_revoke(store):
+    token, record = store.create_agent_token("box", ["gpu", "cpu"], created_by="admin")
+    assert token.startswith(f"jla_{record.id}_") and (record.name, record.queues) == ("box", ["gpu", "cpu"])
+    assert record.allows("gpu") and not record.allows("other") and not record.revoked
+    verified = store.verify_agent_token(token)
+    assert verified is not None and (verified.id, verified.queues) == (record.id, ["gpu", "cpu"])
+    assert store.verify_agent_token(token + "x") is None and store.verify_agent_token("jla_nope_nope") is None
+    assert record.id in [t.id for t in store.list_agent_tokens()]
+    revoked = store.revoke_agent_token(record.id)
+    assert revoked.id == record.id and revoked.revoked_at is not None
+    assert store.verify_agent_token(token) is None
+    assert record.id not in [t.id for t in store.list_agent_tokens()]
+    assert record.id in [t.id for t in store.list_agent_tokens(include_revoked=True)]
+    with pytest.raises(StoreError, match="already revoked"):
+        store.revoke_agent_token(token)  # the whole token names it too
+    with pytest.raises(NotFound, match="unknown agent token 'feedfacecafe'"):
+        store.revoke_agent_token("feedfacecafe")
+    with pytest.raises(StoreError, match="at least one queue"):
+        store.create_agent_token("empty", [])
+
+
+# ------------------------------------------------------------------ HttpStore's two credentials
+
+def test_an_http_store_refuses_calls_it_has_no_credential_for_without_sending_them(server):
+    admin = HttpStore(server.url, user_token=server.token)
+    token, _ = admin.create_agent_token("agent-only", ["default"])
+    agent_only = HttpStore(server.url, agent_token=token, claim_wait=0)
+    agent_with_user_token = HttpStore(server.url, agent_token=server.token, claim_wait=0)
+    user_with_agent_token = HttpStore(server.url, user_token=token)
+    try:
+        assert agent_only.get_queue("default").name == "default"  # through the agent route
+        with pytest.raises(RemoteAuthError, match="no user token"):
+            agent_only.list_jobs()
+        with pytest.raises(RemoteAuthError, match="no agent token"):
+            admin.claim_next_job("a", ["default"])
+        # A user token is not an agent token, and the other way round.
+        with pytest.raises(RemoteAuthError, match="refused the token"):
+            agent_with_user_token.register_agent("a", ["default"], [], host="h")
+        with pytest.raises(RemoteAuthError, match="refused the token"):
+            user_with_agent_token.list_queues()
+    finally:
+        admin.revoke_agent_token(token)
+        for s in (admin, agent_only, agent_with_user_token, user_with_agent_token):
+            s.close()
