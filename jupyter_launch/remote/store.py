@@ -48,10 +48,10 @@ class HttpStore:
     def requeue_expired(self) -> list[tuple[str, str]]:
         return []  # the server reaps expired leases itself (LaunchApp.reap_interval)
 
-    def getqueue_record(self, name: str) -> QueueRecord:
+    def get_queue(self, name: str) -> QueueRecord:
         return queue_record(self._call("GET", f"agent/queues/{urllib.parse.quote(name)}")[1])
 
-    def claim_nextjob_record(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
+    def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
         """Long-polls: the server holds the call up to ``claim_wait`` seconds until a job can be claimed."""
         status, data = self._call("POST", "agent/claim", {
