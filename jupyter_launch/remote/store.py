@@ -12,11 +12,16 @@ import hashlib
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from ..store import BlobStore, Claim, Heartbeat, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, sha256_file
+from ..store import (
+    BlobStore, Claim, Heartbeat, JobStatus, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, sha256_file,
+)
 from .http import Http, job_record, queue_record
+
+JOB_STATUS_BATCH = 500  # ids per request: the server refuses more (MAX_JOB_STATUS_IDS)
 
 
 class HttpStore:
@@ -50,6 +55,21 @@ class HttpStore:
 
     def get_queue(self, name: str) -> QueueRecord:
         return queue_record(self._call("GET", f"agent/queues/{urllib.parse.quote(name)}")[1])
+
+    def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        """The state and current fencing token of each of ``job_ids`` that is a job of ``queue``; ids of other
+        queues, or unknown, are left out. What an agent reaping ``queue`` needs to tell the live from the ended."""
+        ids = list(dict.fromkeys(job_ids))
+        found: dict[str, JobStatus] = {}
+        for i in range(0, len(ids), JOB_STATUS_BATCH):
+            data = self._call("POST", f"agent/queues/{urllib.parse.quote(queue)}/jobs",
+                              {"job_ids": ids[i:i + JOB_STATUS_BATCH]})[1]
+            found.update((job_id, JobStatus(s["state"], s["fence"])) for job_id, s in data["jobs"].items())
+        return found
+
+    def live_agent_ids(self, queue: str) -> list[str]:
+        """The ids of the agents serving ``queue`` now (seen within the agents' time to live)."""
+        return list(self._call("GET", f"agent/queues/{urllib.parse.quote(queue)}/agents")[1]["agents"])
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:

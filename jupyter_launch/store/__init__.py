@@ -2,7 +2,7 @@
 
 from .base import (  # noqa: F401
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, Claim, Heartbeat,
-    JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, StoreError, describe,
+    JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, RemoteAuthError, RemoteError, StoreError, describe,
     is_disk_full,
 )
 from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401
