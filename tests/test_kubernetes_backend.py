@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from jupyter_launch.agent import make_local_agent
-from jupyter_launch.backends.kubernetes import (JOB_ID_LABEL, MANAGED_BY, OUTPUTS_MARK, OutputsSplitter,
-                                                build_manifests, job_name, merge_template)
+from jupyter_launch.backends.kubernetes.bootstrap import OUTPUTS_MARK, OutputsSplitter
+from jupyter_launch.backends.kubernetes.manifests import (JOB_ID_LABEL, MANAGED_BY, build_manifests, job_name,
+                                                          merge_template)
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.spec import JobSpec, QueueConfig
 
@@ -84,7 +85,9 @@ def k8s(kubeconfig: str):
 
 
 @pytest.fixture
-def launch(tmp_path: Path, kubeconfig: str, image: str):
+def launch(tmp_path: Path, kubeconfig: str, image: str, monkeypatch: pytest.MonkeyPatch):
+    # Every agent of these tests, in this process or a child, keeps its job folders under the test's home.
+    monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(tmp_path / "home"))
     client = LaunchClient(home=tmp_path / "home")
     client.create_queue(QueueConfig(queue_name="k8s", provider={
         "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
@@ -150,7 +153,7 @@ def run_agent(client: LaunchClient, jobs, timeout: float = 180, while_running=No
 
     async def main():
         agent = make_local_agent(client.store, sorted({j.record.queue for j in jobs}), blobs=client.blobs,
-                                 lease_seconds=5, **traits)
+                                 home=client.home, lease_seconds=5, **traits)
         await agent.start()
         task = asyncio.create_task(agent.run())
         side = asyncio.create_task(while_running(agent)) if while_running else None
@@ -290,7 +293,7 @@ def _full_context(tmp_path: Path):
         "image_pull_secrets": ["regcred"], "labels": {"team": "ml"}, "image_pull_policy": "IfNotPresent",
         "pod_template": {"metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
                          "spec": {"priorityClassName": "system-cluster-critical"}},
-    }).provider.model_dump()
+    }).provider
     return JobContext(job_id="65f0c0de1a2b3c", attempt=1, fence=1, queue="gpu-training-queue", spec=spec,
                       queue_config=cfg, workdir=tmp_path, output_dir=tmp_path / "out", env={"LR": "0.1"},
                       secrets={"API_TOKEN": CANARY}, artifact="sha256:" + "0" * 64, agent_id="agent-1")
@@ -607,7 +610,7 @@ def test_the_next_agent_deletes_the_cluster_job_of_a_job_lost_with_its_agent(lau
     assert k8s_objects(k8s, job.id)["pods"]  # the Job runs on with no agent following it
 
     async def start_and_stop_an_agent():
-        agent = make_local_agent(launch.store, ["k8s"], blobs=launch.blobs, lease_seconds=5)
+        agent = make_local_agent(launch.store, ["k8s"], blobs=launch.blobs, home=launch.home, lease_seconds=5)
         await agent.start()  # its start-up reconciliation deletes what the lost job left
         await agent.stop()
 
