@@ -185,6 +185,13 @@ class Agent(LoggingConfigurable):
         self.refused: RemoteAuthError | None = None  # why the server stopped taking this agent's calls
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
 
+    @classmethod
+    def configurables(cls) -> list[type]:
+        """This class and every registered backend's: what ``c.Agent.*`` and ``c.<Backend>.*`` configure."""
+        from .backends.base import backend_classes
+
+        return [cls, *backend_classes().values()]
+
     @property
     def capacity(self) -> int:
         return self.max_jobs or (os.cpu_count() or 2)

@@ -1,15 +1,14 @@
-"""``LaunchClient``: the Python API for queues and jobs, and the ``Job`` handle it returns.
+"""The client every face uses: ``LaunchClient`` (embedded) and ``remote.client.HttpClient`` (through a server).
 
-The client packages and submits, reads logs from an offset and follows them, cancels, reruns and fetches outputs.
-It works on the embedded store (SQLite and the blob folder under the launch home, no server needed), or through a
-running server's API (``jupyter_launch.remote``: ``connect`` / ``client_for``, what the CLI uses); the magics, the
-CLI and the panel all go through it.
+Both implement :class:`Client`, so the CLI, the magics and the widgets work the same on either. The embedded client
+calls :class:`~jupyter_launch.service.LaunchService` on this machine's store (SQLite and the blob folder under the
+launch home, no server); the HTTP client calls the server's REST API, whose handlers call the same service. Packaging
+always happens where the files are, on the client's side; the job then goes through the service.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import sys
@@ -18,68 +17,34 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .options import JobOptions, PreparedJob, prepare_job, read_notebook
 from .paths import default_store_url, launch_home
-from .spec import JobSpec, QueueConfig, SpecError, load_job_spec, load_queue_config, validate
+from .spec import JobSpec, QueueConfig, validate
 from .store import FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, SQLStore, StoreError
 
 if TYPE_CHECKING:
     from .artifact import Artifact
+    from .service import LogPage
 
-FOLLOW_POLL_MIN = 0.005
-FOLLOW_POLL_MAX = 0.1
+# What a face needs of the records it is handed, so that it imports the client and never the store.
+__all__ = ["Client", "LaunchClient", "Job", "JobRecord", "LogChunk", "OutputRecord", "QueueRecord", "StoreError",
+           "FINAL"]
 
-
-def read_notebook_light(path: Path) -> dict[str, Any]:
-    """Check a notebook file is a readable nbformat 4 document, without importing nbformat (slow to import)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise SpecError("no such notebook", source=str(path)) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    try:
-        nb = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        line = getattr(exc, "lineno", None)
-        raise SpecError(f"not a notebook: invalid JSON ({getattr(exc, 'msg', exc)})", source=str(path), line=line) from None
-    except RecursionError:
-        raise SpecError("not a notebook: its JSON is nested too deeply to read", source=str(path)) from None
-    if not isinstance(nb, dict):
-        raise SpecError("not a notebook: no 'cells' list", source=str(path))
-    if "nbformat" in nb and nb["nbformat"] != 4:  # an nbformat 3 file has worksheets, not cells: say which
-        raise SpecError(f"unsupported nbformat {nb['nbformat']!r} (jupyter-launch reads nbformat 4)",
-                        source=str(path), field="nbformat")
-    if not isinstance(nb.get("cells"), list):
-        raise SpecError("not a notebook: no 'cells' list", source=str(path))
-    if nb.get("nbformat") != 4:
-        raise SpecError(f"unsupported nbformat {nb.get('nbformat')!r} (jupyter-launch reads nbformat 4)",
-                        source=str(path), field="nbformat")
-    return nb
-
-
-class LaunchClient:
-    """Submit and watch jobs. ``LaunchClient()`` uses this machine's store (``$JUPYTER_LAUNCH_HOME``)."""
+class Client:
+    """What a face can ask of jupyter-launch, embedded or through a server. Reads go to ``self.store`` (the SQL
+    store, or the HTTP store over the REST API); subclasses say how a job is enqueued, cancelled, rerun and
+    followed, and whether an agent can be started here."""
 
     server_url: str | None = None  # the server this client works through; None on the embedded store
-
-    def __init__(self, store_url: str | None = None, *, home: str | Path | None = None, store: SQLStore | None = None,
-                 blobs: BlobStore | None = None, owner: str | None = None):
-        self.home = Path(home) if home else launch_home()
-        self.store = store or SQLStore(store_url or (f"sqlite:///{self.home / 'launch.db'}" if home else default_store_url()))
-        self.blobs = blobs or BlobStore(self.home / "blobs")
-        self.owner = owner or os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or None
-        self.store.ensure_default_queue()
-        self._hash_cache = None
+    store: Any
+    blobs: Any
+    home: Path
+    owner: str | None
 
     # ------------------------------------------------------------ queues
 
     def create_queue(self, config: QueueConfig | str | Path, *, replace: bool = False) -> QueueRecord:
-        source = None
-        if not isinstance(config, QueueConfig):
-            source = str(config)
-            config = load_queue_config(config)
-        config.check_runnable(source)
-        return self.store.create_queue(config, replace=replace)
+        raise NotImplementedError
 
     def queues(self) -> list[QueueRecord]:
         return self.store.list_queues()
@@ -92,138 +57,86 @@ class LaunchClient:
 
     # ------------------------------------------------------------ submit
 
-    def build_spec(self, notebook: str | Path | None = None, *, config: str | Path | None = None,
-                   spec: JobSpec | dict[str, Any] | None = None, root: str | Path | None = None,
-                   **overrides: Any) -> tuple[JobSpec, Path, dict[str, Any] | None]:
-        """The job spec, the folder to package, and the notebook (parsed) when there is one."""
-        nb = None
-        if spec is not None:
-            data = spec.model_dump() if isinstance(spec, JobSpec) else dict(spec)
-            data.update({k: v for k, v in overrides.items() if v is not None})
-            result = validate(JobSpec, data, "<spec>")
-            base = Path(root or ".").resolve()
-        elif config is not None:
-            base = Path(root).resolve() if root else Path(config).resolve().parent
-            result = load_job_spec(config, {k: v for k, v in overrides.items() if v is not None})
-            if result.kind == "notebook" and result.notebook:
-                nb = read_notebook_light(base / result.notebook)
-        elif notebook is not None:
-            path = Path(notebook).resolve()
-            nb = read_notebook_light(path)
-            base = Path(root).resolve() if root else path.parent
-            try:
-                rel = path.relative_to(base).as_posix()
-            except ValueError:
-                raise SpecError(f"the notebook is not inside the folder to package ({base})", source=str(notebook)) from None
-            data = {"kind": "notebook", "notebook": rel, "name": path.stem}
-            data.update({k: v for k, v in overrides.items() if v is not None})
-            result = validate(JobSpec, data, str(notebook))
-        else:
-            raise SpecError("nothing to submit: give a notebook, --config FILE or a spec")
-        return result, base, nb
+    @staticmethod
+    def prepare(notebook: str | Path | None = None, *, config: str | Path | None = None,
+                spec: JobSpec | dict[str, Any] | None = None, root: str | Path | None = None,
+                **fields: Any) -> PreparedJob:
+        """The job a Python call describes: a notebook, a job file or a spec, with spec ``fields`` laid over it."""
+        fields = {k: v for k, v in fields.items() if v is not None}
+        if spec is None:
+            return prepare_job(JobOptions(notebook=notebook, config=config, root=root, extra=fields))
+        data = spec.model_dump() if isinstance(spec, JobSpec) else dict(spec)
+        data.update(fields)
+        job_spec = validate(JobSpec, data, "<spec>")
+        folder = Path(root or ".").resolve()
+        nb = read_notebook(folder / job_spec.notebook) if job_spec.kind == "notebook" and job_spec.notebook else None
+        return PreparedJob(job_spec, folder, nb)
 
     def submit(self, notebook: str | Path | None = None, *, queue: str = "default", config: str | Path | None = None,
                spec: JobSpec | dict[str, Any] | None = None, root: str | Path | None = None,
                extra_files: dict[str, bytes] | None = None, include: list[str] | None = None,
-               max_size: int | None = None, **overrides: Any) -> Job:
+               max_size: int | None = None, **fields: Any) -> Job:
         """Package and enqueue; returns at once with a :class:`Job` handle."""
-        from .artifact import DEFAULT_MAX_SIZE, HashCache, build_artifact, capture_environment
+        prepared = self.prepare(notebook, config=config, spec=spec, root=root, **fields)
+        return self.submit_prepared(prepared, queue=queue, extra_files=extra_files, include=include,
+                                    max_size=max_size)
 
-        job_spec, base, nb = self.build_spec(notebook, config=config, spec=spec, root=root, **overrides)
-        self.store.get_queue(queue)  # unknown queue: fail before packaging anything
-        if self._hash_cache is None:
-            self._hash_cache = HashCache(self.home)
-        environment = capture_environment(nb, job_spec.kernel)
-        artifact = build_artifact(base, self.blobs, include=include, environment=environment,
-                                  entrypoint=job_spec.notebook or (" ".join(job_spec.command or []) or None),
-                                  max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=self._hash_cache,
-                                  extra_files=extra_files)
-        self._hash_cache.save()
-        record = self.store.enqueue(queue, job_spec, artifact=artifact.digest, owner=self.owner)
-        from .notify import wake_agents
-
-        wake_agents(self.home)
-        job = Job(self, record.id, record)
-        job.packaged = artifact
-        return job
+    def submit_prepared(self, prepared: PreparedJob, *, queue: str = "default", **options: Any) -> Job:
+        """Package a prepared job (``options``: include, extra_files, max_size) and enqueue it."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------ jobs
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id)
 
+    def get_job(self, job_id: str) -> JobRecord:
+        return self.store.get_job(job_id)
+
     def jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
              before: int | None = None) -> list[JobRecord]:
         return self.store.list_jobs(queue=queue, state=state, limit=limit, before=before)
 
     def cancel(self, job_id: str) -> JobRecord:
-        record = self.store.request_cancel(job_id)
-        from .notify import wake_agents
-
-        wake_agents(self.home)
-        return record
+        raise NotImplementedError
 
     def rerun(self, job_id: str) -> Job:
-        record = self.store.rerun(job_id, owner=self.owner)
-        from .notify import wake_agents
-
-        wake_agents(self.home)
-        return Job(self, record.id, record)
+        raise NotImplementedError
 
     def read_log(self, job_id: str, offset: int = 0) -> tuple[list[LogChunk], int]:
         return self.store.read_log(job_id, offset)
 
-    def follow(self, job_id: str, offset: int = 0, *, timeout: float | None = None) -> Iterator[LogChunk]:
+    def follow_events(self, job_id: str, offset: int = 0) -> AsyncIterator[LogPage | JobRecord]:
+        """The job's log pages from ``offset`` and its record at each change of state, until it has ended."""
+        raise NotImplementedError
+
+    async def afollow(self, job_id: str, offset: int = 0, *, timeout: float | None = None) -> AsyncIterator[LogChunk]:
         """Log chunks from ``offset`` as they arrive, until the job ends and its log is read to the end."""
+        from .service import LogPage
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = FOLLOW_POLL_MIN
-        while True:
-            chunks, nxt = self.store.read_log(job_id, offset)
-            if chunks:
-                yield from chunks
-                offset = nxt
-                delay = FOLLOW_POLL_MIN
-                continue
-            job = self.store.get_job(job_id)
-            if job.state in FINAL and offset >= job.log_size:
-                return
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job.state} after {timeout}s")
-            time.sleep(delay)
-            delay = min(delay * 2, FOLLOW_POLL_MAX)
-
-    async def afollow(self, job_id: str, offset: int = 0) -> AsyncIterator[LogChunk]:
-        """:meth:`follow` for an event loop: wakes on in-process log events, polls otherwise."""
-        wake = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_log(jid: str, *_: Any) -> None:
-            if jid == job_id:
-                loop.call_soon_threadsafe(wake.set)
-
-        unsubscribe = self.store.subscribe("log", on_log)
-        unsub_state = self.store.subscribe("state", on_log)
+        events = self.follow_events(job_id, offset)
         try:
-            delay = FOLLOW_POLL_MIN
             while True:
-                wake.clear()
-                chunks, nxt = await asyncio.to_thread(self.store.read_log, job_id, offset)
-                if chunks:
-                    for chunk in chunks:
-                        yield chunk
-                    offset = nxt
-                    delay = FOLLOW_POLL_MIN
-                    continue
-                job = await asyncio.to_thread(self.store.get_job, job_id)
-                if job.state in FINAL and offset >= job.log_size:
-                    return
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
-                    await asyncio.wait_for(wake.wait(), delay)
+                    item = await asyncio.wait_for(events.__anext__(), remaining)
+                except StopAsyncIteration:
+                    return
                 except asyncio.TimeoutError:
-                    delay = min(delay * 2, FOLLOW_POLL_MAX)
+                    state = (await asyncio.to_thread(self.get_job, job_id)).state
+                    raise TimeoutError(f"job {job_id} still {state} after {timeout}s") from None
+                if isinstance(item, LogPage):
+                    for chunk in item.chunks:
+                        yield chunk
         finally:
-            unsubscribe()
-            unsub_state()
+            await events.aclose()
+
+    def follow(self, job_id: str, offset: int = 0, *, timeout: float | None = None) -> Iterator[LogChunk]:
+        """:meth:`afollow` for sync callers (a kernel's cell included: it runs on the background loop)."""
+        from .loop import BackgroundLoop
+
+        return BackgroundLoop.get().iterate(self.afollow(job_id, offset, timeout=timeout))
 
     def metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self.store.read_metrics(job_id, after)
@@ -251,17 +164,76 @@ class LaunchClient:
                 return self.blobs.read_bytes(out.digest)
         raise StoreError(f"job {job_id} has no output {path!r}")
 
+    # ------------------------------------------------------------ agents
+
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
 
+    async def ensure_agent(self, queue: str) -> bool:
+        """Start an agent here, on the running loop, when none serves ``queue``; True if one was started.
+        Through a server this never starts one (the job waits for the server's agents)."""
+        return False
+
+    async def stop_agents(self) -> None:
+        """Stop the agents :meth:`ensure_agent` started."""
+
     def close(self) -> None:
+        self.store.close()
+
+
+class LaunchClient(Client):
+    """Submit and watch jobs on this machine's store. ``LaunchClient()`` uses ``$JUPYTER_LAUNCH_HOME``."""
+
+    def __init__(self, store_url: str | None = None, *, home: str | Path | None = None, store: Any = None,
+                 blobs: Any = None, owner: str | None = None, store_class: type = SQLStore,
+                 blob_store_class: type = BlobStore):
+        from .service import LaunchService
+
+        self.home = Path(home) if home else launch_home()
+        self.store = store or store_class(store_url or (f"sqlite:///{self.home / 'launch.db'}" if home
+                                                        else default_store_url()))
+        self.blobs = blobs or blob_store_class(self.home / "blobs")
+        self.owner = owner or os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or None
+        self.store.ensure_default_queue()
+        self.service = LaunchService(self.store, self.blobs, home=self.home)
+
+    def create_queue(self, config: QueueConfig | str | Path, *, replace: bool = False) -> QueueRecord:
+        return self.service.create_queue(config, replace=replace)
+
+    def submit_prepared(self, prepared: PreparedJob, *, queue: str = "default", **options: Any) -> Job:
+        record, artifact = self.service.submit(prepared, queue=queue, owner=self.owner, **options)
+        job = Job(self, record.id, record)
+        job.packaged = artifact
+        return job
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self.service.cancel(job_id)
+
+    def rerun(self, job_id: str) -> Job:
+        record = self.service.rerun(job_id, owner=self.owner)
+        return Job(self, record.id, record)
+
+    def follow_events(self, job_id: str, offset: int = 0) -> AsyncIterator[LogPage | JobRecord]:
+        return self.service.follow(job_id, offset)
+
+    def live_agents(self, queue: str) -> list[str]:
+        return self.service.live_agents(queue)
+
+    async def ensure_agent(self, queue: str) -> bool:
+        return await self.service.ensure_agent(queue)
+
+    async def stop_agents(self) -> None:
+        await self.service.stop_agents()
+
+    def close(self) -> None:
+        self.service.close()
         self.store.close()
 
 
 class Job:
     """A handle on one job: ``.status``, ``.logs()``, ``.wait()``, ``.cancel()``, ``.outputs``, ``.metrics``."""
 
-    def __init__(self, client: LaunchClient, job_id: str, record: JobRecord | None = None):
+    def __init__(self, client: Client, job_id: str, record: JobRecord | None = None):
         self.client = client
         self.id = job_id
         self._record = record
@@ -275,11 +247,11 @@ class Job:
     @property
     def record(self) -> JobRecord:
         if self._record is None or not self._record.done:
-            self._record = self.client.store.get_job(self.id)
+            self._record = self.client.get_job(self.id)
         return self._record
 
     def refresh(self) -> JobRecord:
-        self._record = self.client.store.get_job(self.id)
+        self._record = self.client.get_job(self.id)
         return self._record
 
     @property

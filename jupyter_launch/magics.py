@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -29,11 +30,14 @@ from typing import Any
 
 from IPython.core.error import StdinNotImplementedError, UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
+from IPython.utils.process import arg_split
 from traitlets import Bool, Dict, Enum, Float, Integer, Type, Unicode, default
 
-from .client import Job
+from .client import Job, StoreError
+from .options import JobOptions, PreparedJob, prepare_job, read_notebook, split_param_args
+from .spec import SpecError
 from .widgets import BackgroundLoop, JobView, JobWatcher, TextView, reason_text
 
 SETUP_TAG = "launch-setup"
@@ -122,7 +126,7 @@ class LaunchMagics(Magics):
         super().__init__(shell=shell, **kwargs)
         self._client: Any = None
         self._client_future: concurrent.futures.Future[Any] | None = None
-        self._agents: dict[str, Any] = {}
+        self._stop_registered = False
         self.jobs: list[LaunchedJob] = []
 
     # ------------------------------------------------------------ the client
@@ -161,8 +165,9 @@ class LaunchMagics(Magics):
     @argument("--image", help="container image for docker and kubernetes queues")
     @argument("--job-type", "-t", help="job type, matched by the queue's agents")
     @argument("--name", help="the job's name (default: the notebook's)")
-    @argument("--param", "-p", action="append", metavar="NAME=VALUE",
-              help="a parameter; the value is read as YAML (3, 0.1, true, [1, 2], text); repeatable")
+    @argument("--param", "-p", nargs=2, action="append", metavar=("NAME", "VALUE"),
+              help="a parameter, as NAME VALUE or NAME=VALUE; a value that is a Python literal (3, 0.1, True, "
+                   "[1, 2], 'text') has its type, anything else is the exact text typed; repeatable")
     @argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable; repeatable")
     @argument("--secret", action="append", metavar="NAME",
               help="an environment variable resolved on the agent at start, never stored; repeatable")
@@ -184,7 +189,7 @@ class LaunchMagics(Magics):
         with ``jupyter_launch.log({...})``, a Cancel button and the outputs. ``%%launch`` runs the notebook's cells
         tagged ``launch-setup`` first; ``--push a,b`` sends variables, ``--pull c,d`` brings variables back.
         """
-        args = parse_argstring(self.launch, line)
+        args = self.launch.parser.parse_args(split_param_args(arg_split(line)))
         magic = "%%launch" if cell is not None else "%launch"
         if cell is not None and args.notebook:
             raise UsageError(f"%%launch runs the cell below it; to run a notebook use %launch {args.notebook}")
@@ -193,24 +198,20 @@ class LaunchMagics(Magics):
         if os.environ.get(JOB_ID_ENV):
             return self._inside_job(cell)
 
-        fields = _spec_fields(args, magic)
         try:
             client = self.client
         except ValueError as exc:  # a server URL that is not http(s)
             raise UsageError(f"{magic}: {exc}") from None
-        from .spec import JobSpec, SpecError, validate
-        from .store import StoreError
 
         try:
             if cell is not None:
-                spec, root, extra = self._cell_job(args, cell, fields)
-                validate(JobSpec, spec, magic)
-                job = client.submit(spec=spec, queue=args.queue, root=root, extra_files=extra or None,
-                                    include=args.include)
+                prepared, extra = self._cell_job(args, cell, magic)
+                job = client.submit_prepared(prepared, queue=args.queue, extra_files=extra or None,
+                                             include=args.include)
             else:
                 path, root = self._notebook_path(args)
-                validate(JobSpec, {"kind": "notebook", "notebook": path.name, **fields}, magic)
-                job = client.submit(path, queue=args.queue, root=root, include=args.include, **fields)
+                prepared = prepare_job(_job_options(args, notebook=path, root=root), source=magic)
+                job = client.submit_prepared(prepared, queue=args.queue, include=args.include)
         except SpecError as exc:
             raise UsageError(_spec_message(exc, magic)) from None
         except StoreError as exc:
@@ -227,19 +228,21 @@ class LaunchMagics(Magics):
 
     # ------------------------------------------------------------ building the job
 
-    def _cell_job(self, args: Any, cell: str, fields: dict[str, Any]) -> tuple[dict[str, Any], Path, dict[str, bytes]]:
+    def _cell_job(self, args: Any, cell: str, magic: str) -> tuple[PreparedJob, dict[str, bytes]]:
         if not cell.strip():
             raise UsageError("%%launch: the cell is empty; write the code to run below the %%launch line")
         push, pull = _names(args.push, "--push"), _names(args.pull, "--pull")
         notebook = find_notebook(self.shell)
-        spec: dict[str, Any] = {
-            "kind": "cell", "code": cell, "setup": setup_cells(notebook) if notebook else [],
-            "push": push, "pull": pull,
-            "name": f"{notebook.stem}: cell" if notebook else "cell", **fields,
-        }
+        options = _job_options(args, code=cell, root=args.root)
+        options.extra = {"setup": setup_cells(notebook) if notebook else [], "push": push, "pull": pull,
+                         "name": f"{notebook.stem}: cell" if notebook else "cell"}
+        prepared = prepare_job(options, source=magic)
+        if notebook is not None:
+            # The cell runs in this notebook's environment: its kernel and %pip lines travel with the job.
+            with contextlib.suppress(SpecError):
+                prepared.notebook = read_notebook(notebook)
         extra = {PUSH_PATH: pickle_variables(self.shell.user_ns, push)} if push else {}
-        root = Path(args.root).expanduser() if args.root else Path.cwd()
-        return spec, root, extra
+        return prepared, extra
 
     def _notebook_path(self, args: Any) -> tuple[Path, Path]:
         if args.notebook:
@@ -349,39 +352,27 @@ class LaunchMagics(Magics):
         """On the embedded store, start an agent in this kernel for a queue none serves; through a server, say that
         the job waits for one of the server's agents. Returns the note for the view, if any."""
         client = self.client
-        server_url = getattr(client, "server_url", None)
-        if server_url:
+        if client.server_url:
             if client.live_agents(queue):
                 return None
-            return (f"no agent serves queue {queue!r} on {server_url}; the job waits for one "
-                    f"(`jupyter launch agent --server URL --token AGENT_TOKEN --queue {queue}`)")
-        if not self.agent_in_kernel or queue in self._agents or not (hasattr(client, "store") and
-                                                                      hasattr(client, "blobs")):
+            return (f"no agent serves queue {queue!r} on {client.server_url}; the job waits for one "
+                    f"(`jupyter launch agent --server URL --queue {queue}`, with an agent token)")
+        if not self.agent_in_kernel:
             return None
-        if client.live_agents(queue):
+        if not BackgroundLoop.get().submit(client.ensure_agent(queue)).result():
             return None
-        from .agent import make_local_agent
-
-        agent = make_local_agent(client.store, [queue], blobs=client.blobs, wake_socket=False)
-        self._agents[queue] = agent
-        if len(self._agents) == 1:
+        if not self._stop_registered:
+            self._stop_registered = True
             # threading's exit hooks run before atexit's and newest first, so this one runs while thread pools still
             # take work (the agent reports its jobs' end through asyncio.to_thread); atexit would be too late.
             getattr(threading, "_register_atexit", atexit.register)(self.stop_agents)
-        BackgroundLoop.get().submit(_run_agent(agent))
         return (f"no agent served queue {queue!r}: one now runs in this kernel and stops with it; "
                 f"run `jupyter launch agent --queue {queue}` to keep jobs independent of this kernel")
 
     def stop_agents(self, timeout: float = 30.0) -> None:
         """Stop the agents this kernel runs (their running jobs are cancelled and reported)."""
-        agents, self._agents = list(self._agents.values()), {}
-        futures = [BackgroundLoop.get().submit(agent.stop()) for agent in agents]
-        concurrent.futures.wait(futures, timeout)
-
-
-async def _run_agent(agent: Any) -> None:
-    await agent.start()
-    await agent.run()
+        if self._client is not None:
+            concurrent.futures.wait([BackgroundLoop.get().submit(self._client.stop_agents())], timeout)
 
 
 async def _call_in_thread(func: Any) -> Any:
@@ -402,31 +393,11 @@ def _confirm_cancel(job_id: str) -> bool:
 # ------------------------------------------------------------------ arguments
 
 
-def _spec_fields(args: Any, magic: str) -> dict[str, Any]:
-    """Spec fields common to cell and notebook jobs, from the magic's options."""
-    from .spec import parse_param
-
-    fields: dict[str, Any] = {}
-    for key in ("name", "job_type", "image", "timeout", "retries", "kernel"):
-        if getattr(args, key) is not None:
-            fields[key] = getattr(args, key)
-    resources = {k: v for k, v in (("cpu", args.cpus), ("gpu", args.gpus), ("memory", args.memory)) if v is not None}
-    if resources:
-        fields["resources"] = resources
-    if args.env:
-        fields["env"] = dict(_pair(item, "--env", "KEY=VALUE") for item in args.env)
-    if args.secret:
-        fields["secrets"] = list(dict.fromkeys(args.secret))
-    if args.param:
-        fields["parameters"] = {k: parse_param(v) for k, v in (_pair(i, "--param", "NAME=VALUE") for i in args.param)}
-    return fields
-
-
-def _pair(item: str, option: str, form: str) -> tuple[str, str]:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise UsageError(f"{option} takes {form}, got {item!r}")
-    return key, value
+def _job_options(args: Any, **target: Any) -> JobOptions:
+    """The magic's options as every face gives them (``jupyter_launch.options``)."""
+    return JobOptions(name=args.name, job_type=args.job_type, image=args.image, kernel=args.kernel,
+                      timeout=args.timeout, retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory,
+                      env=args.env or (), secrets=args.secret or (), params=args.param or (), **target)
 
 
 def _names(values: list[str] | None, option: str) -> list[str]:

@@ -538,14 +538,3 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str = "<input
         return model.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, {}, source) from None
-
-
-def parse_param(value: str) -> Any:
-    """``-p lr 0.1`` -> 0.1; values are read as YAML scalars, so ``true``, ``3``, ``[1, 2]`` keep their type."""
-    try:
-        parsed = _load_with_lines(value)[0]
-    except yaml.YAMLError:
-        return value
-    if parsed is None and value.strip() not in ("null", "~", "None"):
-        return value
-    return parsed

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import codecs
 import concurrent.futures
-import contextvars
 import html
 import math
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
 import ipywidgets as W
+
+from .loop import BackgroundLoop
 
 STATE_POLL = 0.25  # seconds between state reads (logs have their own, faster follow)
 METRICS_POLL = 0.5
@@ -35,35 +36,6 @@ SUMMARY_LINES = 20  # log lines in the plain-text summary
 BAR_STYLE = {"succeeded": "success", "failed": "danger", "cancelled": "warning"}
 STATE_COLOUR = {"queued": "#8a6d00", "claimed": "#1f6feb", "starting": "#1f6feb", "running": "#1f6feb",
                 "succeeded": "#1a7f37", "failed": "#cf222e", "cancelled": "#6e7781"}
-
-
-class BackgroundLoop:
-    """One daemon thread per process running an asyncio loop: job watchers and an in-kernel agent live here."""
-
-    _lock = threading.Lock()
-    _instance: BackgroundLoop | None = None
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="jupyter-launch", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    @classmethod
-    def get(cls) -> BackgroundLoop:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        # Scheduled from an empty context, the task does not carry the submitting cell's parent header: ipykernel
-        # then sends what it publishes as part of the request running at that moment, as it does for any thread.
-        # Otherwise every later update would claim to belong to a cell that has long finished.
-        return contextvars.Context().run(asyncio.run_coroutine_threadsafe, coro, self.loop)
 
 
 # ------------------------------------------------------------------ formatting helpers

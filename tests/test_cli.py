@@ -288,3 +288,92 @@ def test_training_notebook_example_runs(cli, launch_home, tmp_path):
     assert [m["step"] for m in metrics] == list(range(60)) and round(metrics[-1]["accuracy"], 3) == accuracy
     cli("outputs", job_id, "--to", str(tmp_path / "out"), check=True)
     assert {"train.ipynb", "train.html", "weights.npy"} <= {p.name for p in (tmp_path / "out").iterdir()}
+
+
+def test_parameters_take_both_forms_and_keep_the_exact_text_typed(cli, launch_home):
+    # Read as YAML, ' #1' was a comment and the newline a space; NAME=VALUE is the magics' form, taken here too.
+    proc = cli("submit", str(EXAMPLES / "hello.ipynb"), "-p", "greeting", "hi #1\nthere", "-p", "name=launch",
+               "--follow")
+    assert proc.returncode == 0, proc.stderr
+    assert "hi #1\nthere, launch!" in proc.stdout
+
+
+def _manifest(launch_home: Path, job: dict) -> dict:
+    from jupyter_launch.artifact import load_manifest
+    from jupyter_launch.store.blobs import BlobStore
+
+    return load_manifest(job["artifact"], BlobStore(launch_home / "blobs"))
+
+
+def test_the_cli_and_the_python_api_package_the_same_notebook_into_the_same_artifact(cli, client, launch_home,
+                                                                                     tmp_path):
+    src = tmp_path / "nb"
+    src.mkdir()
+    nb = json.loads((EXAMPLES / "hello.ipynb").read_text())
+    nb["metadata"]["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "pip", "metadata": {}, "outputs": [],
+                           "source": ["%pip install tabulate==0.9.0\n"]})
+    (src / "nb.ipynb").write_text(json.dumps(nb))
+    (src / "data.csv").write_text("a,b\n1,2\n")
+    by_cli = json.loads(cli("show", cli("submit", str(src / "nb.ipynb"), check=True).stdout.strip(), "--json",
+                            check=True).stdout)
+    by_api = client.submit(src / "nb.ipynb").record.to_dict()
+    assert by_cli["artifact"] == by_api["artifact"]
+    environment = _manifest(launch_home, by_cli)["environment"]
+    assert environment["kernel"] == "python3"
+    assert environment["pip_installs"] == ["tabulate==0.9.0"]
+
+
+def test_jupyter_config_reaches_the_standalone_agent(cli, cli_env, launch_home, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    config_dir = tmp_path / "jupyter-config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_launch_config.py").write_text("c.Agent.agent_id = 'from-the-config-file'\n")
+    env = {**cli_env, "JUPYTER_CONFIG_DIR": str(config_dir)}
+    agents = []
+    try:
+        for extra in ([], ["--Agent.agent_id=from-the-command-line", "--queue", "second"]):
+            if extra:
+                cli("queue", "create", str(_queue_file(tmp_path, "second")), check=True)
+            agents.append(subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default",
+                                            *extra], env=env, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 60
+        while True:
+            shown = {q["name"]: q["agents"] for q in json.loads(cli("queue", "list", "--json", check=True).stdout)}
+            if "from-the-command-line" in shown.get("second", []) and "from-the-config-file" in shown["default"]:
+                break
+            assert time.monotonic() < deadline, shown
+            time.sleep(0.2)
+    finally:
+        for agent in agents:
+            agent.terminate()
+            agent.wait(30)
+
+
+def _queue_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"queue_name: {name}\nprovider:\n  type: local\n")
+    return path
+
+
+def test_a_broken_config_file_is_one_line_naming_it(cli_env, tmp_path):
+    config_dir = tmp_path / "jupyter-config"
+    config_dir.mkdir()
+    (config_dir / "jupyter_launch_config.py").write_text("c.Agent.max_jobs = many\n")
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", "jobs"], capture_output=True, text=True,
+                          env={**cli_env, "JUPYTER_CONFIG_DIR": str(config_dir)}, timeout=120)
+    assert proc.returncode == 2
+    assert "jupyter_launch_config.py" in proc.stderr and "'many' is not defined" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_agent_help_all_lists_the_backends_options(cli):
+    proc = cli("agent", "--help-all", check=True)
+    for option in ("--Agent.max_jobs", "--LocalBackend.", "--DockerBackend.", "--KubernetesBackend."):
+        assert option in proc.stdout

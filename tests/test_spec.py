@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from jupyter_launch.options import param_value, parse_params, split_param_args
 from jupyter_launch.spec import (
     JobSpec, SpecError, load_job_spec, load_queue_config, parse_cpu, parse_duration, parse_job_spec, parse_memory,
-    parse_param, parse_queue_config,
+    parse_queue_config,
 )
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -110,13 +111,32 @@ def test_missing_file_is_a_spec_error(tmp_path):
 
 
 def test_params_keep_their_types():
-    assert parse_param("3") == 3
-    assert parse_param("0.1") == 0.1
-    assert parse_param("true") is True
-    assert parse_param("[1, 2]") == [1, 2]
-    assert parse_param("hello world") == "hello world"
-    assert parse_param("2024-01-01") == "2024-01-01"
-    assert parse_param("'; import os #") == "'; import os #"
+    assert param_value("3") == 3
+    assert param_value("0.1") == 0.1
+    assert param_value("True") is True
+    assert param_value("[1, 2]") == [1, 2]
+    assert param_value("{'a': 1}") == {"a": 1}
+    assert param_value("'quoted'") == "quoted"
+    assert param_value("hello world") == "hello world"
+    assert param_value("2024-01-01") == "2024-01-01"
+    assert param_value("'; import os #") == "'; import os #"
+
+
+def test_params_that_are_no_python_literal_stay_the_exact_text_typed():
+    # Read as YAML these lost their comment, their newline, their quotes or became booleans.
+    assert param_value("true") == "true"
+    assert param_value("x #not a comment") == "x #not a comment"
+    assert param_value("line one\nline two") == "line one\nline two"
+    assert param_value("  padded  ") == "  padded  "
+    assert param_value("9" * 5000) == "9" * 5000  # past int's digit limit: kept, not an error
+
+
+def test_both_faces_take_name_value_and_name_equals_value():
+    assert split_param_args(["nb.ipynb", "-p", "a", "1", "--param", "b=x=y", "--param=c=3", "-p", "d", "e=f"]) == [
+        "nb.ipynb", "-p", "a", "1", "--param", "b", "x=y", "--param", "c", "3", "-p", "d", "e=f"]
+    assert parse_params([("a", "1"), "b=two", ["c", "[3]"]]) == {"a": 1, "b": "two", "c": [3]}
+    with pytest.raises(SpecError, match="NAME VALUE or NAME=VALUE"):
+        parse_params(["lonely"])
 
 
 def test_secret_and_env_overlap_refused():

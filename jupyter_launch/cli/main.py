@@ -16,13 +16,14 @@ import sys
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from ..remote.discovery import client_for
 from ..remote.http import SERVER_ENV, TOKEN_ENV
-from ..spec import SpecError, format_memory, parse_param
-from ..store import FINAL, JobRecord, StoreError
+from ..client import FINAL, Client, JobRecord, StoreError
+from .config import LaunchCommand, config_words
+from ..options import JobOptions, prepare_job, split_param_args
+from ..spec import SpecError, format_memory
 
 
 class UsageError(Exception):
@@ -62,9 +63,11 @@ Which store a command uses, the first that applies:
 """
 
 
-def _client(args: argparse.Namespace):
+def _client(args: argparse.Namespace) -> Client:
+    config = args.launch_config
     try:
-        return client_for(args.server, args.token)
+        return client_for(args.server, args.token, store_class=config.store_class,
+                          blob_store_class=config.blob_store_class)
     except ValueError as exc:  # a server URL that is not http(s)
         raise UsageError(str(exc)) from None
 
@@ -112,45 +115,11 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ submit and jobs
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    o: dict[str, Any] = {}
-    if args.job_type:
-        o["job_type"] = args.job_type
-    if args.name:
-        o["name"] = args.name
-    if args.image:
-        o["image"] = args.image
-    if args.timeout:
-        o["timeout"] = args.timeout
-    if args.retries is not None:
-        o["retries"] = args.retries
-    if args.kernel:
-        o["kernel"] = args.kernel
-    return o
-
-
-def _apply_cli_fields(spec: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Fields merged into what the file says (resources, env, secrets, parameters add to or replace its values)."""
-    data = spec.model_dump()
-    res = data["resources"]
-    if args.cpus is not None:
-        res["cpu"] = args.cpus
-    if args.gpus is not None:
-        res["gpu"] = args.gpus
-    if args.memory is not None:
-        res["memory"] = args.memory
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SpecError(f"--env takes KEY=VALUE, got {item!r}", field="env")
-        data["env"][key] = value
-    for name in args.secret or []:
-        if name not in data["secrets"]:
-            data["secrets"].append(name)
-        data["env"].pop(name, None)
-    for name, value in args.param or []:
-        data["parameters"][name] = parse_param(value)
-    return data
+def job_options(args: argparse.Namespace) -> JobOptions:
+    return JobOptions(notebook=args.notebook, config=args.config, root=args.root, name=args.name,
+                      job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
+                      retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory, env=args.env or (),
+                      secrets=args.secret or (), params=args.param or ())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -158,10 +127,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise UsageError("submit needs a NOTEBOOK or --config FILE")
     if args.notebook and args.config:
         raise UsageError("give a NOTEBOOK or --config FILE, not both")
+    prepared = prepare_job(job_options(args))
     client = _client(args)
-    spec, base, _ = client.build_spec(args.notebook, config=args.config, root=args.root, **_overrides(args))
-    data = _apply_cli_fields(spec, args)
-    job = client.submit(spec=data, queue=args.queue, root=base, max_size=args.max_size)
+    job = client.submit_prepared(prepared, queue=args.queue, max_size=args.max_size)
     rec = job.record
     print(f"packaged {job.packaged.report()}", file=sys.stderr)  # type: ignore[union-attr]
     print(f"submitted job {job.id} to queue {rec.queue}", file=sys.stderr)
@@ -171,79 +139,69 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _follow(client, job.id, run_agent_for=rec.queue)
 
 
-def _follow(client: Any, job_id: str, *, run_agent_for: str | None = None, offset: int = 0) -> int:
+def _follow(client: Client, job_id: str, *, run_agent_for: str | None = None, offset: int = 0) -> int:
     """Stream a job's log to this terminal until it ends; on the embedded store, run an agent in-process if none
     serves its queue (through a server, the job waits for one of the server's agents)."""
+    from ..service import LogPage
 
     async def main() -> int:
-        agent = None
-        agent_task = None
-        if run_agent_for and not client.live_agents(run_agent_for):
-            if client.server_url:
-                print(f"no agent serves queue {run_agent_for} on {client.server_url}; the job waits for one (jupyter "
-                      f"launch agent --server URL --token AGENT_TOKEN --queue {run_agent_for})", file=sys.stderr)
-            else:
-                from ..agent import make_local_agent
-
+        started = False
+        if run_agent_for:
+            started = await client.ensure_agent(run_agent_for)
+            if started:
                 print(f"no agent serves queue {run_agent_for}; running one in this process until the job ends",
                       file=sys.stderr)
-                agent = make_local_agent(client.store, [run_agent_for], blobs=client.blobs, home=client.home,
-                                         wake_socket=False)
-                await agent.start()
-                agent_task = asyncio.create_task(agent.run())
-        last_reason = None
+            elif client.server_url and not await asyncio.to_thread(client.live_agents, run_agent_for):
+                print(f"no agent serves queue {run_agent_for} on {client.server_url}; the job waits for one (jupyter "
+                      f"launch agent --server URL --queue {run_agent_for}, with $JUPYTER_LAUNCH_TOKEN set to an agent "
+                      "token)", file=sys.stderr)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
+        final: list[JobRecord] = []
         try:
             async def pump() -> None:
-                nonlocal last_reason
-                async for chunk in client.afollow(job_id, offset):
-                    out = sys.stderr.buffer if chunk.stream == "stderr" else sys.stdout.buffer
-                    out.write(chunk.data)
-                    out.flush()
-
-            async def watch_waiting() -> None:
-                nonlocal last_reason
-                while True:
-                    rec = await asyncio.to_thread(client.store.get_job, job_id)
-                    if rec.state in FINAL:
-                        return
-                    if rec.state != "running" and rec.reason != last_reason:
-                        last_reason = rec.reason
-                        print(f"[{rec.state}] {rec.message or rec.reason}", file=sys.stderr)
-                    await asyncio.sleep(0.5)
+                async for item in client.follow_events(job_id, offset):
+                    if isinstance(item, LogPage):
+                        for chunk in item.chunks:
+                            out = sys.stderr.buffer if chunk.stream == "stderr" else sys.stdout.buffer
+                            out.write(chunk.data)
+                            out.flush()
+                    elif item.done:
+                        final.append(item)
+                    elif item.state != "running":  # say why it waits, each time the reason changes
+                        print(f"[{item.state}] {item.message or item.reason}", file=sys.stderr)
 
             pumping = asyncio.create_task(pump())
-            watching = asyncio.create_task(watch_waiting())
             stopping = asyncio.create_task(stop.wait())
             await asyncio.wait({pumping, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            watching.cancel()
+            stopping.cancel()
             if stop.is_set() and not pumping.done():
                 pumping.cancel()
                 print(f"\ninterrupted; cancelling job {job_id}", file=sys.stderr)
                 await asyncio.to_thread(client.cancel, job_id)
-                if agent is None:
+                if not started:
                     return 130
-                rec = await asyncio.to_thread(_wait_final, client, job_id, 60)
-            rec = await asyncio.to_thread(client.store.get_job, job_id)
+                await asyncio.to_thread(_wait_final, client, job_id, 60)
+            else:
+                await pumping  # its error, if any, is the command's
+            rec = final[-1] if final else await asyncio.to_thread(client.get_job, job_id)
             print(f"job {job_id} {rec.state}" + (f": {rec.message}" if rec.state != "succeeded" and rec.message else ""),
                   file=sys.stderr)
+            if rec.state == "succeeded":
+                print(f"outputs: jupyter launch outputs {job_id} --to DIR", file=sys.stderr)
             return 0 if rec.state == "succeeded" else 1
         finally:
             loop.remove_signal_handler(signal.SIGINT)
-            if agent is not None:
-                await agent.stop()
-                if agent_task:
-                    agent_task.cancel()
+            await client.stop_agents()
 
     return asyncio.run(main())
 
 
-def _wait_final(client: Any, job_id: str, timeout: float) -> JobRecord:
+def _wait_final(client: Client, job_id: str, timeout: float) -> JobRecord:
     deadline = time.monotonic() + timeout
     while True:
-        rec = client.store.get_job(job_id)
+        rec = client.get_job(job_id)
         if rec.state in FINAL or time.monotonic() > deadline:
             return rec
         time.sleep(0.1)
@@ -262,7 +220,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     client = _client(args)
-    j = client.store.get_job(args.job_id)
+    j = client.get_job(args.job_id)
     if args.json:
         print(json.dumps(j.to_dict(), indent=1, default=str))
         return 0
@@ -292,7 +250,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     client = _client(args)
-    client.store.get_job(args.job_id)
+    client.get_job(args.job_id)
     if args.follow:
         return _follow(client, args.job_id, offset=args.offset)
     offset = args.offset
@@ -325,7 +283,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_outputs(args: argparse.Namespace) -> int:
     client = _client(args)
-    client.store.get_job(args.job_id)
+    client.get_job(args.job_id)
     if args.to:
         for path in client.download_outputs(args.job_id, args.to):
             print(path)
@@ -343,7 +301,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_agent(args: argparse.Namespace) -> int:
     from ..agent import make_local_agent
-    from ..client import LaunchClient
+    from ..paths import default_store_url, launch_home
 
     args.server = args.server or os.environ.get(SERVER_ENV)
     if args.server:
@@ -353,16 +311,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
         return cmd_remote_agent(args)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
-    client = LaunchClient()
+    config = args.launch_config
+    store = config.store_class(default_store_url())
+    store.ensure_default_queue()
     for q in args.queue:
-        client.queue(q)  # unknown queue: say so before starting
-    traits: dict[str, Any] = {"lease_seconds": args.lease}
-    if args.max_jobs:
-        traits["max_jobs"] = args.max_jobs
-    if args.gpus is not None:
-        traits["gpus"] = list(range(args.gpus))
-    agent = make_local_agent(client.store, args.queue, job_types=args.job_type, blobs=client.blobs,
-                             home=client.home, **traits)
+        store.get_queue(q)  # unknown queue: say so before starting
+    home = launch_home()
+    agent = make_local_agent(store, args.queue, job_types=args.job_type, blobs=config.blob_store_class(home / "blobs"),
+                             home=home, config=config.config, **agent_traits(args))
     agent.log = logging.getLogger("jupyter_launch.agent")
 
     async def main() -> None:
@@ -379,6 +335,32 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return 0
+
+
+def agent_traits(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent's settings given as options (they win over the config files' ``c.Agent.*``)."""
+    traits: dict[str, Any] = {}
+    if args.lease is not None:
+        traits["lease_seconds"] = args.lease
+    if args.max_jobs:
+        traits["max_jobs"] = args.max_jobs
+    if args.gpus is not None:
+        traits["gpus"] = list(range(args.gpus))
+    return traits
+
+
+class _HelpAll(argparse.Action):
+    """``agent --help-all``: every option of the agent and of each registered backend, settable as ``c.Class.name``
+    in jupyter_launch_config.py or as ``--Class.name=value``."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, help=_HelpAll.__doc__.strip())
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        parser.print_help()
+        print()
+        print(LaunchCommand().help_all())
+        parser.exit()
 
 
 # ------------------------------------------------------------------ parser
@@ -428,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--job-type", "-t")
     s.add_argument("--name")
     s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="a notebook parameter; the value is read as YAML (3, 0.1, true, [1, 2], text)")
+                   help="a notebook parameter, as NAME VALUE or NAME=VALUE; a value that is a Python literal (3, 0.1, "
+                        "True, [1, 2], 'text') has its type, anything else is the exact text typed")
     s.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
     s.add_argument("--gpus", type=int)
     s.add_argument("--memory", help="memory (8Gi, 512Mi)")
@@ -480,9 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "server, over HTTP)", parents=[server_options])
     a.add_argument("--queue", "-q", action="append", required=True)
     a.add_argument("--job-type", "-t", action="append", default=[])
-    a.add_argument("--lease", type=float, default=30.0, help="lease seconds")
+    a.add_argument("--lease", type=float, help="lease seconds (default: c.Agent.lease_seconds, 30)")
     a.add_argument("--max-jobs", type=int)
     a.add_argument("--gpus", type=int, help="GPU slots (default: detected with nvidia-smi)")
+    a.add_argument("--help-all", action=_HelpAll)
     a.set_defaults(func=cmd_agent)
 
     from .tokens import add_token_commands
@@ -493,11 +477,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(split_param_args(sys.argv[1:] if argv is None else argv))
+    config_args, unknown = config_words(rest)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
+        args.launch_config = LaunchCommand()
+        try:
+            args.launch_config.load(config_args)
+        except Exception as exc:  # a config file that does not run, or a --Class.trait=value of the wrong type
+            raise UsageError(f"Jupyter config (jupyter_launch_config.py in `jupyter --paths` config, or "
+                             f"--Class.trait=value): {type(exc).__name__}: {exc}") from None
         if args.token and not (args.server or os.environ.get(SERVER_ENV)):
             raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
         if args.command == "token" and args.server:

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from ..remote.http import TOKEN_ENV
+from .main import agent_traits
 
 
 def _tokens() -> Any:
@@ -74,12 +75,8 @@ def cmd_remote_agent(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
     token = args.token or os.environ.get(TOKEN_ENV, "")  # cli.cmd_agent has checked there is one
-    traits: dict[str, Any] = {"lease_seconds": args.lease}
-    if getattr(args, "max_jobs", None):
-        traits["max_jobs"] = args.max_jobs
-    if getattr(args, "gpus", None) is not None:
-        traits["gpus"] = list(range(args.gpus))
-    agent = make_remote_agent(args.server, token, args.queue, job_types=args.job_type, **traits)
+    agent = make_remote_agent(args.server, token, args.queue, job_types=args.job_type,
+                              config=args.launch_config.config, **agent_traits(args))
     agent.log = logging.getLogger("jupyter_launch.agent")
 
     async def main() -> None:

@@ -1,16 +1,24 @@
-"""``LaunchClient`` through a running server's API, with a user's token (``connect``)."""
+"""The client through a running server's API, with a user's token: ``HttpClient``, made by ``connect``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import json
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from ..store import BlobStore, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord
+from ..artifact import HashCache
+from ..client import Client, Job
+from ..options import PreparedJob
+from ..paths import launch_home
+from ..service import LogPage, package
+from ..spec import QueueConfig, load_queue_config
+from ..store import BlobStore, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, RemoteError
 from .http import Http, job_record, queue_record
 from .store import HttpBlobs
 
@@ -22,13 +30,13 @@ class ServerStore:
         self.http = http
         self.blobs: ServerBlobs | None = None
 
-    def ensure_defaultqueue_record(self) -> None:
+    def ensure_default_queue(self) -> None:
         """The server makes the default queue itself."""
 
     def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
         return lambda: None  # no in-process events across HTTP; followers poll
 
-    def createqueue_record(self, config: Any, *, replace: bool = False) -> QueueRecord:
+    def create_queue(self, config: Any, *, replace: bool = False) -> QueueRecord:
         data = config.model_dump(mode="json", exclude_none=True)
         if replace:
             with contextlib.suppress(NotFound):
@@ -38,10 +46,10 @@ class ServerStore:
     def list_queues(self) -> list[QueueRecord]:
         return [queue_record(q) for q in self.http.request("GET", "queues")[1]["queues"]]
 
-    def getqueue_record(self, name: str) -> QueueRecord:
+    def get_queue(self, name: str) -> QueueRecord:
         return queue_record(self.http.request("GET", f"queues/{urllib.parse.quote(name)}")[1])
 
-    def deletequeue_record(self, name: str, *, force: bool = False) -> None:
+    def delete_queue(self, name: str, *, force: bool = False) -> None:
         self.http.request("DELETE", f"queues/{urllib.parse.quote(name)}", params={"force": str(force).lower()})
 
     def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None,
@@ -51,7 +59,7 @@ class ServerStore:
         return job_record(self.http.request("POST", "jobs", {"queue": queue, "spec": spec.model_dump(mode="json"),
                                                        "artifact": artifact})[1])
 
-    def getjob_record(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str) -> JobRecord:
         return job_record(self.http.request("GET", f"jobs/{job_id}")[1])
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
@@ -124,15 +132,104 @@ class ServerBlobs(HttpBlobs):
         return missing
 
 
-def connect(server_url: str, token: str, *, home: str | Path | None = None, owner: str | None = None) -> Any:
-    """A ``LaunchClient`` that works through a running server's API instead of the embedded store."""
-    from ..client import LaunchClient
-    from ..paths import launch_home
+class HttpClient(Client):
+    """A :class:`~jupyter_launch.client.Client` through a running server: reads and job operations call the REST API
+    (whose handlers call the server's ``LaunchService``), logs are followed over the WebSocket stream, resuming from
+    the last byte offset after a dropped connection. Jobs are packaged here, where the files are, and only the blobs
+    the server lacks are uploaded."""
 
-    http = Http(server_url, token)
-    cache = BlobStore((Path(home) if home else launch_home()) / "blobs")
-    store = ServerStore(http)
-    store.blobs = ServerBlobs(http, cache)
-    client = LaunchClient(store=store, blobs=store.blobs, home=home, owner=owner)  # type: ignore[arg-type]
-    client.server_url = http.server_url
-    return client
+    reconnects = 5  # a dropped log stream is reopened from its offset this many times in a row before giving up
+
+    def __init__(self, http: Http, *, home: str | Path | None = None, owner: str | None = None):
+        self.http = http
+        self.server_url = http.server_url
+        self.home = Path(home) if home else launch_home()
+        self.owner = owner
+        self.store = ServerStore(http)
+        self.blobs = self.store.blobs = ServerBlobs(http, BlobStore(self.home / "blobs"))
+        self._hash_cache: HashCache | None = None
+
+    def create_queue(self, config: QueueConfig | str | Path, *, replace: bool = False) -> QueueRecord:
+        if not isinstance(config, QueueConfig):
+            source = str(config)
+            config = load_queue_config(config)
+            config.check_runnable(source)
+        return self.store.create_queue(config, replace=replace)
+
+    def submit_prepared(self, prepared: PreparedJob, *, queue: str = "default", **options: Any) -> Job:
+        self.store.get_queue(queue)  # an unknown queue fails before anything is packaged
+        if self._hash_cache is None:
+            self._hash_cache = HashCache(self.home)
+        try:
+            artifact = package(prepared, self.blobs, hash_cache=self._hash_cache, **options)
+        finally:
+            self._hash_cache.save()
+        record = self.store.enqueue(queue, prepared.spec, artifact=artifact.digest, owner=self.owner)
+        job = Job(self, record.id, record)
+        job.packaged = artifact
+        return job
+
+    def cancel(self, job_id: str) -> JobRecord:
+        return self.store.request_cancel(job_id)
+
+    def rerun(self, job_id: str) -> Job:
+        record = self.store.rerun(job_id)
+        return Job(self, record.id, record)
+
+    async def follow_events(self, job_id: str, offset: int = 0) -> AsyncIterator[LogPage | JobRecord]:
+        from tornado.httpclient import HTTPClientError, HTTPRequest
+        from tornado.websocket import WebSocketClosedError, websocket_connect
+
+        scheme = "wss" if self.http.scheme == "https" else "ws"
+        failures = 0
+        while True:
+            url = f"{scheme}://{self.http.netloc}{self.http.url(f'jobs/{job_id}/logs/ws', {'offset': offset})}"
+            request = HTTPRequest(url, headers={"Authorization": f"Bearer {self.http.token}"},
+                                  connect_timeout=30, request_timeout=30)
+            try:
+                conn = await websocket_connect(request)
+            except HTTPClientError as exc:
+                if exc.code in (401, 403, 404):  # say why as the REST API does: one call, the server's sentence
+                    await asyncio.to_thread(self.get_job, job_id)
+                failures += 1
+                if failures > self.reconnects:
+                    raise RemoteError(f"cannot follow job {job_id} on {self.server_url}: {exc}", exc.code) from None
+                await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
+                continue
+            except OSError as exc:
+                failures += 1
+                if failures > self.reconnects:
+                    raise RemoteError(f"cannot reach the jupyter-launch server at {self.server_url}: {exc}", 0) from None
+                await asyncio.sleep(min(0.1 * 2 ** failures, 2.0))
+                continue
+            try:
+                while True:
+                    message = await conn.read_message()
+                    if message is None:
+                        break  # dropped: reopen from the offset reached
+                    failures = 0
+                    if isinstance(message, bytes):
+                        head, _, data = message.partition(b"\n")
+                        meta = json.loads(head)
+                        chunk = LogChunk(meta["offset"], meta["stream"], meta["attempt"], data)
+                        offset = chunk.end
+                        yield LogPage([chunk], offset)
+                        continue
+                    event = json.loads(message)
+                    if event.get("event") == "state":
+                        yield await asyncio.to_thread(self.get_job, job_id)
+                    elif event.get("event") == "end":
+                        yield await asyncio.to_thread(self.get_job, job_id)
+                        return
+            except WebSocketClosedError:
+                pass
+            finally:
+                conn.close()
+            failures += 1
+            if failures > self.reconnects:
+                raise RemoteError(f"the log stream of job {job_id} on {self.server_url} keeps dropping", 0)
+
+
+def connect(server_url: str, token: str, *, home: str | Path | None = None, owner: str | None = None) -> HttpClient:
+    """A client that works through a running server's API instead of the embedded store."""
+    return HttpClient(Http(server_url, token), home=home, owner=owner)

@@ -68,12 +68,13 @@ def client_for(server: str | None = None, token: str | None = None, *, discover:
 
     server = server or os.environ.get(SERVER_ENV) or None
     token = token or os.environ.get(TOKEN_ENV) or ""
+    through = {k: kwargs[k] for k in ("home", "owner") if k in kwargs}  # the rest opens an embedded store
     if server:
-        return connect(server, token, **kwargs)
+        return connect(server, token, **through)
     store_named = any(os.environ.get(name) for name in STORE_ENVS) or any(
         kwargs.get(name) is not None for name in ("home", "store_url", "store"))
     if discover and not store_named:
         found = discover_server()
         if found:
-            return connect(*found, **kwargs)
+            return connect(*found, **through)
     return LaunchClient(**kwargs)

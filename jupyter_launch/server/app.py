@@ -21,8 +21,8 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 from ..agent import Agent
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
+from ..service import LaunchService
 from .tokens import AgentTokens
-from .ws import LogHub
 
 T = TypeVar("T")
 
@@ -75,7 +75,7 @@ class LaunchApp(ExtensionApp):
         self.blobs = BlobStore(self.blob_dir)
         self.tokens = AgentTokens(self.store)
         self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
-        self.hub = LogHub(self.store)
+        self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
         self.inflight = 0
         self.agents: list[Agent] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -89,7 +89,6 @@ class LaunchApp(ExtensionApp):
         self.handlers.extend(default_handlers + stream_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        self.hub.start(asyncio.get_running_loop())
         if self.listen_backlog:
             # listen() again on a listening socket only changes its backlog. Tornado keeps no public list of them.
             for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
@@ -124,7 +123,7 @@ class LaunchApp(ExtensionApp):
                 await self.run_store(self.store.requeue_expired)
         for task in self._tasks:
             task.cancel()
-        self.hub.stop()
+        self.service.close()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         self.store = None

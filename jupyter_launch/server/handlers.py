@@ -174,7 +174,7 @@ class QueuesHandler(LaunchHandler):
     @authorized
     async def post(self) -> None:
         config = _queue_config(self.body())
-        queue = await self.store_call(self.launch.store.create_queue, config)
+        queue = await self.store_call(self.launch.service.create_queue, config)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/queues/{quote(queue.name)}")
         self.reply(queue.to_dict(), 201)
 
@@ -191,7 +191,7 @@ class QueueHandler(LaunchHandler):
     async def put(self, queue: str) -> None:
         config = _queue_config(self.body(), queue)
         await self.store_call(self.launch.store.get_queue, queue)
-        record = await self.store_call(self.launch.store.create_queue, config, replace=True)
+        record = await self.store_call(self.launch.service.create_queue, config, replace=True)
         self.reply(record.to_dict())
 
     @web.authenticated
@@ -244,16 +244,9 @@ class JobsHandler(LaunchHandler):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
         owner = self.current_user.username if self.current_user else None
-        job = await self.store_call(self.launch.store.enqueue, queue, spec, artifact=artifact, owner=owner)
-        self.launch.executor.submit(_wake_local_agents)
+        job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
-
-
-def _wake_local_agents() -> None:
-    from ..notify import wake_agents
-
-    wake_agents()
 
 
 class JobHandler(LaunchHandler):
@@ -268,8 +261,7 @@ class JobCancelHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        job = await self.store_call(self.launch.store.request_cancel, job_id)
-        self.launch.executor.submit(_wake_local_agents)
+        job = await self.store_call(self.launch.service.cancel, job_id)
         self.reply(job.to_dict(), 202)
 
 
@@ -278,8 +270,7 @@ class JobRerunHandler(LaunchHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         owner = self.current_user.username if self.current_user else None
-        job = await self.store_call(self.launch.store.rerun, job_id, owner=owner)
-        self.launch.executor.submit(_wake_local_agents)
+        job = await self.store_call(self.launch.service.rerun, job_id, owner=owner)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
@@ -590,7 +581,7 @@ class AgentClaimHandler(AgentHandler):
         job_types = data.get("job_types") or None
         first = True
         while True:
-            wake = app.hub.claim_waiter()
+            wake = app.service.events.claim_waiter()
             try:
                 if not first and await self.store_call(app.tokens.verify, self.agent_secret) is None:
                     raise web.HTTPError(403, "this agent token was revoked; the agent gets no more work")
@@ -608,7 +599,7 @@ class AgentClaimHandler(AgentHandler):
                 except asyncio.TimeoutError:
                     pass
             finally:
-                app.hub.release_claim_waiter(wake)
+                app.service.events.release_claim_waiter(wake)
         self.set_status(204)
         self.finish()
 

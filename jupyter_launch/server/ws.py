@@ -1,8 +1,9 @@
-"""Live log streams: a WebSocket per follower, server-sent events as the fallback, and the hub that wakes them.
+"""Live log streams: a WebSocket per follower, and server-sent events as the fallback.
 
 Followers do not share a buffer. Each reads the store from its own byte offset, a bounded page at a time, and only
-reads again once its page is written out; the hub just says "job X has more". So a slow follower delays no one
-(the job's writes go to the store, not to followers), and memory per follower is one page whatever the log's size.
+reads again once its page is written out (``LaunchService.follow``); the store's events just say "job X has more".
+So a slow follower delays no one (the job's writes go to the store, not to followers), and memory per follower is
+one page whatever the log's size.
 Resuming is by byte offset (``?offset=N``, or SSE's ``Last-Event-ID``): nothing is lost and nothing repeated.
 
 WebSocket frames: binary ``{"offset", "stream", "attempt"}`` JSON header, a newline, then the raw bytes; text
@@ -23,104 +24,25 @@ from jupyter_server.utils import ensure_async
 from tornado import web, websocket
 from tornado.iostream import StreamClosedError
 
-from ..store import FINAL, LogChunk, NotFound
+from ..service import LogPage
+from ..store import LogChunk, NotFound
 from .handlers import API, AUTH_RESOURCE, JOB_ID, LaunchHandler
 
-PAGE = 1024 * 1024  # bytes read per store call for one follower
 FALLBACK_POLL = 1.0  # seconds; covers logs written by another server sharing a PostgreSQL store
-
-
-class LogHub:
-    """Turns the store's in-process ``log``/``state``/``enqueued`` events into asyncio wake-ups for waiters."""
-
-    def __init__(self, store: Any):
-        self.store = store
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._followers: dict[str, set[asyncio.Event]] = {}
-        self._claimers: set[asyncio.Event] = set()
-        self._unsubscribe: list[Callable[[], None]] = []
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._unsubscribe = [self.store.subscribe("log", self._on_job), self.store.subscribe("state", self._on_job),
-                             self.store.subscribe("enqueued", self._on_enqueued)]
-
-    def stop(self) -> None:
-        for unsub in self._unsubscribe:
-            unsub()
-        self._unsubscribe = []
-
-    # Store events arrive on whatever thread wrote; hop onto the loop before touching asyncio objects.
-    def _on_job(self, job_id: str, *_: Any) -> None:
-        if self._loop is not None and job_id in self._followers:
-            self._loop.call_soon_threadsafe(self._wake_job, job_id)
-
-    def _on_enqueued(self, *_: Any) -> None:
-        if self._loop is not None and self._claimers:
-            self._loop.call_soon_threadsafe(self._wake_claimers)
-        # A finished job frees capacity too; claimers are cheap to wake.
-
-    def _wake_job(self, job_id: str) -> None:
-        for event in self._followers.get(job_id, ()):
-            event.set()
-        if self._claimers:
-            self._wake_claimers()
-
-    def _wake_claimers(self) -> None:
-        for event in self._claimers:
-            event.set()
-
-    def watch(self, job_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._followers.setdefault(job_id, set()).add(event)
-        return event
-
-    def unwatch(self, job_id: str, event: asyncio.Event) -> None:
-        waiters = self._followers.get(job_id)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._followers[job_id]
-
-    def claim_waiter(self) -> asyncio.Event:
-        event = asyncio.Event()
-        self._claimers.add(event)
-        return event
-
-    def release_claim_waiter(self, event: asyncio.Event) -> None:
-        self._claimers.discard(event)
-
-    @property
-    def follower_count(self) -> int:
-        return sum(len(v) for v in self._followers.values())
 
 
 async def follow_log(app: Any, job_id: str, offset: int, send: Callable[[list[LogChunk], int], Awaitable[None]],
                      send_state: Callable[[Any], Awaitable[None]]) -> Any:
-    """Send the log from ``offset`` page by page until the job has ended and its log is all sent; returns the job."""
-    store, hub = app.store, app.hub
-    event = hub.watch(job_id)
-    last_state = None
-    try:
-        while True:
-            event.clear()
-            chunks, nxt = await app.run_store(store.read_log, job_id, offset, limit=PAGE)
-            if chunks:
-                await send(chunks, nxt)
-                offset = nxt
-                continue
-            job = await app.run_store(store.get_job, job_id)
-            if (job.state, job.reason) != last_state:
-                last_state = (job.state, job.reason)
-                await send_state(job)
-            if job.state in FINAL and offset >= job.log_size:
-                return job
-            try:
-                await asyncio.wait_for(event.wait(), FALLBACK_POLL)
-            except asyncio.TimeoutError:
-                pass
-    finally:
-        hub.unwatch(job_id, event)
+    """Send the log from ``offset`` page by page until the job has ended and its log is all sent; returns the job.
+    The pages and states come from the service's one follow; awaiting each send is the back-pressure."""
+    job = None
+    async for item in app.service.follow(job_id, offset, poll_min=FALLBACK_POLL, poll_max=FALLBACK_POLL):
+        if isinstance(item, LogPage):
+            await send(item.chunks, item.next_offset)
+        else:
+            job = item
+            await send_state(job)
+    return job
 
 
 def _state_event(job: Any, offset: int) -> dict[str, Any]:
@@ -131,9 +53,9 @@ def _state_event(job: Any, offset: int) -> dict[str, Any]:
 class _FollowerLimit:
     def reserve_follower(self: Any) -> None:
         app = self.settings["launch"]
-        if app.hub.follower_count >= app.max_log_followers:
+        if app.service.events.follower_count >= app.max_log_followers:
             self.set_header("Retry-After", str(app.retry_after_seconds))
-            raise web.HTTPError(429, f"{app.hub.follower_count} live log streams are open, the server's limit; "
+            raise web.HTTPError(429, f"{app.service.events.follower_count} live log streams are open, the server's limit; "
                                      f"read the log with GET {API}/jobs/ID/logs?offset=N or retry shortly")
 
 

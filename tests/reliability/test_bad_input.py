@@ -32,9 +32,10 @@ from hypothesis import strategies as st
 
 from jupyter_launch.artifact import ArtifactError, canonical_json, load_manifest, materialize, safe_extract_tar
 from jupyter_launch.client import LaunchClient
+from jupyter_launch.options import param_value
 from jupyter_launch.runner import JobError, inject_parameters, parameters_source, read_notebook
 from jupyter_launch.spec import (
-    JobSpec, QueueConfig, SpecError, parse_cpu, parse_duration, parse_gpu, parse_job_spec, parse_memory, parse_param,
+    JobSpec, QueueConfig, SpecError, parse_cpu, parse_duration, parse_gpu, parse_job_spec, parse_memory,
     parse_queue_config, validate,
 )
 from jupyter_launch.store.blobs import BlobStore
@@ -338,7 +339,7 @@ def test_inputs_that_crashed_or_slipped_through_before_are_one_line_refusals(cas
 def test_dates_in_yaml_stay_the_text_written_like_command_line_parameters():
     spec = parse_job_spec("command: [a]\nparameters:\n  day: 2024-01-01\n  at: 2024-01-01 10:00:00\n", "job.yaml")
     assert spec.parameters == {"day": "2024-01-01", "at": "2024-01-01 10:00:00"}
-    assert parse_param("2024-01-01") == "2024-01-01"
+    assert param_value("2024-01-01") == "2024-01-01"
     assert stored_and_read_back(spec)["parameters"] == spec.parameters
 
 
@@ -393,10 +394,10 @@ PARAM_NAMES = st.one_of(IDENTIFIERS, st.sampled_from(["class", "None", "lambda",
 @PROPERTY
 @given(st.dictionaries(PARAM_NAMES, st.one_of(st.text(max_size=30), YAML_TEXT, WEIRD_TEXT), max_size=4))
 def test_command_line_parameters_are_injectable_or_refused(pairs: dict[str, str]):
-    """``-p NAME VALUE``: the value is read as YAML and never raises; the job is refused naming ``parameters`` or
-    runnable, the notebook getting the parameters as Python literals."""
+    """``-p NAME VALUE``: the value is read as a Python literal or kept as typed and never raises; the job is refused
+    naming ``parameters`` or runnable, the notebook getting the parameters as Python literals."""
     def submit() -> JobSpec:
-        parameters = {name: parse_param(value) for name, value in pairs.items()}
+        parameters = {name: param_value(value) for name, value in pairs.items()}
         spec = validate(JobSpec, {"kind": "notebook", "notebook": "nb.ipynb", "parameters": parameters}, "<cli>")
         stored_and_read_back(spec)
         return spec
@@ -536,7 +537,7 @@ def test_notebooks_are_refused_at_submit_or_run_but_never_crash(shared_client: L
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "nb.ipynb"
         path.write_bytes(raw)
-        result = attempt("notebook (submit)", lambda: shared_client.build_spec(path))
+        result = attempt("notebook (submit)", lambda: shared_client.prepare(path))
         if isinstance(result, SpecError):
             assert_one_line(result, str(path))
             return

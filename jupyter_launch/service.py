@@ -1,0 +1,180 @@
+"""``LaunchService``: the one owner of every job operation, over a store and a blob store.
+
+Submit (a prepared job → artifact → enqueue → wake the agents), cancel, rerun, follow (one async generator from a
+byte offset to the job's end) and "make sure an agent serves this queue here". The embedded ``LaunchClient`` and the
+server's REST handlers both call it; the HTTP client calls those handlers. Store calls are blocking: the service runs
+them through ``run_blocking`` (``asyncio.to_thread`` unless the server hands it its own pool).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .events import StoreEvents
+from .notify import wake_agents
+from .options import PreparedJob
+from .spec import JobSpec, QueueConfig, load_queue_config
+from .store import FINAL, BlobStore, JobRecord, LogChunk, QueueRecord
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .artifact import Artifact, HashCache
+
+PAGE = 1024 * 1024  # log bytes read per store call for one follower
+POLL_MIN = 0.005  # seconds; a follower's poll doubles from here while nothing arrives, up to its poll_max
+
+
+@dataclass
+class LogPage:
+    """Log chunks read from the store, and the offset to read from next."""
+
+    chunks: list[LogChunk]
+    next_offset: int
+
+
+def package(prepared: PreparedJob, blobs: Any, *, hash_cache: HashCache | None = None,
+            include: list[str] | None = None, extra_files: dict[str, bytes] | None = None,
+            max_size: int | None = None) -> Artifact:
+    """The job's folder and environment as a content-addressed artifact in ``blobs`` (only missing blobs written).
+
+    The environment is captured from the notebook the job runs (its kernel, its ``%pip`` lines), so every face that
+    submits the same notebook and folder produces the same artifact.
+    """
+    from .artifact import DEFAULT_MAX_SIZE, build_artifact, capture_environment
+
+    spec = prepared.spec
+    environment = capture_environment(prepared.notebook, spec.kernel)
+    return build_artifact(prepared.folder, blobs, include=include, environment=environment,
+                          entrypoint=spec.notebook or (" ".join(spec.command or []) or None),
+                          max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=hash_cache, extra_files=extra_files)
+
+
+class LaunchService:
+    """Job operations on one store. ``home`` is the launch home whose local agents a submit wakes."""
+
+    def __init__(self, store: Any, blobs: BlobStore | Any, *, home: Path,
+                 run_blocking: Callable[..., Awaitable[Any]] | None = None):
+        self.store = store
+        self.blobs = blobs
+        self.home = Path(home)
+        self.events = StoreEvents(store)
+        self._run = run_blocking or asyncio.to_thread
+        self._hash_cache: HashCache | None = None
+        self._agents: dict[str, tuple[Agent, asyncio.Task[Any]]] = {}
+
+    # ------------------------------------------------------------ queues
+
+    def create_queue(self, config: QueueConfig | str | Path, *, replace: bool = False) -> QueueRecord:
+        source = None
+        if not isinstance(config, QueueConfig):
+            source = str(config)
+            config = load_queue_config(config)
+        config.check_runnable(source)
+        return self.store.create_queue(config, replace=replace)
+
+    # ------------------------------------------------------------ jobs
+
+    def wake(self) -> None:
+        """Wake this launch home's idle agents now (in-process ones are woken by the store's own event)."""
+        wake_agents(self.home)
+
+    def package(self, prepared: PreparedJob, **options: Any) -> Artifact:
+        from .artifact import HashCache
+
+        if self._hash_cache is None:
+            self._hash_cache = HashCache(self.home)
+        try:
+            return package(prepared, self.blobs, hash_cache=self._hash_cache, **options)
+        finally:
+            self._hash_cache.save()
+
+    def submit(self, prepared: PreparedJob, *, queue: str, owner: str | None, **options: Any) -> tuple[JobRecord, Artifact]:
+        """Package the prepared job, enqueue it and wake the agents; returns the job and what was packaged."""
+        self.store.get_queue(queue)  # an unknown queue fails before anything is packaged
+        artifact = self.package(prepared, **options)
+        return self.enqueue(prepared.spec, queue=queue, artifact=artifact.digest, owner=owner), artifact
+
+    def enqueue(self, spec: JobSpec, *, queue: str, artifact: str | None, owner: str | None) -> JobRecord:
+        """Enqueue a job whose artifact is already in the blob store (a client packaged and uploaded it)."""
+        record = self.store.enqueue(queue, spec, artifact=artifact, owner=owner)
+        self.wake()
+        return record
+
+    def cancel(self, job_id: str) -> JobRecord:
+        record = self.store.request_cancel(job_id)
+        self.wake()
+        return record
+
+    def rerun(self, job_id: str, *, owner: str | None) -> JobRecord:
+        record = self.store.rerun(job_id, owner=owner)
+        self.wake()
+        return record
+
+    def live_agents(self, queue: str) -> list[str]:
+        return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
+
+    async def follow(self, job_id: str, offset: int = 0, *, page: int = PAGE, poll_min: float = POLL_MIN,
+                     poll_max: float = 0.1) -> AsyncIterator[LogPage | JobRecord]:
+        """The job's log from ``offset`` a page at a time, and its record whenever its state or reason changes, until
+        it has ended and its log is read to the end (the last record yielded is the final one).
+
+        Woken by the store's in-process events where the writer shares this process; otherwise it polls, from
+        ``poll_min`` doubling up to ``poll_max`` while nothing arrives (an agent in another process writing to the same
+        SQLite file, a shared PostgreSQL store written by another server).
+        """
+        event = self.events.watch(job_id)
+        last: tuple[str, str | None] | None = None
+        delay = poll_min
+        try:
+            while True:
+                event.clear()
+                chunks, nxt = await self._run(self.store.read_log, job_id, offset, limit=page)
+                if chunks:
+                    yield LogPage(chunks, nxt)
+                    offset, delay = nxt, poll_min
+                    continue
+                job = await self._run(self.store.get_job, job_id)
+                if (job.state, job.reason) != last:
+                    last = (job.state, job.reason)
+                    yield job
+                if job.state in FINAL and offset >= job.log_size:
+                    return
+                try:
+                    await asyncio.wait_for(event.wait(), delay)
+                except asyncio.TimeoutError:
+                    delay = min(delay * 2, poll_max)
+        finally:
+            self.events.unwatch(job_id, event)
+
+    # ------------------------------------------------------------ an agent here
+
+    async def ensure_agent(self, queue: str) -> bool:
+        """Start an agent in this process, on the running loop, for a queue no live agent serves; True if started.
+
+        It runs until :meth:`stop_agents` (the CLI stops it when the followed job ends, a kernel when it exits).
+        """
+        if queue in self._agents or await self._run(self.live_agents, queue):
+            return False
+        from .agent import make_local_agent
+
+        agent = make_local_agent(self.store, [queue], blobs=self.blobs, home=self.home, wake_socket=False)
+        await agent.start()
+        self._agents[queue] = (agent, asyncio.create_task(agent.run()))
+        return True
+
+    async def stop_agents(self) -> None:
+        """Stop the agents :meth:`ensure_agent` started (their running jobs are cancelled and reported)."""
+        agents, self._agents = list(self._agents.values()), {}
+        for agent, task in agents:
+            await agent.stop()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def close(self) -> None:
+        self.events.close()
