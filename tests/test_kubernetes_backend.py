@@ -677,7 +677,7 @@ def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_f
                 await asyncio.wait_for(remote_run, 30)
                 assert not any(left.values()), left
                 assert k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid == uid
-                assert store.get_job(job.id).state == "running"
+                assert store.get_job(job.id).state in ("starting", "running")  # a pod's reasons show as starting
                 store.request_cancel(job.id)
                 while not store.get_job(job.id).done:
                     assert time.monotonic() < deadline + 60
