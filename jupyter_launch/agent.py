@@ -23,13 +23,13 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .backends.base import Backend, JobContext, Result, backend_class
+from .backends.base import Backend, JobContext, Liveness, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .errors import LaunchError
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
-from .spec import JobSpec
+from .spec import JobSpec, ProviderConfig
 from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
 from .store.protocol import DiskReserve, LocalEvents, Store
 
@@ -179,6 +179,7 @@ class Agent(LoggingConfigurable):
         self._total_gpus = 0
         self._local_gpus = True  # False when every queue's backend schedules GPUs itself (Kubernetes)
         self._unsubscribe: list[Any] = []
+        self._reapers: list[asyncio.Task[None]] = []
         self._metrics_lock = threading.Lock()
         self._listener: WakeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -188,9 +189,9 @@ class Agent(LoggingConfigurable):
     @classmethod
     def configurables(cls) -> list[type]:
         """This class and every registered backend's: what ``c.Agent.*`` and ``c.<Backend>.*`` configure."""
-        from .backends.base import registered_backends
+        from .backends.base import backend_classes
 
-        return [cls, *registered_backends().values()]
+        return [cls, *backend_classes().values()]
 
     @property
     def capacity(self) -> int:
@@ -234,8 +235,11 @@ class Agent(LoggingConfigurable):
             self._listener.start()
         for name, queue in providers.items():
             backend = self.backend(queue.provider)
-            if hasattr(backend, "warm_up"):
-                await backend.warm_up(name, queue.config.get("provider", {}))
+            config = self.provider_config(backend, queue.config)
+            await self._reap(backend, name, config)
+            await backend.warm_up(name, config, self.agent_id)
+            if backend.reap_interval > 0:
+                self._reapers.append(asyncio.create_task(self._reap_every(backend, name, config)))
         self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
                       ", ".join(self.job_types) or "any", self._total_gpus)
 
@@ -252,11 +256,44 @@ class Agent(LoggingConfigurable):
             unsub()
         if self._listener:
             self._listener.stop()
+        for task in self._reapers:
+            task.cancel()
+        await asyncio.gather(*self._reapers, return_exceptions=True)
+        self._reapers.clear()
         for backend in self._backends.values():
-            if hasattr(backend, "shutdown"):
-                await backend.shutdown()
+            await backend.shutdown()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+
+    @staticmethod
+    def provider_config(backend: Backend, queue_config: dict[str, Any]) -> ProviderConfig:
+        """The queue's ``provider:`` block as the backend's typed model."""
+        return backend.config_model.model_validate(queue_config.get("provider") or {"type": backend.name})
+
+    def liveness(self, queue: str) -> Liveness:
+        """What this agent tells a backend reaping ``queue``: the store's view of its jobs and agents."""
+
+        async def jobs(job_ids: Any) -> dict[str, Any]:
+            return await asyncio.to_thread(self.store.job_statuses, queue, list(job_ids))
+
+        async def agents() -> set[str]:
+            return set(await asyncio.to_thread(self.store.live_agent_ids, queue))
+
+        return Liveness(jobs=jobs, agents=agents)
+
+    async def _reap(self, backend: Backend, queue: str, config: ProviderConfig) -> None:
+        try:
+            await backend.reap(queue, config, self.liveness(queue))
+        except RemoteAuthError as exc:
+            self._refuse(exc)
+        except Exception:  # an unreachable engine or cluster must not stop the agent
+            self.log.warning("queue %s: removing what ended jobs left failed; trying again later", queue,
+                             exc_info=True)
+
+    async def _reap_every(self, backend: Backend, queue: str, config: ProviderConfig) -> None:
+        while True:
+            await asyncio.sleep(backend.reap_interval)
+            await self._reap(backend, queue, config)
 
     async def run(self) -> None:
         """Claim and run jobs until :meth:`stop`."""
@@ -364,7 +401,8 @@ class Agent(LoggingConfigurable):
                 gpu_ids = [self._free_gpus.pop(0) for _ in range(spec.resources.gpu)]
             await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
             try:
-                ctx = await asyncio.to_thread(self._prepare, job, fence, spec, queue.config, workdir, gpu_ids)
+                ctx = await asyncio.to_thread(self._prepare, job, fence, spec,
+                                              self.provider_config(backend, queue.config), workdir, gpu_ids)
             except _JobSetupError as exc:
                 result = Result(FAILED, reason=exc.reason, message=str(exc))
                 return
@@ -428,7 +466,7 @@ class Agent(LoggingConfigurable):
             self.finished.put_nowait((job.id, result))
             self._wake.set()
 
-    def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: dict[str, Any], workdir: Path,
+    def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: ProviderConfig, workdir: Path,
                  gpu_ids: list[int]) -> JobContext:
         secrets: dict[str, str] = {}
         for name in spec.secrets:
@@ -464,7 +502,7 @@ class Agent(LoggingConfigurable):
             OUTPUT_DIR_ENV: str(output_dir),
         })
         return JobContext(job_id=job.id, attempt=job.attempt, fence=fence, queue=job.queue, spec=spec,
-                          queue_config=queue_config.get("provider", {}), workdir=workdir, output_dir=output_dir,
+                          queue_config=queue_config, workdir=workdir, output_dir=output_dir,
                           env=env, secrets=secrets, artifact=job.artifact, gpu_ids=gpu_ids, agent_id=self.agent_id)
 
     async def _heartbeats(self, job_id: str, fence: int, cancel: asyncio.Event, lost: asyncio.Event) -> None:

@@ -1,23 +1,34 @@
-"""Job images: built once from an artifact's environment lock on a base image, tagged by a hash, reused after.
+"""Job images: pulled when named, built once from an artifact's environment lock on a base image, pushed for nodes.
 
 A job that names no image runs in ``jupyter-launch-env:<hash12>``, where the hash covers the base image (its id,
 not just its name), the parts of the lock that reach the build, the artifact's ``requirements.txt``, the build
 settings, the CA bundle and the jupyter_launch sources copied in. While that hash holds, the image is reused
-without a build. The Docker and Kubernetes backends share this builder; it talks to a ``docker.APIClient``.
+without a build. :class:`ImageService` is the one image pipeline of the Docker and Kubernetes backends (pull with a
+stall timeout and the registry's credentials, build under a lock per hash, push to a queue's registry), reporting
+its progress to the job; it talks to a ``docker.APIClient``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
 import io
 import json
+import os
 import re
 import shlex
 import tarfile
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from .backends.base import JobContext
 
 from .errors import LaunchError
 
@@ -42,6 +53,17 @@ class ImageBuildError(LaunchError, RuntimeError):
         self.log_tail = log_tail
 
 
+class BuildConfig(BaseModel):
+    """A queue's ``provider.build`` block, as the user writes it (Docker and Kubernetes queues)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    base_image: str | None = None
+    ca_bundle: str | None = None  # extra CA bundle copied into builds (corporate proxies, this machine)
+    pip_args: list[str] = Field(default_factory=list)
+    lock: Literal["minimal", "full"] = "minimal"  # full: pin every package of the captured environment
+
+
 @dataclass
 class BuildSettings:
     """The queue's ``provider.build`` block, with defaults applied."""
@@ -52,10 +74,10 @@ class BuildSettings:
     lock: str = "minimal"  # "full" pins every package of environment["packages"]
 
     @classmethod
-    def from_config(cls, build: dict[str, Any] | None, default_base: str) -> BuildSettings:
-        build = build or {}
-        return cls(base_image=build.get("base_image") or default_base, ca_bundle=build.get("ca_bundle"),
-                   pip_args=list(build.get("pip_args") or []), lock=build.get("lock") or "minimal")
+    def from_config(cls, build: BuildConfig | dict[str, Any] | None, default_base: str) -> BuildSettings:
+        build = build if isinstance(build, BuildConfig) else BuildConfig.model_validate(build or {})
+        return cls(base_image=build.base_image or default_base, ca_bundle=build.ca_bundle,
+                   pip_args=list(build.pip_args), lock=build.lock)
 
     def ca_bundle_path(self) -> Path | None:
         path = Path(self.ca_bundle or MACHINE_CA_BUNDLE)
@@ -245,3 +267,247 @@ class ImageBuilder:
         except docker.errors.APIError as exc:
             raise ImageBuildError(f"building {plan.tag} failed: {exc.explanation or exc}", "\n".join(tail)) from None
         return plan.tag
+
+
+def registry_of(image: str) -> str:
+    """The registry host an image reference pulls from (``docker.io`` for bare names)."""
+    from docker.auth import resolve_repository_name
+    from docker.utils import parse_repository_tag
+
+    repo, _ = parse_repository_tag(image)
+    try:
+        registry, _ = resolve_repository_name(repo)
+    except Exception:
+        return "docker.io"
+    return registry
+
+
+def auth_from_secret(value: str, registry: str) -> dict[str, str] | None:
+    """``user:password``, or a Docker config JSON (``{"auths": {registry: {...}}}``) -> an auth_config."""
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            auths = json.loads(text).get("auths") or {}
+        except (ValueError, AttributeError):
+            return None
+        for key, entry in auths.items():
+            host = re.sub(r"^https?://", "", key).split("/")[0]
+            if host in (registry, "index.docker.io" if registry == "docker.io" else registry):
+                if entry.get("auth"):
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                    return {"username": user, "password": password}
+                if entry.get("username"):
+                    return {"username": entry["username"], "password": entry.get("password", "")}
+        return None
+    user, sep, password = text.partition(":")
+    return {"username": user, "password": password} if sep else None
+
+
+class ImagePlan(Protocol):
+    """What :meth:`ImageService.build` needs of a plan (:class:`BuildPlan`, or a backend's own)."""
+
+    settings: BuildSettings
+
+    @property
+    def hash(self) -> str: ...
+
+    @property
+    def tag(self) -> str: ...
+
+    def context_tar(self) -> bytes: ...
+
+
+class ImageService:
+    """Pulls, builds and pushes job images on one Docker engine, telling the job what it is doing.
+
+    The job sees ``pulling_image``, ``building_image`` and ``pushing_image`` with a sentence, and the engine's output
+    in its log; failures are :class:`~jupyter_launch.backends.base.BackendError` with ``image_pull_failed``,
+    ``image_build_failed`` or ``image_push_failed``. Builds of one hash wait for each other, so concurrent jobs of one
+    environment build it once.
+    """
+
+    def __init__(self, api: Any, *, pull_timeout: float, pull_timeout_setting: str,
+                 builds: list[dict[str, Any]] | None = None):
+        self.api = api
+        self.builder = ImageBuilder(api)
+        self.pull_timeout = pull_timeout
+        self.pull_timeout_setting = pull_timeout_setting  # the trait a user sets, named in the stall message
+        # What each build-or-reuse did: {"tag", "cached", "seconds"}, seconds from the start of the image step
+        # (base image, hash, cache look-up) to the image being ready (bench, tests).
+        self.builds = builds if builds is not None else []
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._pushed: set[str] = set()
+
+    # ------------------------------------------------------------ pull
+
+    async def ensure(self, image: str, ctx: JobContext | None, registry_auth: str | None = None) -> str:
+        """The image's id on the engine, pulled first when it is not there; ``registry_auth`` names the secret in
+        the agent's environment holding the registry's credentials (else the engine's Docker config counts)."""
+        from .backends.base import BackendError
+
+        import docker.errors
+
+        try:
+            image_id = await asyncio.to_thread(self.builder.image_id, image)
+        except docker.errors.APIError as exc:
+            raise BackendError("docker_unavailable", f"the Docker engine refused to inspect {image}: "
+                                                     f"{exc.explanation or exc}") from None
+        except Exception as exc:
+            raise BackendError("docker_unavailable", f"cannot reach the Docker engine: {exc}") from None
+        if image_id is not None:
+            return image_id
+        registry = registry_of(image)
+        if ctx is not None:
+            ctx.set_reason("pulling_image", f"pulling {image} from {registry}")
+            ctx.log("stderr", f"[jupyter-launch] pulling {image} from {registry}\n".encode())
+        loop = asyncio.get_running_loop()
+
+        def progress(line: str) -> None:
+            if ctx is not None:
+                loop.call_soon_threadsafe(ctx.log, "stderr", f"[pull] {line}\n".encode())
+
+        await asyncio.to_thread(self._pull, image, registry, registry_auth, progress)
+        return await asyncio.to_thread(self.builder.image_id, image) or ""
+
+    def _pull(self, image: str, registry: str, registry_auth: str | None, progress: Callable[[str], None]) -> None:
+        import docker.errors
+        import requests
+        import urllib3
+        from docker import auth as docker_auth
+        from docker.utils import parse_repository_tag
+
+        from .backends.base import BackendError
+
+        api = self.api
+        repo, tag = parse_repository_tag(image)
+        auth = None
+        if registry_auth:
+            value = os.environ.get(registry_auth)
+            if value is None:
+                raise BackendError("image_pull_failed", (
+                    f"cannot pull image {image} from registry {registry}: the queue's provider.registry_auth names "
+                    f"the secret {registry_auth!r}, which is not set in the agent's environment"))
+            auth = auth_from_secret(value, registry)
+        headers = {}
+        if auth is not None:
+            headers["X-Registry-Auth"] = docker_auth.encode_header(auth)
+        else:
+            api.reload_config()  # a `docker login` made since the agent started counts, as the failure advises
+            header = docker_auth.get_config_header(api, registry)
+            if header:
+                headers["X-Registry-Auth"] = header
+        last: dict[str, str] = {}
+        response = None
+        try:
+            # docker-py's pull() sends its request with no timeout at all, so a registry that stops answering
+            # would hold the job in pulling_image forever. The same request with a read timeout fails it instead.
+            response = api._post(api._url("/images/create"), params={"fromImage": repo, "tag": tag or "latest"},
+                                 headers=headers, stream=True, timeout=self.pull_timeout)
+            api._raise_for_status(response)
+            for event in api._stream_helper(response, decode=True):
+                if "error" in event:
+                    raise docker.errors.APIError((event.get("errorDetail") or {}).get("message") or event["error"])
+                status, layer = event.get("status", ""), event.get("id", "")
+                # Progress ticks ("Downloading" with a bar) would flood the log; each layer's changes are enough.
+                if status and last.get(layer) != status and status not in ("Downloading", "Extracting"):
+                    last[layer] = status
+                    progress(f"{layer}: {status}" if layer else status)
+        except Exception as exc:
+            if isinstance(exc, (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError)):
+                detail = (f"the Docker engine reported no progress for {self.pull_timeout:g}s, so {registry} is not "
+                          f"answering ({self.pull_timeout_setting} sets how long a pull may stall)")
+            else:
+                detail = (getattr(exc, "explanation", None) or str(exc)).strip()
+            how = ("give the agent credentials: set the queue's provider.registry_auth to the name of a secret "
+                   "in the agent's environment holding 'user:password' or a Docker config JSON, or run "
+                   f"`docker login {registry}` as the agent's user (~/.docker/config.json)")
+            raise BackendError("image_pull_failed", (
+                f"cannot pull image {image} from registry {registry}: {detail}. Check the name for a typo "
+                f"and that the Docker engine can reach {registry}; if the image is private, {how}")) from None
+        finally:
+            if response is not None:
+                response.close()  # its connection, on every path: a half-read stream would hold it
+
+    # ------------------------------------------------------------ build
+
+    async def environment_image(self, ctx: JobContext, build: BuildConfig, default_base: str,
+                                registry_auth: str | None = None) -> str:
+        """``jupyter-launch-env:<hash>``: the queue's base image with the job's environment, reused while its hash
+        holds."""
+        from .backends.base import BackendError
+
+        t0 = time.monotonic()  # the whole image step, a cache hit's hashing and look-up included
+        try:
+            settings = BuildSettings.from_config(build, default_base)
+            base_id = await self.ensure(settings.base_image, ctx, registry_auth)
+            plan = await asyncio.to_thread(plan_build, settings, base_id, load_environment(ctx.workdir),
+                                           ctx.workdir)
+        except ImageBuildError as exc:
+            raise BackendError("image_build_failed", str(exc)) from None
+        return await self.build(plan, ctx, "this environment", t0)
+
+    async def build(self, plan: ImagePlan, ctx: JobContext, what: str, t0: float | None = None) -> str:
+        """``plan.tag``, built from ``what`` (said in the job's log) unless the engine has it for this hash."""
+        from .backends.base import BackendError
+
+        t0 = time.monotonic() if t0 is None else t0
+        base = plan.settings.base_image
+        async with self._locks.setdefault(plan.hash, asyncio.Lock()):
+            try:
+                cached = await asyncio.to_thread(self.builder.cached, plan)
+            except Exception as exc:
+                raise BackendError("image_build_failed", f"the agent's Docker engine failed: {exc}") from None
+            if cached:
+                seconds = time.monotonic() - t0
+                self.builds.append({"tag": plan.tag, "cached": True, "seconds": seconds})
+                ctx.log("stderr", f"[jupyter-launch] image {plan.tag} is up to date for {what} (hash "
+                                  f"{plan.hash[:12]}, checked in {seconds:.2f}s); no build\n".encode())
+                return plan.tag
+            ctx.set_reason("building_image", f"building image {plan.tag} on {base} from {what}")
+            ctx.log("stderr", f"[jupyter-launch] building image {plan.tag} on {base}\n".encode())
+            loop = asyncio.get_running_loop()
+
+            def output(text: str) -> None:
+                data = "".join(f"[build] {line}\n" for line in text.splitlines() if line.strip()).encode()
+                if data:
+                    loop.call_soon_threadsafe(ctx.log, "stderr", data)
+
+            try:
+                await asyncio.to_thread(self.builder.build, plan, output)
+            except ImageBuildError as exc:
+                raise BackendError("image_build_failed", f"{exc} (the build's output is in the job's log)") from None
+            seconds = time.monotonic() - t0
+            self.builds.append({"tag": plan.tag, "cached": False, "seconds": seconds})
+            ctx.log("stderr", f"[jupyter-launch] built {plan.tag} in {seconds:.1f}s\n".encode())
+            return plan.tag
+
+    # ------------------------------------------------------------ push
+
+    async def push(self, image: str, registry: str, ctx: JobContext) -> str:
+        """Tag ``image`` into ``registry`` and push it; returns the name the nodes pull."""
+        from .backends.base import BackendError
+
+        registry = registry.rstrip("/")
+        repository, _, tag = image.rpartition(":")
+        remote = f"{registry}/{repository}"
+        ref = f"{remote}:{tag}"
+        if ref in self._pushed:
+            return ref
+        ctx.set_reason("pushing_image", f"pushing {ref}")
+        ctx.log("stderr", f"[jupyter-launch] pushing {ref}\n".encode())
+
+        def push() -> None:
+            self.api.tag(image, remote, tag)
+            for event in self.api.push(remote, tag=tag, stream=True, decode=True):
+                if "error" in event:
+                    raise ImageBuildError((event.get("errorDetail") or {}).get("message") or event["error"])
+
+        try:
+            await asyncio.to_thread(push)
+        except Exception as exc:
+            raise BackendError("image_push_failed", (
+                f"cannot push {ref} to the queue's registry: {exc}. Log the agent's Docker engine in to it "
+                f"(`docker login {registry.split('/')[0]}` as the agent's user) and give the nodes pull access "
+                "(provider.image_pull_secrets)")) from None
+        self._pushed.add(ref)
+        return ref

@@ -14,16 +14,18 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
-    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator,
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, GetCoreSchemaHandler, ValidationError,
+    field_validator, model_validator,
 )
 
 from .errors import LocatedError
 
-SUPPORTED_PROVIDERS = ("local", "docker", "kubernetes")
+# The built-in backends, in the order messages list them; the provider types themselves come from the backend
+# registry (the ``jupyter_launch.backends`` entry points).
+BUILTIN_ORDER = ("local", "docker", "kubernetes")
 # Providers whose YAML we understand (so the seed's aws queue parses) but whose capacity is not provisioned here.
 CLOUD_PROVIDERS = ("aws", "gcp", "azure")
 JOB_KINDS = ("notebook", "cell", "command")
-_PROVIDER_TAGS = SUPPORTED_PROVIDERS + CLOUD_PROVIDERS
 MAX_GPUS = 1024  # per job; also keeps the count inside the store's integer column
 # Bounds on a YAML document or a parameter value: deeper or (through aliases) larger input is refused, not expanded.
 MAX_DEPTH = 100
@@ -281,60 +283,13 @@ class JobSpec(Strict):
         return self
 
 
-class LocalProvider(Strict):
-    type: Literal["local"]
-    min_instances: int = Field(default=0, ge=0, le=64)
-    max_instances: int | None = Field(default=None, ge=1)
-    gpus: int | list[int] | None = None  # GPU slots this host offers; None = detect with nvidia-smi
-    python: str | None = None  # interpreter that runs jobs; default: the agent's own
-    grace_period: GracePeriod = 10.0
+class ProviderConfig(Strict):
+    """What every backend's queue settings (the queue YAML's ``provider:``) have; a backend's ``config_model``
+    subclasses it with ``type: Literal["<its entry point name>"]`` and its own fields."""
 
-
-class DockerBuild(Strict):
-    base_image: str | None = None
-    ca_bundle: str | None = None  # extra CA bundle copied into builds (corporate proxies, this machine)
-    pip_args: list[str] = Field(default_factory=list)
-    lock: Literal["minimal", "full"] = "minimal"  # full: pin every package of the captured environment
-
-
-class DockerProvider(Strict):
-    type: Literal["docker"]
-    min_instances: int = Field(default=0, ge=0, le=64)
-    max_instances: int | None = Field(default=None, ge=1)
-    base_url: str | None = None
-    network: str | None = None
-    runtime: str | None = None
-    image: str | None = None  # default image for jobs that name none
-    build: DockerBuild = Field(default_factory=DockerBuild)
-    registry_auth: str | None = None  # name of a secret holding "user:password" or a docker config JSON
-    keep_on_failure: bool = False
-    # How the job's folder reaches the container: bind-mounted read-only, or copied in (remote engines); None picks
-    # mount for a local engine and copy for a remote one.
-    transfer: Literal["mount", "copy"] | None = None
-    gpus: int | list[int] | None = None
-    grace_period: GracePeriod = 10.0
-
-
-class KubernetesProvider(Strict):
-    type: Literal["kubernetes"]
+    type: str
     min_instances: int = Field(default=0, ge=0)
     max_instances: int | None = Field(default=None, ge=1)
-    kubeconfig: str | None = None
-    context: str | None = None
-    namespace: str = "default"
-    service_account: str | None = None
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
-    image_pull_secrets: list[str] = Field(default_factory=list)
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
-    labels: dict[str, str] = Field(default_factory=dict)
-    pod_template: dict[str, Any] = Field(default_factory=dict)
-    host_network: bool = False
-    image: str | None = None
-    # How a job is given an image when it names none, or when its folder is too big for a ConfigMap.
-    build: DockerBuild = Field(default_factory=DockerBuild)
-    registry: str | None = None  # where built images are pushed for the nodes to pull; None: the agent's engine
-    ttl_seconds_after_finished: int = Field(default=600, ge=0)
     grace_period: GracePeriod = 10.0
 
 
@@ -350,16 +305,38 @@ class CloudProvider(Strict):
     max_instances: int | None = Field(default=None, ge=1)
 
 
-Provider = Annotated[
-    Union[LocalProvider, DockerProvider, KubernetesProvider, CloudProvider], Field(discriminator="type")
-]
+class Provider:
+    """The ``provider:`` field of a queue: one of the installed backends' config models, or a cloud provider this
+    project refuses, chosen by ``type``. Its schema is made on the first validation of a :class:`QueueConfig`
+    (``defer_build``), so importing this module loads no backend."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> Any:
+        models = [*provider_models().values(), CloudProvider]
+        return handler.generate_schema(Annotated[Union[tuple(models)], Field(discriminator="type")])
+
+
+def provider_models() -> dict[str, type[ProviderConfig]]:
+    """Each installed backend's queue-config model, by provider type (the backend registry's order)."""
+    from .backends.base import backend_classes
+
+    return {name: cls.config_model for name, cls in backend_classes().items()}
+
+
+def supported_providers() -> str:
+    """The provider types a queue may name, for messages: the built-in ones first, in their usual order."""
+    names = list(provider_models())
+    return ", ".join(sorted(names, key=lambda n: (BUILTIN_ORDER.index(n) if n in BUILTIN_ORDER else len(BUILTIN_ORDER),
+                                                  n)))
 
 
 class QueueConfig(Strict):
     """A named FIFO and where its jobs run. The seed's ``my_queue.yaml`` is one of these."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+
     queue_name: str
-    provider: Provider = Field(default_factory=lambda: LocalProvider(type="local"))
+    provider: Provider = Field(default={"type": "local"}, validate_default=True)
     agent_image: str | None = None
     job_types: list[str] = Field(default_factory=list)  # accepted job types; empty = any
     description: str | None = None
@@ -384,7 +361,7 @@ class QueueConfig(Strict):
         if isinstance(self.provider, CloudProvider):
             raise SpecError(
                 f"provider type {self.provider.type!r} is not supported here; supported providers are "
-                f"{', '.join(SUPPORTED_PROVIDERS)}. EC2/EKS (and GKE/AKS) capacity is reached through the "
+                f"{supported_providers()}. EC2/EKS (and GKE/AKS) capacity is reached through the "
                 "kubernetes provider: point it at the cluster and let its autoscaler provision the nodes",
                 source=source,
                 field="provider.type",
@@ -471,7 +448,8 @@ def _first_error(exc: ValidationError, lines: dict[tuple, int], source: str | No
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     # pydantic puts the union tag in the path ("provider", "aws", "region"); the user wrote "provider.region".
-    clean = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "provider" and p in _PROVIDER_TAGS))
+    tags = {*provider_models(), *CLOUD_PROVIDERS}
+    clean = tuple(p for i, p in enumerate(loc) if not (i > 0 and loc[i - 1] == "provider" and p in tags))
     if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
         clean = clean + ("type",)
     line = None
@@ -487,7 +465,7 @@ def _first_error(exc: ValidationError, lines: dict[tuple, int], source: str | No
     elif typ == "missing":
         msg = "required field is missing"
     elif typ == "union_tag_invalid" or typ == "union_tag_not_found":
-        msg = f"unknown provider type; supported providers are {', '.join(SUPPORTED_PROVIDERS)}"
+        msg = f"unknown provider type; supported providers are {supported_providers()}"
     else:
         msg = err["msg"].removeprefix("Value error, ")
         if "input" in err and typ.endswith("_type"):

@@ -25,8 +25,9 @@ from traitlets.config import Config
 from docker_engine import BASE_IMAGE, engine_client
 
 from jupyter_launch.agent import make_local_agent
-from jupyter_launch.backends.docker import (JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, DockerBackend,
-                                            secrets_line, sh_quote)
+from jupyter_launch.backends.docker import DockerBackend, container
+from jupyter_launch.backends.docker.container import (JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, WARM_LABEL, secrets_line,
+                                                      sh_quote)
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.images import BuildSettings, pip_install_args, plan_build
 from jupyter_launch.spec import QueueConfig
@@ -401,9 +402,9 @@ class GpuRecordingBackend(DockerBackend):
 
     async def start(self, ctx):
         api = await self._api(ctx.queue_config)
-        (request,) = self.host_config(api, ctx, None)["DeviceRequests"]
+        (request,) = container.host_config(api, ctx, None)["DeviceRequests"]
         self.requests[ctx.job_id] = {"gpu_ids": list(ctx.gpu_ids), "device_ids": request["DeviceIDs"],
-                                     "visible": self.job_env(ctx, False)["NVIDIA_VISIBLE_DEVICES"]}
+                                     "visible": container.job_env(ctx, False)["NVIDIA_VISIBLE_DEVICES"]}
         if len(self.requests) == 2:
             self.both_started.set()
         await asyncio.wait_for(self.both_started.wait(), 30)
@@ -564,6 +565,57 @@ def test_an_agent_starting_up_removes_containers_of_jobs_no_longer_active(client
 
     asyncio.run(go())
     assert not docker_api.containers(all=True, filters={"id": stale})
+
+
+def running_container(api, job) -> str:
+    """The id of the job's container once it runs (and the job says so)."""
+    deadline = time.monotonic() + 60
+    while True:
+        running = [c for c in job_containers(api, job.id) if c["State"] == "running"]
+        if running and job.refresh().state == "running":
+            return running[0]["Id"]
+        assert time.monotonic() < deadline and not job.record.done, (job.record, job.logs())
+        time.sleep(0.1)
+
+
+def stale_container(api, queue: str, job_id: str, fence: str = "1") -> str:
+    """A running container labelled as an attempt of ``job_id`` on ``queue``, as an agent that died would leave."""
+    cid = api.create_container(BASE_IMAGE, ["sleep", "60"], labels={
+        MANAGED_BY: "jupyter-launch", QUEUE_LABEL: queue, JOB_ID_LABEL: job_id, "jupyter-launch.fence": fence})["Id"]
+    api.start(cid)
+    return cid
+
+
+def test_agents_sharing_an_engine_leave_each_others_running_containers_alone(client, tmp_path, docker_api):
+    queue = docker_queue(client, "shareq")
+    job = command_job(client, tmp_path, "import time; print('started', flush=True); time.sleep(120)", queue,
+                      image=BASE_IMAGE)
+    ended = command_job(client, tmp_path, "print(1)", queue, image=BASE_IMAGE)
+    client.cancel(ended.id)
+    # An agent of another store, on a queue of the same name: none of this store's jobs are its to judge.
+    other = LaunchClient(home=tmp_path / "other-home")
+    other.create_queue(QueueConfig(queue_name=queue, provider={"type": "docker", "build": BUILD}))
+    sweeping = Config({"DockerBackend": {"reap_interval": 0.2}})
+
+    async def go():
+        async with Agent(client, [queue]):
+            cid = await asyncio.to_thread(running_container, docker_api, job)
+            leftover = stale_container(docker_api, queue, ended.id)
+            async with Agent(client, [queue], config=sweeping):  # starts, then sweeps every 0.2 s
+                await asyncio.sleep(1.5)
+            async with Agent(other, [queue], config=sweeping):
+                await asyncio.sleep(1.5)
+            assert docker_api.inspect_container(cid)["State"]["Running"], job.logs()
+            assert job.refresh().state == "running", job.record
+            assert not docker_api.containers(all=True, filters={"id": leftover})  # the ended job's: removed
+            client.cancel(job.id)
+            await until(lambda: job.refresh().done, 60, "the job to be cancelled")
+
+    try:
+        asyncio.run(go())
+    finally:
+        other.close()
+    assert (job.record.state, job.record.reason) == ("cancelled", "cancelled"), job.record
 
 
 def test_python_means_python3_in_images_without_python(client, tmp_path, docker_api):

@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 
 from jupyter_launch.agent import make_local_agent
-from jupyter_launch.backends.kubernetes import (JOB_ID_LABEL, MANAGED_BY, OUTPUTS_MARK, OutputsSplitter,
-                                                build_manifests, job_name, merge_template)
+from jupyter_launch.backends.kubernetes.bootstrap import OUTPUTS_MARK, OutputsSplitter
+from jupyter_launch.backends.kubernetes.manifests import (JOB_ID_LABEL, MANAGED_BY, build_manifests, job_name,
+                                                          merge_template)
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.spec import JobSpec, QueueConfig
 
@@ -84,7 +85,9 @@ def k8s(kubeconfig: str):
 
 
 @pytest.fixture
-def launch(tmp_path: Path, kubeconfig: str, image: str):
+def launch(tmp_path: Path, kubeconfig: str, image: str, monkeypatch: pytest.MonkeyPatch):
+    # Every agent of these tests, in this process or a child, keeps its job folders under the test's home.
+    monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(tmp_path / "home"))
     client = LaunchClient(home=tmp_path / "home")
     client.create_queue(QueueConfig(queue_name="k8s", provider={
         "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
@@ -150,7 +153,7 @@ def run_agent(client: LaunchClient, jobs, timeout: float = 180, while_running=No
 
     async def main():
         agent = make_local_agent(client.store, sorted({j.record.queue for j in jobs}), blobs=client.blobs,
-                                 lease_seconds=5, **traits)
+                                 home=client.home, lease_seconds=5, **traits)
         await agent.start()
         task = asyncio.create_task(agent.run())
         side = asyncio.create_task(while_running(agent)) if while_running else None
@@ -290,7 +293,7 @@ def _full_context(tmp_path: Path):
         "image_pull_secrets": ["regcred"], "labels": {"team": "ml"}, "image_pull_policy": "IfNotPresent",
         "pod_template": {"metadata": {"annotations": {"cluster-autoscaler.kubernetes.io/safe-to-evict": "false"}},
                          "spec": {"priorityClassName": "system-cluster-critical"}},
-    }).provider.model_dump()
+    }).provider
     return JobContext(job_id="65f0c0de1a2b3c", attempt=1, fence=1, queue="gpu-training-queue", spec=spec,
                       queue_config=cfg, workdir=tmp_path, output_dir=tmp_path / "out", env={"LR": "0.1"},
                       secrets={"API_TOKEN": CANARY}, artifact="sha256:" + "0" * 64, agent_id="agent-1")
@@ -557,7 +560,8 @@ from jupyter_launch.agent import make_local_agent
 from jupyter_launch.client import LaunchClient
 client = LaunchClient(home=sys.argv[1])
 async def main():
-    agent = make_local_agent(client.store, ["k8s"], blobs=client.blobs, lease_seconds=3, wake_socket=False)
+    agent = make_local_agent(client.store, ["k8s"], blobs=client.blobs, home=client.home, lease_seconds=3,
+                             wake_socket=False)
     await agent.start()
     await agent.run()
 asyncio.run(main())
@@ -607,10 +611,84 @@ def test_the_next_agent_deletes_the_cluster_job_of_a_job_lost_with_its_agent(lau
     assert k8s_objects(k8s, job.id)["pods"]  # the Job runs on with no agent following it
 
     async def start_and_stop_an_agent():
-        agent = make_local_agent(launch.store, ["k8s"], blobs=launch.blobs, lease_seconds=5)
+        agent = make_local_agent(launch.store, ["k8s"], blobs=launch.blobs, home=launch.home, lease_seconds=5)
         await agent.start()  # its start-up reconciliation deletes what the lost job left
         await agent.stop()
 
     asyncio.run(start_and_stop_an_agent())
     assert not any(wait_gone(k8s, job.id).values()), k8s_objects(k8s, job.id)
     assert (job.refresh().state, job.record.reason) == ("failed", "lost")
+
+
+def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_finished_one_left(
+        launch, tmp_path, k8s, kubeconfig, image):
+    """Agents of the same store, of another store, and a remote one (asking its server) start while a job runs on
+    the cluster: its Job is left alone; the Job a finished job left is deleted."""
+    from launch_server import LaunchServer
+
+    from jupyter_launch.backends.base import JobContext
+    from jupyter_launch.backends.kubernetes.config import KubernetesProvider
+    from jupyter_launch.remote.agent import make_remote_agent, run_remote_agent
+    from jupyter_launch.server.tokens import AgentTokens
+    from jupyter_launch.store import BlobStore, SQLStore
+
+    queue = "k8s-shared"
+    provider = {"type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
+                "image_pull_policy": "Never", "grace_period": 2}
+    server = LaunchServer(tmp_path / "server", agent_queues=[]).start()
+    store = SQLStore(f"sqlite:///{server.home / 'launch.db'}")
+    try:
+        status, _ = server.api("POST", "queues", {"queue_name": queue, "provider": provider})
+        assert status == 201
+        launch.create_queue(QueueConfig(queue_name=queue, provider=provider))  # another store, the same queue name
+        job = store.enqueue(queue, JobSpec(kind="command", command=["sh", "-c", "echo one; sleep 300"]), artifact=None)
+        ended = store.enqueue(queue, JobSpec(kind="command", command=["sh", "-c", "sleep 300"]), artifact=None)
+        ctx = JobContext(job_id=ended.id, attempt=1, fence=1, queue=queue, spec=JobSpec.model_validate(ended.spec),
+                         queue_config=KubernetesProvider.model_validate(provider), workdir=tmp_path,
+                         output_dir=tmp_path / "out", env={}, secrets={}, artifact=None, agent_id="gone")
+        k8s[0].create_namespaced_job(NAMESPACE, build_manifests(ctx, image, None)["job"])  # as a dead agent left it
+        store.request_cancel(ended.id)
+        token, _ = AgentTokens(store).create("box-k8s", [queue])
+
+        async def main():
+            def agent(on_store, home):
+                return make_local_agent(on_store, [queue], blobs=BlobStore(home / "blobs"), home=home,
+                                        lease_seconds=5, wake_socket=False, poll_interval=0.1)
+
+            runner = agent(store, tmp_path / "runner-home")
+            await runner.start()
+            running = asyncio.create_task(runner.run())
+            try:
+                deadline = time.monotonic() + 90
+                while "one" not in "".join(c.data.decode() for c in store.read_log(job.id)[0]):
+                    assert time.monotonic() < deadline and not store.get_job(job.id).done, store.get_job(job.id)
+                    await asyncio.sleep(0.2)
+                uid = k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid
+                for on_store, home in ((store, tmp_path / "second-home"), (launch.store, tmp_path / "other-home")):
+                    other = agent(on_store, home)
+                    await other.start()  # its start-up sweep
+                    await other.stop()
+                stop = asyncio.Event()
+                remote = make_remote_agent(server.url, token, [queue], cache_dir=tmp_path / "cache", claim_wait=1,
+                                           work_root=str(tmp_path / "remote-work"))
+                remote_run = asyncio.create_task(run_remote_agent(remote, stop))
+                left = await asyncio.to_thread(wait_gone, k8s, ended.id, 60)
+                stop.set()
+                await asyncio.wait_for(remote_run, 30)
+                assert not any(left.values()), left
+                assert k8s[0].read_namespaced_job(job_name(job.id), NAMESPACE).metadata.uid == uid
+                assert store.get_job(job.id).state in ("starting", "running")  # a pod's reasons show as starting
+                store.request_cancel(job.id)
+                while not store.get_job(job.id).done:
+                    assert time.monotonic() < deadline + 60
+                    await asyncio.sleep(0.2)
+            finally:
+                await runner.stop()
+                running.cancel()
+
+        asyncio.run(main())
+        assert store.get_job(job.id).state == "cancelled"
+        assert not any(wait_gone(k8s, job.id).values())
+    finally:
+        store.close()
+        server.stop()

@@ -309,6 +309,26 @@ def test_agents_register_are_seen_serve_queues_and_unregister(store):
     assert store.get_queue(name).agents == []
 
 
+def test_job_statuses_and_live_agent_ids_tell_a_reaping_agent_what_still_lives(store):
+    name, other = new_queue(store), new_queue(store)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    assert me in store.live_agent_ids(name) and me not in store.live_agent_ids(other)
+    running, waiting = (store.enqueue(name, spec(), artifact=None) for _ in range(2))
+    elsewhere = store.enqueue(other, spec(), artifact=None)
+    claim = store.claim_next_job(me, [name])
+    assert claim is not None and claim.job.id == running.id
+    store.set_state(running.id, claim.fence, "running")
+    statuses = store.job_statuses(name, [running.id, waiting.id, elsewhere.id, "no-such-job"])
+    assert set(statuses) == {running.id, waiting.id}  # another queue's job and an unknown id are left out
+    assert (statuses[running.id].state, statuses[running.id].fence) == ("running", claim.fence)
+    assert statuses[waiting.id].state == QUEUED
+    store.finish(running.id, claim.fence, "succeeded", exit_code=0)
+    assert store.job_statuses(name, [running.id])[running.id].state == "succeeded"
+    store.unregister_agent(me)
+    assert me not in store.live_agent_ids(name)
+
+
 def test_agent_tokens_create_verify_list_revoke(store):
     token, record = store.create_agent_token("box", ["gpu", "cpu"], created_by="admin")
     assert token.startswith(f"jla_{record.id}_") and (record.name, record.queues) == ("box", ["gpu", "cpu"])

@@ -1,24 +1,31 @@
-"""What every backend is: the run template (start, stream, wait, cancel, timeout, collect) and the registry.
+"""What every backend is: the run template (start, stream, wait, cancel, timeout, collect), the hooks the agent
+calls around it (warm up, reap, shut down), and the registry of backends (the ``jupyter_launch.backends`` entry points).
 
 A backend turns one claimed job into a running process, container or Kubernetes Job. It knows nothing of HTTP or
-of the store: it talks to the agent only through the :class:`JobContext` it is handed.
+of the store: it talks to the agent only through the :class:`JobContext` it is handed for a job, and through the
+:class:`Liveness` it is handed when it reaps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
 from ..errors import LaunchError
-from ..spec import JobSpec
+from ..spec import JobSpec, ProviderConfig
+
+if TYPE_CHECKING:
+    from ..store.base import JobStatus
 
 ENTRY_POINT_GROUP = "jupyter_launch.backends"
 
@@ -32,7 +39,7 @@ class JobContext:
     fence: int
     queue: str
     spec: JobSpec
-    queue_config: dict[str, Any]  # the queue's provider settings (``provider`` of the queue YAML)
+    queue_config: ProviderConfig  # the queue's provider settings: the backend's ``config_model``
     workdir: Path  # the unpacked artifact, with ``.jupyter-launch/job.json`` for the runner
     output_dir: Path  # where the job's outputs must be when the backend returns
     env: dict[str, str]  # spec env + JUPYTER_LAUNCH_* variables; no secrets
@@ -40,7 +47,7 @@ class JobContext:
     artifact: str | None  # manifest digest
     artifact_tar: Callable[[], Awaitable[Path]] | None = None  # the artifact as a tar file, made on demand
     gpu_ids: list[int] = field(default_factory=list)  # devices the agent reserved for this job
-    agent_id: str = ""
+    agent_id: str = ""  # the agent running this attempt, for labels on what the backend creates
     # Reporting, wired by the agent:
     log: Callable[[str, bytes], None] = lambda stream, data: None
     set_reason: Callable[[str, str | None], None] = lambda reason, message=None: None
@@ -76,21 +83,53 @@ class BackendError(LaunchError, RuntimeError):
         self.message = message
 
 
+@dataclass
+class Liveness:
+    """What the agent tells a backend, when it reaps one queue, about the jobs and agents the store has now."""
+
+    # The state and current fencing token of each given job id that is a job of the queue; ids the store does not
+    # have on this queue (another store's jobs, on a shared engine or namespace) are left out.
+    jobs: Callable[[Collection[str]], Awaitable[dict[str, JobStatus]]]
+    # The ids of the agents serving the queue now (this one included).
+    agents: Callable[[], Awaitable[set[str]]]
+
+
 class Backend(LoggingConfigurable):
     """Subclasses implement ``start``, ``stream``, ``wait`` and ``stop``; ``run`` drives them the same way for all.
 
     The template: ``prepare`` (images, environments) → ``start`` → ``mark_running`` → ``stream`` while ``wait``;
     cancel or timeout → ``stop(grace)``; then ``collect_outputs`` and ``cleanup`` whatever happened.
+
+    Around the jobs, the agent calls, for each queue it serves: ``reap`` when it starts (and every ``reap_interval``
+    seconds after), then ``warm_up``; and ``shutdown`` once when it stops.
     """
 
     name: ClassVar[str] = ""
+    # The queue's ``provider:`` block for this backend (its ``type`` a Literal of the backend's entry point name):
+    # the queue YAML is validated by it, and the backend gets it as ``ctx.queue_config``.
+    config_model: ClassVar[type[ProviderConfig]]
     stream_drain_timeout = Float(10.0, config=True, help="Seconds to wait for log streams to end after exit.")
+    reap_interval = Float(0.0, config=True, help=(
+        "Seconds between the agent's sweeps of what this backend's ended jobs left behind, after the one at its "
+        "start; 0: only at its start."))
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
         """What the UI and agent may rely on, instead of guessing from the backend's name."""
         # local_gpus: the agent hands out this machine's GPU ids (local, docker); a cluster schedules its own.
         return {"gpus": False, "local_gpus": False, "warm_pool": False, "images": False, "reattach": False}
+
+    async def reap(self, queue: str, config: ProviderConfig, live: Liveness) -> list[str]:
+        """Remove what ended jobs (or jobs' earlier attempts) of ``queue`` left running: containers, cluster objects.
+        Everything of a live job's current attempt, and of jobs ``live`` does not know, is left alone. Returns what
+        was removed (ids or names)."""
+        return []
+
+    async def warm_up(self, queue: str, config: ProviderConfig, agent_id: str) -> None:
+        """Get ``queue`` ready for its first job (warm pools of ``min_instances``); ``agent_id`` is the agent's."""
+
+    async def shutdown(self) -> None:
+        """Release what the backend holds across jobs (warm pools, clients); the agent calls it once, at its stop."""
 
     async def prepare(self, ctx: JobContext) -> None:
         """Get the job's environment ready (build or pull an image). Raise BackendError to fail with a reason."""
@@ -126,7 +165,7 @@ class Backend(LoggingConfigurable):
         """Release what the job held (containers, Kubernetes objects)."""
 
     def grace_period(self, ctx: JobContext) -> float:
-        return float(ctx.queue_config.get("grace_period") or 10.0)
+        return float(ctx.queue_config.grace_period)
 
     async def run(self, ctx: JobContext) -> Result:
         try:
@@ -192,35 +231,26 @@ class Backend(LoggingConfigurable):
                 await asyncio.shield(self.cleanup(handle, ctx, result))
 
 
-_REGISTRY: dict[str, type[Backend]] = {}
+@functools.lru_cache(maxsize=None)
+def backend_classes() -> dict[str, type[Backend]]:
+    """Every installed backend by provider type: the ``jupyter_launch.backends`` entry points, loaded once.
 
-
-def register(name: str, cls: type[Backend]) -> None:
-    _REGISTRY[name] = cls
-
-
-def registered_backends() -> dict[str, type[Backend]]:
-    """Every backend the ``jupyter_launch.backends`` entry points name, and those registered in-process, loaded."""
+    A backend that fails to load is left out with a warning, so one broken plug-in does not stop the others' queues.
+    """
+    classes: dict[str, type[Backend]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            register(ep.name, ep.load())
-    return dict(_REGISTRY)
+        if ep.name in classes:
+            continue  # the first distribution on sys.path wins, as for a module
+        try:
+            classes[ep.name] = ep.load()
+        except Exception as exc:
+            logging.getLogger(__name__).warning("backend %r (%s) cannot be loaded: %s", ep.name, ep.value, exc)
+    return classes
 
 
 def backend_class(name: str) -> type[Backend]:
-    """The backend for a provider type: registered ones first, then the ``jupyter_launch.backends`` entry points."""
-    if name not in _REGISTRY:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == name:
-                register(name, ep.load())
-                break
-        else:
-            builtin = {"local": ".local:LocalBackend", "docker": ".docker:DockerBackend",
-                       "kubernetes": ".kubernetes:KubernetesBackend"}
-            if name not in builtin:
-                raise KeyError(f"no backend registered for provider type {name!r}")
-            module, _, attr = builtin[name].partition(":")
-            import importlib
-
-            register(name, getattr(importlib.import_module(module, __package__), attr))
-    return _REGISTRY[name]
+    """The backend for a provider type."""
+    try:
+        return backend_classes()[name]
+    except KeyError:
+        raise KeyError(f"no backend registered for provider type {name!r}") from None

@@ -18,16 +18,27 @@ import os
 import signal
 import sys
 from collections import deque
-from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
+from pydantic import Field
 from traitlets import Float, Integer
 
+from ..spec import ProviderConfig
 from .base import Backend, JobContext, Result
 
 READ_SIZE = 256 * 1024
 PYTHON_NAMES = ("python", "python3")
+
+
+class LocalProvider(ProviderConfig):
+    """A local queue's settings: the ``provider:`` block of a queue YAML with ``type: local`` (the default)."""
+
+    type: Literal["local"]
+    min_instances: int = Field(default=0, ge=0, le=64)
+    gpus: int | list[int] | None = None  # GPU slots this host offers; None = detect with nvidia-smi
+    python: str | None = None  # interpreter that runs jobs; default: the agent's own
 
 
 def _set_pdeathsig() -> None:
@@ -218,7 +229,11 @@ class WarmPool:
 
 
 class LocalBackend(Backend):
+    """Jobs as process groups on the agent's machine. Configure as ``c.LocalBackend.*``; per queue under
+    ``provider:``."""
+
     name: ClassVar[str] = "local"
+    config_model: ClassVar[type[LocalProvider]] = LocalProvider
     read_size = Integer(READ_SIZE, config=True, help="Bytes read from a job's pipes at a time.")
     linger = Float(10.0, config=True, help=(
         "Seconds a runner may take to end on its own after its result record (shutting its kernel down); then its "
@@ -233,9 +248,8 @@ class LocalBackend(Backend):
     def supported_features(cls) -> dict[str, bool]:
         return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False}
 
-    def python(self, ctx_or_config: JobContext | dict[str, Any]) -> str:
-        config = ctx_or_config.queue_config if isinstance(ctx_or_config, JobContext) else ctx_or_config
-        return config.get("python") or sys.executable
+    def python(self, config: LocalProvider) -> str:
+        return config.python or sys.executable
 
     def base_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -253,11 +267,10 @@ class LocalBackend(Backend):
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpu_ids)
         return env
 
-    async def warm_up(self, queue: str, config: dict[str, Any]) -> None:
-        """Keep ``min_instances`` warm runners for this queue (called by the agent when it starts)."""
-        size = int(config.get("min_instances") or 0)
-        if size and queue not in self._pools:
-            self._pools[queue] = WarmPool(self.python(config), size, self.base_env())
+    async def warm_up(self, queue: str, config: LocalProvider, agent_id: str) -> None:
+        """Keep ``min_instances`` warm runners for this queue."""
+        if config.min_instances and queue not in self._pools:
+            self._pools[queue] = WarmPool(self.python(config), config.min_instances, self.base_env())
             self._pools[queue].top_up()
 
     def warm_runners(self, queue: str) -> list[int]:
@@ -273,7 +286,7 @@ class LocalBackend(Backend):
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
-        python = self.python(ctx)
+        python = self.python(ctx.queue_config)
         if ctx.spec.kind == "command":
             argv = list(ctx.spec.command or [])
             if ctx.spec.image:

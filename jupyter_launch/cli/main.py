@@ -24,7 +24,7 @@ from ..remote.http import SERVER_ENV, TOKEN_ENV
 from ..client import FINAL, Client, JobRecord, StoreError
 from .config import LaunchCommand, config_words
 from ..options import JobOptions, prepare_job, split_param_args
-from ..spec import SpecError, format_memory
+from ..spec import format_memory
 
 
 class UsageError(LaunchError):

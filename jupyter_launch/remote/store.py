@@ -13,17 +13,20 @@ import hashlib
 import os
 import tempfile
 import urllib.parse
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from ..store import (
-    BlobStore, Claim, Heartbeat, JobRecord, LogChunk, NotFound, OutputRecord, QueueRecord, sha256_file,
+    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
 from .http import Http, RemoteAuthError, RemoteError, job_record, queue_record
 
 _USER_ROUTES = "queues, jobs, logs, metrics, outputs, agents and tokens"
 _AGENT_ROUTES = "registering, claiming and reporting on claimed jobs"
+
+JOB_STATUS_BATCH = 500  # ids per request: the server refuses more (MAX_JOB_STATUS_IDS)
 
 
 class HttpStore:
@@ -123,6 +126,21 @@ class HttpStore:
         return []  # the server reaps expired leases itself (LaunchApp.reap_interval)
 
     # ------------------------------------------------------------ jobs, as an agent runs them
+
+    def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        """The state and current fencing token of each of ``job_ids`` that is a job of ``queue``; ids of other
+        queues, or unknown, are left out. What an agent reaping ``queue`` needs to tell the live from the ended."""
+        ids = list(dict.fromkeys(job_ids))
+        found: dict[str, JobStatus] = {}
+        for i in range(0, len(ids), JOB_STATUS_BATCH):
+            data = self._agent("POST", f"agent/queues/{_q(queue)}/jobs",
+                              {"job_ids": ids[i:i + JOB_STATUS_BATCH]})[1]
+            found.update((job_id, JobStatus(s["state"], s["fence"])) for job_id, s in data["jobs"].items())
+        return found
+
+    def live_agent_ids(self, queue: str) -> list[str]:
+        """The ids of the agents serving ``queue`` now (seen within the agents' time to live)."""
+        return list(self._agent("GET", f"agent/queues/{_q(queue)}/agents")[1]["agents"])
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:

@@ -39,6 +39,7 @@ QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
 TOKEN_ID = r"(?P<token_id>[0-9A-Za-z]{1,64})"
 DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
 MAX_PAGE = 500
+MAX_JOB_STATUS_IDS = 500  # job ids one status request may ask about
 LOG_READ_LIMIT = 1024 * 1024
 
 
@@ -579,6 +580,32 @@ class AgentQueueHandler(AgentHandler):
         self.reply(record.to_dict())
 
 
+class AgentQueueJobsHandler(AgentHandler):
+    """For an agent reaping a queue: the state and fence of the given jobs of that queue (others are left out)."""
+
+    @web.authenticated
+    @authorized
+    async def post(self, queue: str) -> None:
+        self.require_queues([queue])
+        job_ids = self.body().get("job_ids")
+        if not isinstance(job_ids, list) or not all(isinstance(i, str) for i in job_ids):
+            raise web.HTTPError(400, "'job_ids' (a list of job ids) is required")
+        if len(job_ids) > MAX_JOB_STATUS_IDS:
+            raise web.HTTPError(400, f"at most {MAX_JOB_STATUS_IDS} job ids per request, got {len(job_ids)}")
+        statuses = await self.store_call(self.launch.store.job_statuses, queue, job_ids)
+        self.reply({"jobs": {job_id: {"state": st.state, "fence": st.fence} for job_id, st in statuses.items()}})
+
+
+class AgentQueueAgentsHandler(AgentHandler):
+    """For an agent reaping a queue: the ids of the agents serving it now."""
+
+    @web.authenticated
+    @authorized
+    async def get(self, queue: str) -> None:
+        self.require_queues([queue])
+        self.reply({"agents": await self.store_call(self.launch.store.live_agent_ids, queue)})
+
+
 class AgentClaimHandler(AgentHandler):
     """Claim the oldest eligible job; with ``wait`` seconds, hold the request until one arrives (long poll)."""
 
@@ -726,6 +753,8 @@ default_handlers = [
     (rf"{API}/agent/claim", AgentClaimHandler),
     (rf"{API}/agent/token", AgentTokenHandler),
     (rf"{API}/agent/queues/{QUEUE}", AgentQueueHandler),
+    (rf"{API}/agent/queues/{QUEUE}/jobs", AgentQueueJobsHandler),
+    (rf"{API}/agent/queues/{QUEUE}/agents", AgentQueueAgentsHandler),
     (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|logs|metrics|outputs)", AgentJobHandler),
     (rf"{API}/agent/blobs/missing", AgentBlobsMissingHandler),
     (rf"{API}/agent/blobs/{DIGEST}", AgentBlobHandler),

@@ -110,6 +110,22 @@ class QueueRecord:
         return d
 
 
+@dataclass(frozen=True)
+class JobStatus:
+    """Where a job stands, as an agent asks when it reaps: its state and current fencing token."""
+
+    state: str
+    fence: int
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL
+
+
 @dataclass
 class JobRecord:
     id: str

@@ -21,10 +21,10 @@ benchmarks fill and count a SQL store directly (``enqueue_many``, ``count_jobs``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .base import Claim, Heartbeat, JobRecord, LogChunk, OutputRecord, QueueRecord
+from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord
 
 if TYPE_CHECKING:
     from ..spec import JobSpec, QueueConfig
@@ -74,6 +74,13 @@ class Store(Protocol):
         """Requeue (or fail as ``lost``) jobs whose lease expired; the ``(job id, new state)`` pairs changed."""
 
     # ------------------------------------------------------------ jobs, as an agent runs them
+
+    def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        """State and current fence of each of ``job_ids`` that is a job of ``queue`` (others left out): what an agent
+        reaping what ended jobs left behind needs to tell the live from the ended."""
+
+    def live_agent_ids(self, queue: str) -> list[str]:
+        """The ids of the agents serving ``queue`` now."""
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from ..spec import JobSpec, QueueConfig
 from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, Claim, Heartbeat, JobRecord, LogChunk,
-    NotFound, OutputRecord, QueueRecord, StoreError, describe,
+    JobStatus, NotFound, OutputRecord, QueueRecord, StoreError, describe,
 )
 from .tokens import AgentTokenRows
 
@@ -284,6 +284,18 @@ class SQLStore(AgentTokenRows):
                 self._explain_waiting(c, [job], with_position=True)
             return job
 
+    def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
+        """The state and current fencing token of each of ``job_ids`` that is a job of ``queue``; ids of other
+        queues, or unknown, are left out. What an agent reaping ``queue`` needs to tell the live from the ended."""
+        ids = list(dict.fromkeys(job_ids))
+        found: dict[str, JobStatus] = {}
+        with self._read() as c:
+            for i in range(0, len(ids), 500):  # bounded IN lists (SQLite's variable limit)
+                rows = c.execute(select(t.jobs.c.id, t.jobs.c.state, t.jobs.c.fence).where(
+                    t.jobs.c.queue == queue, t.jobs.c.id.in_(ids[i:i + 500])))
+                found.update((row.id, JobStatus(row.state, row.fence)) for row in rows)
+        return found
+
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
                   before: int | None = None) -> list[JobRecord]:
         """Newest first; page with ``before`` = the last ``seq`` seen."""
@@ -497,6 +509,11 @@ class SQLStore(AgentTokenRows):
     def list_agents(self) -> list[dict[str, Any]]:
         with self._read() as c:
             return [dict(r._mapping) for r in self._live_agents(c)]
+
+    def live_agent_ids(self, queue: str) -> list[str]:
+        """The ids of the agents serving ``queue`` now (seen within the agents' time to live)."""
+        with self._read() as c:
+            return sorted(r.id for r in self._live_agents(c) if queue in (r.queues or []))
 
     def _live_agents(self, c: Connection) -> list[Any]:
         return c.execute(select(t.agents).where(t.agents.c.last_seen > time.time() - AGENT_TTL)).all()

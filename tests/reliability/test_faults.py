@@ -137,7 +137,7 @@ class ContainerWatch:
     """Samples the engine's running containers per job id every few milliseconds; the most seen at once per job."""
 
     def __init__(self, api: Any, job_ids: set[str]):
-        from jupyter_launch.backends.docker import JOB_ID_LABEL
+        from jupyter_launch.backends.docker.container import JOB_ID_LABEL
 
         self.api, self.job_ids, self.label = api, job_ids, JOB_ID_LABEL
         self.most: dict[str, int] = {}
@@ -210,7 +210,7 @@ def test_kill_9_the_docker_agent_50_times_loses_nothing_and_never_runs_a_job_twi
 
 
 def remove_job_containers(api: Any, job_ids: set[str]) -> None:
-    from jupyter_launch.backends.docker import JOB_ID_LABEL
+    from jupyter_launch.backends.docker.container import JOB_ID_LABEL
 
     for c in api.containers(all=True, filters={"label": JOB_ID_LABEL}):
         if (c.get("Labels") or {}).get(JOB_ID_LABEL) in job_ids:

@@ -483,8 +483,10 @@ def submit(secured: Secured, tmp_path: Path, name: str, code: str, queue: str, *
 
 def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path, docker_api: Any):
     from jupyter_launch.backends.base import JobContext
-    from jupyter_launch.backends.docker import JOB_ID_LABEL
-    from jupyter_launch.backends.kubernetes import build_manifests, pack_workdir
+    from jupyter_launch.backends.docker.container import JOB_ID_LABEL
+    from jupyter_launch.backends.kubernetes.bootstrap import pack_workdir
+    from jupyter_launch.backends.kubernetes.config import KubernetesProvider
+    from jupyter_launch.backends.kubernetes.manifests import build_manifests
     from jupyter_launch.spec import JobSpec
 
     server, canary = secured.server, secured.canary
@@ -563,7 +565,7 @@ def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path, docke
     workdir = server.home / "work" / f"{local_id}-1"
     assert (workdir / ".jupyter-launch" / "job.json").exists(), sorted(server.home.rglob("*"))
     ctx = JobContext(job_id=local_id, attempt=1, fence=1, queue="k8s", spec=JobSpec.model_validate(local["spec"]),
-                     queue_config={"namespace": "default"}, workdir=workdir, output_dir=workdir / "out",
+                     queue_config=KubernetesProvider(type="kubernetes", namespace="default"), workdir=workdir, output_dir=workdir / "out",
                      env={"JUPYTER_LAUNCH_JOB_ID": local_id}, secrets={SECRET_NAME: canary},
                      artifact=local["artifact"], agent_id="agent-1")
     manifests = build_manifests(ctx, DOCKER_IMAGE, pack_workdir(workdir))

@@ -140,3 +140,68 @@ async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch
     assert said[0].exc_info is None  # no traceback: nothing went wrong in the agent
     assert "revoked" in said[0].getMessage() and said[0].getMessage().endswith("; stopping")
     assert isinstance(agent.refused, RemoteAuthError)
+
+
+async def test_a_remote_agent_leaves_other_agents_running_containers_alone(api, start_launch, server_url, tmp_path,
+                                                                         docker_api):
+    """Its start-up sweep asks the server which jobs are live: the running job of another agent keeps its container,
+    the container a finished job left is removed."""
+    from docker_engine import BASE_IMAGE
+
+    from jupyter_launch.agent import make_local_agent
+    from jupyter_launch.backends.docker.container import JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL
+
+    app = await start_launch()
+    queue = "remote-docker"
+    await api("POST", "queues", body={"queue_name": queue, "provider": {"type": "docker", "image": BASE_IMAGE}})
+    # The other agent: on the server's own store, as the server's in-process agent is.
+    local = make_local_agent(app.store, [queue], blobs=app.blobs, home=str(tmp_path / "local-home"),
+                             wake_socket=False, poll_interval=0.1)
+    await local.start()
+    local_run = asyncio.create_task(local.run())
+    spec = {"kind": "command", "command": ["sh", "-c", "echo started; sleep 120"]}
+    _, job = await api("POST", "jobs", body={"queue": queue, "spec": spec})
+    _, ended = await api("POST", "jobs", body={"queue": queue, "spec": spec})
+    stop = asyncio.Event()
+    remote_run = None
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            _, now = await api("GET", "jobs", job["id"])
+            running = docker_api.containers(filters={"label": f"{JOB_ID_LABEL}={job['id']}"})
+            if now["state"] == "running" and running:
+                break
+            assert time.monotonic() < deadline and not now["done"], now
+            await asyncio.sleep(0.1)
+        cid = running[0]["Id"]
+        await api("POST", "jobs", ended["id"], "cancel")
+        await wait_done(api, ended["id"])
+        leftover = docker_api.create_container(BASE_IMAGE, ["sleep", "60"], labels={
+            MANAGED_BY: "jupyter-launch", QUEUE_LABEL: queue, JOB_ID_LABEL: ended["id"],
+            "jupyter-launch.fence": "1"})["Id"]
+        docker_api.start(leftover)
+
+        token, _ = app.tokens.create("box-docker", [queue])
+        remote = make_remote_agent(server_url, token, [queue], cache_dir=tmp_path / "cache", claim_wait=1,
+                                   work_root=str(tmp_path / "remote-work"), poll_interval=0.2)
+        remote_run = asyncio.create_task(run_remote_agent(remote, stop))
+        deadline = time.monotonic() + 30
+        while remote.agent_id not in [a["id"] for a in (await api("GET", "agents"))[1]["agents"]]:
+            assert time.monotonic() < deadline and not remote_run.done()
+            await asyncio.sleep(0.05)
+        while docker_api.containers(all=True, filters={"id": leftover}):  # its start-up sweep removes it
+            assert time.monotonic() < deadline and not remote_run.done()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # the rest of the sweep
+        assert docker_api.inspect_container(cid)["State"]["Running"]
+        _, now = await api("GET", "jobs", job["id"])
+        assert now["state"] == "running", now
+        await api("POST", "jobs", job["id"], "cancel")
+        done = await wait_done(api, job["id"])
+        assert (done["state"], done["reason"]) == ("cancelled", "cancelled"), done
+    finally:
+        stop.set()
+        if remote_run is not None:
+            await asyncio.wait_for(remote_run, 30)
+        await local.stop()
+        local_run.cancel()

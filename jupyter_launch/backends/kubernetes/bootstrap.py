@@ -1,0 +1,203 @@
+"""How a job's folder reaches its pod and its outputs come back: the bootstrap the pod runs (unpack the folder, run
+the job, print the outputs as marker lines), the packed folder (a ConfigMap's content, or an image built on top of the
+job's environment image), and the splitter that takes the outputs back out of the pod's log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...images import BUILDER_VERSION, HASH_LABEL, BuildSettings
+
+WORK_DIR = "/jl/work"
+ARTIFACT_DIR = "/jl/artifact"
+ARTIFACT_KEY = "artifact.tar.gz"
+OUTPUTS_MARK = b"\x1ejupyter-launch-outputs"
+JOB_IMAGE_REPOSITORY = "jupyter-launch-job"
+
+# Runs in the pod (any Python >= 3.8 in the image): unpack the job's folder from the ConfigMap, run the job,
+# forward SIGTERM to it, then print the output folder as base64 lines (each < PIPE_BUF, so a stray writer cannot
+# split one) and exit with the job's code. argv: the job's command.
+BOOTSTRAP = r'''
+import base64, hashlib, io, os, signal, subprocess, sys, tarfile
+work, out = os.getcwd(), os.environ["JUPYTER_LAUNCH_OUTPUT_DIR"]
+mark = "\x1ejupyter-launch-outputs"
+with tarfile.open("/jl/artifact/artifact.tar.gz") as tar:
+    for m in tar.getmembers():
+        parts = m.name.split("/")
+        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in parts:
+            sys.exit("jupyter-launch: refusing unsafe artifact member %r" % m.name)
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(work, filter="data")
+    else:
+        tar.extractall(work)
+os.makedirs(out, exist_ok=True)
+argv = sys.argv[1:]
+if argv[0] in ("python", "python3"):
+    argv[0] = sys.executable
+try:
+    proc = subprocess.Popen(argv)
+except OSError as exc:
+    print("jupyter-launch: cannot start %r: %s" % (argv[0], exc.strerror), file=sys.stderr, flush=True)
+    code = 127
+else:
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda n, f: proc.send_signal(n))
+    code = proc.wait()
+    code = code if code >= 0 else 128 - code
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    for root, dirs, files in os.walk(out):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                tar.add(path, arcname=os.path.relpath(path, out), recursive=False)
+data = buf.getvalue()
+text = base64.b64encode(data).decode()
+sys.stdout.flush()
+for i in range(0, len(text), 3000):
+    os.write(1, ("%s %s\n" % (mark, text[i:i + 3000])).encode())
+os.write(1, ("%s-end %s %d\n" % (mark, hashlib.sha256(data).hexdigest(), len(data))).encode())
+sys.exit(code)
+'''
+# Find a Python in the image (``python3`` first, as Debian has no ``python``), then run the bootstrap.
+LAUNCHER = ('p=$(command -v python3 || command -v python) || { echo "jupyter-launch: the image has no python3 '
+            'or python; the kubernetes backend needs one to unpack the job" >&2; exit 127; }; exec "$p" -c "$0" "$@"')
+
+
+
+def _workdir_entries(workdir: Path) -> list[Path]:
+    """The job's folder minus its outputs: plain files and folders, sorted."""
+    outputs = workdir / ".jupyter-launch" / "outputs"
+    return [path for path in sorted(workdir.rglob("*"))
+            if path != outputs and outputs not in path.parents and not path.is_symlink()
+            and (path.is_file() or path.is_dir())]
+
+
+def pack_workdir(workdir: Path) -> bytes:
+    """The job's unpacked folder (minus its outputs) as a gzipped tar of plain files and folders."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=6) as tar:
+        for path in _workdir_entries(workdir):
+            tar.add(path, arcname=path.relative_to(workdir).as_posix(), recursive=False)
+    return buf.getvalue()
+
+
+def workdir_digest(workdir: Path) -> str:
+    """A hash of what :func:`pack_workdir` packs (names and contents, not times), so a job image is content-addressed."""
+    h = hashlib.sha256()
+    for path in _workdir_entries(workdir):
+        h.update(path.relative_to(workdir).as_posix().encode() + (b"/" if path.is_dir() else b"") + b"\0")
+        if path.is_file():
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class JobImagePlan:
+    """An image for one job folder: its environment image plus the packed folder where the pod's bootstrap reads it
+    (``/jl/artifact/artifact.tar.gz``). It has what :class:`~jupyter_launch.images.ImageBuilder` needs of a plan:
+    ``settings.base_image``, ``hash``, ``tag`` and ``context_tar()``."""
+
+    settings: BuildSettings  # base_image: the environment image
+    base_id: str
+    folder_digest: str
+    artifact_tar: bytes
+
+    @property
+    def hash(self) -> str:
+        doc = {"v": BUILDER_VERSION, "kind": "job", "base": self.settings.base_image, "base_id": self.base_id,
+               "folder": self.folder_digest}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    @property
+    def tag(self) -> str:
+        return f"{JOB_IMAGE_REPOSITORY}:{self.hash[:12]}"
+
+    def dockerfile(self) -> str:
+        return (f"FROM {self.settings.base_image}\n"
+                f"COPY {ARTIFACT_KEY} {ARTIFACT_DIR}/{ARTIFACT_KEY}\n"
+                f"LABEL {HASH_LABEL}={self.hash}\n")
+
+    def context_tar(self) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, data in (("Dockerfile", self.dockerfile().encode()), (ARTIFACT_KEY, self.artifact_tar)):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+
+
+def extract_outputs(data: bytes, dest: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+
+
+class OutputsSplitter:
+    """Takes the outputs marker lines out of a pod's log stream and keeps their payload."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._chunks: list[bytes] = []
+        self.outputs: bytes | None = None  # the tar.gz, once its end marker arrived and checked
+        self.error: str | None = None
+
+    def reset(self) -> None:
+        self._carry, self._chunks, self.outputs, self.error = b"", [], None, None
+
+    def feed(self, data: bytes) -> bytes:
+        if self._carry:
+            data, self._carry = self._carry + data, b""
+        if b"\x1e" not in data:
+            return data
+        plain: list[bytes] = []
+        pos = 0
+        start = data.find(OUTPUTS_MARK)
+        while start >= 0:
+            end = data.find(b"\n", start)
+            if end < 0:
+                self._carry = data[start:]
+                plain.append(data[pos:start])
+                return b"".join(plain)
+            plain.append(data[pos:start])
+            self._take(data[start + len(OUTPUTS_MARK):end])
+            pos = end + 1
+            start = data.find(OUTPUTS_MARK, pos)
+        rest = data[pos:]
+        tail = rest.rfind(b"\x1e")
+        if tail >= 0 and OUTPUTS_MARK.startswith(rest[tail:]):
+            self._carry, rest = rest[tail:], rest[:tail]
+        plain.append(rest)
+        return b"".join(plain)
+
+    def flush(self) -> bytes:
+        data, self._carry = self._carry, b""
+        return data
+
+    def _take(self, line: bytes) -> None:
+        if line.startswith(b" "):
+            self._chunks.append(line[1:])
+        elif line.startswith(b"-end "):
+            try:
+                digest, size = line[5:].split()
+                data = base64.b64decode(b"".join(self._chunks), validate=True)
+            except ValueError:
+                self.error = "the outputs' record is malformed"
+                return
+            if hashlib.sha256(data).hexdigest().encode() != digest or len(data) != int(size):
+                self.error = "the outputs' checksum does not match"
+                return
+            self.outputs = data
+            self._chunks = []
+

@@ -1,0 +1,30 @@
+"""A Kubernetes queue's settings: the ``provider:`` block of a queue YAML with ``type: kubernetes``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ...images import BuildConfig
+from ...spec import ProviderConfig
+
+
+class KubernetesProvider(ProviderConfig):
+    type: Literal["kubernetes"]
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str = "default"
+    service_account: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    pod_template: dict[str, Any] = Field(default_factory=dict)
+    host_network: bool = False
+    image: str | None = None
+    # How a job is given an image when it names none, or when its folder is too big for a ConfigMap.
+    build: BuildConfig = Field(default_factory=BuildConfig)
+    registry: str | None = None  # where built images are pushed for the nodes to pull; None: the agent's engine
+    ttl_seconds_after_finished: int = Field(default=600, ge=0)

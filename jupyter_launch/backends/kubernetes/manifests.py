@@ -1,0 +1,153 @@
+"""The cluster objects of one job attempt: a batch/v1 Job, the ConfigMap with its folder and the Secret with its
+secrets, as API dicts, with the labels every object of a job carries."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from typing import Any
+
+from ..base import JobContext
+from .bootstrap import ARTIFACT_DIR, ARTIFACT_KEY, BOOTSTRAP, LAUNCHER, WORK_DIR
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+JOB_ID_LABEL = "jupyter-launch/job-id"
+QUEUE_LABEL = "jupyter-launch/queue"
+ATTEMPT_LABEL = "jupyter-launch/attempt"
+CONTAINER = "job"
+
+
+def job_name(job_id: str) -> str:
+    """The Job's name (DNS-1123, at most 63): ``jl-<job id>``."""
+    return ("jl-" + re.sub(r"[^a-z0-9-]", "-", job_id.lower()))[:63].rstrip("-")
+
+
+def label_value(value: str) -> str:
+    """A label value (``[A-Za-z0-9._-]``, at most 63, alphanumeric at both ends)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", value)[:63].strip("._-")
+
+
+def quantity_cpu(cores: float) -> str:
+    millis = math.ceil(cores * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def merge_template(base: Any, override: Any) -> Any:
+    """``pod_template`` over the generated pod template: mappings merge, lists of named mappings (containers,
+    volumes, env) merge by name, any other value replaces."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = merge_template(base[key], value) if key in base else value
+        return merged
+    if (isinstance(base, list) and isinstance(override, list) and override
+            and all(isinstance(x, dict) and "name" in x for x in base + override)):
+        merged_list = list(base)
+        index = {x["name"]: i for i, x in enumerate(merged_list)}
+        for item in override:
+            if item["name"] in index:
+                merged_list[index[item["name"]]] = merge_template(merged_list[index[item["name"]]], item)
+            else:
+                merged_list.append(item)
+        return merged_list
+    return override
+
+
+def job_labels(ctx: JobContext) -> dict[str, str]:
+    labels = {str(k): str(v) for k, v in ctx.queue_config.labels.items()}
+    labels.update({MANAGED_BY: "jupyter-launch", JOB_ID_LABEL: label_value(ctx.job_id),
+                   QUEUE_LABEL: label_value(ctx.queue), ATTEMPT_LABEL: str(ctx.attempt)})
+    return labels
+
+
+def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
+                    image_pull_policy: str | None = None) -> dict[str, dict[str, Any]]:
+    """The Job, the ConfigMap with the job's folder, and (when the job has secrets) the Secret, as API dicts.
+
+    ``artifact_tar`` None: the image carries the folder (a job image), so there is no ConfigMap. Secrets appear only
+    in the Secret's ``stringData``; the Job refers to it with ``envFrom``. ``image_pull_policy`` overrides the
+    queue's (a built image that only exists on the agent's engine must not be pulled).
+    """
+    cfg = ctx.queue_config
+    name = job_name(ctx.job_id)
+    namespace = cfg.namespace
+    labels = job_labels(ctx)
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    spec = ctx.spec
+    grace = float(cfg.grace_period)
+    argv = list(spec.command or []) if spec.kind == "command" else ctx.runner_command
+    env = {k: v for k, v in ctx.env.items()}
+    env.update({"JUPYTER_LAUNCH_OUTPUT_DIR": f"{WORK_DIR}/.jupyter-launch/outputs", "PYTHONUNBUFFERED": "1"})
+    resources: dict[str, dict[str, str]] = {}
+    if spec.resources.cpu:
+        resources.setdefault("requests", {})["cpu"] = quantity_cpu(spec.resources.cpu)
+        resources.setdefault("limits", {})["cpu"] = quantity_cpu(spec.resources.cpu)
+    if spec.resources.memory:
+        resources.setdefault("requests", {})["memory"] = str(spec.resources.memory)
+        resources.setdefault("limits", {})["memory"] = str(spec.resources.memory)
+    if spec.resources.gpu:
+        resources.setdefault("limits", {})["nvidia.com/gpu"] = str(spec.resources.gpu)
+    container: dict[str, Any] = {
+        "name": CONTAINER, "image": image,
+        "command": ["sh", "-c", LAUNCHER, BOOTSTRAP, *argv],
+        "workingDir": WORK_DIR,
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "resources": resources,
+        "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}],
+    }
+    volumes: list[dict[str, Any]] = [{"name": "jl-work", "emptyDir": {}}]
+    if artifact_tar is not None:  # else the image has it at the same path
+        container["volumeMounts"].insert(0, {"name": "jl-artifact", "mountPath": ARTIFACT_DIR, "readOnly": True})
+        volumes.insert(0, {"name": "jl-artifact", "configMap": {"name": f"{name}-artifact"}})
+    if image_pull_policy or cfg.image_pull_policy:
+        container["imagePullPolicy"] = image_pull_policy or cfg.image_pull_policy
+    secret_name = f"{name}-secrets"
+    if ctx.secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret_name}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": max(1, math.ceil(grace)),
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if cfg.service_account:
+        pod_spec["serviceAccountName"] = cfg.service_account
+    else:
+        pod_spec["automountServiceAccountToken"] = False  # a job needs no API access unless the queue says so
+    if cfg.node_selector:
+        pod_spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        pod_spec["tolerations"] = list(cfg.tolerations)
+    if cfg.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    if cfg.host_network:
+        pod_spec["hostNetwork"] = True
+        pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
+    template = {"metadata": {"labels": dict(labels)}, "spec": pod_spec}
+    if cfg.pod_template:
+        template = merge_template(template, cfg.pod_template)
+    job_spec: dict[str, Any] = {
+        "backoffLimit": spec.retries,
+        "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
+        "template": template,
+    }
+    if spec.timeout:
+        job_spec["activeDeadlineSeconds"] = max(1, math.ceil(spec.timeout))
+    annotations = {"jupyter-launch/agent": ctx.agent_id}
+    if ctx.artifact:
+        annotations["jupyter-launch/artifact"] = ctx.artifact
+    manifests: dict[str, dict[str, Any]] = {
+        "job": {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {**meta, "annotations": annotations}, "spec": job_spec},
+    }
+    if artifact_tar is not None:
+        manifests["configmap"] = {"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": {**meta, "name": f"{name}-artifact"},
+                                  "binaryData": {ARTIFACT_KEY: base64.b64encode(artifact_tar).decode()}}
+    if ctx.secrets:
+        manifests["secret"] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                               "metadata": {**meta, "name": secret_name}, "stringData": dict(ctx.secrets)}
+    return manifests
+

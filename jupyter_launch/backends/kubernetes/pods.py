@@ -1,0 +1,157 @@
+"""A Job's pods as the Kubernetes backend follows them: the handle of one attempt, its container's state in a pod,
+and the pod's log read from its first byte to its container's end, across reconnects and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..base import JobContext
+from .bootstrap import OutputsSplitter
+from .manifests import CONTAINER
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class KubernetesHandle:
+    name: str
+    namespace: str
+    api: Any
+    ctx: JobContext
+    loop: asyncio.AbstractEventLoop
+    uid: str = ""
+    image: str = ""
+    unpushed: bool = False  # the image was built on the agent's engine and pushed nowhere
+    backoff_limit: int = 0
+    adopted: bool = False
+    pods: list[Any] = field(default_factory=list)  # the Job's pods, oldest first, from the last poll
+    exit_code: int | None = None
+    final_pod: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # wait() has its exit code
+    changed: asyncio.Event = field(default_factory=asyncio.Event)  # new pod list, or a stream ended
+    closed: threading.Event = field(default_factory=threading.Event)  # cleanup ran: stop every stream
+    splitters: dict[str, OutputsSplitter] = field(default_factory=dict)  # per pod
+    settled: bool = False  # the Job ended or was stopped by us: cleanup may delete it
+    last_reason: tuple[str, str] | None = None
+    owning: asyncio.Task[None] | None = None
+    stream_ended: bool = False
+
+
+
+class PodLogs:
+    """Reads the logs of one Job's pods into the job's log, taking the outputs' marker lines out on the way."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]], core: Any, log: logging.Logger | logging.LoggerAdapter):
+        self.call, self.core, self.log = call, core, log  # call: a blocking client call on the backend's threads
+
+    async def follow(self, handle: KubernetesHandle, ctx: JobContext, pod: str) -> None:
+        """Follow one pod's log from its first byte to its container's end, across reconnects and restarts."""
+        from kubernetes.client.exceptions import ApiException
+
+        core = self.core
+        splitter = handle.splitters.setdefault(pod, OutputsSplitter())
+        container_seen = -1  # restartCount of the container whose log we read
+        skip = 0  # bytes of this container's log already passed on (a reconnect reads it from the start)
+        delay = 0.05
+        while not handle.closed.is_set():
+            try:
+                resp = await self.call(core.read_namespaced_pod_log, pod, handle.namespace, container=CONTAINER,
+                                        follow=True, _preload_content=False)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 400:
+                    raise
+                # 400 "ContainerCreating"/"PodInitializing": not started yet. Give up once the pod ended unstarted.
+                info = await self.state(core, handle, pod)
+                if info is None or (info[0] in ("Failed", "Succeeded") and info[1] is None):
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+                continue
+            restarts = await self.call(self._restart_count, core, handle, pod)
+            if restarts != container_seen:
+                container_seen, skip = restarts, 0
+                splitter.reset()
+            got = await self.call(self._pump, resp, handle, ctx, splitter, skip)
+            fresh, skip = got > skip, max(skip, got)
+            info = await self.state(core, handle, pod)
+            if info is None or info[1] is not None and info[2] == container_seen:
+                break  # this container ended and its stream with it
+            if not fresh:
+                await asyncio.sleep(0.1)  # the container's status lags its end: look again shortly
+        rest = splitter.flush()
+        if rest:
+            ctx.log("stdout", rest)
+
+    def _pump(self, resp: Any, handle: KubernetesHandle, ctx: JobContext, splitter: OutputsSplitter,
+              skip: int) -> int:
+        """Blocking: read one log stream to its end; returns the bytes read (including the ``skip`` ones)."""
+        loop = handle.loop
+        seen = 0
+        try:
+            while not handle.closed.is_set():
+                chunk = resp.read1(READ_SIZE) if hasattr(resp, "read1") else resp.read(READ_SIZE)
+                if not chunk:
+                    break
+                if seen + len(chunk) <= skip:
+                    seen += len(chunk)
+                    continue
+                fresh = chunk[max(0, skip - seen):]
+                seen += len(chunk)
+                plain = splitter.feed(fresh)
+                if plain:
+                    loop.call_soon_threadsafe(ctx.log, "stdout", plain)
+        except Exception as exc:  # a dropped connection: the caller reconnects and skips what it has
+            self.log.debug("log stream of %s ended: %s", handle.name, exc)
+        finally:
+            resp.release_conn()
+        return seen
+
+    def _restart_count(self, core: Any, handle: KubernetesHandle, pod: str) -> int:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            p = core.read_namespaced_pod(pod, handle.namespace)
+        except ApiException:
+            return 0
+        status = next((s for s in p.status.container_statuses or [] if s.name == CONTAINER), None)
+        return status.restart_count if status else 0
+
+    async def state(self, core: Any, handle: KubernetesHandle, pod: str) -> tuple[str, Any, int] | None:
+        """(phase, the container's terminated state or None, restartCount); None when the pod is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            p = await self.call(core.read_namespaced_pod, pod, handle.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        status = next((s for s in p.status.container_statuses or [] if s.name == CONTAINER), None)
+        terminated = status.state.terminated if status and status.state else None
+        return p.status.phase, terminated, status.restart_count if status else 0
+
+
+def exit_code(pod: Any) -> int | None:
+    status = next((s for s in pod.status.container_statuses or [] if s.name == CONTAINER), None)
+    if status and status.state and status.state.terminated:
+        return status.state.terminated.exit_code
+    return None
+
+
+def never_started(pod: Any) -> bool:
+    if pod.status.phase in ("Succeeded", "Failed"):
+        return False
+    status = next((s for s in pod.status.container_statuses or [] if s.name == CONTAINER), None)
+    return not (status and status.state and (status.state.running or status.state.terminated))
+
+
+def waiting_state(pod: Any) -> Any:
+    status = next((s for s in pod.status.container_statuses or [] if s.name == CONTAINER), None)
+    return status.state.waiting if status and status.state and status.state.waiting else None
