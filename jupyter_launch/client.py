@@ -169,6 +169,20 @@ class Client:
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
 
+    # ------------------------------------------------------------ agent tokens (for remote agents)
+
+    def create_agent_token(self, name: str, queues: list[str]) -> tuple[str, Any]:
+        """A token for a remote agent serving ``queues`` (``['*']``: all); returns ``(secret, record)``, the secret
+        shown this once. Through a server, the server records its user as the creator."""
+        return self.store.create_agent_token(name, queues, created_by=self.owner)
+
+    def agent_tokens(self, *, include_revoked: bool = False) -> list[Any]:
+        return self.store.list_agent_tokens(include_revoked=include_revoked)
+
+    def revoke_agent_token(self, token_id: str) -> Any:
+        """Revoke a token by its id (or the whole token); its agent gets no more work from its next call."""
+        return self.store.revoke_agent_token(token_id)
+
     async def ensure_agent(self, queue: str) -> bool:
         """Start an agent here, on the running loop, when none serves ``queue``; True if one was started.
         Through a server this never starts one (the job waits for the server's agents)."""

@@ -60,7 +60,7 @@ Which store a command uses, the first that applies:
   3. a local running Jupyter server with jupyter-launch (from Jupyter's runtime dir): through it, its own token;
   4. the embedded store under ~/.local/share/jupyter/launch.
 `agent --server URL --token AGENT_TOKEN` works for that server over HTTP; `agent` alone runs on the store of 2 or 4
-(never a discovered server). `token` commands act on the store of 2 or 4, never through a server.
+(never a discovered server).
 """
 
 
@@ -494,9 +494,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"--Class.trait=value): {type(exc).__name__}: {exc}") from None
         if args.token and not (args.server or os.environ.get(SERVER_ENV)):
             raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
-        if args.command == "token" and args.server:
-            raise UsageError("token commands act on the store itself ($JUPYTER_LAUNCH_HOME or "
-                             "$JUPYTER_LAUNCH_STORE_URL), not through a server: run them without --server")
         return args.func(args)
     except (LocatedError, StoreError, UsageError) as exc:  # bad input (a spec, a folder to package), a refusal
         print(f"jupyter launch: error: {exc}", file=sys.stderr)

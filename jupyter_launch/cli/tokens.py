@@ -15,18 +15,11 @@ import sys
 from typing import Any
 
 from ..remote.http import TOKEN_ENV
-from .main import agent_traits
-
-
-def _store() -> Any:
-    from ..paths import default_store_url
-    from ..store import SQLStore
-
-    return SQLStore(default_store_url())
+from .main import _client, agent_traits
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    token, record = _store().create_agent_token(args.name, args.queue, created_by=os.environ.get("USER"))
+    token, record = _client(args).create_agent_token(args.name, args.queue)
     print(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:",
           file=sys.stderr)
     print(token)
@@ -34,7 +27,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    records = _store().list_agent_tokens(include_revoked=args.all)
+    records = _client(args).agent_tokens(include_revoked=args.all)
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2))
         return 0
@@ -45,7 +38,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    record = _store().revoke_agent_token(args.token_id)
+    record = _client(args).revoke_agent_token(args.token_id)
     print(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next call")
     return 0
 

@@ -175,7 +175,16 @@ def test_refused_tokens_unreachable_servers_and_misused_options_are_one_line_exi
     assert "unknown or revoked" in err
     assert "needs --token" in one_line_error(run_cli(user_env, "agent", "--server", server.url, "--queue", "remote"))
     assert "--token goes with --server" in one_line_error(run_cli(user_env, "--token", "t", "jobs"))
-    assert "not through a server" in one_line_error(run_cli(user_env, "--server", server.url, "token", "list"))
+    # Agent tokens go through a named server as every other command does (its token routes), not to a local store.
+    via = ("--server", server.url, "--token", USER_TOKEN)
+    made = run_cli(user_env, *via, "token", "create", "--name", "via-server", "--queue", "remote", check=True)
+    secret = made.stdout.strip()
+    token_id = secret.split("_")[1]
+    listed = server.api("GET", "tokens")[1]["tokens"]
+    assert secret.startswith("jla_") and [t["name"] for t in listed if t["id"] == token_id] == ["via-server"]
+    assert f"{token_id}  via-server  remote  active" in run_cli(user_env, *via, "token", "list").stdout
+    run_cli(user_env, *via, "token", "revoke", token_id, check=True)
+    assert token_id not in [t["id"] for t in server.api("GET", "tokens")[1]["tokens"]]
     assert not (tmp_path / "user-home" / "launch.db").exists()  # a named server never falls back to the local store
 
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
-
-from jupyter_launch.cli.tokens import add_token_commands
+from jupyter_launch.cli import main
 
 
 def run(*argv: str) -> None:
-    parser = argparse.ArgumentParser()
-    add_token_commands(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    assert args.func(args) == 0
+    assert main(list(argv)) == 0
 
 
 def test_token_lifecycle(launch_home, capsys):
