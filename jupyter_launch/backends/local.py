@@ -286,8 +286,9 @@ class LocalBackend(Backend):
         except JobEnvironmentError as exc:
             raise BackendError("environment_failed", str(exc)) from None
 
-    def job_env(self, ctx: JobContext, venv: Path, layer: Layer) -> dict[str, str]:
-        env = venv_variables(venv, layer, job_environment(ctx, os.environ, extra=self.pass_env))
+    def job_env(self, ctx: JobContext) -> dict[str, str]:
+        """The job's variables (the allow-list); :meth:`start` puts its Python environment in front of them."""
+        env = job_environment(ctx, os.environ, extra=self.pass_env)
         if ctx.gpu_ids or ctx.spec.resources.gpu == 0:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpu_ids)
         return env
@@ -349,7 +350,7 @@ class LocalBackend(Backend):
         out, err = pipes.child_ends
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ctx.workdir, env=self.job_env(ctx, venv, layer), stdin=asyncio.subprocess.DEVNULL,
+                *argv, cwd=ctx.workdir, env=venv_variables(venv, layer, self.job_env(ctx)), stdin=asyncio.subprocess.DEVNULL,
                 stdout=out, stderr=err, start_new_session=True, preexec_fn=_set_pdeathsig)
         except (FileNotFoundError, PermissionError) as exc:
             pipes.close()
