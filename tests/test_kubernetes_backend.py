@@ -417,7 +417,7 @@ def test_command_job_logs_outputs_and_secret_that_never_leaks(launch, tmp_path, 
 
 
 def test_a_pod_gets_its_declared_secret_nothing_of_the_agents_environment_and_a_writable_folder(
-        launch, tmp_path, k8s, monkeypatch):
+        launch, tmp_path, k8s, monkeypatch, image, docker_api):
     declared, undeclared, token = (f"{what}-{os.urandom(8).hex()}" for what in ("declared", "undeclared", "jlat"))
     monkeypatch.setenv("JL_DECLARED", declared)
     monkeypatch.setenv("JL_UNDECLARED", undeclared)
@@ -437,10 +437,12 @@ def test_a_pod_gets_its_declared_secret_nothing_of_the_agents_environment_and_a_
     assert env["JL_DECLARED"] == declared and env["GREETING"] == "hi"
     assert "JL_UNDECLARED" not in env and "JUPYTER_LAUNCH_TOKEN" not in env
     assert not [k for k, v in env.items() if undeclared in v or token in v]
-    # Nothing else of the agent's own environment came along (the machine basics, HOME or LANG, are the image's,
-    # and may happen to be equal).
-    assert not [k for k in env if k in os.environ and env[k] == os.environ[k] and k not in BASE_VARIABLES
-                and not k.startswith("LC_") and k not in JOB_VARIABLES and k != "JL_DECLARED"]
+    # Nothing else of the agent's own environment came along (the image's own variables, HOME or LANG, may happen
+    # to be equal to the agent's).
+    image_env = dict(e.split("=", 1) for e in docker_api.inspect_image(image)["Config"].get("Env") or [])
+    assert not [k for k in env if k in os.environ and env[k] == os.environ[k] and k not in image_env
+                and k not in BASE_VARIABLES and not k.startswith("LC_") and k not in JOB_VARIABLES
+                and k != "JL_DECLARED"]
     assert launch.read_output(job.id, "x.txt") == b"beside"
     assert "secret ***" in job.logs() and declared not in job.logs()  # masked before it was stored
     assert not any(wait_gone(k8s, job.id).values())
