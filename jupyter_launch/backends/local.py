@@ -32,7 +32,7 @@ from pydantic import Field
 from traitlets import Float, Integer, List, Unicode
 
 from ..spec import ProviderConfig
-from .base import Backend, BackendError, JobContext, Result, base_variables, job_environment
+from .base import JOB_VARIABLES, Backend, BackendError, JobContext, Result, base_variables, job_environment
 from .job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
 
 READ_SIZE = 256 * 1024
@@ -301,7 +301,7 @@ class LocalBackend(Backend):
             except BackendError as exc:
                 self.log.warning("queue %s: no warm runners: %s", queue, exc.message)
                 return
-            base = {**base_variables(os.environ, self.pass_env), "PYTHONUNBUFFERED": "1"}
+            base = {**base_variables(os.environ, self.pass_env), **JOB_VARIABLES}
             self._pools[queue] = WarmPool(layer, config.min_instances, base)
             self._pools[queue].top_up()
 
