@@ -496,7 +496,8 @@ def test_a_container_gets_its_declared_secret_and_nothing_of_the_agents_environm
     monkeypatch.setenv("JUPYTER_LAUNCH_TOKEN", token)  # a remote agent's own credential
     queue = docker_queue(client, f"env{transfer}", transfer=transfer)
     code = ("import json, os, pathlib\n"
-            "pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'env.json').write_text(json.dumps(dict(os.environ)))\n"
+            "out = pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'])\n"
+            "(out / 'env.json').write_text(json.dumps(dict(os.environ)))\n"
             "print('secret', os.environ['JL_DECLARED'])\n")
     job = command_job(client, tmp_path, code, queue, image=BASE_IMAGE, env={"GREETING": "hi"},
                       secrets=["JL_DECLARED"])

@@ -21,6 +21,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.backends.base import BASE_VARIABLES, JOB_VARIABLES
+from jupyter_launch.backends.job_venv import describe_interpreter
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.masking import MIN_LENGTH, Masker
 from jupyter_launch.spec import QueueConfig
@@ -212,8 +213,12 @@ def make_wheel(folder: Path, name: str = "jl_tiny", version: str = "1.0") -> Pat
         f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
-    record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip('=')},"
-                     f"{len(text.encode())}\n" for path, text in files.items()) + f"{dist}/RECORD,,\n"
+
+    def digest(text: str) -> str:
+        return base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).decode().rstrip("=")
+
+    record = "".join(f"{path},sha256={digest(text)},{len(text.encode())}\n" for path, text in files.items())
+    record += f"{dist}/RECORD,,\n"
     folder.mkdir(parents=True, exist_ok=True)
     wheel = folder / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
@@ -252,7 +257,8 @@ def test_pip_install_in_a_job_changes_that_job_only(client, tmp_path):
     assert later_job.logs() == "later job sees jl_tiny False\n"
 
 
-def test_a_job_environment_shadows_the_agents_version_of_a_package_without_touching_it(client, tmp_path):
+def test_a_job_environment_shadows_the_agents_version_of_a_package_without_touching_it(client, tmp_path,
+                                                                                      monkeypatch):
     """A job installing another version of a package the agent has: the job's wins in the job, the agent's stays."""
     folder = tmp_path / "src"
     make_wheel(folder / "v1", version="1.0")
@@ -264,16 +270,14 @@ def test_a_job_environment_shadows_the_agents_version_of_a_package_without_touch
             "subprocess.run([sys.executable, '-m', 'pip', 'install', '-q', '--no-index', "
             "'v2/jl_tiny-2.0-py3-none-any.whl'], check=True)\n"
             "import jl_tiny; print('job has', jl_tiny.VALUE)\n")
-    old = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(agent_site), old) if p)  # the agent's layer has v1
+    # The agent's environment has v1 (on its PYTHONPATH, which the layer beneath a job keeps).
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(agent_site), os.environ.get("PYTHONPATH"))
+                                                     if p))
+    describe_interpreter.cache_clear()
     try:
-        from jupyter_launch.backends.job_venv import describe_interpreter
-
-        describe_interpreter.cache_clear()
         job, = run(client, [lambda: client.submit(spec={"kind": "command", "command": ["python", "-c", code]},
                                                   root=folder)])
     finally:
-        os.environ["PYTHONPATH"] = old
         describe_interpreter.cache_clear()
     assert job.record.state == "succeeded", job.logs()
     assert "job has tiny 2.0" in job.logs()

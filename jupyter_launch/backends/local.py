@@ -350,8 +350,9 @@ class LocalBackend(Backend):
         out, err = pipes.child_ends
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ctx.workdir, env=venv_variables(venv, layer, self.job_env(ctx)), stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, preexec_fn=_set_pdeathsig)
+                *argv, cwd=ctx.workdir, env=venv_variables(venv, layer, self.job_env(ctx)),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=_set_pdeathsig)
         except (FileNotFoundError, PermissionError) as exc:
             pipes.close()
             raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
