@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from jupyter_launch.agent import make_local_agent
+from jupyter_launch.backends.base import BASE_VARIABLES, JOB_VARIABLES
 from jupyter_launch.backends.kubernetes.bootstrap import OUTPUTS_MARK, OutputsSplitter
 from jupyter_launch.backends.kubernetes.manifests import (JOB_ID_LABEL, MANAGED_BY, build_manifests, job_name,
                                                           merge_template)
@@ -412,6 +413,38 @@ def test_command_job_logs_outputs_and_secret_that_never_leaks(launch, tmp_path, 
         if db.is_file():
             assert CANARY.encode() not in db.read_bytes(), db
     assert CANARY not in caplog.text
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_a_pod_gets_its_declared_secret_nothing_of_the_agents_environment_and_a_writable_folder(
+        launch, tmp_path, k8s, monkeypatch, image, docker_api):
+    declared, undeclared, token = (f"{what}-{os.urandom(8).hex()}" for what in ("declared", "undeclared", "jlat"))
+    monkeypatch.setenv("JL_DECLARED", declared)
+    monkeypatch.setenv("JL_UNDECLARED", undeclared)
+    monkeypatch.setenv("JUPYTER_LAUNCH_TOKEN", token)  # a remote agent's own credential
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = notebook(folder, "env.ipynb",
+                    "import json, os, shutil, jupyter_launch\n"
+                    "(jupyter_launch.output_dir() / 'env.json').write_text(json.dumps(dict(os.environ)))\n"
+                    "open('x.txt', 'w').write('beside')\n"  # its folder is writable, as on local
+                    "shutil.copy('x.txt', jupyter_launch.output_dir())\n"
+                    "print('secret', os.environ['JL_DECLARED'])")
+    job = launch.submit(path, queue="k8s", env={"GREETING": "hi"}, secrets=["JL_DECLARED"])
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec, job.logs())
+    env = json.loads(launch.read_output(job.id, "env.json"))
+    assert env["JL_DECLARED"] == declared and env["GREETING"] == "hi"
+    assert "JL_UNDECLARED" not in env and "JUPYTER_LAUNCH_TOKEN" not in env
+    assert not [k for k, v in env.items() if undeclared in v or token in v]
+    # Nothing else of the agent's own environment came along (the image's own variables, HOME or LANG, may happen
+    # to be equal to the agent's).
+    image_env = dict(e.split("=", 1) for e in docker_api.inspect_image(image)["Config"].get("Env") or [])
+    assert not [k for k in env if k in os.environ and env[k] == os.environ[k] and k not in image_env
+                and k not in BASE_VARIABLES and not k.startswith("LC_") and k not in JOB_VARIABLES
+                and k != "JL_DECLARED"]
+    assert launch.read_output(job.id, "x.txt") == b"beside"
+    assert "secret ***" in job.logs() and declared not in job.logs()  # masked before it was stored
     assert not any(wait_gone(k8s, job.id).values())
 
 
