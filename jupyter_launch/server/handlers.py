@@ -227,6 +227,12 @@ class JobsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "'queue' must be a queue name")
+        owner = self.current_user.username if self.current_user else None
+        if "notebook" in data:
+            job = await self._submit_notebook(data, queue, owner)
+            self.set_header("Location", _job_url(self.base_url, job.id))
+            self.reply(job.to_dict(), 201)
+            return
         try:
             if isinstance(data.get("yaml"), str):
                 spec = parse_job_spec(data["yaml"], "<request yaml>")
@@ -245,10 +251,62 @@ class JobsHandler(LaunchHandler):
             if not self.launch.blobs.has(artifact):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
-        owner = self.current_user.username if self.current_user else None
         job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
+
+
+    async def _submit_notebook(self, data: dict[str, Any], queue: str, owner: str | None) -> Any:
+        """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
+        size limit, its environment): what the panel submits, so the job is the one any other face would make."""
+        notebook = data["notebook"]
+        options = data.get("options") or {}
+        if not isinstance(notebook, str) or not notebook.strip():
+            raise web.HTTPError(400, "'notebook' must be the notebook's path under the Jupyter root")
+        if not isinstance(options, dict):
+            raise web.HTTPError(400, "'options' must be an object of job fields")
+        unknown = sorted(set(options) - NOTEBOOK_OPTIONS)
+        if unknown:
+            raise web.HTTPError(400, _escape(f"options: {', '.join(map(repr, unknown))} cannot be set here "
+                                             f"(allowed: {', '.join(sorted(NOTEBOOK_OPTIONS))})"))
+        root = self._root()
+        path = self._root_path(root, notebook)
+        from ..errors import LocatedError
+        from ..options import JobOptions, prepare_job
+
+        def prepare_and_submit() -> Any:
+            try:
+                prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
+                return self.launch.service.submit(prepared, queue=queue, owner=owner)[0]
+            except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
+                if exc.source and os.path.commonpath([root, os.path.abspath(exc.source)]) == root:
+                    exc.source = os.path.relpath(exc.source, root)
+                raise
+
+        try:
+            return await self.store_call(prepare_and_submit)
+        except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
+            raise web.HTTPError(422, _escape(str(exc))) from None
+
+    def _root(self) -> str:
+        return os.path.realpath(self.settings.get("server_root_dir") or os.getcwd())
+
+    def _root_path(self, root: str, notebook: str) -> str:
+        """The notebook's real path, refused unless it is a notebook file inside the server's root."""
+        if os.path.isabs(notebook) or "\0" in notebook or ".." in notebook.replace("\\", "/").split("/"):
+            raise web.HTTPError(400, _escape(f"notebook: {notebook!r} must be a path under the Jupyter root, "
+                                             "without '..'"))
+        path = os.path.realpath(os.path.join(root, notebook))
+        if os.path.commonpath([root, path]) != root:
+            raise web.HTTPError(400, _escape(f"notebook: {notebook!r} leads outside the Jupyter root"))
+        if not path.endswith(".ipynb") or not os.path.isfile(path):
+            raise web.HTTPError(404, _escape(f"notebook: no notebook at {notebook!r} under the Jupyter root"))
+        return path
+
+
+# Job fields a notebook submitted by path may set; the rest (kind, notebook, code) follow from the notebook.
+NOTEBOOK_OPTIONS = frozenset({"name", "job_type", "image", "kernel", "timeout", "retries", "resources", "parameters",
+                              "env", "secrets"})
 
 
 class JobHandler(LaunchHandler):
