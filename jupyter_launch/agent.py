@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -30,7 +31,9 @@ from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
 from .spec import JobSpec, ProviderConfig
-from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
+from .store import (
+    CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full,
+)
 from .store.protocol import DiskReserve, LocalEvents, Store
 
 FLUSH_INTERVAL = 0.02
@@ -155,6 +158,8 @@ class Agent(LoggingConfigurable):
     store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
+    stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
+                       "running jobs may take to finish before they are interrupted and handed back.")
 
     @default("home")
     def _default_home(self) -> str:
@@ -173,6 +178,9 @@ class Agent(LoggingConfigurable):
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._handing_back: set[str] = set()  # jobs being interrupted to be given back, not finished
+        self._hurry = asyncio.Event()  # a graceful stop is cut short: hand back what still runs now
+        self._run_task: asyncio.Task[Any] | None = None
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._backends: dict[str, Backend] = {}
         self._free_gpus: list[int] = []
@@ -243,13 +251,33 @@ class Agent(LoggingConfigurable):
         self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
                       ", ".join(self.job_types) or "any", self._total_gpus)
 
-    async def stop(self, *, cancel_jobs: bool = True) -> None:
-        """Stop claiming; cancel running jobs (their state is reported) unless ``cancel_jobs`` is false."""
+    async def stop(self, *, hand_back: bool = False, grace: float = 0.0) -> None:
+        """Stop claiming, then deal with the jobs still running: cancel them (ended ``cancelled``, for an agent that
+        lives and dies with its user's process), or with ``hand_back`` give them up to ``grace`` seconds to finish
+        (cut short by :meth:`hurry`) and hand the rest back, interrupted and queued again with their attempt not
+        counted. A claim still in flight when the stop begins (a remote agent's long poll) is handed back when it
+        returns a job, so a job arriving while the agent stops is never claimed for nobody."""
         self._stopping.set()
         self._wake.set()
-        if cancel_jobs:
-            for event in self._cancel_events.values():
-                event.set()
+        if self._run_task is not None and self._run_task is not asyncio.current_task():
+            await asyncio.wait({self._run_task})  # its last claim has returned, and been handed back
+        with contextlib.suppress(Exception):  # it serves its queues no more, whatever it still has to finish
+            await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+        if self._running and hand_back and grace > 0:
+            self.log.info("stopping: %d running job(s) have %gs to finish before they are handed back",
+                          len(self._running), grace)
+            deadline = time.monotonic() + grace
+            hurry = asyncio.create_task(self._hurry.wait())
+            try:
+                while self._running and not hurry.done() and (left := deadline - time.monotonic()) > 0:
+                    await asyncio.wait({hurry, *self._running.values()}, timeout=left,
+                                       return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hurry.cancel()
+        for job_id, event in list(self._cancel_events.items()):
+            if hand_back:
+                self._handing_back.add(job_id)
+            event.set()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
         for unsub in self._unsubscribe:
@@ -262,8 +290,10 @@ class Agent(LoggingConfigurable):
         self._reapers.clear()
         for backend in self._backends.values():
             await backend.shutdown()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+
+    def hurry(self) -> None:
+        """Cut a graceful stop short: hand back at once the jobs it was waiting for (a second signal)."""
+        self._hurry.set()
 
     @staticmethod
     def provider_config(backend: Backend, queue_config: dict[str, Any]) -> ProviderConfig:
@@ -299,6 +329,7 @@ class Agent(LoggingConfigurable):
         """Claim and run jobs until :meth:`stop`."""
         if self._loop is None:
             await self.start()
+        self._run_task = asyncio.current_task()
         last_reap = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
@@ -320,6 +351,9 @@ class Agent(LoggingConfigurable):
                         free_gpus=len(self._free_gpus) if self._local_gpus else None)
                     if claim is None:
                         break
+                    if self._stopping.is_set():  # a long poll that outlived the stop: the job is not ours to run
+                        await self._hand_back_unstarted(claim)
+                        break
                     self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
             except RemoteAuthError as exc:
                 self._refuse(exc)
@@ -328,6 +362,14 @@ class Agent(LoggingConfigurable):
                 self.log.exception("claiming failed; retrying in %.1fs", self.poll_interval)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(self.poll_interval, self.interval))
+
+    async def _hand_back_unstarted(self, claim: Claim) -> None:
+        try:
+            await asyncio.to_thread(self.store.hand_back, claim.job.id, claim.fence)
+            self.log.info("stopping: handed back job %s, claimed as the stop began", claim.job.id)
+        except Exception:  # the lease still lapses, and the job is requeued then (as an attempt)
+            self.log.warning("could not hand back job %s; it is requeued when its lease expires", claim.job.id,
+                             exc_info=True)
 
     def _refuse(self, exc: RemoteAuthError) -> None:
         """The server refused this agent's token (revoked, or out of scope): no retry can succeed, so say so once
@@ -441,7 +483,7 @@ class Agent(LoggingConfigurable):
                 result.message = runner_result.get("message") or result.message
                 if result.finished_at_result:  # the status the runner exits with, as it promises
                     result.exit_code = 0 if result.state == SUCCEEDED else 1
-            if sink.failure is None:  # else the store has no room for them either: the job was stopped
+            if sink.failure is None and not self._given_back(job.id, result):  # else no room for them either
                 await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
         except RemoteAuthError as exc:
             self._refuse(exc)
@@ -456,15 +498,35 @@ class Agent(LoggingConfigurable):
             self._free_gpus.extend(gpu_ids)
             self._cancel_events.pop(job.id, None)
             await updates.drain()
-            if not lost.is_set():
+            given_back = self._given_back(job.id, result)
+            self._handing_back.discard(job.id)
+            if given_back and not self.keep_workdirs:  # before it is claimed again, maybe on this machine
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            if lost.is_set():
+                pass  # a newer attempt owns the job, or nothing can be reported any more
+            elif given_back:
+                await asyncio.to_thread(self._hand_back_interrupted, job.id, fence)
+            else:
                 await asyncio.to_thread(store.finish, job.id, fence, result.state, exit_code=result.exit_code,
                                         reason=result.reason, message=result.message or describe(
                                             result.reason, exit_code=result.exit_code))
-            if not self.keep_workdirs:
+            if not given_back and not self.keep_workdirs:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _given_back(self, job_id: str, result: Result) -> bool:
+        """Whether this job's end is a hand-back: interrupted by a stopping agent (not ended on its own first)."""
+        return job_id in self._handing_back and result.state == CANCELLED
+
+    def _hand_back_interrupted(self, job_id: str, fence: int) -> None:
+        try:
+            if self.store.hand_back(job_id, fence):
+                self.log.info("stopping: handed back job %s, interrupted; it runs again on the next agent", job_id)
+        except Exception:
+            self.log.warning("could not hand back job %s; it is requeued when its lease expires", job_id,
+                             exc_info=True)
 
     def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: ProviderConfig, workdir: Path,
                  gpu_ids: list[int]) -> JobContext:
@@ -554,6 +616,43 @@ class _JobSetupError(LaunchError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+async def serve(agent: Agent, stop: asyncio.Event) -> None:
+    """Run ``agent`` until ``stop`` is set (or the server refuses its token), then stop it gracefully: no new claims,
+    running jobs get ``Agent.stop_grace`` seconds to finish, the rest are handed back (:meth:`Agent.hurry` cuts the
+    wait short)."""
+    if agent._loop is None:
+        await agent.start()
+    running = asyncio.create_task(agent.run())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        # A refused token ends the agent's loop by itself, with one line saying why.
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        await agent.stop(hand_back=True, grace=agent.stop_grace)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
+
+
+def stop_on_signals(agent: Agent, stop: asyncio.Event) -> None:
+    """How `jupyter launch agent` answers signals: SIGTERM stops it gracefully (sets ``stop``); SIGINT, or a second
+    signal, hands its running jobs back at once. (SIGKILL reports nothing: their leases lapse, and they are requeued
+    as a new attempt, or fail ``lost`` with no retries left.)"""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        hurry = sig == signal.SIGINT or stop.is_set()
+        agent.log.info("%s: %s", sig.name, "handing running jobs back now" if hurry else
+                       f"stopping; running jobs have {agent.stop_grace:g}s to finish (SIGINT: hand them back now)")
+        if hurry:
+            agent.hurry()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 def make_local_agent(store: Any, queues: list[str], *, job_types: list[str] | None = None,

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -54,14 +55,32 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 STORE_HELP = """\
 Which store a command uses, the first that applies:
-  1. --server URL or $JUPYTER_LAUNCH_SERVER_URL: through that server, with --token or $JUPYTER_LAUNCH_TOKEN
-     (a server that does not answer is an error, never a silent fallback);
+  1. --server URL or $JUPYTER_LAUNCH_SERVER_URL: through that server, with the token in $JUPYTER_LAUNCH_TOKEN or in
+     --token-file FILE (mode 600; --token T works too, but every local user sees it in `ps`) (a server that does not
+     answer is an error, never a silent fallback);
   2. $JUPYTER_LAUNCH_HOME or $JUPYTER_LAUNCH_STORE_URL set: that store, embedded; no server is looked for;
   3. a local running Jupyter server with jupyter-launch (from Jupyter's runtime dir): through it, its own token;
   4. the embedded store under ~/.local/share/jupyter/launch.
-`agent --server URL --token AGENT_TOKEN` works for that server over HTTP; `agent` alone runs on the store of 2 or 4
-(never a discovered server).
+`agent --server URL` with an agent token ($JUPYTER_LAUNCH_TOKEN or --token-file FILE) works for that server over
+HTTP; `agent` alone runs on the store of 2 or 4 (never a discovered server).
 """
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``, a file only its owner may read: a token on a command line is visible to every local
+    user in `ps`, one in a file others can read is no better."""
+    try:
+        with open(path) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise UsageError(f"--token-file {path}: mode {stat.S_IMODE(mode):o} lets other users read the token; "
+                                 f"chmod 600 {path}")
+            lines = f.read().strip().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if len(lines) != 1 or not lines[0].strip():
+        raise UsageError(f"--token-file {path}: the file must hold the token alone, on one line")
+    return lines[0].strip()
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -301,13 +320,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from ..agent import make_local_agent
+    from ..agent import make_local_agent, serve, stop_on_signals
     from ..paths import default_store_url, launch_home
 
     args.server = args.server or os.environ.get(SERVER_ENV)
     if args.server:
         if not (args.token or os.environ.get(TOKEN_ENV)):
-            raise UsageError(f"agent --server needs --token (or ${TOKEN_ENV}): an agent token from `token create`")
+            raise UsageError(f"agent --server needs an agent token (from `token create`) in ${TOKEN_ENV} or in "
+                             "--token-file FILE (mode 600)")
         from .tokens import cmd_remote_agent
 
         return cmd_remote_agent(args)
@@ -323,16 +343,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent.log = logging.getLogger("jupyter_launch.agent")
 
     async def main() -> None:
-        await agent.start()
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, done.set)
-        task = asyncio.create_task(agent.run())
-        await done.wait()
-        agent.log.info("stopping: cancelling running jobs")
-        await agent.stop()
-        task.cancel()
+        stop = asyncio.Event()
+        stop_on_signals(agent, stop)
+        await serve(agent, stop)
 
     asyncio.run(main())
     return 0
@@ -371,7 +384,10 @@ def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="work through this Jupyter server (default: $JUPYTER_LAUNCH_SERVER_URL; which store a "
                              "command uses: `jupyter launch --help`)")
     parser.add_argument("--token", metavar="T", default=default,
-                        help="the server's token; for `agent`, an agent token (default: $JUPYTER_LAUNCH_TOKEN)")
+                        help="the server's token; for `agent`, an agent token (default: $JUPYTER_LAUNCH_TOKEN). Every "
+                             "local user sees a command line in `ps`: prefer the variable or --token-file")
+    parser.add_argument("--token-file", metavar="FILE", default=default,
+                        help="read the token from FILE, which only its owner may read (chmod 600 FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -460,8 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--to", help="download into this folder")
     o.set_defaults(func=cmd_outputs)
 
-    a = sub.add_parser("agent", help="run an agent in the foreground (with --server URL --token AGENT_TOKEN: for that "
-                       "server, over HTTP)", parents=[server_options])
+    a = sub.add_parser("agent", help="run an agent in the foreground (with --server URL and an agent token in "
+                       "$JUPYTER_LAUNCH_TOKEN or --token-file FILE: for that server, over HTTP). SIGTERM stops it "
+                       "gracefully (running jobs get c.Agent.stop_grace seconds, then are handed back); SIGINT, or a "
+                       "second signal, hands them back at once", parents=[server_options])
     a.add_argument("--queue", "-q", action="append", required=True)
     a.add_argument("--job-type", "-t", action="append", default=[])
     a.add_argument("--lease", type=float, help="lease seconds (default: c.Agent.lease_seconds, 30)")
@@ -492,6 +510,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # a config file that does not run, or a --Class.trait=value of the wrong type
             raise UsageError(f"Jupyter config (jupyter_launch_config.py in `jupyter --paths` config, or "
                              f"--Class.trait=value): {type(exc).__name__}: {exc}") from None
+        if getattr(args, "token_file", None):
+            if args.token:
+                raise UsageError("give --token or --token-file, not both")
+            args.token = read_token_file(args.token_file)
         if args.token and not (args.server or os.environ.get(SERVER_ENV)):
             raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
         return args.func(args)

@@ -10,7 +10,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
@@ -62,7 +61,9 @@ def add_token_commands(sub: Any) -> None:
 
 
 def cmd_remote_agent(args: argparse.Namespace) -> int:
-    """``jupyter launch agent --server URL --token T --queue Q``: work for a server over HTTP."""
+    """``jupyter launch agent --server URL --queue Q`` (the agent token in $JUPYTER_LAUNCH_TOKEN or --token-file):
+    work for a server over HTTP."""
+    from ..agent import stop_on_signals
     from ..remote.agent import make_remote_agent, run_remote_agent
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
@@ -73,9 +74,7 @@ def cmd_remote_agent(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(agent, stop)
         await run_remote_agent(agent, stop)
 
     asyncio.run(main())

@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "waiting_in_line": "waiting behind {ahead} earlier job(s) on this queue",
     "waiting_for_agent": "an agent serves this queue and will pick this job up next",
     "requeued": "the previous attempt's agent stopped answering; queued again as attempt {attempt}",
+    "handed_back": "its agent {agent_id} stopped and handed it back; queued again, not counted as an attempt",
     "claimed": "claimed by agent {agent_id}",
     "preparing": "unpacking the artifact",
     "building_image": "building the job's image",
@@ -210,6 +211,15 @@ class OutputRecord:
 
 class StoreError(LaunchError, RuntimeError):
     """A store operation that cannot be done (unknown queue, a job in the wrong state); message for a user."""
+
+
+class StoreUnusable(StoreError):
+    """The store's database cannot be used as it stands (its file damaged, its disk full): one line naming the file
+    and the fix. ``orig`` is the driver's own error (``is_disk_full`` looks through it)."""
+
+    def __init__(self, message: str, orig: BaseException | None = None):
+        super().__init__(message)
+        self.orig = orig
 
 
 class NotFound(StoreError):
