@@ -158,6 +158,9 @@ class Agent(LoggingConfigurable):
     store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
+    max_artifact_size = Integer(500 * 1024**2, config=True, help="Largest artifact this agent unpacks, in bytes (the "
+                                "files its manifest lists, in all); past it the job fails `artifact_error`. The "
+                                "default is the packaging limit's (`submit --max-size`).")
     stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
                        "running jobs may take to finish before they are interrupted and handed back.")
 
@@ -542,7 +545,7 @@ class Agent(LoggingConfigurable):
             from .artifact import ArtifactError, materialize
 
             try:
-                materialize(job.artifact, self.blobs, workdir)
+                materialize(job.artifact, self.blobs, workdir, max_size=self.max_artifact_size)
             except (ArtifactError, OSError, KeyError) as exc:
                 raise _JobSetupError("artifact_error", f"cannot unpack artifact {job.artifact}: {exc}") from None
         else:

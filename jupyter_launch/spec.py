@@ -9,6 +9,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -29,6 +30,7 @@ JOB_KINDS = ("notebook", "cell", "command")
 MAX_GPUS = 1024  # per job; also keeps the count inside the store's integer column
 # Bounds on a YAML document or a parameter value: deeper or (through aliases) larger input is refused, not expanded.
 MAX_DEPTH = 100
+MAX_JOB_NAME = 200  # characters in a job name
 MAX_VALUES = 100_000
 
 
@@ -260,6 +262,21 @@ class JobSpec(Strict):
         for key in v:
             if not _ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid secret name (it becomes an environment variable)")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v) > MAX_JOB_NAME:
+            raise ValueError(f"a job name has at most {MAX_JOB_NAME} characters, not {len(v)}")
+        for ch in v:
+            # Control characters (NUL, escapes that drive a terminal), format characters (bidi overrides that
+            # reorder what a listing shows, zero-width ones) and line breaks have no place in a one-line name.
+            if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+                raise ValueError(f"a job name cannot hold {ascii(ch)} ({unicodedata.name(ch, 'a control character')});"
+                                 " use printable characters")
         return v
 
     @field_validator("job_type")

@@ -15,6 +15,7 @@ import signal
 import stat
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,21 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+
+
+def printable(text: Any) -> str:
+    """``text`` with every control, format and line-break character written as its escape (``\\x1b``,
+    ``\\u202e``): a stored string (a job's name, a reason an agent sent) cannot drive the terminal, reorder a line
+    or start a new one."""
+    text = str(text)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[printable(x) for x in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
@@ -190,7 +205,7 @@ def _follow(client: Client, job_id: str, *, run_agent_for: str | None = None, of
                     elif item.done:
                         final.append(item)
                     elif item.state != "running":  # say why it waits, each time the reason changes
-                        print(f"[{item.state}] {item.message or item.reason}", file=sys.stderr)
+                        print(printable(f"[{item.state}] {item.message or item.reason}"), file=sys.stderr)
 
             pumping = asyncio.create_task(pump())
             stopping = asyncio.create_task(stop.wait())
@@ -206,8 +221,8 @@ def _follow(client: Client, job_id: str, *, run_agent_for: str | None = None, of
             else:
                 await pumping  # its error, if any, is the command's
             rec = final[-1] if final else await asyncio.to_thread(client.get_job, job_id)
-            print(f"job {job_id} {rec.state}" + (f": {rec.message}" if rec.state != "succeeded" and rec.message else ""),
-                  file=sys.stderr)
+            print(printable(f"job {job_id} {rec.state}" + (
+                f": {rec.message}" if rec.state != "succeeded" and rec.message else "")), file=sys.stderr)
             if rec.state == "succeeded":
                 print(f"outputs: jupyter launch outputs {job_id} --to DIR", file=sys.stderr)
             return 0 if rec.state == "succeeded" else 1
@@ -264,7 +279,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if j.progress:
         lines.append(f"progress   {j.progress.get('value')}/{j.progress.get('total') or '?'} "
                      f"{j.progress.get('description') or ''}".rstrip())
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
@@ -391,8 +406,11 @@ def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations before the command: they would be matched against the command's own options too (`outputs
+    # --to DIR` is neither --token nor --token-file).
     p = argparse.ArgumentParser(prog="jupyter launch", description="Run notebooks, cells and commands on queues.",
-                                epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     _add_server_options(p, None)
     # The same options after the command (`jupyter launch jobs --server URL`); unset there, they keep the global value.
     server_options = argparse.ArgumentParser(add_help=False)
@@ -518,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
         return args.func(args)
     except (LocatedError, StoreError, UsageError) as exc:  # bad input (a spec, a folder to package), a refusal
-        print(f"jupyter launch: error: {exc}", file=sys.stderr)
+        print(f"jupyter launch: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -14,12 +14,12 @@ import sys
 from typing import Any
 
 from ..remote.http import TOKEN_ENV
-from .main import _client, agent_traits
+from .main import _client, agent_traits, printable
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     token, record = _client(args).create_agent_token(args.name, args.queue)
-    print(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:",
+    print(printable(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:"),
           file=sys.stderr)
     print(token)
     return 0
@@ -32,13 +32,14 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         state = "revoked" if r.revoked else "active"
-        print(f"{r.id}  {r.name}  {','.join(r.queues)}  {state}")
+        print(printable(f"{r.id}  {r.name}  {','.join(r.queues)}  {state}"))
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     record = _client(args).revoke_agent_token(args.token_id)
-    print(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next call")
+    print(printable(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next "
+                    "call"))
     return 0
 
 
