@@ -24,13 +24,14 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from .artifact import DEFAULT_MAX_SIZE, format_size
 from .backends.base import Backend, JobContext, Liveness, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .errors import LaunchError
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
-from .spec import JobSpec, ProviderConfig
+from .spec import DEFAULT_MAX_LOG_SIZE, DEFAULT_MAX_OUTPUT_SIZE, JobSpec, ProviderConfig
 from .store import (
     CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full,
 )
@@ -52,13 +53,22 @@ def detect_gpus() -> list[int]:
     return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 
-class LogSink:
-    """Buffers one job's output and writes it to the store in order, in batches, off the event loop."""
+class LogTooLarge(LaunchError):
+    """A job's log passed its queue's ``max_log_size``."""
 
-    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None):
+
+class LogSink:
+    """Buffers one job's output and writes it to the store in order, in batches, off the event loop; at most
+    ``max_size`` bytes of it (past that, ``too_large`` is set and ``on_failure`` told)."""
+
+    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None,
+                 max_size: int = DEFAULT_MAX_LOG_SIZE):
         self.store, self.job_id, self.attempt, self.on_record = store, job_id, attempt, on_record
         self.on_failure = on_failure
         self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
+        self.max_size = max_size
+        self.too_large: LogTooLarge | None = None
+        self._logged = 0
         self._pieces: list[tuple[str, bytes]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
@@ -71,7 +81,19 @@ class LogSink:
         plain, records = splitter.feed(data)
         for rec in records:
             self.on_record(rec)
+        self._take(stream, plain)
+
+    def _take(self, stream: str, plain: bytes) -> None:
+        if plain and self.too_large is None and self._logged + len(plain) > self.max_size:
+            plain = plain[:self.max_size - self._logged]
+            self.too_large = LogTooLarge(f"the job's log passed its queue's max_log_size of "
+                                         f"{format_size(self.max_size)}")
+            if self.on_failure is not None:
+                self.on_failure(self.too_large)
+        elif self.too_large is not None:
+            return
         if plain:
+            self._logged += len(plain)
             if self._pieces and self._pieces[-1][0] == stream:
                 self._pieces[-1] = (stream, self._pieces[-1][1] + plain)
             else:
@@ -107,9 +129,7 @@ class LogSink:
 
     async def close(self) -> None:
         for stream, splitter in self._splitters.items():
-            rest = splitter.flush()
-            if rest:
-                self._pieces.append((stream, rest))
+            self._take(stream, splitter.flush())
         self._closed = True
         self._kick.set()
         await self._task
@@ -158,7 +178,7 @@ class Agent(LoggingConfigurable):
     store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
-    max_artifact_size = Integer(500 * 1024**2, config=True, help="Largest artifact this agent unpacks, in bytes (the "
+    max_artifact_size = Integer(DEFAULT_MAX_SIZE, config=True, help="Largest artifact this agent unpacks, in bytes (the "
                                 "files its manifest lists, in all); past it the job fails `artifact_error`. The "
                                 "default is the packaging limit's (`submit --max-size`).")
     stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
@@ -428,6 +448,8 @@ class Agent(LoggingConfigurable):
         def on_log_failure(exc: Exception) -> None:
             if isinstance(exc, RemoteAuthError):
                 self._refuse(exc)
+            elif isinstance(exc, LogTooLarge):
+                self.log.warning("job %s: %s; stopping the job", job.id, exc)
             else:
                 self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
             cancel.set()
@@ -437,6 +459,7 @@ class Agent(LoggingConfigurable):
         result = Result(FAILED, reason="agent_error")
         try:
             queue = await asyncio.to_thread(store.get_queue, job.queue)
+            sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)
             if backend.supported_features().get("local_gpus", True):
                 if spec.resources.gpu > len(self._free_gpus):
@@ -480,6 +503,10 @@ class Agent(LoggingConfigurable):
                 result = Result(FAILED, reason="log_storage_full" if full else "log_write_failed", message=(
                     f"{describe('log_storage_full' if full else 'log_write_failed')}: {cause}. The log "
                     "up to that point is kept; free space where the store lives (or fix the store) and rerun"))
+            elif sink.too_large is not None:
+                result = Result(FAILED, reason="log_too_large", message=(
+                    f"{sink.too_large}; the job was stopped. The log up to that point is kept; print less, or "
+                    "raise max_log_size in the queue's config"))
             elif runner_result and result.state != "cancelled" and result.reason != "timeout":
                 result.state = runner_result.get("state", result.state)
                 result.reason = runner_result.get("reason") or result.reason
@@ -487,7 +514,17 @@ class Agent(LoggingConfigurable):
                 if result.finished_at_result:  # the status the runner exits with, as it promises
                     result.exit_code = 0 if result.state == SUCCEEDED else 1
             if sink.failure is None and not self._given_back(job.id, result):  # else no room for them either
-                await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
+                try:
+                    await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir,
+                                            queue.config.get("max_output_size") or DEFAULT_MAX_OUTPUT_SIZE)
+                except _JobSetupError as exc:
+                    result = Result(FAILED, reason=exc.reason, message=str(exc))
+                except Exception as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    result = Result(FAILED, reason="storage_full", message=(
+                        f"{describe('storage_full')}: {getattr(exc, 'orig', None) or exc}. No output was kept; "
+                        "free space where the store's blobs live and rerun"))
         except RemoteAuthError as exc:
             self._refuse(exc)
             lost.set()  # nothing more can be reported for this job; the server requeues it when its lease expires
@@ -510,14 +547,26 @@ class Agent(LoggingConfigurable):
             elif given_back:
                 await asyncio.to_thread(self._hand_back_interrupted, job.id, fence)
             else:
-                await asyncio.to_thread(store.finish, job.id, fence, result.state, exit_code=result.exit_code,
-                                        reason=result.reason, message=result.message or describe(
-                                            result.reason, exit_code=result.exit_code))
+                await asyncio.to_thread(self._finish, job.id, fence, result)
             if not given_back and not self.keep_workdirs:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _finish(self, job_id: str, fence: int, result: Result) -> None:
+        """Record the job's end; on a disk too full for even that, free the store's reserve and record it then (a
+        job must never be left `running` by a full disk)."""
+        def finish() -> None:
+            self.store.finish(job_id, fence, result.state, exit_code=result.exit_code, reason=result.reason,
+                              message=result.message or describe(result.reason, exit_code=result.exit_code))
+
+        try:
+            finish()
+        except Exception as exc:
+            if not (is_disk_full(exc) and isinstance(self.store, DiskReserve) and self.store.release_reserve()):
+                raise
+            finish()
 
     def _given_back(self, job_id: str, result: Result) -> bool:
         """Whether this job's end is a hand-back: interrupted by a stopping agent (not ended on its own first)."""
@@ -603,13 +652,26 @@ class Agent(LoggingConfigurable):
                 del pending[:len(batch)]
                 self.store.add_metrics(job_id, batch)
 
-    def _collect_outputs(self, job_id: str, output_dir: Path) -> None:
-        records = []
+    def _collect_outputs(self, job_id: str, output_dir: Path, max_size: int) -> None:
+        """Store the job's output files, or none of them when together they pass ``max_size`` (checked by their
+        sizes before anything is copied: a sparse file counts at its full size, as it would be stored)."""
+        files = []
         if output_dir.is_dir():
             for path in sorted(output_dir.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    digest = self.blobs.put_file(path)
-                    records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, path.stat().st_size))
+                    files.append((path, path.stat().st_size))
+        total = sum(size for _, size in files)
+        if total > max_size:
+            path, size = max(files, key=lambda f: f[1])
+            raise _JobSetupError("output_too_large", (
+                f"{describe('output_too_large')}: {format_size(total)} in {len(files)} file(s), over the queue's "
+                f"max_output_size of {format_size(max_size)} (largest: {path.relative_to(output_dir).as_posix()}, "
+                f"{format_size(size)}); none was kept. Write less to the output folder, or raise max_output_size "
+                "in the queue's config"))
+        records = []
+        for path, size in files:
+            digest = self.blobs.put_file(path)
+            records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, size))
         self.store.add_outputs(job_id, records)
 
 

@@ -146,6 +146,10 @@ CommandArg = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul
 # Seconds between SIGTERM (or the backend's stop) and the kill; written like a timeout ("30s", 10).
 GracePeriod = Annotated[float, BeforeValidator(lambda v: parse_duration(v) or 10.0), Field(gt=0)]
 EnvValue = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul)]
+# A size in bytes, written like a memory size ("512Mi", "10Gi", 1048576).
+ByteSize = Annotated[int, BeforeValidator(lambda v: parse_memory(v)), Field(gt=0, le=2**62)]
+DEFAULT_MAX_LOG_SIZE = 1024**3  # a job's log, by default
+DEFAULT_MAX_OUTPUT_SIZE = 10 * 1024**3  # a job's output files together, by default
 
 
 def _check_parameter_value(value: Any, name: str, depth: int = 0) -> None:
@@ -357,6 +361,9 @@ class QueueConfig(Strict):
     agent_image: str | None = None
     job_types: list[str] = Field(default_factory=list)  # accepted job types; empty = any
     description: str | None = None
+    # Past either, the job is stopped and fails (log_too_large, output_too_large): one job cannot fill the store.
+    max_log_size: ByteSize = DEFAULT_MAX_LOG_SIZE
+    max_output_size: ByteSize = DEFAULT_MAX_OUTPUT_SIZE
 
     @field_validator("queue_name")
     @classmethod

@@ -47,6 +47,9 @@ REASONS: dict[str, str] = {
     "agent_error": "the agent failed while running the job",
     "log_storage_full": "the store ran out of disk space for the job's log; the job was stopped",
     "log_write_failed": "the job's log could not be written to the store; the job was stopped",
+    "log_too_large": "the job's log passed its queue's max_log_size; the job was stopped",
+    "output_too_large": "the job's output files together pass its queue's max_output_size",
+    "storage_full": "the store ran out of disk space for the job's outputs",
 }
 
 
