@@ -424,6 +424,7 @@ class BlobUploadMixin:
     _tmp: Any = None
     _hash: Any = None
     _size = 0
+    _write_error: OSError | None = None  # the disk refused the body (full): the rest is read and dropped
 
     async def authorize_upload(self: Any) -> None:
         """Refuse in ``prepare``: the body streams to disk as it arrives, before put()'s own @authorized check runs,
@@ -444,7 +445,11 @@ class BlobUploadMixin:
             return
         self._size += len(chunk)
         self._hash.update(chunk)
-        self._tmp.write(chunk)
+        try:
+            self._tmp.write(chunk)
+        except OSError as exc:
+            self._write_error = exc
+            self.discard_upload()  # a half-written upload must not keep the disk full
 
     def on_finish(self: Any) -> None:
         self.discard_upload()
@@ -462,9 +467,19 @@ class BlobUploadMixin:
             self._tmp = None
 
     async def finish_upload(self: Any, digest: str) -> None:
+        if self._write_error is not None:
+            if is_disk_full(self._write_error):
+                raise web.HTTPError(507, DISK_FULL)
+            raise web.HTTPError(500, _escape(f"the server could not store the upload: {self._write_error}"))
         if self._tmp is None:
             raise web.HTTPError(400, "no upload body")
-        self._tmp.close()
+        try:
+            self._tmp.close()
+        except OSError as exc:  # the last buffered write
+            self.discard_upload()
+            if is_disk_full(exc):
+                raise web.HTTPError(507, DISK_FULL) from None
+            raise
         got = "sha256:" + self._hash.hexdigest()
         if got != digest:
             raise web.HTTPError(400, f"the uploaded content's digest is {got}, not {digest}; upload it again")

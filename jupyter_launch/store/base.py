@@ -64,6 +64,8 @@ def is_disk_full(exc: BaseException) -> bool:
         text = str(cur).lower()
         if "disk is full" in text or "no space left" in text or getattr(cur, "sqlstate", None) == "53100":
             return True
+        if getattr(cur, "status", None) == 507:  # a server's answer: its store is out of disk space
+            return True
         cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
     return False
 
