@@ -377,6 +377,8 @@ class Agent(LoggingConfigurable):
                     if self._stopping.is_set():  # a long poll that outlived the stop: the job is not ours to run
                         await self._hand_back_unstarted(claim)
                         break
+                    # Its cancel event exists from now: a stop before the task first runs still reaches it.
+                    self._cancel_events[claim.job.id] = asyncio.Event()
                     self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
             except RemoteAuthError as exc:
                 self._refuse(exc)
@@ -425,8 +427,7 @@ class Agent(LoggingConfigurable):
         job, fence = claim.job, claim.fence
         spec = JobSpec.model_validate(job.spec)
         gpu_ids: list[int] = []
-        cancel = asyncio.Event()
-        self._cancel_events[job.id] = cancel
+        cancel = self._cancel_events.setdefault(job.id, asyncio.Event())
         lost = asyncio.Event()
         runner_result: dict[str, Any] = {}
         result_seen = asyncio.Event()

@@ -340,6 +340,41 @@ def test_outputs_past_the_disk_or_the_limits_end_the_job_with_a_reason_and_leave
                   log_kept_bytes=chatty["log_size"], tmp_blobs_left=0, next_job=after["state"])
 
 
+def test_a_remote_agents_output_past_the_servers_disk_fails_the_job_and_leaves_no_partial_upload(make_server,
+                                                                                                   tmpfs_50m, tmp_path):
+    server = make_server(agent_queues=[], start=False)
+    server.env["JUPYTER_LAUNCH_HOME"] = str(tmpfs_50m / "home")
+    server.start()
+    assert server.api("POST", "queues", {"queue_name": "remote"})[0] == 201
+    token = server.api("POST", "tokens", {"name": "box", "queues": ["remote"]})[1]["token"]
+    agent_home = tmp_path / "agent"
+    with open(tmp_path / "agent.log", "wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_launch.cli", "agent", "--server", server.url, "--queue", "remote"],
+            env={**server.env, "JUPYTER_LAUNCH_HOME": str(agent_home), "JUPYTER_LAUNCH_TOKEN": token},
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def run(code: str) -> dict[str, Any]:
+            status, job = server.api("POST", "jobs", {"queue": "remote", "spec": {
+                "kind": "command", "command": [sys.executable, "-c", code]}})
+            assert status == 201, job
+            until(lambda: server.api("GET", f"jobs/{job['id']}")[1]["done"], 180, f"job {job['id']} to end", 0.2)
+            return server.api("GET", f"jobs/{job['id']}")[1]
+
+        big = run("import os\nwith open(os.path.join(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'big.bin'), 'wb') as f:\n"
+                  "    f.truncate(200 * 1024**2)\n")
+        assert (big["state"], big["reason"]) == ("failed", "storage_full"), (big, (tmp_path / "agent.log").read_text())
+        uploads = tmpfs_50m / "home" / "blobs" / "tmp"  # where the server streams an upload before checking it
+        assert uploads.is_dir() and list(uploads.iterdir()) == []
+        small = run("import os\nopen(os.path.join(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'ok.txt'), 'w').write('ok')")
+        assert small["state"] == "succeeded", small
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+    record_figure("remote output past the server's disk", disk_mib=50, output_mib=200, state=big["state"],
+                  reason=big["reason"], partial_uploads_left=0, next_job=small["state"])
+
+
 def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
     from jupyter_launch.client import LaunchClient
 
