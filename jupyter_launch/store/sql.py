@@ -173,7 +173,10 @@ class SQLStore(AgentTokenRows):
         """The one-line error for ``exc`` when it says the database cannot be used (damaged, or its disk full)."""
         orig = getattr(exc, "orig", None) or exc
         where = self.path or redact_url(self.url)
-        if is_disk_full(exc):
+        # SQLite says only "disk I/O error" when a full disk stops it opening its WAL index: look at the disk.
+        io_error_on_a_full_disk = "disk i/o error" in str(orig).lower() and self.path is not None and _no_room(
+            self.path.parent)
+        if is_disk_full(exc) or io_error_on_a_full_disk:
             room = f" in {self.path.parent} (df -h {self.path.parent})" if self.path else " on the database's disk"
             return StoreUnusable(f"the store {where} cannot be written: its disk is full ({orig}); free space{room} "
                                  "and retry", orig)
@@ -658,6 +661,15 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _no_room(folder: Path) -> bool:
+    """Whether the disk under ``folder`` has less free space than a few database pages."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
 
 
 def redact_url(url: str) -> str:

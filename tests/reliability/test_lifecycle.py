@@ -4,6 +4,7 @@ agent token travels in a file only its owner reads rather than on a command line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -161,3 +162,55 @@ def test_the_cli_names_a_damaged_store_and_the_fix_in_one_line(cli_env, launch_h
     assert proc.stderr.strip().splitlines() == [
         f"jupyter launch: error: the store {store} is damaged (file is not a database): move it aside "
         f"(mv {store} {store}.damaged) to start an empty store, or put back a backup"], proc.stderr
+
+
+def test_a_standalone_agent_given_sigterm_hands_back_a_job_past_its_grace(cli_env, launch_home, tmp_path):
+    """`jupyter launch agent` on this machine's store: SIGTERM with a job that outlives the grace period hands it
+    back (queued, attempt 1 of 1), where it used to be cancelled."""
+    from jupyter_launch.client import LaunchClient
+
+    client = LaunchClient()
+    folder = tmp_path / "job"
+    folder.mkdir()
+    job = client.submit(spec=command("import time; print('up', flush=True); time.sleep(3600)"), root=folder)
+    with open(tmp_path / "agent.log", "wb") as out:
+        agent = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default",
+                                  "--Agent.stop_grace=1"], env=cli_env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        until(lambda: job.refresh().state == "running", 90, "the job to run")
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    rec = job.refresh()
+    assert (rec.state, rec.attempt, rec.retries, rec.agent_id) == ("queued", 1, 0, None), rec
+    assert "handed back" in (tmp_path / "agent.log").read_text()
+
+
+def test_the_cli_says_in_one_line_that_the_stores_disk_is_full(cli_env, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs (needs root, as CI runs): {mounted.stderr}"
+    try:
+        env = dict(cli_env, JUPYTER_LAUNCH_HOME=str(disk / "home"))
+        subprocess.run([sys.executable, "-m", "jupyter_launch.cli", "jobs"], env=env, check=True, capture_output=True,
+                       timeout=120)
+        (disk / "home" / "launch.db-reserve").unlink()  # its room goes too: the disk is as full as it gets
+        with open(disk / "filler", "wb") as f:
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(bytes(64 * 1024))
+        (tmp_path / "job.yaml").write_text("kind: command\ncommand: [true]\n")
+        proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", "submit", "--config",
+                               str(tmp_path / "job.yaml")], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"jupyter launch: error: the store {disk / 'home' / 'launch.db'} cannot be written: "
+                               "its disk is full"), lines[0]
+    assert f"free space in {disk / 'home'} (df -h {disk / 'home'}) and retry" in lines[0]
