@@ -28,6 +28,7 @@ from .artifact import DEFAULT_MAX_SIZE, format_size
 from .backends.base import Backend, JobContext, Liveness, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .errors import LaunchError
+from .masking import Masker, StreamMasker
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
@@ -58,8 +59,9 @@ class LogTooLarge(LaunchError):
 
 
 class LogSink:
-    """Buffers one job's output and writes it to the store in order, in batches, off the event loop; at most
-    ``max_size`` bytes of it (past that, ``too_large`` is set and ``on_failure`` told)."""
+    """Buffers one job's output and writes it to the store in order, in batches, off the event loop; the job's
+    secrets are masked in it and in its control records (metrics, progress, result) on the way (:mod:`.masking`).
+    At most ``max_size`` bytes of it are kept (past that, ``too_large`` is set and ``on_failure`` told)."""
 
     def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None,
                  max_size: int = DEFAULT_MAX_LOG_SIZE):
@@ -72,18 +74,29 @@ class LogSink:
         self._pieces: list[tuple[str, bytes]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
+        self._masker: Masker | None = None
+        self._masking: dict[str, StreamMasker] = {}
         self._kick = asyncio.Event()
         self._closed = False
         self._task = asyncio.create_task(self._flusher())
+
+    def mask(self, secrets: list[str]) -> None:
+        """Mask these values in everything written from now on: the job's secrets, known once it is set up, before
+        it writes anything."""
+        masker = Masker(secrets)
+        self._masker = masker if masker else None
 
     def write(self, stream: str, data: bytes) -> None:
         splitter = self._splitters.setdefault(stream, RecordSplitter())
         plain, records = splitter.feed(data)
         for rec in records:
-            self.on_record(rec)
+            self.on_record(self._masker.mask_value(rec) if self._masker else rec)
+        if plain and self._masker:
+            plain = self._masked(stream).feed(plain)
         self._take(stream, plain)
 
     def _take(self, stream: str, plain: bytes) -> None:
+        """Queue ``plain`` (already masked) for the store, up to ``max_size`` bytes in all."""
         if plain and self.too_large is None and self._logged + len(plain) > self.max_size:
             plain = plain[:self.max_size - self._logged]
             self.too_large = LogTooLarge(f"the job's log passed its queue's max_log_size of "
@@ -127,9 +140,17 @@ class LogSink:
             if self.on_failure is not None:
                 self.on_failure(exc)
 
+    def _masked(self, stream: str) -> StreamMasker:
+        if stream not in self._masking:
+            self._masking[stream] = self._masker.stream()  # type: ignore[union-attr]
+        return self._masking[stream]
+
     async def close(self) -> None:
         for stream, splitter in self._splitters.items():
-            self._take(stream, splitter.flush())
+            rest = splitter.flush()
+            if self._masker:
+                rest = self._masked(stream).feed(rest) + self._masked(stream).flush()
+            self._take(stream, rest)
         self._closed = True
         self._kick.set()
         await self._task
@@ -477,6 +498,7 @@ class Agent(LoggingConfigurable):
                 return
             ctx.cancel_requested = cancel
             ctx.result_seen = result_seen
+            sink.mask(list(ctx.secrets.values()))
             ctx.log = sink.write
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)
