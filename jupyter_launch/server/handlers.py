@@ -28,7 +28,7 @@ from jupyter_server.utils import ensure_async
 from tornado import web
 
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
-from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, is_disk_full
+from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, StoreUnusable, is_disk_full
 from ..store.blobs import _check as check_digest
 
 AUTH_RESOURCE = "launch"
@@ -41,6 +41,8 @@ DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers 
 MAX_PAGE = 500
 MAX_JOB_STATUS_IDS = 500  # job ids one status request may ask about
 LOG_READ_LIMIT = 1024 * 1024
+DISK_FULL = ("the server's store is out of disk space; nothing was changed by this request. Free space where the "
+             "store lives, then retry")
 
 
 class LaunchHandler(APIHandler):
@@ -94,14 +96,19 @@ class LaunchHandler(APIHandler):
             return await self.launch.run_store(fn, *args, **kwargs)
         except NotFound as exc:
             raise web.HTTPError(404, _escape(str(exc))) from None
+        except StoreUnusable as exc:  # a damaged database, or its disk full: not the request's fault
+            if is_disk_full(exc):
+                raise web.HTTPError(507, DISK_FULL) from None
+            self.log.error("%s", exc)  # the file and the fix, for whoever runs the server
+            raise web.HTTPError(503, "the server's store is damaged; the server's log names the file and the "
+                                     "fix") from None
         except SpecError as exc:
             raise web.HTTPError(422, _escape(str(exc))) from None
         except (StoreError, ValueError) as exc:
             raise web.HTTPError(409 if isinstance(exc, StoreError) else 400, _escape(str(exc))) from None
         except Exception as exc:
             if is_disk_full(exc):
-                raise web.HTTPError(507, "the server's store is out of disk space; nothing was changed by this "
-                                         "request. Free space where the store lives, then retry") from None
+                raise web.HTTPError(507, DISK_FULL) from None
             raise
 
     def body(self) -> dict[str, Any]:
@@ -475,6 +482,7 @@ class BlobUploadMixin:
     _tmp: Any = None
     _hash: Any = None
     _size = 0
+    _write_error: OSError | None = None  # the disk refused the body (full): the rest is read and dropped
 
     async def authorize_upload(self: Any) -> None:
         """Refuse in ``prepare``: the body streams to disk as it arrives, before put()'s own @authorized check runs,
@@ -495,7 +503,11 @@ class BlobUploadMixin:
             return
         self._size += len(chunk)
         self._hash.update(chunk)
-        self._tmp.write(chunk)
+        try:
+            self._tmp.write(chunk)
+        except OSError as exc:
+            self._write_error = exc
+            self.discard_upload()  # a half-written upload must not keep the disk full
 
     def on_finish(self: Any) -> None:
         self.discard_upload()
@@ -513,9 +525,19 @@ class BlobUploadMixin:
             self._tmp = None
 
     async def finish_upload(self: Any, digest: str) -> None:
+        if self._write_error is not None:
+            if is_disk_full(self._write_error):
+                raise web.HTTPError(507, DISK_FULL)
+            raise web.HTTPError(500, _escape(f"the server could not store the upload: {self._write_error}"))
         if self._tmp is None:
             raise web.HTTPError(400, "no upload body")
-        self._tmp.close()
+        try:
+            self._tmp.close()
+        except OSError as exc:  # the last buffered write
+            self.discard_upload()
+            if is_disk_full(exc):
+                raise web.HTTPError(507, DISK_FULL) from None
+            raise
         got = "sha256:" + self._hash.hexdigest()
         if got != digest:
             raise web.HTTPError(400, f"the uploaded content's digest is {got}, not {digest}; upload it again")
@@ -717,7 +739,7 @@ class AgentJobHandler(AgentHandler):
         store = self.launch.store
         await self.require_job(job_id)
         fence = data.get("fence")
-        if action in ("heartbeat", "state", "progress", "finish") and not isinstance(fence, int):
+        if action in ("heartbeat", "state", "progress", "finish", "hand_back") and not isinstance(fence, int):
             raise web.HTTPError(400, "'fence' (the claim's fencing token) is required")
         if action == "heartbeat":
             beat = await self.store_call(store.heartbeat, job_id, fence,
@@ -740,6 +762,8 @@ class AgentJobHandler(AgentHandler):
             ok = await self.store_call(store.finish, job_id, fence, state, exit_code=data.get("exit_code"),
                                        reason=data.get("reason"), message=data.get("message"))
             self.reply({"ok": ok})
+        elif action == "hand_back":
+            self.reply({"ok": await self.store_call(store.hand_back, job_id, fence)})
         elif action == "logs":
             try:
                 pieces = [(str(s), base64.b64decode(d)) for s, d in data.get("pieces") or []]
@@ -813,7 +837,8 @@ default_handlers = [
     (rf"{API}/agent/queues/{QUEUE}", AgentQueueHandler),
     (rf"{API}/agent/queues/{QUEUE}/jobs", AgentQueueJobsHandler),
     (rf"{API}/agent/queues/{QUEUE}/agents", AgentQueueAgentsHandler),
-    (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|logs|metrics|outputs)", AgentJobHandler),
+    (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|hand_back|logs|metrics|outputs)",
+     AgentJobHandler),
     (rf"{API}/agent/blobs/missing", AgentBlobsMissingHandler),
     (rf"{API}/agent/blobs/{DIGEST}", AgentBlobHandler),
 ]
