@@ -181,8 +181,9 @@ def test_concurrent_claims_never_share_a_job(tmp_path):
 def test_logs_keep_order_and_offsets(store):
     make_queue(store)
     job = store.enqueue("q", spec(), artifact=None)
-    store.append_logs(job.id, 1, [("stdout", b"one\n"), ("stderr", b"two\n")])
-    store.append_logs(job.id, 1, [("stdout", b"three\n")])
+    fence = store.claim_next_job("a", ["q"]).fence
+    store.append_logs(job.id, fence, [("stdout", b"one\n"), ("stderr", b"two\n")])
+    store.append_logs(job.id, fence, [("stdout", b"three\n")])
     chunks, nxt = store.read_log(job.id, 0)
     assert b"".join(c.data for c in chunks) == b"one\ntwo\nthree\n"
     assert [c.stream for c in chunks] == ["stdout", "stderr", "stdout"]
@@ -196,7 +197,7 @@ def test_big_log_pieces_are_split_and_read_back(store):
     make_queue(store)
     job = store.enqueue("q", spec(), artifact=None)
     blob = bytes(range(256)) * 5000  # 1.28 MB
-    store.append_logs(job.id, 1, [("stdout", blob)])
+    store.append_logs(job.id, store.claim_next_job("a", ["q"]).fence, [("stdout", blob)])
     got, offset = b"", 0
     while True:
         chunks, offset = store.read_log(job.id, offset, limit=300_000)

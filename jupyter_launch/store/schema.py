@@ -60,6 +60,7 @@ agents = Table(
     Column("started_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("info", JSON),
+    Column("token_id", String(16)),  # the agent token that registered it; NULL: the server's own agent
 )
 
 log_chunks = Table(
@@ -101,4 +102,12 @@ agent_tokens = Table(
     Column("created_by", String(255)),
     Column("last_used_at", Float),
     Column("revoked_at", Float),
+)
+
+# Who may read a blob through the agent routes: ``queue:NAME`` (the artifacts and outputs of that queue's jobs) or
+# ``token:ID`` (an agent token that uploaded it, proving it holds the content).
+blob_grants = Table(
+    "blob_grants", metadata,
+    Column("digest", String(80), primary_key=True),
+    Column("grantee", String(80), primary_key=True),
 )

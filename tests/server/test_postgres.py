@@ -78,6 +78,7 @@ def test_agent_tokens_and_logs_on_postgres(pg_store: Any):
     assert store.verify_agent_token(token) is None
     store.ensure_default_queue()
     job = store.enqueue("default", JobSpec(kind="command", command=["true"]), artifact=None)
-    store.append_logs(job.id, 1, [("stdout", b"a" * 300_000), ("stderr", b"b")])
+    fence = store.claim_next_job("pg-agent", ["default"]).fence
+    store.append_logs(job.id, fence, [("stdout", b"a" * 300_000), ("stderr", b"b")])
     chunks, nxt = store.read_log(job.id, 299_999)
     assert b"".join(c.data for c in chunks) == b"ab" and nxt == 300_001
