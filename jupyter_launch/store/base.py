@@ -19,7 +19,7 @@ FINAL = (SUCCEEDED, FAILED, CANCELLED)
 # Bounds on the numbers an agent reports: what a store column and JSON both hold exactly (2**53), a lease of at most
 # a week (a NaN or infinite lease would never expire), exit codes as any platform reports them.
 MAX_COUNT = 2**53
-MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 0.1, 7 * 24 * 3600.0
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 0.01, 7 * 24 * 3600.0
 MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**32 - 1
 MAX_OUTPUT_PATH = 1024  # the outputs table's path column
 MAX_PROGRESS_BYTES = 64 * 1024
