@@ -390,7 +390,8 @@ class Agent(LoggingConfigurable):
         pending_metrics: list[dict[str, Any]] = []
         updates = OrderedUpdates()
         def on_log_failure(exc: Exception) -> None:
-            if isinstance(exc, StaleClaim):  # the claim ended (lease lost, or finished): stop quietly
+            if isinstance(exc, StaleClaim):  # the claim ended (lease lost, or finished): stop, report nothing
+                self.log.warning("job %s: its claim is no longer current; stopping it", job.id)
                 lost.set()
             elif isinstance(exc, RemoteAuthError):
                 self._refuse(exc)

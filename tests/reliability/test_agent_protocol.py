@@ -394,3 +394,55 @@ def test_a_claim_is_not_taken_for_a_connection_that_went_away(probe: Probe):
         taken, _ = claim(probe, "qc")  # a live agent gets it at once
         assert taken == job_id
     record_figure("claim_for_gone_connection", rounds=rounds, stayed_queued=kept)
+
+
+# ---------------------------------------------------------------- a real remote agent whose claim is taken away
+
+
+def test_a_remote_agent_whose_claim_is_taken_stops_writing_at_once_and_quietly(probe: Probe, tmp_path: Path):
+    """A remote agent (`jupyter launch agent --server`) streaming a job's log: once the claim's fence moves on (as
+    when the server hands the job to another attempt), not one more log byte is stored, the agent stops that job
+    without a traceback, reports nothing for it, and keeps serving its queue. Without fenced log writes the old
+    claim's lines kept landing until its next heartbeat (a quarter of the lease)."""
+    server = probe.server
+    queue = "qs"
+    code, body = server.api("POST", "queues", {"queue_name": queue, "provider": {"type": "local"}})
+    assert code == 201, body
+    code, body = server.api("POST", "tokens", {"name": "box-qs", "queues": [queue]})
+    assert code == 201, body
+    env = dict(server.env, JUPYTER_LAUNCH_TOKEN=body["token"], JUPYTER_LAUNCH_HOME=str(tmp_path / "agent-home"))
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        agent = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--server", server.url,
+                                  "--queue", queue], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        code, job = server.api("POST", "jobs", {"queue": queue, "spec": {"kind": "command", "command": [
+            "python", "-c", "import time\nfor i in range(2000):\n    print('line', i, flush=True)\n    time.sleep(0.02)"]}})
+        assert code == 201, job
+        deadline = time.monotonic() + 60
+        while (now := job_of(server, job["id"]))["log_size"] < 200:
+            assert time.monotonic() < deadline and not now["done"], (now, log.read_text())
+            time.sleep(0.1)
+        db = sqlite3.connect(server.home / "launch.db", timeout=30)
+        with db:  # another attempt takes the job over
+            db.execute("UPDATE jobs SET fence = fence + 1 WHERE id = ?", (job["id"],))
+        db.close()
+        at_takeover = job_of(server, job["id"])["log_size"]
+        time.sleep(3)
+        after = job_of(server, job["id"])
+        assert after["log_size"] == at_takeover, (at_takeover, after["log_size"])
+        assert not after["done"]  # the old claim reported no end for a job that is no longer its own
+        code, quick = server.api("POST", "jobs", {"queue": queue, "spec": {"kind": "command",
+                                                                           "command": ["python", "-c", "print(1)"]}})
+        deadline = time.monotonic() + 60
+        while not (done := job_of(server, quick["id"]))["done"]:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        assert done["state"] == "succeeded", done
+        assert agent.poll() is None
+        text = log.read_text()
+        assert "Traceback" not in text and "ERROR" not in text, text
+        record_figure("remote_agent_stale_claim", log_bytes_before_takeover=at_takeover, log_bytes_after=0)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
