@@ -31,7 +31,8 @@ from tornado.iostream import StreamClosedError
 from ..remote.http import STALE_CLAIM
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
-    ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, check_number, is_disk_full,
+    ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, check_number, check_output_path,
+    is_disk_full,
 )
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
@@ -47,6 +48,7 @@ MAX_PAGE = 500
 MAX_JOB_STATUS_IDS = 500  # job ids one status request may ask about
 LOG_READ_LIMIT = 1024 * 1024
 MAX_REASON, MAX_MESSAGE = 64, 64 * 1024  # the reason column; a state message a person reads
+STATE_ARGUMENTS = ("self", "job_id", "fence", "state", "reason", "message")  # names a state's facts cannot take
 
 
 class LaunchHandler(APIHandler):
@@ -783,11 +785,13 @@ class AgentJobHandler(AgentHandler):
             if state not in ACTIVE:
                 raise web.HTTPError(400, f"state must be one of {', '.join(ACTIVE)}")
             facts = data.get("facts") or {}
-            if not isinstance(facts, dict):
-                raise web.HTTPError(400, "'facts' must be an object")
+            if not isinstance(facts, dict) or len(facts) > 32 or any(
+                    not k.isidentifier() or k in STATE_ARGUMENTS or not isinstance(v, (str, int, float, type(None)))
+                    for k, v in facts.items()):
+                raise web.HTTPError(400, "'facts' must be an object of at most 32 names with plain values (the "
+                                         "placeholders of the reason's sentence)")
             ok = await self.store_call(store.set_state, job_id, fence, state, optional_text(data, "reason", MAX_REASON),
-                                       optional_text(data, "message", MAX_MESSAGE),
-                                       **{str(k): v for k, v in facts.items()})
+                                       optional_text(data, "message", MAX_MESSAGE), **facts)
             self.reply({"ok": ok})
         elif action == "progress":
             progress = data.get("progress")
@@ -831,10 +835,12 @@ class AgentJobHandler(AgentHandler):
         blob's real size (on the API's threads: it stats the blobs)."""
         try:
             outputs = [OutputRecord(o["path"], o["digest"], o["size"]) for o in raw]
-            for o in outputs:
-                check_digest(o.digest)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"'outputs' must be {{path, digest, size}} records: {exc}") from None
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"'outputs' must be a list of {{path, digest, size}} records: {exc!r}") from None
+        for o in outputs:
+            check_output_path(o.path)
+            check_digest(o.digest)
+            check_number("size", o.size, 0, MAX_COUNT, integer=True)
         digests = {o.digest for o in outputs}
         granted = self.launch.store.granted_blobs(digests, self.token_grantees(), self.agent_token.id)
         absent = sorted(d for d in digests if d not in granted or not self.launch.blobs.has(d))
@@ -844,8 +850,7 @@ class AgentJobHandler(AgentHandler):
         for o in outputs:
             real = self.launch.blobs.path(o.digest).stat().st_size
             if o.size != real:
-                raise ValueError(_escape(f"output {o.path[:80]!r}: 'size' is {o.size!r} but its blob holds {real} "
-                                         "bytes"))
+                raise ValueError(f"output {o.path!r}: 'size' is {o.size} but its blob holds {real} bytes")
         return outputs
 
 

@@ -173,6 +173,10 @@ def test_agent_numbers_must_be_finite_and_bounded(probe: Probe):
     for field, bad in [("step", 2**70), ("step", float("nan")), ("step", "1"), ("time", float("inf")),
                        ("time", -1), ("time", 2**70)]:
         refuses(f"agent/jobs/{job_id}/metrics", {"fence": fence, "records": [{field: bad, "data": {}}]}, field)
+    # Not numbers, but the same route's other fields: a fact named like an argument answered 500.
+    for field, body in [("facts", {"facts": {"state": "x"}}), ("facts", {"facts": {"n": [1]}}),
+                        ("reason", {"reason": "r" * 65}), ("message", {"message": 7})]:
+        refuses(f"agent/jobs/{job_id}/state", {"fence": fence, "state": "running", **body}, field)
     blob = upload(probe, "qa", b"four")
     for bad in BAD_NUMBERS + [-1, 5]:
         refuses(f"agent/jobs/{job_id}/outputs", {"fence": fence, "outputs": [
