@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 
 from ..spec import JobSpec, QueueConfig
@@ -668,13 +670,10 @@ class SQLStore(AgentTokenRows):
             self._grant(c, digests, grantee)
 
     def _grant(self, c: Connection, digests: Iterable[str], grantee: str) -> None:
-        wanted = set(digests)
-        if not wanted:
-            return
-        have = set(c.execute(select(t.blob_grants.c.digest).where(
-            t.blob_grants.c.grantee == grantee, t.blob_grants.c.digest.in_(wanted))).scalars())
-        if wanted - have:
-            c.execute(t.blob_grants.insert(), [dict(digest=d, grantee=grantee) for d in sorted(wanted - have)])
+        wanted = sorted(set(digests))
+        if wanted:  # ON CONFLICT DO NOTHING: two servers on one PostgreSQL may grant the same blob at once
+            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.blob_grants).on_conflict_do_nothing()
+            c.execute(insert, [dict(digest=d, grantee=grantee) for d in wanted])
 
     def granted_blobs(self, digests: Collection[str], grantees: Collection[str] | None, token_id: str) -> set[str]:
         """Which of ``digests`` the agent token ``token_id`` may read: those granted to it or to one of
