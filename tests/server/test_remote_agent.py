@@ -181,7 +181,7 @@ async def test_a_remote_agent_leaves_other_agents_running_containers_alone(api, 
             "jupyter-launch.fence": "1"})["Id"]
         docker_api.start(leftover)
 
-        token, _ = app.tokens.create("box-docker", [queue])
+        token, _ = app.store.create_agent_token("box-docker", [queue])
         remote = make_remote_agent(server_url, token, [queue], cache_dir=tmp_path / "cache", claim_wait=1,
                                    work_root=str(tmp_path / "remote-work"), poll_interval=0.2)
         remote_run = asyncio.create_task(run_remote_agent(remote, stop))
