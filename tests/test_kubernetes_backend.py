@@ -629,7 +629,6 @@ def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_f
     from jupyter_launch.backends.base import JobContext
     from jupyter_launch.backends.kubernetes.config import KubernetesProvider
     from jupyter_launch.remote.agent import make_remote_agent, run_remote_agent
-    from jupyter_launch.server.tokens import AgentTokens
     from jupyter_launch.store import BlobStore, SQLStore
 
     queue = "k8s-shared"
@@ -648,7 +647,7 @@ def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_f
                          output_dir=tmp_path / "out", env={}, secrets={}, artifact=None, agent_id="gone")
         k8s[0].create_namespaced_job(NAMESPACE, build_manifests(ctx, image, None)["job"])  # as a dead agent left it
         store.request_cancel(ended.id)
-        token, _ = AgentTokens(store).create("box-k8s", [queue])
+        token, _ = store.create_agent_token("box-k8s", [queue])
 
         async def main():
             def agent(on_store, home):
