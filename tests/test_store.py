@@ -143,6 +143,15 @@ def test_a_claim_handed_back_is_queued_as_the_same_attempt_and_its_fence_is_dead
     assert store.hand_back(job.id, again.fence) is False  # a job its agent started is not handed back
 
 
+def test_a_claim_records_the_agent_token_that_made_it(store):
+    make_queue(store)
+    remote, local = (store.enqueue("q", spec(), artifact=None) for _ in range(2))
+    assert store.claim_next_job("box", ["q"], token_id="tokA").job.claim_token == "tokA"
+    assert store.get_job(remote.id).claim_token == "tokA"
+    assert store.claim_next_job("here", ["q"]).job.claim_token == "@local"  # an agent on the store itself
+    assert store.get_job(local.id).claim_token == "@local"
+
+
 def test_an_agent_id_is_bound_to_the_token_that_registered_it(store):
     store.register_agent("box", ["q"], [], host="h", token_id="tokA")
     store.register_agent("box", ["q", "r"], [], host="h", token_id="tokA")  # its own token may register it again

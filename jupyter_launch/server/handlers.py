@@ -710,7 +710,8 @@ class AgentClaimHandler(AgentHandler):
                 first = False
                 if self.connection_gone():
                     break
-                claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types, **kwargs)
+                claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types,
+                                              token_id=self.agent_token.id, **kwargs)
                 if claim is not None:
                     await self.deliver(claim)
                     return
@@ -771,11 +772,17 @@ class AgentJobHandler(AgentHandler):
     async def post(self, job_id: str, action: str) -> None:
         data = self.body()
         store = self.launch.store
-        await self.require_job(job_id)
+        job = await self.require_job(job_id)
         fence = data.get("fence")
         if fence is None:
             raise web.HTTPError(400, "'fence' (the claim's fencing token) is required")
         fence = number(data, "fence", None, 0, MAX_COUNT, integer=True)
+        # The current claim answers only to the token that made it (a fence is no secret: job_statuses and the user
+        # routes show it). A stale fence takes the usual path (ok false, or 409), so an agent that lost its claim
+        # learns it as before. A claim made before claims recorded their token (NULL) is left to its fence.
+        if fence == job.fence and job.state in ACTIVE and job.claim_token not in (None, self.agent_token.id):
+            raise web.HTTPError(403, f"job {job_id} is claimed by another agent; this agent token may not report "
+                                     "on it")
         if action == "heartbeat":
             beat = await self.store_call(store.heartbeat, job_id, fence, lease_seconds=number(
                 data, "lease_seconds", 30.0, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS))

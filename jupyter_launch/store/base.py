@@ -23,6 +23,7 @@ MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 0.01, 7 * 24 * 3600.0
 MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**32 - 1
 MAX_OUTPUT_PATH = 1024  # the outputs table's path column
 MAX_PROGRESS_BYTES = 64 * 1024
+LOCAL_CLAIM = "@local"  # a claim's token when an agent on the store itself (no agent token) holds it
 
 # Reason codes with the sentence a user sees. Waiting states always carry one.
 REASONS: dict[str, str] = {
@@ -165,6 +166,7 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     progress: dict[str, Any] | None
+    claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
 
     @property
     def done(self) -> bool:

@@ -46,6 +46,7 @@ jobs = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("progress", JSON),
+    Column("claim_token", String(16)),  # the agent token that holds the claim; "@local": an agent in a store's process
     Index("ix_jobs_queue_state_seq", "queue", "state", "seq"),
     Index("ix_jobs_state_lease", "state", "lease_expires"),
     Index("ix_jobs_queue_seq", "queue", "seq"),

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Engine
 from ..spec import JobSpec, QueueConfig
 from . import schema as t
 from .base import (
-    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
+    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
     MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk,
     NotFound, OutputRecord, QueueRecord, StaleClaim, StoreError, check_metric_record, check_number, check_output_path,
     check_progress, describe,
@@ -356,8 +356,10 @@ class SQLStore(AgentTokenRows):
             job.message = describe(reason, **facts)
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
-                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
-        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none."""
+                       lease_seconds: float = 30.0, free_gpus: int | None = None,
+                       token_id: str | None = None) -> Claim | None:
+        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none. ``token_id``: the
+        agent token claiming (through a server); only that token may then report on the claim."""
         check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         if free_gpus is not None:
             check_number("free_gpus", free_gpus, 0, MAX_COUNT, integer=True)
@@ -393,9 +395,10 @@ class SQLStore(AgentTokenRows):
             c.execute(t.jobs.update().where(t.jobs.c.seq == row.seq).values(
                 state=CLAIMED, agent_id=agent_id, fence=fence, lease_expires=now + lease_seconds,
                 claimed_at=now, reason="claimed", message=describe("claimed", agent_id=agent_id),
-                exit_code=None))
+                exit_code=None, claim_token=token_id or LOCAL_CLAIM))
             job = _row_to_job(row)
         job.state, job.agent_id, job.fence, job.lease_expires, job.claimed_at = CLAIMED, agent_id, fence, now + lease_seconds, now
+        job.claim_token = token_id or LOCAL_CLAIM
         self._emit("state", job.id, CLAIMED)
         return Claim(job=job, fence=fence)
 

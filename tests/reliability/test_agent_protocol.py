@@ -279,6 +279,43 @@ def test_logs_metrics_and_outputs_after_finish_or_a_lost_lease_are_refused(probe
     record_figure("stale_writes", refused_409=refusals)
 
 
+def test_a_claim_answers_only_to_the_token_that_made_it(probe: Probe):
+    """The fence is no secret (the queue's job statuses and the user routes show it): another token of the same
+    queue, or a token for every queue against the server's own agent, presenting the current fence may not report on
+    a claim it did not make (403), and the claim is untouched; its own token still reports."""
+    server = probe.server
+    code, other = server.api("POST", "tokens", {"name": "second-box-qa", "queues": ["qa"]})
+    assert code == 201, other
+    code, every = server.api("POST", "tokens", {"name": "every-queue", "queues": ["*"]})
+    assert code == 201, every
+    submit(server, "qa")
+    job_id, fence = claim(probe, "qa")
+    code, local = server.api("POST", "jobs", {"queue": "default", "spec": {
+        "kind": "command", "command": ["python", "-c", "import time; time.sleep(60)"]}})
+    assert code == 201, local
+    deadline = time.monotonic() + 60
+    while (job := job_of(server, local["id"]))["state"] != "running":  # the server's own agent runs it
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    refused = 0
+    for target, token, queue in ((job_id, other["token"], "qa"), (local["id"], every["token"], "default")):
+        code, statuses = call(server, token, "POST", f"agent/queues/{queue}/jobs", {"job_ids": [target]})
+        current = statuses["jobs"][target]["fence"]
+        for action, body in (("finish", {"state": "failed", "exit_code": 1}), ("heartbeat", {}),
+                             ("state", {"state": "running", "reason": "hijacked"}), ("progress", {"progress": {}}),
+                             ("logs", {"pieces": [["stdout", base64.b64encode(b"forged\n").decode()]]})):
+            code, answer = call(server, token, "POST", f"agent/jobs/{target}/{action}", {"fence": current, **body})
+            assert code == 403 and "claimed by another agent" in answer["message"], (target, action, code, answer)
+            refused += 1
+    assert (job_of(server, job_id)["state"], job_of(server, job_id)["log_size"]) == ("claimed", 0)
+    assert job_of(server, local["id"])["state"] == "running" and job_of(server, local["id"])["reason"] == "running"
+    server.api("POST", f"jobs/{local['id']}/cancel")
+    code, body = call(server, probe.tokens["qa"], "POST", f"agent/jobs/{job_id}/finish",
+                      {"fence": fence, "state": "succeeded", "exit_code": 0})
+    assert code == 200 and body["ok"]
+    record_figure("claim_token", refused_403=refused)
+
+
 # ---------------------------------------------------------------- outputs
 
 
