@@ -26,6 +26,7 @@ from traitlets.config import LoggingConfigurable
 from .backends.base import Backend, JobContext, Liveness, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .errors import LaunchError
+from .masking import Masker, StreamMasker
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
@@ -54,7 +55,8 @@ def detect_gpus() -> list[int]:
 
 class LogSink:
     """Buffers one job's output and writes it to the store in order, in batches, off the event loop, under the
-    claim's fence."""
+    claim's fence; the job's secrets are masked in it and in its control records (metrics, progress, result) on the
+    way (:mod:`.masking`)."""
 
     def __init__(self, store: Any, job_id: str, fence: int, on_record: Any, on_failure: Any = None):
         self.store, self.job_id, self.fence, self.on_record = store, job_id, fence, on_record
@@ -63,15 +65,25 @@ class LogSink:
         self._pieces: list[tuple[str, bytes]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
+        self._masker: Masker | None = None
+        self._masking: dict[str, StreamMasker] = {}
         self._kick = asyncio.Event()
         self._closed = False
         self._task = asyncio.create_task(self._flusher())
+
+    def mask(self, secrets: list[str]) -> None:
+        """Mask these values in everything written from now on: the job's secrets, known once it is set up, before
+        it writes anything."""
+        masker = Masker(secrets)
+        self._masker = masker if masker else None
 
     def write(self, stream: str, data: bytes) -> None:
         splitter = self._splitters.setdefault(stream, RecordSplitter())
         plain, records = splitter.feed(data)
         for rec in records:
-            self.on_record(rec)
+            self.on_record(self._masker.mask_value(rec) if self._masker else rec)
+        if plain and self._masker:
+            plain = self._masked(stream).feed(plain)
         if plain:
             if self._pieces and self._pieces[-1][0] == stream:
                 self._pieces[-1] = (stream, self._pieces[-1][1] + plain)
@@ -106,9 +118,16 @@ class LogSink:
             if self.on_failure is not None:
                 self.on_failure(exc)
 
+    def _masked(self, stream: str) -> StreamMasker:
+        if stream not in self._masking:
+            self._masking[stream] = self._masker.stream()  # type: ignore[union-attr]
+        return self._masking[stream]
+
     async def close(self) -> None:
         for stream, splitter in self._splitters.items():
             rest = splitter.flush()
+            if self._masker:
+                rest = self._masked(stream).feed(rest) + self._masked(stream).flush()
             if rest:
                 self._pieces.append((stream, rest))
         self._closed = True
@@ -420,6 +439,7 @@ class Agent(LoggingConfigurable):
                 return
             ctx.cancel_requested = cancel
             ctx.result_seen = result_seen
+            sink.mask(list(ctx.secrets.values()))
             ctx.log = sink.write
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)

@@ -13,6 +13,7 @@ import gc
 import hashlib
 import json
 import logging
+import os
 import socket
 import threading
 import time
@@ -138,10 +139,8 @@ def test_command_job_with_an_image_separates_streams_and_returns_outputs(client,
         "out = pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'])\n"
         "(out / 'sub').mkdir()\n"
         "(out / 'sub' / 'result.txt').write_text('42')\n"
-        "try:\n"
-        "    open('written-into-the-artifact', 'w')\n"
-        "except OSError as exc:\n"
-        "    print('artifact is read-only', exc.errno, file=sys.stderr)\n"),
+        "pathlib.Path('written-into-the-artifact').write_text('mine')\n"  # its own copy: writable, as on local
+        "print('wrote beside itself', pathlib.Path('written-into-the-artifact').read_text(), file=sys.stderr)\n"),
         queue, image=BASE_IMAGE, env={"GREETING": "hi"})
     run_jobs(client, [job])
     rec = job.record
@@ -151,7 +150,7 @@ def test_command_job_with_an_image_separates_streams_and_returns_outputs(client,
     err = b"".join(c.data for c in chunks if c.stream == "stderr").decode()
     assert out[:20000] == [f"out {i}" for i in range(20000)]
     assert out[20000:] == ["greeting hi"]
-    assert "to stderr\n" in err and "artifact is read-only 30" in err  # EROFS
+    assert "to stderr\n" in err and "wrote beside itself mine" in err
     assert [o.path for o in job.outputs] == ["sub/result.txt"]
     assert client.read_output(job.id, "sub/result.txt") == b"42"
 
@@ -479,11 +478,69 @@ def test_secrets_reach_the_job_but_appear_nowhere_in_inspect_logs_or_the_store(c
         assert not host.get("CapAdd") and "no-new-privileges" in host["SecurityOpt"]
         assert host["NanoCpus"] == 500_000_000 and host["Memory"] == 256 * 2**20
         modes = {m["Destination"]: m["RW"] for m in inspect["Mounts"]}
-        assert modes["/jl/work"] is False and modes["/jl/work/.jupyter-launch/outputs"] is True
+        assert modes == {"/jl/work": True}  # the attempt's own copy of the folder, read-write
     finally:
         docker_api.remove_container(kept["Id"], force=True)
     stored = json.dumps(client.store.get_job(job.id).spec)
     assert "canary-9d1e" not in stored and "canary-9d1e" not in logs
+
+
+@pytest.mark.parametrize("transfer", ["mount", "copy"])
+def test_a_container_gets_its_declared_secret_and_nothing_of_the_agents_environment(client, tmp_path, docker_api,
+                                                                                    monkeypatch, transfer):
+    declared = "declared-" + uuid.uuid4().hex
+    undeclared = "undeclared-" + uuid.uuid4().hex
+    token = "jlat_" + uuid.uuid4().hex
+    monkeypatch.setenv("JL_DECLARED", declared)
+    monkeypatch.setenv("JL_UNDECLARED", undeclared)
+    monkeypatch.setenv("JUPYTER_LAUNCH_TOKEN", token)  # a remote agent's own credential
+    queue = docker_queue(client, f"env{transfer}", transfer=transfer)
+    code = ("import json, os, pathlib\n"
+            "out = pathlib.Path(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'])\n"
+            "(out / 'env.json').write_text(json.dumps(dict(os.environ)))\n"
+            "print('secret', os.environ['JL_DECLARED'])\n")
+    job = command_job(client, tmp_path, code, queue, image=BASE_IMAGE, env={"GREETING": "hi"},
+                      secrets=["JL_DECLARED"])
+    run_jobs(client, [job], timeout=120)
+    assert job.record.state == "succeeded", (job.record.message, job.logs())
+    env = json.loads(client.read_output(job.id, "env.json"))
+    assert env["JL_DECLARED"] == declared and env["GREETING"] == "hi"
+    assert "JL_UNDECLARED" not in env and "JUPYTER_LAUNCH_TOKEN" not in env
+    assert not [k for k, v in env.items() if undeclared in v or token in v]
+    # Everything else is the image's own, the engine's (HOSTNAME, a default PATH), the wrapper shell's (PWD, SHLVL),
+    # Python's own locale coercion (LC_CTYPE) or jupyter-launch's job variables.
+    image_env = dict(e.split("=", 1) for e in docker_api.inspect_image(BASE_IMAGE)["Config"].get("Env") or [])
+    others = {k for k in env if k not in image_env and not k.startswith("JUPYTER_LAUNCH_")}
+    assert others <= {"JL_DECLARED", "GREETING", "HOSTNAME", "PATH", "HOME", "PWD", "SHLVL", "LC_CTYPE",
+                      "PYTHONUNBUFFERED"}, others
+    assert not [k for k in env if k in os.environ and env[k] == os.environ[k] and k not in image_env
+                and k not in ("JL_DECLARED", "PYTHONUNBUFFERED")]
+    assert job.logs() == "secret ***\n"  # masked before it was stored
+
+
+def test_a_notebook_writes_a_file_beside_itself_and_returns_it_as_an_output(client, tmp_path, env_image, docker_api):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    queue = docker_queue(client, "writeq")
+    folder = tmp_path / "nb"
+    folder.mkdir()
+    (folder / "data.csv").write_text("a,b\n1,2\n")
+    nb = new_notebook(cells=[
+        new_code_cell("from pathlib import Path\nPath('x.txt').write_text(Path('data.csv').read_text().upper())"),
+        new_code_cell("import shutil, jupyter_launch\nshutil.copy('x.txt', jupyter_launch.output_dir())\n"
+                      "print(open('x.txt').read())"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "writes.ipynb")
+    job = client.submit(folder / "writes.ipynb", queue=queue)
+    run_jobs(client, [job])
+    rec = job.record
+    assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec.message, job.logs())
+    assert "Errno 30" not in job.logs()
+    assert sorted(o.path for o in job.outputs) == ["writes.html", "writes.ipynb", "x.txt"]
+    assert client.read_output(job.id, "x.txt") == b"A,B\n1,2\n"
+    assert not (folder / "x.txt").exists()  # the job wrote into its own copy, not the submitted folder
 
 
 def test_secret_values_are_quoted_for_the_wrapper():

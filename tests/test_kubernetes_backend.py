@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from jupyter_launch.agent import make_local_agent
+from jupyter_launch.backends.base import BASE_VARIABLES, JOB_VARIABLES
 from jupyter_launch.backends.kubernetes.bootstrap import OUTPUTS_MARK, OutputsSplitter
 from jupyter_launch.backends.kubernetes.manifests import (JOB_ID_LABEL, MANAGED_BY, build_manifests, job_name,
                                                           merge_template)
@@ -415,6 +416,38 @@ def test_command_job_logs_outputs_and_secret_that_never_leaks(launch, tmp_path, 
     assert not any(wait_gone(k8s, job.id).values())
 
 
+def test_a_pod_gets_its_declared_secret_nothing_of_the_agents_environment_and_a_writable_folder(
+        launch, tmp_path, k8s, monkeypatch, image, docker_api):
+    declared, undeclared, token = (f"{what}-{os.urandom(8).hex()}" for what in ("declared", "undeclared", "jlat"))
+    monkeypatch.setenv("JL_DECLARED", declared)
+    monkeypatch.setenv("JL_UNDECLARED", undeclared)
+    monkeypatch.setenv("JUPYTER_LAUNCH_TOKEN", token)  # a remote agent's own credential
+    folder = tmp_path / "project"
+    folder.mkdir()
+    path = notebook(folder, "env.ipynb",
+                    "import json, os, shutil, jupyter_launch\n"
+                    "(jupyter_launch.output_dir() / 'env.json').write_text(json.dumps(dict(os.environ)))\n"
+                    "open('x.txt', 'w').write('beside')\n"  # its folder is writable, as on local
+                    "shutil.copy('x.txt', jupyter_launch.output_dir())\n"
+                    "print('secret', os.environ['JL_DECLARED'])")
+    job = launch.submit(path, queue="k8s", env={"GREETING": "hi"}, secrets=["JL_DECLARED"])
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.reason) == ("succeeded", "completed"), (rec, job.logs())
+    env = json.loads(launch.read_output(job.id, "env.json"))
+    assert env["JL_DECLARED"] == declared and env["GREETING"] == "hi"
+    assert "JL_UNDECLARED" not in env and "JUPYTER_LAUNCH_TOKEN" not in env
+    assert not [k for k, v in env.items() if undeclared in v or token in v]
+    # Nothing else of the agent's own environment came along (the image's own variables, HOME or LANG, may happen
+    # to be equal to the agent's).
+    image_env = dict(e.split("=", 1) for e in docker_api.inspect_image(image)["Config"].get("Env") or [])
+    assert not [k for k in env if k in os.environ and env[k] == os.environ[k] and k not in image_env
+                and k not in BASE_VARIABLES and not k.startswith("LC_") and k not in JOB_VARIABLES
+                and k != "JL_DECLARED"]
+    assert launch.read_output(job.id, "x.txt") == b"beside"
+    assert "secret ***" in job.logs() and declared not in job.logs()  # masked before it was stored
+    assert not any(wait_gone(k8s, job.id).values())
+
+
 def test_failing_command_reports_its_exit_code(launch, k8s):
     job = enqueue(launch, command=["sh", "-c", "echo bye; exit 3"])
     rec, = run_agent(launch, [job])
@@ -616,7 +649,11 @@ def test_the_next_agent_deletes_the_cluster_job_of_a_job_lost_with_its_agent(lau
         await agent.stop()
 
     asyncio.run(start_and_stop_an_agent())
-    assert not any(wait_gone(k8s, job.id).values()), k8s_objects(k8s, job.id)
+    # The reaper itself deleted the pod (it is terminating, or gone), not the Job's garbage collection later on.
+    pods = k8s[1].list_namespaced_pod(NAMESPACE, label_selector=f"{JOB_ID_LABEL}={job.id}").items
+    assert all(p.metadata.deletion_timestamp for p in pods), [(p.metadata.name, p.status.phase) for p in pods]
+    # How long the kubelet then takes to stop its container depends on the machine's load: give it time.
+    assert not any(wait_gone(k8s, job.id, timeout=90).values()), k8s_objects(k8s, job.id)
     assert (job.refresh().state, job.record.reason) == ("failed", "lost")
 
 

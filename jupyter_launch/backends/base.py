@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -29,6 +30,37 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "jupyter_launch.backends"
 
+# What a job is given of the environment it starts from (on the local backend, the agent's): the machine's basics,
+# nothing else. Not the agent's token, its store, its cloud credentials or any other variable of the agent's: a job
+# gets those only as declared ``secrets`` or in its spec's ``env``.
+BASE_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+                            "LD_LIBRARY_PATH"})
+BASE_PREFIXES = ("LC_",)
+# jupyter-launch's own variables for every job, besides the JUPYTER_LAUNCH_* ones the agent puts in ``ctx.env``.
+JOB_VARIABLES = {"PYTHONUNBUFFERED": "1"}
+
+
+def base_variables(environ: Mapping[str, str], extra: Iterable[str] = ()) -> dict[str, str]:
+    """The variables of ``environ`` a job may see: :data:`BASE_VARIABLES`, ``LC_*``, and the names or globs of
+    ``extra`` (a backend's ``pass_env``)."""
+    patterns = list(extra)
+    return {k: v for k, v in environ.items()
+            if k in BASE_VARIABLES or k.startswith(BASE_PREFIXES) or any(fnmatch.fnmatchcase(k, p) for p in patterns)}
+
+
+def job_environment(ctx: JobContext, base: Mapping[str, str] | None = None, *, extra: Iterable[str] = (),
+                    secrets: bool = True) -> dict[str, str]:
+    """A job's whole environment, the one allow-list of every backend: the allowed variables of ``base`` (the agent's
+    environment on the local backend; none where an image supplies its own), jupyter-launch's job variables, the
+    spec's ``env`` with the ``JUPYTER_LAUNCH_*`` variables (``ctx.env``), then the declared secrets, unless the
+    backend hands those over by another way (``secrets=False``: Docker's stdin, a Kubernetes Secret)."""
+    env = base_variables(base or {}, extra)
+    env.update(JOB_VARIABLES)
+    env.update(ctx.env)
+    if secrets:
+        env.update(ctx.secrets)
+    return env
+
 
 @dataclass
 class JobContext:
@@ -42,7 +74,7 @@ class JobContext:
     queue_config: ProviderConfig  # the queue's provider settings: the backend's ``config_model``
     workdir: Path  # the unpacked artifact, with ``.jupyter-launch/job.json`` for the runner
     output_dir: Path  # where the job's outputs must be when the backend returns
-    env: dict[str, str]  # spec env + JUPYTER_LAUNCH_* variables; no secrets
+    env: dict[str, str]  # spec env + JUPYTER_LAUNCH_* variables; no secrets (see job_environment)
     secrets: dict[str, str]  # resolved at start from the agent's environment; never stored or logged
     artifact: str | None  # manifest digest
     artifact_tar: Callable[[], Awaitable[Path]] | None = None  # the artifact as a tar file, made on demand

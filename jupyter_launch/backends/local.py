@@ -4,6 +4,9 @@ Output is read from the pipes in large chunks, straight from the event loop (:cl
 the group, a grace period, then SIGKILL. Children get PR_SET_PDEATHSIG so a killed agent leaves no job running behind
 its lease. Queues with ``min_instances`` keep warm runners, each with a kernel already started.
 
+A job sees nothing of the agent's environment beyond the allow-list of :func:`~.base.job_environment`, and runs in a
+Python environment of its own layered over the interpreter's (:mod:`.job_venv`): what it installs stays its own.
+
 A notebook or cell job ends at the runner's result record: the runner writes it once the job's outputs are in place,
 the pipes are drained of what was written before it, and the runner's own ending (a kernel shutdown, the interpreter's
 exit: a quarter of a second for a trivial notebook) goes on in the background, bounded by ``linger``.
@@ -15,18 +18,22 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
-from traitlets import Float, Integer
+from traitlets import Float, Integer, List, Unicode
 
 from ..spec import ProviderConfig
-from .base import Backend, JobContext, Result
+from .base import JOB_VARIABLES, Backend, BackendError, JobContext, Result, base_variables, job_environment
+from .job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
 
 READ_SIZE = 256 * 1024
 PYTHON_NAMES = ("python", "python3")
@@ -163,69 +170,86 @@ class LocalHandle:
     pipes: Pipes
     warm: bool = False
     runner: bool = False  # a notebook or cell job: it ends at the runner's result record
+    venv: Path | None = None  # a warm runner's environment, made outside the job's folder: removed at its end
 
 
 class WarmPool:
     """Runners with a started kernel, waiting on stdin for a job: a notebook job then skips kernel start."""
 
-    def __init__(self, python: str, size: int, env: dict[str, str]):
-        self.python = python
+    def __init__(self, layer: Layer, size: int, env: dict[str, str]):
+        self.layer = layer
         self.size = size
-        self.env = env
-        self._ready: deque[tuple[asyncio.subprocess.Process, Pipes]] = deque()
-        self._spawning = 0
+        self.env = env  # the allowed base variables: the job's own come over stdin
+        self._ready: deque[tuple[asyncio.subprocess.Process, Pipes, Path]] = deque()
+        self._spawns: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def top_up(self) -> None:
-        while not self._closed and len(self._ready) + self._spawning < self.size:
-            self._spawning += 1
-            asyncio.get_running_loop().create_task(self._spawn())
+        while not self._closed and len(self._ready) + len(self._spawns) < self.size:
+            task = asyncio.get_running_loop().create_task(self._spawn())
+            self._spawns.add(task)
+            task.add_done_callback(self._spawns.discard)
 
     async def _spawn(self) -> None:
         pipes = Pipes()
+        # The runner's environment, made before its job: the job's folder does not exist yet.
+        venv = Path(tempfile.mkdtemp(prefix="jupyter-launch-env-")) / "env"
+        proc = None
         try:
+            await asyncio.to_thread(make_job_venv, venv, self.layer)
             out, err = pipes.child_ends
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    self.python, "-m", "jupyter_launch.runner", "--warm", stdin=asyncio.subprocess.PIPE,
-                    stdout=out, stderr=err, env=self.env, start_new_session=True, preexec_fn=_set_pdeathsig)
+                    str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm",
+                    stdin=asyncio.subprocess.PIPE, stdout=out, stderr=err,
+                    env=venv_variables(venv, self.layer, self.env), start_new_session=True,
+                    preexec_fn=_set_pdeathsig)
             finally:
                 pipes.started()
             line = await pipes.readline()
             if line.strip() == b"ready" and not self._closed:
-                self._ready.append((proc, pipes))
+                self._ready.append((proc, pipes, venv))
                 return
+        except BaseException:
+            await self._discard(proc, pipes, venv)
+            raise
+        await self._discard(proc, pipes, venv)
+
+    @staticmethod
+    async def _discard(proc: asyncio.subprocess.Process | None, pipes: Pipes, venv: Path) -> None:
+        if proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            pipes.close()
-        except BaseException:
-            pipes.close()
-            raise
-        finally:
-            self._spawning -= 1
+        pipes.close()
+        remove_venv(venv)
 
     def ready_pids(self) -> list[int]:
-        return [proc.pid for proc, _ in self._ready if proc.returncode is None]
+        return [proc.pid for proc, _, _ in self._ready if proc.returncode is None]
 
-    def take(self) -> tuple[asyncio.subprocess.Process, Pipes] | None:
+    def take(self) -> tuple[asyncio.subprocess.Process, Pipes, Path] | None:
         while self._ready:
-            proc, pipes = self._ready.popleft()
+            proc, pipes, venv = self._ready.popleft()
             if proc.returncode is None:
                 self.top_up()
-                return proc, pipes
+                return proc, pipes, venv
             pipes.close()
+            remove_venv(venv)
         self.top_up()
         return None
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._spawns):  # a runner still starting (a replacement) ends too
+            task.cancel()
+        await asyncio.gather(*self._spawns, return_exceptions=True)
         while self._ready:
-            proc, pipes = self._ready.popleft()
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            pipes.close()
+            await self._discard(*self._ready.popleft())
+
+
+def remove_venv(venv: Path) -> None:
+    """Remove a warm runner's environment and the temporary folder made for it."""
+    shutil.rmtree(venv.parent, ignore_errors=True)
 
 
 class LocalBackend(Backend):
@@ -238,6 +262,10 @@ class LocalBackend(Backend):
     linger = Float(10.0, config=True, help=(
         "Seconds a runner may take to end on its own after its result record (shutting its kernel down); then its "
         "process group is killed."))
+    pass_env = List(Unicode(), config=True, help=(
+        "More variables of the agent's environment that its jobs get, by name or glob (CUDA_*, HTTPS_PROXY). "
+        "Always passed: PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR, TERM, LD_LIBRARY_PATH; "
+        "never anything else, unless declared as the job's secrets."))
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -251,18 +279,16 @@ class LocalBackend(Backend):
     def python(self, config: LocalProvider) -> str:
         return config.python or sys.executable
 
-    def base_env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        # Jobs must not inherit the agent's own store or notebook-server settings by accident.
-        for key in ("JUPYTER_LAUNCH_STORE_URL", "JPY_SESSION_NAME"):
-            env.pop(key, None)
-        env["PYTHONUNBUFFERED"] = "1"
-        return env
+    async def layer(self, config: LocalProvider) -> Layer:
+        """The environment of the queue's interpreter, which each job's own environment is layered over."""
+        try:
+            return await asyncio.to_thread(describe_interpreter, self.python(config))
+        except JobEnvironmentError as exc:
+            raise BackendError("environment_failed", str(exc)) from None
 
     def job_env(self, ctx: JobContext) -> dict[str, str]:
-        env = self.base_env()
-        env.update(ctx.env)
-        env.update(ctx.secrets)
+        """The job's variables (the allow-list); :meth:`start` puts its Python environment in front of them."""
+        env = job_environment(ctx, os.environ, extra=self.pass_env)
         if ctx.gpu_ids or ctx.spec.resources.gpu == 0:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in ctx.gpu_ids)
         return env
@@ -270,7 +296,13 @@ class LocalBackend(Backend):
     async def warm_up(self, queue: str, config: LocalProvider, agent_id: str) -> None:
         """Keep ``min_instances`` warm runners for this queue."""
         if config.min_instances and queue not in self._pools:
-            self._pools[queue] = WarmPool(self.python(config), config.min_instances, self.base_env())
+            try:
+                layer = await self.layer(config)
+            except BackendError as exc:
+                self.log.warning("queue %s: no warm runners: %s", queue, exc.message)
+                return
+            base = {**base_variables(os.environ, self.pass_env), **JOB_VARIABLES}
+            self._pools[queue] = WarmPool(layer, config.min_instances, base)
             self._pools[queue].top_up()
 
     def warm_runners(self, queue: str) -> list[int]:
@@ -286,37 +318,43 @@ class LocalBackend(Backend):
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
-        python = self.python(ctx.queue_config)
-        if ctx.spec.kind == "command":
-            argv = list(ctx.spec.command or [])
-            if ctx.spec.image:
-                ctx.log("stderr", f"[jupyter-launch] local backend: image {ctx.spec.image} is not used; "
-                                  "the job runs in the agent's environment\n".encode())
-            if argv and argv[0] in PYTHON_NAMES:
-                argv[0] = python  # "python" in a job means this environment's interpreter, not the first on PATH
-        else:
+        if ctx.spec.kind != "command":
             pool = self._pools.get(ctx.queue)
             taken = pool.take() if pool else None
             if taken is not None:
-                proc, pipes = taken
+                proc, pipes, venv = taken
                 line = json.dumps({"job_file": str(ctx.workdir / ".jupyter-launch" / "job.json"),
                                    "cwd": str(ctx.workdir), "env": {**ctx.env, **ctx.secrets,
                                    **({"CUDA_VISIBLE_DEVICES": ",".join(map(str, ctx.gpu_ids))} if ctx.gpu_ids else {})}})
                 proc.stdin.write(line.encode() + b"\n")  # type: ignore[union-attr]
                 await proc.stdin.drain()  # type: ignore[union-attr]
                 proc.stdin.close()  # type: ignore[union-attr]
-                return LocalHandle(proc, pipes, warm=True, runner=True)
+                return LocalHandle(proc, pipes, warm=True, runner=True, venv=venv)
+        layer = await self.layer(ctx.queue_config)
+        venv = ctx.workdir / ".jupyter-launch" / "env"
+        try:
+            await asyncio.to_thread(make_job_venv, venv, layer)
+        except OSError as exc:
+            raise BackendError("environment_failed", f"cannot make the job's environment in {venv}: {exc}") from None
+        python = str(venv / "bin" / "python")
+        if ctx.spec.kind == "command":
+            argv = list(ctx.spec.command or [])
+            if ctx.spec.image:
+                ctx.log("stderr", f"[jupyter-launch] local backend: image {ctx.spec.image} is not used; "
+                                  "the job runs in an environment layered over the agent's\n".encode())
+            if argv and argv[0] in PYTHON_NAMES:
+                argv[0] = python  # "python" in a job means its environment's interpreter, not the first on PATH
+        else:
             argv = [python] + ctx.runner_command[1:]
         pipes = Pipes(self.read_size)
         out, err = pipes.child_ends
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ctx.workdir, env=self.job_env(ctx), stdin=asyncio.subprocess.DEVNULL,
-                stdout=out, stderr=err, start_new_session=True, preexec_fn=_set_pdeathsig)
+                *argv, cwd=ctx.workdir, env=venv_variables(venv, layer, self.job_env(ctx)),
+                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=_set_pdeathsig)
         except (FileNotFoundError, PermissionError) as exc:
             pipes.close()
-            from .base import BackendError
-
             raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
         pipes.started()
         return LocalHandle(proc, pipes, runner=ctx.spec.kind != "command")
@@ -365,3 +403,5 @@ class LocalBackend(Backend):
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(handle.proc.wait(), 5)
         handle.pipes.close()
+        if handle.venv is not None:
+            await asyncio.to_thread(remove_venv, handle.venv)

@@ -205,3 +205,34 @@ async def test_a_remote_agent_leaves_other_agents_running_containers_alone(api, 
             await asyncio.wait_for(remote_run, 30)
         await local.stop()
         local_run.cancel()
+
+
+async def test_a_remote_agents_job_gets_neither_its_token_nor_a_declared_secret_in_clear(
+        api, start_launch, server_url, tmp_path, monkeypatch):
+    """The agent's own token in its environment (as `jupyter launch agent` reads it) never reaches its jobs, which
+    could claim work with it; a declared secret does, and what the job prints of it is stored as ***."""
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, _ = app.store.create_agent_token("box-sealed", ["remote"])
+    assert token.startswith("jla_")
+    secret = "sealed-" + "7c1d9e0b4a5f" * 2
+    monkeypatch.setenv("JUPYTER_LAUNCH_TOKEN", token)
+    monkeypatch.setenv("JL_REMOTE_SECRET", secret)
+    agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=2,
+                              work_root=str(tmp_path / "work"), poll_interval=0.2)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_remote_agent(agent, stop))
+    try:
+        code = ("import os\n"  # an agent token is jla_<id>_<secret>
+                "print('token seen', any(v.startswith('jla_') for v in os.environ.values()))\n"
+                "print('secret', os.environ['JL_REMOTE_SECRET'])\n")
+        status, job = await api("POST", "jobs", body={"queue": "remote",
+                                                      "spec": command_spec(code, secrets=["JL_REMOTE_SECRET"])})
+        assert status == 201, job
+        job = await wait_done(api, job["id"])
+        assert job["state"] == "succeeded", job
+        _, page = await api("GET", "jobs", job["id"], "logs")
+        assert "".join(c["data"] for c in page["chunks"]) == "token seen False\nsecret ***\n"
+    finally:
+        stop.set()
+        await asyncio.wait_for(runner, 30)

@@ -1,8 +1,8 @@
 """The Docker backend: each job attempt is a container on a Docker Engine, driven through the ``docker`` SDK.
 
 The image is the job's (or the queue's) when named, pulled when missing; otherwise one built from the artifact's
-environment lock, both by :class:`~jupyter_launch.images.ImageService`. The job's folder is bind-mounted read-only
-(its output folder read-write) on a local engine, or copied in on a remote one. Logs come from an attach made before
+environment lock, both by :class:`~jupyter_launch.images.ImageService`. The job's folder (this attempt's own
+unpacked copy) is bind-mounted read-write on a local engine, or copied in on a remote one. Logs come from an attach made before
 start, read from the raw socket in large chunks. Secrets never enter the container's config: a small ``sh`` wrapper
 reads them as one line on stdin, exports them and execs the job (:mod:`.container`). Queues with ``min_instances``
 keep idle containers of the queue's image (:mod:`.warm`), so a job starts by ``exec`` instead of create and start.

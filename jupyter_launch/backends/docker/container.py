@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ...images import PACKAGE_DIR, package_source
-from ..base import JobContext
+from ..base import JobContext, job_environment
 from .config import DockerProvider
 
 LABEL = "jupyter-launch"
@@ -139,9 +139,10 @@ def job_argv(ctx: JobContext) -> list[str]:
 
 
 def job_env(ctx: JobContext, built: bool) -> dict[str, str]:
-    env = dict(ctx.env)
+    """The container's environment over the image's: nothing of the agent's (the image has its own PATH, HOME...);
+    the secrets come on stdin, through the wrapper."""
+    env = job_environment(ctx, secrets=False)
     env["JUPYTER_LAUNCH_OUTPUT_DIR"] = OUTPUT_DIR  # the agent's path means nothing inside the container
-    env["PYTHONUNBUFFERED"] = "1"
     env.setdefault("HOME", "/tmp")
     if ctx.spec.kind != "command" and not built:
         env["PYTHONPATH"] = PACKAGE_DIR  # the runner, from the agent's own install (mounted or copied in)
@@ -195,9 +196,10 @@ def host_config(api: Any, ctx: JobContext, binds: dict[str, dict[str, str]] | No
 
 
 def mounts(ctx: JobContext, built: bool) -> dict[str, dict[str, str]]:
-    """The job's folder read-only, its output folder read-write (and the runner's package when the image lacks it)."""
-    binds = {str(ctx.workdir): {"bind": WORK_DIR, "mode": "ro"},
-             str(ctx.output_dir): {"bind": OUTPUT_DIR, "mode": "rw"}}
+    """The job's folder read-write, as a local job's: it is this attempt's own unpacked copy, removed after it, so what
+    the job writes there stays its own; its output folder is inside it (and the runner's package, read-only, when the
+    image lacks it)."""
+    binds = {str(ctx.workdir): {"bind": WORK_DIR, "mode": "rw"}}
     if ctx.spec.kind != "command" and not built:
         binds[str(package_source())] = {"bind": f"{PACKAGE_DIR}/jupyter_launch", "mode": "ro"}
     return binds

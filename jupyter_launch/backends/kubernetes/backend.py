@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import os
 import threading
 import time
@@ -165,9 +166,8 @@ class KubernetesBackend(Backend):
                     by_job.setdefault(job_id, []).append((kind, obj))
         if not by_job:
             return []
+        grace = max(1, math.ceil(config.grace_period))
         delete = {"job": functools.partial(batch.delete_namespaced_job, propagation_policy="Background"),
-                  # The Job's deletion takes its pods with it; one that never started is removed at once.
-                  "pod": functools.partial(core.delete_namespaced_pod, grace_period_seconds=0),
                   "configmap": core.delete_namespaced_config_map, "secret": core.delete_namespaced_secret}
         statuses = await live.jobs(sorted(by_job))
         reaped = []
@@ -178,10 +178,15 @@ class KubernetesBackend(Backend):
             self.log.info("job %s is %s but its Kubernetes objects remain; deleting %s", job_id, status.state,
                           ", ".join(obj.metadata.name for _, obj in objs))
             for kind, obj in objs:
-                if kind == "pod" and not never_started(obj):
-                    continue
+                if kind == "pod":
+                    # Deleted here rather than left to the Job's garbage collection, which a busy control plane
+                    # can delay for minutes: SIGTERM and the queue's grace period, or at once if it never started.
+                    remove: Any = functools.partial(core.delete_namespaced_pod,
+                                                    grace_period_seconds=0 if never_started(obj) else grace)
+                else:
+                    remove = delete[kind]
                 with contextlib.suppress(ApiException):
-                    await self._call(delete[kind], obj.metadata.name, namespace)
+                    await self._call(remove, obj.metadata.name, namespace)
             reaped.append(job_id)
         return reaped
 

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from ..base import JobContext
+from ..base import JobContext, job_environment
 from .bootstrap import ARTIFACT_DIR, ARTIFACT_KEY, BOOTSTRAP, LAUNCHER, WORK_DIR
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -77,8 +77,8 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
     spec = ctx.spec
     grace = float(cfg.grace_period)
     argv = list(spec.command or []) if spec.kind == "command" else ctx.runner_command
-    env = {k: v for k, v in ctx.env.items()}
-    env.update({"JUPYTER_LAUNCH_OUTPUT_DIR": f"{WORK_DIR}/.jupyter-launch/outputs", "PYTHONUNBUFFERED": "1"})
+    env = job_environment(ctx, secrets=False)  # over the image's own; the secrets come from the Secret
+    env["JUPYTER_LAUNCH_OUTPUT_DIR"] = f"{WORK_DIR}/.jupyter-launch/outputs"
     resources: dict[str, dict[str, str]] = {}
     if spec.resources.cpu:
         resources.setdefault("requests", {})["cpu"] = quantity_cpu(spec.resources.cpu)
