@@ -34,7 +34,8 @@ from .paths import launch_home
 from .remote.http import RemoteAuthError
 from .spec import DEFAULT_MAX_LOG_SIZE, DEFAULT_MAX_OUTPUT_SIZE, JobSpec, ProviderConfig
 from .store import (
-    CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full,
+    CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, StaleClaim, check_metric_record,
+    check_output_path, check_progress, describe, is_disk_full,
 )
 from .store.protocol import DiskReserve, LocalEvents, Store
 
@@ -59,13 +60,14 @@ class LogTooLarge(LaunchError):
 
 
 class LogSink:
-    """Buffers one job's output and writes it to the store in order, in batches, off the event loop; the job's
-    secrets are masked in it and in its control records (metrics, progress, result) on the way (:mod:`.masking`).
-    At most ``max_size`` bytes of it are kept (past that, ``too_large`` is set and ``on_failure`` told)."""
+    """Buffers one job's output and writes it to the store in order, in batches, off the event loop, under the
+    claim's fence; the job's secrets are masked in it and in its control records (metrics, progress, result) on the
+    way (:mod:`.masking`). At most ``max_size`` bytes of it are kept (past that, ``too_large`` is set and
+    ``on_failure`` told)."""
 
-    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None,
+    def __init__(self, store: Any, job_id: str, fence: int, on_record: Any, on_failure: Any = None,
                  max_size: int = DEFAULT_MAX_LOG_SIZE):
-        self.store, self.job_id, self.attempt, self.on_record = store, job_id, attempt, on_record
+        self.store, self.job_id, self.fence, self.on_record = store, job_id, fence, on_record
         self.on_failure = on_failure
         self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
         self.max_size = max_size
@@ -132,7 +134,7 @@ class LogSink:
         if self.failure is not None:
             return  # the log is already cut short: later output would leave a hole in the offsets
         try:
-            await asyncio.to_thread(self.store.append_logs, self.job_id, self.attempt, pieces)
+            await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence, pieces)
         except Exception as exc:
             # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die
             # silently and leave the job running with its output going nowhere.
@@ -457,18 +459,26 @@ class Agent(LoggingConfigurable):
 
         def on_record(rec: dict[str, Any]) -> None:
             kind = rec.get("type")
-            if kind == "metrics":
-                pending_metrics.append(rec)
-            elif kind == "progress":
-                updates.submit(store.set_progress, job.id, fence, rec)
-            elif kind == "result":
+            try:
+                if kind == "metrics":
+                    pending_metrics.append(check_metric_record(rec, time.time()))
+                elif kind == "progress":
+                    updates.submit(store.set_progress, job.id, fence, check_progress(rec))
+            except ValueError as exc:  # the job printed a record the store would refuse: drop it, keep the job
+                self.log.warning("job %s: a %s record was dropped: %s", job.id, kind, exc)
+            if kind in ("metrics", "progress"):
+                return
+            if kind == "result":
                 runner_result.update(rec)
                 result_seen.set()
 
         pending_metrics: list[dict[str, Any]] = []
         updates = OrderedUpdates()
         def on_log_failure(exc: Exception) -> None:
-            if isinstance(exc, RemoteAuthError):
+            if isinstance(exc, StaleClaim):  # the claim ended (lease lost, or finished): stop, report nothing
+                self.log.warning("job %s: its claim is no longer current; stopping it", job.id)
+                lost.set()
+            elif isinstance(exc, RemoteAuthError):
                 self._refuse(exc)
             elif isinstance(exc, LogTooLarge):
                 self.log.warning("job %s: %s; stopping the job", job.id, exc)
@@ -476,7 +486,7 @@ class Agent(LoggingConfigurable):
                 self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
             cancel.set()
 
-        sink = LogSink(store, job.id, job.attempt, on_record, on_log_failure)
+        sink = LogSink(store, job.id, fence, on_record, on_log_failure)
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
@@ -504,7 +514,7 @@ class Agent(LoggingConfigurable):
                 store.set_state, job.id, fence, STARTING, reason, message)
             ctx.mark_running = lambda: updates.submit(
                 store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
-            metrics_task = asyncio.create_task(self._ship_metrics(job.id, pending_metrics, lost))
+            metrics_task = asyncio.create_task(self._ship_metrics(job.id, fence, pending_metrics, lost))
             try:
                 run = asyncio.create_task(backend.run(ctx))
                 lost_wait = asyncio.create_task(lost.wait())
@@ -516,9 +526,13 @@ class Agent(LoggingConfigurable):
             finally:
                 metrics_task.cancel()
                 await sink.close()
-                await asyncio.to_thread(self._flush_metrics, job.id, pending_metrics)
+                await asyncio.to_thread(self._flush_metrics, job.id, fence, pending_metrics, lost)
                 await updates.drain()
-            if sink.failure is not None:
+            if lost.is_set():
+                pass  # the claim is no longer ours: nothing more is reported for it
+            elif isinstance(sink.failure, StaleClaim):
+                lost.set()
+            elif sink.failure is not None:
                 full = is_disk_full(sink.failure)
                 cause = getattr(sink.failure, "orig", None) or sink.failure  # the driver's words, not the SQL
                 if full and isinstance(store, DiskReserve):
@@ -536,9 +550,9 @@ class Agent(LoggingConfigurable):
                 result.message = runner_result.get("message") or result.message
                 if result.finished_at_result:  # the status the runner exits with, as it promises
                     result.exit_code = 0 if result.state == SUCCEEDED else 1
-            if sink.failure is None and not self._given_back(job.id, result):  # else no room for them either
-                try:
-                    await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir,
+            if sink.failure is None and not lost.is_set() and not self._given_back(job.id, result):
+                try:  # (else the store has no room for them either, or the claim is gone)
+                    await asyncio.to_thread(self._collect_outputs, job.id, fence, ctx.output_dir,
                                             queue.config.get("max_output_size") or DEFAULT_MAX_OUTPUT_SIZE)
                 except _JobSetupError as exc:
                     result = Result(FAILED, reason=exc.reason, message=str(exc))
@@ -548,6 +562,8 @@ class Agent(LoggingConfigurable):
                     result = Result(FAILED, reason="storage_full", message=(
                         f"{describe('storage_full')}: {getattr(exc, 'orig', None) or exc}. No output was kept; "
                         "free space where the store's blobs live and rerun"))
+        except StaleClaim:
+            lost.set()  # the claim ended under us (lease lost, or another attempt): report nothing more
         except RemoteAuthError as exc:
             self._refuse(exc)
             lost.set()  # nothing more can be reported for this job; the server requeues it when its lease expires
@@ -661,41 +677,48 @@ class Agent(LoggingConfigurable):
             if beat.cancel_requested:
                 cancel.set()
 
-    async def _ship_metrics(self, job_id: str, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
-        while True:
+    async def _ship_metrics(self, job_id: str, fence: int, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
+        while not lost.is_set():
             await asyncio.sleep(0.1)
             if pending:
-                await asyncio.to_thread(self._flush_metrics, job_id, pending)
+                await asyncio.to_thread(self._flush_metrics, job_id, fence, pending, lost)
 
-    def _flush_metrics(self, job_id: str, pending: list[dict[str, Any]]) -> None:
+    def _flush_metrics(self, job_id: str, fence: int, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
         # Called from worker threads by the shipper and by the final flush: one at a time, or records are lost.
         with self._metrics_lock:
-            if pending:
+            if pending and not lost.is_set():
                 batch = pending[:]
                 del pending[:len(batch)]
-                self.store.add_metrics(job_id, batch)
+                try:
+                    self.store.add_metrics(job_id, fence, batch)
+                except StaleClaim:  # the claim ended: the job is being stopped, its metrics go nowhere
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(lost.set)
 
-    def _collect_outputs(self, job_id: str, output_dir: Path, max_size: int) -> None:
+    def _collect_outputs(self, job_id: str, fence: int, output_dir: Path, max_size: int) -> None:
         """Store the job's output files, or none of them when together they pass ``max_size`` (checked by their
-        sizes before anything is copied: a sparse file counts at its full size, as it would be stored)."""
+        sizes before anything is copied: a sparse file counts at its full size, as it would be stored). A file whose
+        name the store refuses (a control character, too long) is skipped with a warning."""
         files = []
         if output_dir.is_dir():
             for path in sorted(output_dir.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    files.append((path, path.stat().st_size))
-        total = sum(size for _, size in files)
+                    rel = path.relative_to(output_dir).as_posix()
+                    try:
+                        check_output_path(rel)
+                    except ValueError as exc:
+                        self.log.warning("job %s: output skipped: %s", job_id, exc)
+                        continue
+                    files.append((path, rel, path.stat().st_size))
+        total = sum(size for _, _, size in files)
         if total > max_size:
-            path, size = max(files, key=lambda f: f[1])
+            _, rel, size = max(files, key=lambda f: f[2])
             raise _JobSetupError("output_too_large", (
                 f"{describe('output_too_large')}: {format_size(total)} in {len(files)} file(s), over the queue's "
-                f"max_output_size of {format_size(max_size)} (largest: {path.relative_to(output_dir).as_posix()}, "
-                f"{format_size(size)}); none was kept. Write less to the output folder, or raise max_output_size "
-                "in the queue's config"))
-        records = []
-        for path, size in files:
-            digest = self.blobs.put_file(path)
-            records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, size))
-        self.store.add_outputs(job_id, records)
+                f"max_output_size of {format_size(max_size)} (largest: {rel}, {format_size(size)}); none was kept. "
+                "Write less to the output folder, or raise max_output_size in the queue's config"))
+        records = [OutputRecord(rel, self.blobs.put_file(path), size) for path, rel, size in files]
+        self.store.add_outputs(job_id, fence, records)
 
 
 class _JobSetupError(LaunchError):

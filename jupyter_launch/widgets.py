@@ -248,7 +248,7 @@ class JobView(W.VBox):
         self.state_html.value = f'<span style="color:{colour};font-weight:600">{html.escape(record.state)}</span>'
         self.reason_label.value = reason_text(record)
         self.elapsed_label.value = elapsed_text(record)
-        if record.progress:
+        if isinstance(record.progress, dict) and record.progress:
             self.show_progress(record.progress)
 
     def tick(self) -> None:

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 
 import jupyter_launch.store.sql as sql
 from jupyter_launch.spec import JobSpec, QueueConfig
-from jupyter_launch.store import ACTIVE, NotFound, SQLStore, StoreError
+from jupyter_launch.store import ACTIVE, AgentIdTaken, NotFound, SQLStore, StaleClaim, StoreError
 from jupyter_launch.store.schema import metadata
 
 
@@ -127,6 +127,51 @@ def test_stale_fence_cannot_report(store):
     assert store.get_job(job.id).state == "succeeded"
 
 
+def test_a_claim_handed_back_is_queued_as_the_same_attempt_and_its_fence_is_dead(store):
+    make_queue(store)
+    job = store.enqueue("q", spec(), artifact=None)  # retries 0: a charged attempt would fail it as lost
+    lost = store.claim_next_job("gone", ["q"])
+    assert store.hand_back(job.id, lost.fence) is True
+    rec = store.get_job(job.id)
+    assert (rec.state, rec.attempt, rec.agent_id, rec.fence, rec.lease_expires) == ("queued", 1, None, 2, None)
+    assert store.hand_back(job.id, lost.fence) is False
+    with pytest.raises(StaleClaim):
+        store.append_logs(job.id, lost.fence, [("stdout", b"from nobody\n")])
+    again = store.claim_next_job("live", ["q"])
+    assert (again.job.id, again.job.attempt, again.fence) == (job.id, 1, 3)
+    store.set_state(job.id, again.fence, "running")
+    assert store.hand_back(job.id, again.fence) is False  # a job its agent started is not handed back
+
+
+def test_a_claim_records_the_agent_token_that_made_it(store):
+    make_queue(store)
+    remote, local = (store.enqueue("q", spec(), artifact=None) for _ in range(2))
+    assert store.claim_next_job("box", ["q"], token_id="tokA").job.claim_token == "tokA"
+    assert store.get_job(remote.id).claim_token == "tokA"
+    assert store.claim_next_job("here", ["q"]).job.claim_token == "@local"  # an agent on the store itself
+    assert store.get_job(local.id).claim_token == "@local"
+
+
+def test_an_agent_id_is_bound_to_the_token_that_registered_it(store):
+    store.register_agent("box", ["q"], [], host="h", token_id="tokA")
+    store.register_agent("box", ["q", "r"], [], host="h", token_id="tokA")  # its own token may register it again
+    for token in ("tokB", None):
+        with pytest.raises(AgentIdTaken, match="registered by agent token tokA"):
+            store.register_agent("box", ["q"], [], host="h", token_id=token)
+        with pytest.raises(AgentIdTaken):
+            store.agent_seen("box", token_id=token)
+        with pytest.raises(AgentIdTaken):
+            store.unregister_agent("box", token_id=token)
+        with pytest.raises(AgentIdTaken):
+            store.check_agent_id("box", token)
+    store.register_agent("server-own", ["q"], [], host="h")
+    with pytest.raises(AgentIdTaken, match="the server's own agent"):
+        store.unregister_agent("server-own", token_id="tokA")
+    store.check_agent_id("never-registered", "tokB")
+    store.unregister_agent("box", token_id="tokA")
+    assert [a["id"] for a in store.list_agents()] == ["server-own"]
+
+
 def test_lease_expiry_without_retries_fails_as_lost(store):
     make_queue(store)
     job = store.enqueue("q", spec(), artifact=None)
@@ -181,8 +226,9 @@ def test_concurrent_claims_never_share_a_job(tmp_path):
 def test_logs_keep_order_and_offsets(store):
     make_queue(store)
     job = store.enqueue("q", spec(), artifact=None)
-    store.append_logs(job.id, 1, [("stdout", b"one\n"), ("stderr", b"two\n")])
-    store.append_logs(job.id, 1, [("stdout", b"three\n")])
+    fence = store.claim_next_job("a", ["q"]).fence
+    store.append_logs(job.id, fence, [("stdout", b"one\n"), ("stderr", b"two\n")])
+    store.append_logs(job.id, fence, [("stdout", b"three\n")])
     chunks, nxt = store.read_log(job.id, 0)
     assert b"".join(c.data for c in chunks) == b"one\ntwo\nthree\n"
     assert [c.stream for c in chunks] == ["stdout", "stderr", "stdout"]
@@ -196,7 +242,7 @@ def test_big_log_pieces_are_split_and_read_back(store):
     make_queue(store)
     job = store.enqueue("q", spec(), artifact=None)
     blob = bytes(range(256)) * 5000  # 1.28 MB
-    store.append_logs(job.id, 1, [("stdout", blob)])
+    store.append_logs(job.id, store.claim_next_job("a", ["q"]).fence, [("stdout", blob)])
     got, offset = b"", 0
     while True:
         chunks, offset = store.read_log(job.id, offset, limit=300_000)

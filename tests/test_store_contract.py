@@ -21,7 +21,8 @@ from jupyter_launch.remote.http import RemoteAuthError
 from jupyter_launch.remote.store import HttpBlobs, HttpStore
 from jupyter_launch.spec import JobSpec, QueueConfig
 from jupyter_launch.store import (
-    CANCELLED, CLAIMED, QUEUED, RUNNING, SUCCEEDED, BlobStore, NotFound, OutputRecord, SQLStore, StoreError,
+    CANCELLED, CLAIMED, QUEUED, RUNNING, SUCCEEDED, BlobStore, NotFound, OutputRecord, SQLStore, StaleClaim,
+    StoreError,
 )
 from jupyter_launch.store.protocol import Store
 
@@ -270,11 +271,17 @@ def test_rerun_queues_the_same_spec_and_artifact_again(store):
 
 # ------------------------------------------------------------------ logs, metrics, outputs
 
-def test_logs_append_in_order_and_read_from_any_offset(store):
+def claimed(store: Any, **kw: Any) -> Any:
+    """A job of a new queue, claimed: (job, fence) for the writes an agent makes."""
     name = new_queue(store)
-    job = store.enqueue(name, spec(), artifact=None)
-    assert store.append_logs(job.id, 1, [("stdout", b"hello\n"), ("stderr", b"oops\n")]) == 11
-    assert store.append_logs(job.id, 1, [("stdout", bytes(range(256)))]) == 267
+    job = store.enqueue(name, spec(**kw), artifact=None)
+    return job, store.claim_next_job(agent_id(), [name]).fence
+
+
+def test_logs_append_in_order_and_read_from_any_offset(store):
+    job, fence = claimed(store)
+    assert store.append_logs(job.id, fence, [("stdout", b"hello\n"), ("stderr", b"oops\n")]) == 11
+    assert store.append_logs(job.id, fence, [("stdout", bytes(range(256)))]) == 267
     assert store.get_job(job.id).log_size == 267
     chunks, nxt = store.read_log(job.id)
     assert [(c.offset, c.stream, c.attempt) for c in chunks] == [(0, "stdout", 1), (6, "stderr", 1), (11, "stdout", 1)]
@@ -287,23 +294,82 @@ def test_logs_append_in_order_and_read_from_any_offset(store):
 
 
 def test_metrics_are_read_after_an_id(store):
-    name = new_queue(store)
-    job = store.enqueue(name, spec(), artifact=None)
-    store.add_metrics(job.id, [{"step": 1, "time": 10.0, "data": {"loss": 0.5}},
-                               {"step": 2, "time": 11.0, "data": {"loss": 0.25}}])
-    store.add_metrics(job.id, [])
+    job, fence = claimed(store)
+    store.add_metrics(job.id, fence, [{"step": 1, "time": 10.0, "data": {"loss": 0.5}},
+                                      {"step": 2, "time": 11.0, "data": {"loss": 0.25}}])
+    store.add_metrics(job.id, fence, [])
     metrics = store.read_metrics(job.id)
     assert [(m["step"], m["time"], m["data"]) for m in metrics] == [(1, 10.0, {"loss": 0.5}), (2, 11.0, {"loss": 0.25})]
     assert [m["step"] for m in store.read_metrics(job.id, metrics[0]["id"])] == [2]
 
 
 def test_outputs_are_listed_by_path_and_replaced_by_path(store, output_blob):
+    job, fence = claimed(store)
+    a, b = output_blob(b"first"), output_blob(b"second version")
+    store.add_outputs(job.id, fence, [OutputRecord("z/model.bin", a, 5), OutputRecord("report.html", a, 5)])
+    store.add_outputs(job.id, fence, [OutputRecord("z/model.bin", b, 14)])
+    assert store.list_outputs(job.id) == [OutputRecord("report.html", a, 5), OutputRecord("z/model.bin", b, 14)]
+
+
+def test_logs_metrics_and_outputs_need_the_current_claim(store, output_blob):
+    job, fence = claimed(store, retries=1)
+    blob = output_blob(b"late")
+    store.append_logs(job.id, fence, [("stdout", b"in time\n")])
+    for write in (lambda f: store.append_logs(job.id, f, [("stdout", b"stale\n")]),
+                  lambda f: store.add_metrics(job.id, f, [{"step": 1, "data": {"loss": 1.0}}]),
+                  lambda f: store.add_outputs(job.id, f, [OutputRecord("late.txt", blob, 4)])):
+        with pytest.raises(StaleClaim, match="no longer current"):
+            write(fence + 1)  # a fence this claim never had
+    assert store.finish(job.id, fence, SUCCEEDED, exit_code=0) is True
+    for write in (lambda f: store.append_logs(job.id, f, [("stdout", b"after finish\n")]),
+                  lambda f: store.add_metrics(job.id, f, [{"step": 2, "data": {"loss": 0.0}}]),
+                  lambda f: store.add_outputs(job.id, f, [OutputRecord("late.txt", blob, 4)])):
+        with pytest.raises(StaleClaim, match="the job is succeeded"):
+            write(fence)
+    assert store.set_progress(job.id, fence, {"value": 9}) is False
+    job = store.get_job(job.id)
+    assert (job.log_size, store.read_metrics(job.id), store.list_outputs(job.id)) == (8, [], [])
+
+
+@pytest.mark.parametrize("path", ["../escape.txt", "/etc/passwd", "a/../../b", "a//b", "./a", "line\nbreak.txt",
+                                  "nul\x00.txt", "esc\x1b[31m.txt", "x" * 1025, ""])
+def test_outputs_with_unsafe_paths_are_refused(store, output_blob, path):
+    job, fence = claimed(store)
+    blob = output_blob(b"data")
+    with pytest.raises(ValueError, match="output path"):
+        store.add_outputs(job.id, fence, [OutputRecord(path, blob, 4)])
+    assert store.list_outputs(job.id) == []
+
+
+@pytest.mark.parametrize("lease", [float("nan"), float("inf"), -1.0, 0.0, 10.0**9])
+def test_a_lease_must_be_finite_and_bounded(store, lease):
     name = new_queue(store)
     job = store.enqueue(name, spec(), artifact=None)
-    a, b = output_blob(b"first"), output_blob(b"second version")
-    store.add_outputs(job.id, [OutputRecord("z/model.bin", a, 5), OutputRecord("report.html", a, 5)])
-    store.add_outputs(job.id, [OutputRecord("z/model.bin", b, 14)])
-    assert store.list_outputs(job.id) == [OutputRecord("report.html", a, 5), OutputRecord("z/model.bin", b, 14)]
+    with pytest.raises(ValueError, match="'lease_seconds' must be a number"):
+        store.claim_next_job(agent_id(), [name], lease_seconds=lease)
+    assert store.get_job(job.id).state == QUEUED
+    fence = store.claim_next_job(agent_id(), [name]).fence
+    with pytest.raises(ValueError, match="'lease_seconds' must be a number"):
+        store.heartbeat(job.id, fence, lease_seconds=lease)
+    assert store.get_job(job.id).lease_expires < time.time() + 60
+
+
+@pytest.mark.parametrize("record, field", [({"step": 2**70}, "step"), ({"step": "one"}, "step"),
+                                           ({"time": float("nan")}, "time"), ({"data": [1, 2]}, "data"),
+                                           ({"data": {"loss": float("inf")}}, "data"), ("loss", "object")])
+def test_metric_records_must_hold_bounded_numbers_and_an_object(store, record, field):
+    job, fence = claimed(store)
+    with pytest.raises(ValueError, match=field):
+        store.add_metrics(job.id, fence, [record])
+    assert store.read_metrics(job.id) == []
+
+
+@pytest.mark.parametrize("progress", [[1, 2], "half", 3, {"value": float("nan")}, {"text": "x" * 70_000}])
+def test_progress_must_be_a_bounded_json_object(store, progress):
+    job, fence = claimed(store)
+    with pytest.raises(ValueError, match="'progress'"):
+        store.set_progress(job.id, fence, progress)
+    assert store.get_job(job.id).progress is None
 
 
 # ------------------------------------------------------------------ agents and tokens

@@ -276,7 +276,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"artifact   {j.artifact or '-'}",
         f"log        {j.log_size} bytes",
     ]
-    if j.progress:
+    if isinstance(j.progress, dict) and j.progress:  # a store written by an older server may hold anything here
         lines.append(f"progress   {j.progress.get('value')}/{j.progress.get('total') or '?'} "
                      f"{j.progress.get('description') or ''}".rstrip())
     print("\n".join(printable(line) for line in lines))

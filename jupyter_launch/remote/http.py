@@ -13,17 +13,25 @@ from ..store import JobRecord, NotFound, QueueRecord, StoreError
 
 API = "launch/api"
 SERVER_ENV, TOKEN_ENV = "JUPYTER_LAUNCH_SERVER_URL", "JUPYTER_LAUNCH_TOKEN"
+STALE_CLAIM = "stale_claim"  # the reason of a 409 refusing a write for a claim that is no longer current
 _JOB_FIELDS = [f.name for f in fields(JobRecord)]
 _QUEUE_FIELDS = [f.name for f in fields(QueueRecord)]
 
 
 class RemoteError(StoreError):
     """A server refused or failed a call; the message is the server's own, ``status`` its HTTP status (0: no
-    answer). A store error, like any other store's: a caller need not know the store is behind a server."""
+    answer), ``reason`` the error's reason code when the server gave one. A store error, like any other store's: a
+    caller need not know the store is behind a server."""
 
-    def __init__(self, message: str, status: int):
+    def __init__(self, message: str, status: int, reason: str | None = None):
         super().__init__(message)
         self.status = status
+        self.reason = reason
+
+
+class RemoteBadRequest(RemoteError, ValueError):
+    """The server refused a value of the call (400): a ``ValueError`` as the same call on a store in this process
+    raises."""
 
 
 class RemoteAuthError(RemoteError):
@@ -110,9 +118,9 @@ class Http:
                                       resp.status)
             if resp.status == 404:
                 raise NotFound(message)
-            if resp.status == 429:
-                raise RemoteError(message, 429)
-            raise RemoteError(message, resp.status)
+            reason = parsed.get("reason") if isinstance(parsed, dict) else None
+            cls = RemoteBadRequest if resp.status == 400 else RemoteError
+            raise cls(message, resp.status, reason if isinstance(reason, str) else None)
         return resp.status, parsed
 
     def close(self) -> None:

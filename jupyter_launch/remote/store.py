@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from ..store import (
-    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, sha256_file,
+    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim,
+    sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
-from .http import Http, RemoteAuthError, RemoteError, job_record, queue_record
+from .http import STALE_CLAIM, Http, RemoteAuthError, RemoteError, job_record, queue_record
 
 _USER_ROUTES = "queues, jobs, logs, metrics, outputs, agents and tokens"
 _AGENT_ROUTES = "registering, claiming and reporting on claimed jobs"
@@ -75,7 +76,12 @@ class HttpStore:
             raise
 
     def _job_call(self, job_id: str, action: str, body: dict[str, Any]) -> Any:
-        return self._agent("POST", f"agent/jobs/{job_id}/{action}", body)[1]
+        try:
+            return self._agent("POST", f"agent/jobs/{_q(job_id)}/{action}", body)[1]
+        except RemoteError as exc:
+            if exc.status == 409 and exc.reason == STALE_CLAIM:
+                raise StaleClaim(str(exc)) from None
+            raise
 
     # ------------------------------------------------------------ queues
 
@@ -190,8 +196,8 @@ class HttpStore:
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
-        data = self._job_call(job_id, "logs", {"attempt": attempt, "pieces": [
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
+        data = self._job_call(job_id, "logs", {"fence": fence, "pieces": [
             (stream, base64.b64encode(chunk).decode()) for stream, chunk in pieces]})
         return int(data["log_size"])
 
@@ -202,17 +208,15 @@ class HttpStore:
                   for c in data["chunks"]]
         return chunks, data["next_offset"]
 
-    def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
-        if records:
-            self._job_call(job_id, "metrics", {"records": records})
+    def add_metrics(self, job_id: str, fence: int, records: list[dict[str, Any]]) -> None:
+        self._job_call(job_id, "metrics", {"fence": fence, "records": records})
 
     def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         return self._user("GET", f"jobs/{_q(job_id)}/metrics", params={"after": after})["metrics"]
 
-    def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
-        if outputs:
-            self._job_call(job_id, "outputs", {"outputs": [
-                {"path": o.path, "digest": o.digest, "size": o.size} for o in outputs]})
+    def add_outputs(self, job_id: str, fence: int, outputs: list[OutputRecord]) -> None:
+        self._job_call(job_id, "outputs", {"fence": fence, "outputs": [
+            {"path": o.path, "digest": o.digest, "size": o.size} for o in outputs]})
 
     def list_outputs(self, job_id: str) -> list[OutputRecord]:
         data = self._user("GET", f"jobs/{_q(job_id)}/outputs")

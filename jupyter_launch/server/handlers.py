@@ -26,9 +26,15 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.base.call_context import CallContext
 from jupyter_server.utils import ensure_async
 from tornado import web
+from tornado.iostream import StreamClosedError
 
+from ..remote.http import STALE_CLAIM
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
-from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, StoreUnusable, is_disk_full
+from ..store import (
+    ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, StoreUnusable, check_number,
+    check_output_path, is_disk_full,
+)
+from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
 
 AUTH_RESOURCE = "launch"
@@ -43,6 +49,8 @@ MAX_JOB_STATUS_IDS = 500  # job ids one status request may ask about
 LOG_READ_LIMIT = 1024 * 1024
 DISK_FULL = ("the server's store is out of disk space; nothing was changed by this request. Free space where the "
              "store lives, then retry")
+MAX_REASON, MAX_MESSAGE = 64, 64 * 1024  # the reason column; a state message a person reads
+STATE_ARGUMENTS = ("self", "job_id", "fence", "state", "reason", "message")  # names a state's facts cannot take
 
 
 class LaunchHandler(APIHandler):
@@ -102,6 +110,10 @@ class LaunchHandler(APIHandler):
             self.log.error("%s", exc)  # the file and the fix, for whoever runs the server
             raise web.HTTPError(503, "the server's store is damaged; the server's log names the file and the "
                                      "fix") from None
+        except StaleClaim as exc:
+            raise web.HTTPError(409, _escape(str(exc)), reason=STALE_CLAIM) from None
+        except AgentIdTaken as exc:
+            raise web.HTTPError(403, _escape(str(exc))) from None
         except SpecError as exc:
             raise web.HTTPError(422, _escape(str(exc))) from None
         except (StoreError, ValueError) as exc:
@@ -122,16 +134,17 @@ class LaunchHandler(APIHandler):
             raise web.HTTPError(400, "the request body must be a JSON object")
         return data
 
-    def int_arg(self, name: str, default: int | None, *, minimum: int = 0, maximum: int | None = None) -> int | None:
+    def int_arg(self, name: str, default: int | None, *, minimum: int = 0, maximum: int = MAX_COUNT) -> int | None:
         raw = self.get_argument(name, None)
         if raw is None or raw == "":
             return default
         try:
-            value = int(raw)
+            value = int(raw) if len(raw) <= 20 else None
         except ValueError:
-            raise web.HTTPError(400, _escape(f"{name} must be an integer, not {raw!r}")) from None
-        if value < minimum or (maximum is not None and value > maximum):
-            raise web.HTTPError(400, f"{name} must be between {minimum} and {maximum}")
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise web.HTTPError(400, _escape(f"{name} must be an integer from {minimum} to {maximum}, "
+                                             f"not {raw[:40]!r}"))
         return value
 
     def reply(self, data: Any, status: int = 200) -> None:
@@ -259,6 +272,8 @@ class JobsHandler(LaunchHandler):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
         job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
+        if artifact is not None:  # the queue's agents may read it from now on (claims grant it too)
+            await self.store_call(grant_artifact, self.launch, artifact, job.queue)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
@@ -284,7 +299,9 @@ class JobsHandler(LaunchHandler):
         def prepare_and_submit() -> Any:
             try:
                 prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
-                return self.launch.service.submit(prepared, queue=queue, owner=owner)[0]
+                job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
+                grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
+                return job
             except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
                 if exc.source and os.path.commonpath([root, os.path.abspath(exc.source)]) == root:
                     exc.source = os.path.relpath(exc.source, root)
@@ -473,7 +490,12 @@ class BlobsMissingMixin:
         except ValueError as exc:
             raise web.HTTPError(400, _escape(str(exc))) from None
         missing = await self.launch.run_store(self.launch.blobs.missing, digests)
-        self.reply({"missing": missing})
+        visible = await self.visible([d for d in digests if d not in missing])
+        self.reply({"missing": [d for d in dict.fromkeys(digests) if d in missing or d not in visible]})
+
+    async def visible(self: Any, digests: list[str]) -> Any:
+        """Which of these stored blobs the caller may read (a user: all of them)."""
+        return set(digests)
 
 
 class BlobUploadMixin:
@@ -614,6 +636,11 @@ class AgentHandler(LaunchHandler):
                                              f"serve queue(s) {', '.join(denied)}; it is scoped to "
                                              f"{', '.join(self.agent_token.queues)}"))
 
+    def token_grantees(self) -> list[str] | None:
+        """The blob grantees this token reads as: its queues (``None``: every queue, for a ``*`` token)."""
+        queues = self.agent_token.queues
+        return None if "*" in queues else [f"queue:{q}" for q in queues]
+
     async def require_job(self, job_id: str) -> Any:
         job = await self.store_call(self.launch.store.get_job, job_id)
         self.require_queues([job.queue])
@@ -621,25 +648,60 @@ class AgentHandler(LaunchHandler):
 
 
 class AgentRegisterHandler(AgentHandler):
+    """An agent's registration, bound to the agent token that made it: no other token (and no token at all for the
+    server's own agent) may replace, refresh or remove it."""
+
     @web.authenticated
     @authorized
     async def post(self, action: str) -> None:
         data = self.body()
         agent_id = data.get("agent_id")
-        if not isinstance(agent_id, str) or not agent_id:
-            raise web.HTTPError(400, "'agent_id' is required")
+        if not isinstance(agent_id, str) or not agent_id or len(agent_id) > 64:
+            raise web.HTTPError(400, "'agent_id' (a string of at most 64 characters) is required")
         store = self.launch.store
         if action == "register":
-            queues, job_types = list(data.get("queues") or []), list(data.get("job_types") or [])
+            queues, job_types = string_list(data, "queues"), string_list(data, "job_types")
+            info = data.get("info") or {}
+            if not isinstance(info, dict):
+                raise web.HTTPError(400, "'info' must be an object")
             self.require_queues(queues)
             await self.store_call(store.register_agent, agent_id, queues, job_types,
-                                  host=str(data.get("host") or self.request.remote_ip), info=data.get("info") or {})
+                                  host=str(data.get("host") or self.request.remote_ip)[:255], info=info,
+                                  token_id=self.agent_token.id)
             await self.store_call(store.touch_agent_token, self.agent_token.id)
         elif action == "seen":
-            await self.store_call(store.agent_seen, agent_id)
+            await self.store_call(store.agent_seen, agent_id, token_id=self.agent_token.id)
         else:
-            await self.store_call(store.unregister_agent, agent_id)
+            await self.store_call(store.unregister_agent, agent_id, token_id=self.agent_token.id)
         self.reply({"ok": True})
+
+
+def string_list(data: dict[str, Any], name: str) -> list[str]:
+    """``data[name]`` as a list of strings (absent or null: empty); else 400 naming the field."""
+    value = data.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise web.HTTPError(400, f"'{name}' must be a list of strings")
+    return value
+
+
+def number(data: dict[str, Any], name: str, default: Any, minimum: float, maximum: float, *,
+           integer: bool = False) -> Any:
+    """``data[name]`` when it is a finite number within the bounds (``default`` when absent or null); else 400
+    naming the field. JSON bodies may carry NaN, Infinity and integers of any size: none of them reaches the store."""
+    value = data.get(name)
+    if value is None:
+        return default
+    try:
+        return check_number(name, value, minimum, maximum, integer=integer)
+    except ValueError as exc:
+        raise web.HTTPError(400, _escape(str(exc))) from None
+
+
+def optional_text(data: dict[str, Any], name: str, limit: int) -> str | None:
+    value = data.get(name)
+    if value is not None and (not isinstance(value, str) or len(value) > limit):
+        raise web.HTTPError(400, f"'{name}' must be a string of at most {limit} characters")
+    return value
 
 
 class AgentTokenHandler(AgentHandler):
@@ -687,118 +749,221 @@ class AgentQueueAgentsHandler(AgentHandler):
 
 
 class AgentClaimHandler(AgentHandler):
-    """Claim the oldest eligible job; with ``wait`` seconds, hold the request until one arrives (long poll)."""
+    """Claim the oldest eligible job; with ``wait`` seconds, hold the request until one arrives (long poll).
+
+    A claim is taken only while the agent's connection is open, and a claim whose answer cannot be written is handed
+    back (queued again as the same attempt, its fence bumped): otherwise a job arriving as an agent goes away would
+    be claimed for nobody and fail as ``lost`` once its lease ran out."""
 
     counts_as_inflight = False
+    _gone: asyncio.Event | None = None
+
+    def on_connection_close(self) -> None:
+        if self._gone is not None:
+            self._gone.set()
+        super().on_connection_close()
+
+    def connection_gone(self) -> bool:
+        return self.request.connection.stream.closed() or (self._gone is not None and self._gone.is_set())
 
     @web.authenticated
     @authorized
     async def post(self) -> None:
+        self._gone = asyncio.Event()
         data = self.body()
         agent_id, queues = data.get("agent_id"), data.get("queues")
-        if not isinstance(agent_id, str) or not isinstance(queues, list) or not queues:
+        if not isinstance(agent_id, str) or not agent_id or not isinstance(queues, list) or not queues \
+                or not all(isinstance(q, str) for q in queues):
             raise web.HTTPError(400, "'agent_id' and a non-empty 'queues' list are required")
-        self.require_queues(queues)
         app, store = self.launch, self.launch.store
-        wait = min(float(data.get("wait") or 0), app.max_claim_wait)
+        wait = min(number(data, "wait", 0.0, 0, 24 * 3600), app.max_claim_wait)
+        kwargs = dict(lease_seconds=number(data, "lease_seconds", 30.0, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
+                      free_gpus=number(data, "free_gpus", None, 0, MAX_COUNT, integer=True))
+        job_types = string_list(data, "job_types") or None
+        self.require_queues(queues)
+        await self.store_call(store.check_agent_id, agent_id, self.agent_token.id)
         deadline = time.monotonic() + wait
-        kwargs = dict(lease_seconds=float(data.get("lease_seconds") or 30.0), free_gpus=data.get("free_gpus"))
-        job_types = data.get("job_types") or None
         first = True
-        while True:
+        while not self.connection_gone():
             wake = app.service.events.claim_waiter()
             try:
                 if not first and await self.store_call(store.verify_agent_token, self.agent_secret) is None:
                     raise web.HTTPError(403, "this agent token was revoked; the agent gets no more work")
                 first = False
-                claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types, **kwargs)
+                if self.connection_gone():
+                    break
+                claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types,
+                                              token_id=self.agent_token.id, **kwargs)
                 if claim is not None:
-                    self.reply({"job": claim.job.to_dict(), "fence": claim.fence})
+                    await self.deliver(claim)
                     return
                 left = deadline - time.monotonic()
-                if left <= 0 or self.request.connection.stream.closed():
+                if left <= 0:
                     break
-                # Woken by a submit on this server; the second bound covers submits on other servers (PostgreSQL).
+                # Woken by a submit on this server, or by the agent going away; the second bound covers submits on
+                # other servers (PostgreSQL).
+                waits = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(self._gone.wait())]
                 try:
-                    await asyncio.wait_for(wake.wait(), min(left, 1.0))
-                except asyncio.TimeoutError:
-                    pass
+                    await asyncio.wait(waits, timeout=min(left, 1.0), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for pending in waits:
+                        pending.cancel()
             finally:
                 app.service.events.release_claim_waiter(wake)
         self.set_status(204)
         self.finish()
 
+    async def deliver(self, claim: Any) -> None:
+        """Let the token read the job's artifact, then answer; hand the claim back when the answer cannot be sent."""
+        job = claim.job
+        try:
+            if job.artifact:
+                await self.launch.run_store(grant_artifact, self.launch, job.artifact, job.queue)
+            if self.connection_gone():
+                raise StreamClosedError()
+            self.set_header("Content-Type", "application/json")
+            await self.finish(json.dumps({"job": job.to_dict(), "fence": claim.fence}, default=str))
+        except Exception as exc:
+            handed = await self.launch.run_store(self.launch.store.hand_back, job.id, claim.fence)
+            self.log.warning("claim of job %s by agent %s not delivered (%s); %s", job.id, claim.job.agent_id,
+                             type(exc).__name__, "handed back" if handed else "its agent already reported on it")
+            if not isinstance(exc, StreamClosedError):
+                raise
+
+
+def grant_artifact(app: Any, digest: str, queue: str) -> None:
+    """The artifact's manifest and every file it lists become readable by the agents of ``queue`` (on the API's
+    threads: it reads the manifest)."""
+    from ..artifact import ArtifactError, load_manifest
+
+    digests = [digest]
+    try:
+        digests += [entry["digest"] for entry in load_manifest(digest, app.blobs)["files"].values()]
+    except ArtifactError:
+        pass  # the agent will fail the job as artifact_error when it reads the same manifest
+    app.store.grant_blobs(digests, f"queue:{queue}")
+
 
 class AgentJobHandler(AgentHandler):
-    """Reports on one claimed job; every write carries the claim's fence, so a stale agent is ignored."""
+    """Reports on one claimed job. Every call carries the claim's fence: a report for a claim that is no longer
+    current (the job ended, or another attempt holds it) is ignored (``ok`` false) or, for logs, metrics and outputs,
+    refused with 409 ``stale_claim``, and the agent stops reporting on that job."""
 
     @web.authenticated
     @authorized
     async def post(self, job_id: str, action: str) -> None:
         data = self.body()
         store = self.launch.store
-        await self.require_job(job_id)
+        job = await self.require_job(job_id)
         fence = data.get("fence")
-        if action in ("heartbeat", "state", "progress", "finish", "hand_back") and not isinstance(fence, int):
+        if fence is None:
             raise web.HTTPError(400, "'fence' (the claim's fencing token) is required")
+        fence = number(data, "fence", None, 0, MAX_COUNT, integer=True)
+        # The current claim answers only to the token that made it (a fence is no secret: job_statuses and the user
+        # routes show it). A stale fence takes the usual path (ok false, or 409), so an agent that lost its claim
+        # learns it as before. A claim made before claims recorded their token (NULL) is left to its fence.
+        if fence == job.fence and job.state in ACTIVE and job.claim_token not in (None, self.agent_token.id):
+            raise web.HTTPError(403, f"job {job_id} is claimed by another agent; this agent token may not report "
+                                     "on it")
         if action == "heartbeat":
-            beat = await self.store_call(store.heartbeat, job_id, fence,
-                                         lease_seconds=float(data.get("lease_seconds") or 30.0))
+            beat = await self.store_call(store.heartbeat, job_id, fence, lease_seconds=number(
+                data, "lease_seconds", 30.0, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS))
             self.reply({"ok": beat.ok, "cancel_requested": beat.cancel_requested})
         elif action == "state":
             state = data.get("state")
             if state not in ACTIVE:
                 raise web.HTTPError(400, f"state must be one of {', '.join(ACTIVE)}")
-            ok = await self.store_call(store.set_state, job_id, fence, state, data.get("reason"),
-                                       data.get("message"), **(data.get("facts") or {}))
+            facts = data.get("facts") or {}
+            if not isinstance(facts, dict) or len(facts) > 32 or any(
+                    not k.isidentifier() or k in STATE_ARGUMENTS or not isinstance(v, (str, int, float, type(None)))
+                    for k, v in facts.items()):
+                raise web.HTTPError(400, "'facts' must be an object of at most 32 names with plain values (the "
+                                         "placeholders of the reason's sentence)")
+            ok = await self.store_call(store.set_state, job_id, fence, state, optional_text(data, "reason", MAX_REASON),
+                                       optional_text(data, "message", MAX_MESSAGE), **facts)
             self.reply({"ok": ok})
         elif action == "progress":
-            ok = await self.store_call(store.set_progress, job_id, fence, data.get("progress") or {})
-            self.reply({"ok": ok})
+            progress = data.get("progress")
+            if not isinstance(progress, dict):
+                raise web.HTTPError(400, "'progress' must be an object (value, total, description)")
+            self.reply({"ok": await self.store_call(store.set_progress, job_id, fence, progress)})
         elif action == "finish":
             state = data.get("state")
             if state not in FINAL:
                 raise web.HTTPError(400, f"state must be one of {', '.join(FINAL)}")
-            ok = await self.store_call(store.finish, job_id, fence, state, exit_code=data.get("exit_code"),
-                                       reason=data.get("reason"), message=data.get("message"))
+            ok = await self.store_call(store.finish, job_id, fence, state,
+                                       exit_code=number(data, "exit_code", None, MIN_EXIT_CODE, MAX_EXIT_CODE,
+                                                        integer=True),
+                                       reason=optional_text(data, "reason", MAX_REASON),
+                                       message=optional_text(data, "message", MAX_MESSAGE))
             self.reply({"ok": ok})
         elif action == "hand_back":
             self.reply({"ok": await self.store_call(store.hand_back, job_id, fence)})
         elif action == "logs":
             try:
-                pieces = [(str(s), base64.b64decode(d)) for s, d in data.get("pieces") or []]
+                pieces = [(s, base64.b64decode(d, validate=True)) for s, d in data.get("pieces") or []]
+                if not all(s in ("stdout", "stderr") for s, _ in pieces):
+                    raise ValueError
             except (ValueError, TypeError):
-                raise web.HTTPError(400, "'pieces' must be [stream, base64 data] pairs") from None
-            size = await self.store_call(store.append_logs, job_id, int(data.get("attempt") or 1), pieces)
+                raise web.HTTPError(400, "'pieces' must be [stream, base64 data] pairs, stream stdout or stderr") \
+                    from None
+            size = await self.store_call(store.append_logs, job_id, fence, pieces)
             self.reply({"log_size": size})
         elif action == "metrics":
             records = data.get("records")
             if not isinstance(records, list):
                 raise web.HTTPError(400, "'records' must be a list of metric records")
-            await self.store_call(store.add_metrics, job_id, records)
+            await self.store_call(store.add_metrics, job_id, fence, records)
             self.reply({"ok": True})
-        else:  # outputs
-            try:
-                outputs = [OutputRecord(str(o["path"]), check_digest(o["digest"]) and o["digest"], int(o["size"]))
-                           for o in data.get("outputs") or []]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise web.HTTPError(400, _escape(f"'outputs' must be {{path, digest, size}} records: {exc}")) from None
-            absent = [o.digest for o in outputs if not self.launch.blobs.has(o.digest)]
-            if absent:
-                raise web.HTTPError(409, f"upload these output blobs first: {', '.join(absent)}")
-            await self.store_call(store.add_outputs, job_id, outputs)
+        else:
+            outputs = await self.store_call(self.check_outputs, data.get("outputs") or [])
+            await self.store_call(store.add_outputs, job_id, fence, outputs)
             self.reply({"ok": True})
+
+    def check_outputs(self, raw: Any) -> list[OutputRecord]:
+        """The outputs as records, each naming a blob this agent token may read (one it uploaded, or one its queues
+        own: the same rule as ``agent/blobs/missing``, so a blob that call calls present needs no upload), with that
+        blob's real size (on the API's threads: it stats the blobs)."""
+        try:
+            outputs = [OutputRecord(o["path"], o["digest"], o["size"]) for o in raw]
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"'outputs' must be a list of {{path, digest, size}} records: {exc!r}") from None
+        for o in outputs:
+            check_output_path(o.path)
+            check_digest(o.digest)
+            check_number("size", o.size, 0, MAX_COUNT, integer=True)
+        digests = {o.digest for o in outputs}
+        granted = self.launch.store.granted_blobs(digests, self.token_grantees(), self.agent_token.id)
+        absent = sorted(d for d in digests if d not in granted or not self.launch.blobs.has(d))
+        if absent:
+            raise web.HTTPError(409, f"upload these output blobs first (PUT {API}/agent/blobs/DIGEST): "
+                                     f"{', '.join(absent)}")
+        for o in outputs:
+            real = self.launch.blobs.path(o.digest).stat().st_size
+            if o.size != real:
+                raise ValueError(f"output {o.path!r}: 'size' is {o.size} but its blob holds {real} bytes")
+        return outputs
 
 
 class AgentBlobsMissingHandler(BlobsMissingMixin, AgentHandler):
+    """Which of these blobs the agent must upload: those not on the server, and those it may not read (so the answer
+    says nothing of other queues' content; uploading proves the agent holds it)."""
+
     @web.authenticated
     @authorized
     async def post(self) -> None:
         await self.missing()
 
+    async def visible(self, digests: list[str]) -> set[str]:
+        return await self.launch.run_store(self.launch.store.granted_blobs, digests, self.token_grantees(),
+                                           self.agent_token.id)
+
 
 @web.stream_request_body
 class AgentBlobHandler(BlobUploadMixin, AgentHandler):
+    """Blobs through the agent routes: read only what the token's queues own or what it uploaded; an upload (its
+    digest checked) lets the token read that blob from then on."""
+
     async def prepare(self) -> None:  # type: ignore[override]
         await super().prepare()
         if self.request.method == "PUT":
@@ -807,12 +972,17 @@ class AgentBlobHandler(BlobUploadMixin, AgentHandler):
     @web.authenticated
     @authorized
     async def get(self, digest: str) -> None:
+        granted = await self.launch.run_store(self.launch.store.granted_blobs, [digest], self.token_grantees(),
+                                              self.agent_token.id)
+        if digest not in granted:
+            raise web.HTTPError(404, f"blob {digest} is not on the server")  # the same answer as for absent content
         await send_blob(self, digest)
 
     @web.authenticated
     @authorized
     async def put(self, digest: str) -> None:
         await self.finish_upload(digest)
+        await self.launch.run_store(self.launch.store.grant_blobs, [digest], f"token:{self.agent_token.id}")
 
 
 default_handlers = [

@@ -26,6 +26,7 @@ from tornado.iostream import StreamClosedError
 
 from ..service import LogPage
 from ..store import LogChunk, NotFound
+from ..store.base import MAX_COUNT
 from .handlers import API, AUTH_RESOURCE, JOB_ID, LaunchHandler
 
 FALLBACK_POLL = 1.0  # seconds; covers logs written by another server sharing a PostgreSQL store
@@ -43,6 +44,18 @@ async def follow_log(app: Any, job_id: str, offset: int, send: Callable[[list[Lo
             job = item
             await send_state(job)
     return job
+
+
+def byte_offset(raw: str, name: str) -> int:
+    """A log offset from the query or a header: an integer from 0 to MAX_COUNT (a larger one would overflow the
+    store's integers); else 400 naming it."""
+    try:
+        value = int(raw) if len(raw) <= 20 else -1
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_COUNT:
+        raise web.HTTPError(400, f"{name} must be a byte offset, an integer from 0 to {MAX_COUNT}")
+    return value
 
 
 def _state_event(job: Any, offset: int) -> dict[str, Any]:
@@ -73,10 +86,7 @@ class LogSocketHandler(_FollowerLimit, JupyterHandler, websocket.WebSocketHandle
         if not await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE)):
             raise web.HTTPError(403, f"User is not authorized to read on resource: {AUTH_RESOURCE}.")
         self.reserve_follower()
-        try:
-            self.offset = max(0, int(self.get_argument("offset", "0")))
-        except ValueError:
-            raise web.HTTPError(400, "offset must be a byte offset (an integer)") from None
+        self.offset = byte_offset(self.get_argument("offset", "0"), "offset")
         app = self.settings["launch"]
         try:
             await app.run_store(app.store.get_job, self.job_id)
@@ -150,10 +160,7 @@ class LogEventsHandler(_FollowerLimit, LaunchHandler):
     async def get(self, job_id: str) -> None:
         self.reserve_follower()
         resume = self.request.headers.get("Last-Event-ID") or self.get_argument("offset", "0")
-        try:
-            offset = max(0, int(resume))
-        except ValueError:
-            raise web.HTTPError(400, "offset (or Last-Event-ID) must be a byte offset") from None
+        offset = byte_offset(resume, "offset (or Last-Event-ID)")
         await self.store_call(self.launch.store.get_job, job_id)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,6 +15,15 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 STATES = (QUEUED, CLAIMED, STARTING, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 ACTIVE = (CLAIMED, STARTING, RUNNING)
 FINAL = (SUCCEEDED, FAILED, CANCELLED)
+
+# Bounds on the numbers an agent reports: what a store column and JSON both hold exactly (2**53), a lease of at most
+# a week (a NaN or infinite lease would never expire), exit codes as any platform reports them.
+MAX_COUNT = 2**53
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 0.01, 7 * 24 * 3600.0
+MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**32 - 1
+MAX_OUTPUT_PATH = 1024  # the outputs table's path column
+MAX_PROGRESS_BYTES = 64 * 1024
+LOCAL_CLAIM = "@local"  # a claim's token when an agent on the store itself (no agent token) holds it
 
 # Reason codes with the sentence a user sees. Waiting states always carry one.
 REASONS: dict[str, str] = {
@@ -161,6 +172,7 @@ class JobRecord:
     started_at: float | None
     finished_at: float | None
     progress: dict[str, Any] | None
+    claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
 
     @property
     def done(self) -> bool:
@@ -229,3 +241,71 @@ class StoreUnusable(StoreError):
 
 class NotFound(StoreError):
     """No queue, job or agent token by that name."""
+
+
+class StaleClaim(StoreError):
+    """A write for a claim that is no longer current: the job ended, or its lease passed to another attempt (a newer
+    fencing token). The agent stops reporting on that job; nothing was written."""
+
+
+class AgentIdTaken(StoreError):
+    """An agent id registered by another agent token (or by the server itself) is not this caller's to use."""
+
+
+def check_number(name: str, value: Any, minimum: float, maximum: float, *, integer: bool = False) -> Any:
+    """``value`` when it is a finite number (an integer with ``integer``) within the bounds; else a ``ValueError``
+    naming ``name``. Booleans are not numbers here, and neither are NaN and the infinities JSON parsers accept."""
+    kind = "an integer" if integer else "a number"
+    ok = (isinstance(value, int) if integer else isinstance(value, (int, float))) and not isinstance(value, bool)
+    if ok and not integer:
+        ok = math.isfinite(value)
+    if not ok or not minimum <= value <= maximum:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        raise ValueError(f"'{name}' must be {kind} from {minimum:g} to {maximum:g}, not {shown}")
+    return value
+
+
+def check_output_path(path: Any) -> str:
+    """An output's path as the agent reports it: relative, inside the job's output folder, printable, bounded; else
+    a ``ValueError`` naming the path (the same rules as an artifact's paths, plus no control characters)."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"output path must be a non-empty string, not {path!r}")
+    if len(path) > MAX_OUTPUT_PATH:
+        raise ValueError(f"output path is {len(path)} characters long; the limit is {MAX_OUTPUT_PATH}")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in path):
+        raise ValueError(f"output path {path[:80]!r} holds a control character (NUL, newline, escape...)")
+    if path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise ValueError(f"output path {path[:80]!r} must be relative, inside the output folder (no '..', no "
+                         "leading '/', no empty parts)")
+    return path
+
+
+def check_progress(progress: Any) -> dict[str, Any]:
+    """A job's progress as stored: a JSON object of bounded size; else a ``ValueError`` naming ``progress``."""
+    if not isinstance(progress, dict):
+        raise ValueError(f"'progress' must be an object (value, total, description), not {type(progress).__name__}")
+    try:
+        size = len(json.dumps(progress, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"'progress' must be plain JSON with finite numbers: {exc}") from None
+    if size > MAX_PROGRESS_BYTES:
+        raise ValueError(f"'progress' is {size} bytes of JSON; the limit is {MAX_PROGRESS_BYTES}")
+    return progress
+
+
+def check_metric_record(record: Any, now: float) -> dict[str, Any]:
+    """``step``, ``time`` (``now`` when absent) and ``data`` of one metric record, checked; else a ``ValueError``
+    naming the field. The data must be plain JSON with finite numbers (PostgreSQL's JSON refuses NaN)."""
+    if not isinstance(record, dict):
+        raise ValueError(f"a metric record must be an object (step, time, data), not {type(record).__name__}")
+    step, when, data = record.get("step"), record.get("time", now), record.get("data", {})
+    if step is not None:
+        check_number("step", step, -MAX_COUNT, MAX_COUNT, integer=True)
+    check_number("time", when, 0, MAX_COUNT)
+    if not isinstance(data, dict):
+        raise ValueError(f"a metric record's 'data' must be an object, not {type(data).__name__}")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a metric record's 'data' must be plain JSON with finite numbers: {exc}") from None
+    return dict(step=step, time=when, data=data)

@@ -4,7 +4,9 @@ Two stores implement it fully, and one contract suite (tests/test_store_contract
 ``SQLStore`` (store/sql.py: SQLite or PostgreSQL, in this process) and ``HttpStore`` (remote/store.py: the same
 operations through a running server's REST API). Errors are the store's own: ``NotFound`` for an unknown queue, job
 or token, ``StoreError`` for an operation that cannot be done (``HttpStore`` raises them as ``RemoteError``, a
-``StoreError`` carrying the HTTP status).
+``StoreError`` carrying the HTTP status). Every write an agent makes for a job carries the claim's fencing token: a
+claim no longer current (the job ended, or another attempt holds it) is refused with ``StaleClaim`` for logs,
+metrics and outputs, and answered ``False`` by the calls that return whether they landed.
 
 Outside the protocol, as optional capabilities a caller checks for with ``isinstance``:
 
@@ -15,8 +17,11 @@ Outside the protocol, as optional capabilities a caller checks for with ``isinst
   once its disk is full. A remote agent's store is the server's disk, which the server looks after itself.
 
 The server itself always holds a ``SQLStore`` and uses a few more of its methods that mean nothing over HTTP:
-``migrate``, ``release_agent_leases`` (on shutdown) and ``touch_agent_token`` (an agent registering); tests and
-benchmarks fill and count a SQL store directly (``enqueue_many``, ``count_jobs``).
+``migrate``, ``release_agent_leases`` (on shutdown), ``touch_agent_token`` (an agent registering), the ``token_id``
+that binds an agent id to the agent token that registered it (``register_agent``, ``agent_seen``,
+``unregister_agent``, ``check_agent_id``), ``hand_back`` (a claim whose answer could not be sent) and the blob grants
+that scope an agent token's blob reads to its queues (``grant_blobs``, ``granted_blobs``); tests and benchmarks fill
+and count a SQL store directly (``enqueue_many``, ``count_jobs``).
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ class Store(Protocol):
         """Move an active job to another active state or reason; false when the fence is stale."""
 
     def set_progress(self, job_id: str, fence: int, progress: dict[str, Any]) -> bool:
-        """Record the job's progress; false when the fence is stale."""
+        """Record the job's progress (a JSON object); false when the fence is stale or the job ended."""
 
     def finish(self, job_id: str, fence: int, state: str, *, exit_code: int | None = None,
                reason: str | None = None, message: str | None = None) -> bool:
@@ -121,20 +126,24 @@ class Store(Protocol):
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
-        """Append ``(stream, data)`` pieces in order; the log's new size in bytes."""
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
+        """Append ``(stream, data)`` pieces in order under the claim ``fence`` (the chunks carry its attempt); the
+        log's new size in bytes. ``StaleClaim`` when the claim is not current."""
 
     def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
         """Chunks from byte ``offset`` (the first trimmed to start there) and the offset to read from next."""
 
-    def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
-        """Append metric records (``step``, ``time``, ``data``)."""
+    def add_metrics(self, job_id: str, fence: int, records: list[dict[str, Any]]) -> None:
+        """Append metric records (``step``, ``time``, ``data``) under the claim ``fence``; ``StaleClaim`` when it is
+        not current, ``ValueError`` for a record whose fields are not finite numbers and an object."""
 
     def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         """Metric records with an id past ``after``, in order."""
 
-    def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
-        """Record output files (their blobs already stored), replacing those with the same path."""
+    def add_outputs(self, job_id: str, fence: int, outputs: list[OutputRecord]) -> None:
+        """Record output files (their blobs already stored) under the claim ``fence``, replacing those with the same
+        path. Paths are relative and printable (``check_output_path``); ``StaleClaim`` when the claim is not
+        current."""
 
     def list_outputs(self, job_id: str) -> list[OutputRecord]:
         """The job's output files, by path."""

@@ -46,6 +46,7 @@ jobs = Table(
     Column("started_at", Float),
     Column("finished_at", Float),
     Column("progress", JSON),
+    Column("claim_token", String(16)),  # the agent token that holds the claim; "@local": an agent in a store's process
     Index("ix_jobs_queue_state_seq", "queue", "state", "seq"),
     Index("ix_jobs_state_lease", "state", "lease_expires"),
     Index("ix_jobs_queue_seq", "queue", "seq"),
@@ -60,6 +61,7 @@ agents = Table(
     Column("started_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Column("info", JSON),
+    Column("token_id", String(16)),  # the agent token that registered it; NULL: the server's own agent
 )
 
 log_chunks = Table(
@@ -101,4 +103,12 @@ agent_tokens = Table(
     Column("created_by", String(255)),
     Column("last_used_at", Float),
     Column("revoked_at", Float),
+)
+
+# Who may read a blob through the agent routes: ``queue:NAME`` (the artifacts and outputs of that queue's jobs) or
+# ``token:ID`` (an agent token that uploaded it, proving it holds the content).
+blob_grants = Table(
+    "blob_grants", metadata,
+    Column("digest", String(80), primary_key=True),
+    Column("grantee", String(80), primary_key=True),
 )

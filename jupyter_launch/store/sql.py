@@ -20,18 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, select, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from ..spec import JobSpec, QueueConfig
 from . import schema as t
 from .base import (
-    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, Claim, Heartbeat, JobRecord, LogChunk,
-    JobStatus, NotFound, OutputRecord, QueueRecord, StoreError, StoreUnusable, describe, is_disk_full,
+    ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
+    MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk,
+    NotFound, OutputRecord, QueueRecord, StaleClaim, StoreError, StoreUnusable, check_metric_record, check_number,
+    check_output_path, check_progress, describe, is_disk_full,
 )
+from .blobs import _check as check_digest
 from .tokens import AgentTokenRows
 
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 _MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n"
                      "SQLStore(os.environ['JUPYTER_LAUNCH_MIGRATE_URL'], migrate=False).migrate()\n")
 RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
@@ -334,6 +339,9 @@ class SQLStore(AgentTokenRows):
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
                   before: int | None = None) -> list[JobRecord]:
         """Newest first; page with ``before`` = the last ``seq`` seen."""
+        check_number("limit", limit, 1, MAX_COUNT, integer=True)
+        if before is not None:
+            check_number("before", before, 0, MAX_COUNT, integer=True)
         q = select(t.jobs)
         if queue:
             q = q.where(t.jobs.c.queue == queue)
@@ -383,8 +391,13 @@ class SQLStore(AgentTokenRows):
             job.message = describe(reason, **facts)
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
-                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
-        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none."""
+                       lease_seconds: float = 30.0, free_gpus: int | None = None,
+                       token_id: str | None = None) -> Claim | None:
+        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none. ``token_id``: the
+        agent token claiming (through a server); only that token may then report on the claim."""
+        check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+        if free_gpus is not None:
+            check_number("free_gpus", free_gpus, 0, MAX_COUNT, integer=True)
         now = time.time()
         with self._write() as c:
             qsel = select(t.queues.c.name, t.queues.c.config).where(t.queues.c.name.in_(queues))
@@ -417,13 +430,15 @@ class SQLStore(AgentTokenRows):
             c.execute(t.jobs.update().where(t.jobs.c.seq == row.seq).values(
                 state=CLAIMED, agent_id=agent_id, fence=fence, lease_expires=now + lease_seconds,
                 claimed_at=now, reason="claimed", message=describe("claimed", agent_id=agent_id),
-                exit_code=None))
+                exit_code=None, claim_token=token_id or LOCAL_CLAIM))
             job = _row_to_job(row)
         job.state, job.agent_id, job.fence, job.lease_expires, job.claimed_at = CLAIMED, agent_id, fence, now + lease_seconds, now
+        job.claim_token = token_id or LOCAL_CLAIM
         self._emit("state", job.id, CLAIMED)
         return Claim(job=job, fence=fence)
 
     def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
+        check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         with self._write() as c:
             row = c.execute(select(t.jobs.c.fence, t.jobs.c.state, t.jobs.c.cancel_requested)
                             .where(t.jobs.c.id == job_id)).first()
@@ -448,9 +463,10 @@ class SQLStore(AgentTokenRows):
         return bool(n)
 
     def set_progress(self, job_id: str, fence: int, progress: dict[str, Any]) -> bool:
+        check_progress(progress)
         with self._write() as c:
-            n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence)
-                          .values(progress=progress)).rowcount
+            n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
+                                                t.jobs.c.state.in_(ACTIVE)).values(progress=progress)).rowcount
         if n:
             self._emit("progress", job_id, progress)
         return bool(n)
@@ -458,6 +474,8 @@ class SQLStore(AgentTokenRows):
     def finish(self, job_id: str, fence: int, state: str, *, exit_code: int | None = None,
                reason: str | None = None, message: str | None = None) -> bool:
         assert state in FINAL, state
+        if exit_code is not None:
+            check_number("exit_code", exit_code, MIN_EXIT_CODE, MAX_EXIT_CODE, integer=True)
         now = time.time()
         with self._write() as c:
             n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
@@ -484,7 +502,7 @@ class SQLStore(AgentTokenRows):
                 values = dict(state=QUEUED, reason="handed_back", message=describe("handed_back",
                                                                                    agent_id=row.agent_id))
             c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence).values(
-                agent_id=None, lease_expires=None, fence=fence + 1, **values))
+                agent_id=None, lease_expires=None, claimed_at=None, fence=fence + 1, **values))
         self._emit("state", job_id, values["state"])
         if values["state"] == QUEUED:
             self._emit("enqueued", None)
@@ -548,20 +566,39 @@ class SQLStore(AgentTokenRows):
                       .values(fence=t.jobs.c.fence + 1, lease_expires=0.0))
 
     def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,
-                       info: dict[str, Any] | None = None) -> None:
+                       info: dict[str, Any] | None = None, token_id: str | None = None) -> None:
+        """``token_id``: the agent token registering it (``None``: this process's own agent). A live registration
+        by another token, or by the server, is not replaced (``AgentIdTaken``); a lapsed one is."""
         now = time.time()
         with self._write() as c:
+            row = c.execute(select(t.agents.c.token_id, t.agents.c.last_seen).where(t.agents.c.id == agent_id)).first()
+            if row is not None and row.token_id != token_id and row.last_seen > now - AGENT_TTL:
+                raise AgentIdTaken(_taken(agent_id, row.token_id))
             c.execute(t.agents.delete().where(t.agents.c.id == agent_id))
             c.execute(t.agents.insert().values(id=agent_id, host=host, queues=queues, job_types=job_types,
-                                               started_at=now, last_seen=now, info=info or {}))
+                                               started_at=now, last_seen=now, info=info or {}, token_id=token_id))
 
-    def agent_seen(self, agent_id: str) -> None:
+    def agent_seen(self, agent_id: str, *, token_id: str | None = None) -> None:
         with self._write() as c:
+            self._own_agent(c, agent_id, token_id)
             c.execute(t.agents.update().where(t.agents.c.id == agent_id).values(last_seen=time.time()))
 
-    def unregister_agent(self, agent_id: str) -> None:
+    def unregister_agent(self, agent_id: str, *, token_id: str | None = None) -> None:
         with self._write() as c:
+            self._own_agent(c, agent_id, token_id)
             c.execute(t.agents.delete().where(t.agents.c.id == agent_id))
+
+    def check_agent_id(self, agent_id: str, token_id: str | None) -> None:
+        """``AgentIdTaken`` when ``agent_id`` is registered by another agent token or by the server (a claim under
+        it would pass as that agent's); an unregistered id is anyone's."""
+        with self._read() as c:
+            self._own_agent(c, agent_id, token_id)
+
+    @staticmethod
+    def _own_agent(c: Connection, agent_id: str, token_id: str | None) -> None:
+        row = c.execute(select(t.agents.c.token_id).where(t.agents.c.id == agent_id)).first()
+        if row is not None and row.token_id != token_id:
+            raise AgentIdTaken(_taken(agent_id, row.token_id))
 
     def list_agents(self) -> list[dict[str, Any]]:
         with self._read() as c:
@@ -577,17 +614,17 @@ class SQLStore(AgentTokenRows):
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, attempt: int, pieces: list[tuple[str, bytes]]) -> int:
-        """Append ``(stream, data)`` pieces in order; returns the log's new size in bytes."""
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
+        """Append ``(stream, data)`` pieces in order, under the claim ``fence`` (the chunks carry its attempt);
+        returns the log's new size in bytes. ``StaleClaim`` when the claim is no longer current."""
         pieces = [(s, d[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
-        if not pieces:
-            return self.get_job(job_id).log_size
         total = sum(len(d) for _, d in pieces)
         with self._write() as c:
+            attempt = self._current_claim(c, job_id, fence).attempt
+            if not pieces:
+                return self.get_job(job_id).log_size
             size = c.execute(t.jobs.update().where(t.jobs.c.id == job_id)
                              .values(log_size=t.jobs.c.log_size + total).returning(t.jobs.c.log_size)).scalar()
-            if size is None:
-                raise NotFound(f"unknown job {job_id!r}")
             offset = size - total
             rows = []
             for stream, data in pieces:
@@ -599,6 +636,8 @@ class SQLStore(AgentTokenRows):
 
     def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
         """Chunks from ``offset`` (the first one trimmed to start there) and the offset to read from next."""
+        check_number("offset", offset, 0, MAX_COUNT, integer=True)
+        check_number("limit", limit, 1, MAX_COUNT, integer=True)
         chunks: list[LogChunk] = []
         nxt, got = offset, 0
         with self._read() as c:
@@ -623,30 +662,79 @@ class SQLStore(AgentTokenRows):
                     break
         return chunks, nxt
 
-    def add_metrics(self, job_id: str, records: list[dict[str, Any]]) -> None:
-        if not records:
-            return
+    def add_metrics(self, job_id: str, fence: int, records: list[dict[str, Any]]) -> None:
         now = time.time()
-        rows = [dict(job_id=job_id, step=r.get("step"), time=r.get("time", now), data=r.get("data", {}))
-                for r in records]
+        rows = [dict(job_id=job_id, **check_metric_record(r, now)) for r in records]
         with self._write() as c:
+            self._current_claim(c, job_id, fence)
+            if not rows:
+                return
             c.execute(t.metrics.insert(), rows)
         self._emit("metrics", job_id)
 
     def read_metrics(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        check_number("after", after, 0, MAX_COUNT, integer=True)
         with self._read() as c:
             rows = c.execute(select(t.metrics).where(t.metrics.c.job_id == job_id, t.metrics.c.id > after)
                              .order_by(t.metrics.c.id)).all()
         return [dict(id=r.id, step=r.step, time=r.time, data=r.data) for r in rows]
 
-    def add_outputs(self, job_id: str, outputs: list[OutputRecord]) -> None:
-        if not outputs:
-            return
+    def add_outputs(self, job_id: str, fence: int, outputs: list[OutputRecord]) -> None:
+        """Record output files under the claim ``fence``; their blobs become readable by the agents of the job's
+        queue. Paths are checked like an artifact's; ``StaleClaim`` when the claim is no longer current."""
+        for o in outputs:
+            check_output_path(o.path)
+            check_digest(o.digest)
+            check_number(f"size of output {o.path}", o.size, 0, MAX_COUNT, integer=True)
         with self._write() as c:
+            queue = self._current_claim(c, job_id, fence).queue
+            if not outputs:
+                return
             c.execute(t.outputs.delete().where(t.outputs.c.job_id == job_id,
                                                t.outputs.c.path.in_([o.path for o in outputs])))
             c.execute(t.outputs.insert(), [dict(job_id=job_id, path=o.path, digest=o.digest, size=o.size)
                                            for o in outputs])
+            self._grant(c, [o.digest for o in outputs], f"queue:{queue}")
+
+    @staticmethod
+    def _current_claim(c: Connection, job_id: str, fence: int) -> Any:
+        """The job's row when ``fence`` is its current claim and it is active; else ``NotFound`` or ``StaleClaim``."""
+        row = c.execute(select(t.jobs.c.fence, t.jobs.c.state, t.jobs.c.attempt, t.jobs.c.queue)
+                        .where(t.jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"unknown job {job_id!r}")
+        if row.fence != fence or row.state not in ACTIVE:
+            raise StaleClaim(f"job {job_id}: the claim with fence {fence} is no longer current (the job is "
+                             f"{row.state}, fence {row.fence}); nothing was written")
+        return row
+
+    # ------------------------------------------------------------ blob grants (what agent tokens may read)
+
+    def grant_blobs(self, digests: Iterable[str], grantee: str) -> None:
+        """Let ``grantee`` (``queue:NAME`` or ``token:ID``) read these blobs through the agent routes."""
+        with self._write() as c:
+            self._grant(c, digests, grantee)
+
+    def _grant(self, c: Connection, digests: Iterable[str], grantee: str) -> None:
+        wanted = sorted(set(digests))
+        if wanted:  # ON CONFLICT DO NOTHING: two servers on one PostgreSQL may grant the same blob at once
+            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.blob_grants).on_conflict_do_nothing()
+            c.execute(insert, [dict(digest=d, grantee=grantee) for d in wanted])
+
+    def granted_blobs(self, digests: Collection[str], grantees: Collection[str] | None, token_id: str) -> set[str]:
+        """Which of ``digests`` the agent token ``token_id`` may read: those granted to it or to one of
+        ``grantees`` (``None``: any queue, for a token scoped to every queue)."""
+        wanted = set(digests)
+        if not wanted:
+            return set()
+        who = t.blob_grants.c.grantee == f"token:{token_id}"
+        if grantees is None:
+            who = who | t.blob_grants.c.grantee.like("queue:%")
+        else:
+            who = who | t.blob_grants.c.grantee.in_(list(grantees))
+        with self._read() as c:
+            return set(c.execute(select(t.blob_grants.c.digest).distinct()
+                                 .where(t.blob_grants.c.digest.in_(wanted), who)).scalars())
 
     def list_outputs(self, job_id: str) -> list[OutputRecord]:
         with self._read() as c:
@@ -679,6 +767,11 @@ def redact_url(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
     return url
+
+
+def _taken(agent_id: str, owner: str | None) -> str:
+    by = f"agent token {owner}" if owner else "the server's own agent"
+    return f"agent id {agent_id!r} is registered by {by}; an agent token may use only ids it registered itself"
 
 
 def _most_gpus(agents: list[Any]) -> float:

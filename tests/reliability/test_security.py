@@ -531,12 +531,13 @@ def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path, docke
     reads = ["/launch/api/queues", "/launch/api/queues/default", f"/launch/api/queues/{DOCKER_QUEUE}",
              "/launch/api/jobs", "/launch/api/jobs?state=succeeded", "/launch/api/agents"]
     agent_reads = ["/launch/api/agent/queues/default", f"/launch/api/agent/queues/{DOCKER_QUEUE}"]
+    refused_reads = []  # blobs of jobs no agent token claimed: an agent token reads only its claims' artifacts
     for job_id in (local_id, docker_id):
         base = f"/launch/api/jobs/{job_id}"
         reads += [base, f"{base}/logs", f"{base}/metrics", f"{base}/outputs", f"{base}/logs/events"]
         _, job = server.api("GET", f"jobs/{job_id}")
         reads.append(f"/launch/api/artifacts/blobs/{job['artifact']}")
-        agent_reads.append(f"/launch/api/agent/blobs/{job['artifact']}")
+        refused_reads.append(f"/launch/api/agent/blobs/{job['artifact']}")
         _, outputs = server.api("GET", f"jobs/{job_id}/outputs")
         assert [o["path"] for o in outputs["outputs"]] == ["result.txt"], outputs
         reads += [f"{base}/outputs/result.txt"]
@@ -549,9 +550,10 @@ def test_a_secret_canary_appears_nowhere(secured: Secured, tmp_path: Path, docke
         scan.text(f"WebSocket {base}/logs/ws", b"\n".join(frames))
     _, metrics = server.api("GET", f"jobs/{local_id}/metrics")
     assert metrics["metrics"][0]["data"] == {"secret_length": len(canary)}
-    for path, headers in [(p, user) for p in reads] + [(p, agent) for p in agent_reads]:
+    for path, headers, want in ([(p, user, 200) for p in reads] + [(p, agent, 200) for p in agent_reads]
+                                + [(p, agent, 404) for p in refused_reads]):
         code, msg, body = request(server, "GET", path, headers=headers)
-        assert code == 200, (path, code, body[:300])
+        assert code == want, (path, code, body[:300])
         scan.text(f"GET {path}", str(msg).encode() + body)
 
     # The CLI's own views of the same jobs.

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from jupyter_launch.spec import JobSpec, QueueConfig
-from jupyter_launch.store import SQLStore
+from jupyter_launch.store import AgentIdTaken, SQLStore
 
 
 @pytest.fixture
@@ -78,6 +78,21 @@ def test_agent_tokens_and_logs_on_postgres(pg_store: Any):
     assert store.verify_agent_token(token) is None
     store.ensure_default_queue()
     job = store.enqueue("default", JobSpec(kind="command", command=["true"]), artifact=None)
-    store.append_logs(job.id, 1, [("stdout", b"a" * 300_000), ("stderr", b"b")])
+    fence = store.claim_next_job("pg-agent", ["default"]).fence
+    store.append_logs(job.id, fence, [("stdout", b"a" * 300_000), ("stderr", b"b")])
     chunks, nxt = store.read_log(job.id, 299_999)
     assert b"".join(c.data for c in chunks) == b"ab" and nxt == 300_001
+
+
+def test_blob_grants_and_agent_bindings_on_postgres(pg_store: Any):
+    a, b = pg_store(), pg_store()  # two servers granting the same blob: no unique-key error
+    digest, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    a.grant_blobs([digest], "queue:default")
+    b.grant_blobs([digest, other], "queue:default")
+    a.grant_blobs([other], "token:tok1")
+    assert a.granted_blobs([digest, other], ["queue:nope"], "tok1") == {other}
+    assert a.granted_blobs([digest, other], None, "tok2") == {digest, other}
+    assert a.granted_blobs([digest], ["queue:nope"], "tok2") == set()
+    a.register_agent("box", ["default"], [], host="h", token_id="tok1")
+    with pytest.raises(AgentIdTaken):
+        b.unregister_agent("box", token_id="tok2")
