@@ -140,7 +140,12 @@ def test_a_claim_handed_back_is_queued_as_the_same_attempt_and_its_fence_is_dead
     again = store.claim_next_job("live", ["q"])
     assert (again.job.id, again.job.attempt, again.fence) == (job.id, 1, 3)
     store.set_state(job.id, again.fence, "running")
-    assert store.hand_back(job.id, again.fence) is False  # a job its agent started is not handed back
+    # A stopping agent hands back a job it started too: queued again as the same attempt.
+    assert store.hand_back(job.id, again.fence) is True
+    rec = store.get_job(job.id)
+    assert (rec.state, rec.attempt, rec.reason, rec.fence) == ("queued", 1, "handed_back", 4)
+    store.finish(job.id, again.fence, "succeeded", exit_code=0)
+    assert store.get_job(job.id).state == "queued"  # the stopped claim reports nothing more
 
 
 def test_a_claim_records_the_agent_token_that_made_it(store):
