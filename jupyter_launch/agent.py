@@ -448,7 +448,6 @@ class Agent(LoggingConfigurable):
 
     async def _run_claim(self, claim: Claim) -> None:
         job, fence = claim.job, claim.fence
-        spec = JobSpec.model_validate(job.spec)
         gpu_ids: list[int] = []
         cancel = self._cancel_events.setdefault(job.id, asyncio.Event())
         lost = asyncio.Event()
@@ -490,6 +489,15 @@ class Agent(LoggingConfigurable):
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
+            try:
+                spec = JobSpec.model_validate(job.spec)
+            except ValueError as exc:  # stored by another version, or written past the API: fail it, say why
+                errors = exc.errors() if hasattr(exc, "errors") else []
+                what = (f"{'.'.join(map(str, errors[0]['loc']))}: {errors[0]['msg']}" if errors
+                        else str(exc).splitlines()[0])
+                result = Result(FAILED, reason="invalid_spec", message=f"{describe('invalid_spec')} ({what}); "
+                                                                       "resubmit it")
+                return
             queue = await asyncio.to_thread(store.get_queue, job.queue)
             sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)

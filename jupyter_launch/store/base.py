@@ -55,6 +55,7 @@ REASONS: dict[str, str] = {
     "backend_error": "the backend failed",
     "secret_missing": "a secret the job names is not set on the agent",
     "artifact_error": "the job's artifact could not be unpacked",
+    "invalid_spec": "the job's stored spec is not valid for this agent's version",
     "agent_error": "the agent failed while running the job",
     "log_storage_full": "the store ran out of disk space for the job's log; the job was stopped",
     "log_write_failed": "the job's log could not be written to the store; the job was stopped",

@@ -218,6 +218,27 @@ def remove_job_containers(api: Any, job_ids: set[str]) -> None:
             api.remove_container(c["Id"], force=True)
 
 
+def test_a_job_whose_stored_spec_this_agent_refuses_fails_with_a_reason_and_the_next_runs(client, tmp_path):
+    """A spec stored by another version (here: a name with a terminal escape, refused since names are checked) is
+    failed as invalid_spec at once, instead of stopping the agent's claim and waiting out the lease as lost."""
+    from sqlalchemy import update
+
+    from jupyter_launch.store import schema
+
+    def command(text: str) -> dict[str, Any]:
+        return {"kind": "command", "command": [sys.executable, "-c", f"print({text!r})"]}
+
+    bad = client.submit(spec=command("never"), queue="default")
+    with client.store._write() as c:
+        stored = dict(client.store.get_job(bad.id).spec, name="evil\x1b]0;owned\x07")
+        c.execute(update(schema.jobs).where(schema.jobs.c.id == bad.id).values(spec=stored))
+    good = client.submit(spec=command("fine"), queue="default")
+    bad_rec, good_rec = run_to_completion(client, "default", [bad, good], timeout=120)
+    assert (bad_rec.state, bad_rec.reason, bad_rec.attempt) == ("failed", "invalid_spec", 1), bad_rec
+    assert "name" in bad_rec.message and "resubmit" in bad_rec.message, bad_rec.message
+    assert good_rec.state == "succeeded", good_rec
+
+
 def test_a_server_killed_with_1000_queued_jobs_keeps_them_all_and_runs_them(make_server):
     server = make_server(agent_queues=[])  # no agent yet: everything stays queued
     ids = []
