@@ -147,6 +147,16 @@ def test_enqueue_get_and_list_newest_first_with_paging(store):
         store.get_job("0000000000000000")
 
 
+def test_list_jobs_filters_by_owner_in_the_query(store):
+    # Through a server the owner is the identity that submits (its user), so the test reads it back.
+    name = new_queue(store)
+    ids = [store.enqueue(name, spec(), artifact=None, owner="someone").id for _ in range(3)]
+    owner = store.get_job(ids[0]).owner
+    assert owner
+    assert [j.id for j in store.list_jobs(queue=name, owner=owner, limit=2)] == ids[:0:-1]
+    assert store.list_jobs(queue=name, owner=owner + "-else") == []
+
+
 def test_enqueue_refuses_an_unknown_queue_and_a_job_type_the_queue_does_not_take(store):
     with pytest.raises(NotFound, match="unknown queue"):
         store.enqueue(f"nope-{secrets.token_hex(3)}", spec(), artifact=None)
