@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 from traitlets import Bool, Dict, Float, Instance, Integer, List, Unicode, default
 from traitlets.config import LoggingConfigurable
 
+from .artifact import DEFAULT_MAX_SIZE, format_size
 from .backends.base import Backend, JobContext, Liveness, Result, backend_class
 from .control import OUTPUT_DIR_ENV, RecordSplitter
 from .errors import LaunchError
@@ -30,8 +32,10 @@ from .masking import Masker, StreamMasker
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
-from .spec import JobSpec, ProviderConfig
-from .store import FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full
+from .spec import DEFAULT_MAX_LOG_SIZE, DEFAULT_MAX_OUTPUT_SIZE, JobSpec, ProviderConfig
+from .store import (
+    CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, describe, is_disk_full,
+)
 from .store.protocol import DiskReserve, LocalEvents, Store
 
 FLUSH_INTERVAL = 0.02
@@ -50,14 +54,23 @@ def detect_gpus() -> list[int]:
     return [i for i, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
 
 
+class LogTooLarge(LaunchError):
+    """A job's log passed its queue's ``max_log_size``."""
+
+
 class LogSink:
     """Buffers one job's output and writes it to the store in order, in batches, off the event loop; the job's
-    secrets are masked in it and in its control records (metrics, progress, result) on the way (:mod:`.masking`)."""
+    secrets are masked in it and in its control records (metrics, progress, result) on the way (:mod:`.masking`).
+    At most ``max_size`` bytes of it are kept (past that, ``too_large`` is set and ``on_failure`` told)."""
 
-    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None):
+    def __init__(self, store: Any, job_id: str, attempt: int, on_record: Any, on_failure: Any = None,
+                 max_size: int = DEFAULT_MAX_LOG_SIZE):
         self.store, self.job_id, self.attempt, self.on_record = store, job_id, attempt, on_record
         self.on_failure = on_failure
         self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
+        self.max_size = max_size
+        self.too_large: LogTooLarge | None = None
+        self._logged = 0
         self._pieces: list[tuple[str, bytes]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
@@ -80,7 +93,20 @@ class LogSink:
             self.on_record(self._masker.mask_value(rec) if self._masker else rec)
         if plain and self._masker:
             plain = self._masked(stream).feed(plain)
+        self._take(stream, plain)
+
+    def _take(self, stream: str, plain: bytes) -> None:
+        """Queue ``plain`` (already masked) for the store, up to ``max_size`` bytes in all."""
+        if plain and self.too_large is None and self._logged + len(plain) > self.max_size:
+            plain = plain[:self.max_size - self._logged]
+            self.too_large = LogTooLarge(f"the job's log passed its queue's max_log_size of "
+                                         f"{format_size(self.max_size)}")
+            if self.on_failure is not None:
+                self.on_failure(self.too_large)
+        elif self.too_large is not None:
+            return
         if plain:
+            self._logged += len(plain)
             if self._pieces and self._pieces[-1][0] == stream:
                 self._pieces[-1] = (stream, self._pieces[-1][1] + plain)
             else:
@@ -124,8 +150,7 @@ class LogSink:
             rest = splitter.flush()
             if self._masker:
                 rest = self._masked(stream).feed(rest) + self._masked(stream).flush()
-            if rest:
-                self._pieces.append((stream, rest))
+            self._take(stream, rest)
         self._closed = True
         self._kick.set()
         await self._task
@@ -174,6 +199,11 @@ class Agent(LoggingConfigurable):
     store = Instance(Store, help="The store (SQLStore, or HttpStore through a server for remote agents).")
     blobs = Instance(object, help="Where artifacts and outputs live (BlobStore or the HTTP client).")
     wake_socket = Bool(True, config=True, help="Listen for wake-ups from local submits on a Unix socket.")
+    max_artifact_size = Integer(DEFAULT_MAX_SIZE, config=True, help="Largest artifact this agent unpacks, in bytes (the "
+                                "files its manifest lists, in all); past it the job fails `artifact_error`. The "
+                                "default is the packaging limit's (`submit --max-size`).")
+    stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
+                       "running jobs may take to finish before they are interrupted and handed back.")
 
     @default("home")
     def _default_home(self) -> str:
@@ -192,6 +222,9 @@ class Agent(LoggingConfigurable):
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._running: dict[str, asyncio.Task[Any]] = {}
+        self._handing_back: set[str] = set()  # jobs being interrupted to be given back, not finished
+        self._hurry = asyncio.Event()  # a graceful stop is cut short: hand back what still runs now
+        self._run_task: asyncio.Task[Any] | None = None
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._backends: dict[str, Backend] = {}
         self._free_gpus: list[int] = []
@@ -262,13 +295,33 @@ class Agent(LoggingConfigurable):
         self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
                       ", ".join(self.job_types) or "any", self._total_gpus)
 
-    async def stop(self, *, cancel_jobs: bool = True) -> None:
-        """Stop claiming; cancel running jobs (their state is reported) unless ``cancel_jobs`` is false."""
+    async def stop(self, *, hand_back: bool = False, grace: float = 0.0) -> None:
+        """Stop claiming, then deal with the jobs still running: cancel them (ended ``cancelled``, for an agent that
+        lives and dies with its user's process), or with ``hand_back`` give them up to ``grace`` seconds to finish
+        (cut short by :meth:`hurry`) and hand the rest back, interrupted and queued again with their attempt not
+        counted. A claim still in flight when the stop begins (a remote agent's long poll) is handed back when it
+        returns a job, so a job arriving while the agent stops is never claimed for nobody."""
         self._stopping.set()
         self._wake.set()
-        if cancel_jobs:
-            for event in self._cancel_events.values():
-                event.set()
+        if self._run_task is not None and self._run_task is not asyncio.current_task():
+            await asyncio.wait({self._run_task})  # its last claim has returned, and been handed back
+        with contextlib.suppress(Exception):  # it serves its queues no more, whatever it still has to finish
+            await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+        if self._running and hand_back and grace > 0:
+            self.log.info("stopping: %d running job(s) have %gs to finish before they are handed back",
+                          len(self._running), grace)
+            deadline = time.monotonic() + grace
+            hurry = asyncio.create_task(self._hurry.wait())
+            try:
+                while self._running and not hurry.done() and (left := deadline - time.monotonic()) > 0:
+                    await asyncio.wait({hurry, *self._running.values()}, timeout=left,
+                                       return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                hurry.cancel()
+        for job_id, event in list(self._cancel_events.items()):
+            if hand_back:
+                self._handing_back.add(job_id)
+            event.set()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
         for unsub in self._unsubscribe:
@@ -281,8 +334,10 @@ class Agent(LoggingConfigurable):
         self._reapers.clear()
         for backend in self._backends.values():
             await backend.shutdown()
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
+
+    def hurry(self) -> None:
+        """Cut a graceful stop short: hand back at once the jobs it was waiting for (a second signal)."""
+        self._hurry.set()
 
     @staticmethod
     def provider_config(backend: Backend, queue_config: dict[str, Any]) -> ProviderConfig:
@@ -318,6 +373,7 @@ class Agent(LoggingConfigurable):
         """Claim and run jobs until :meth:`stop`."""
         if self._loop is None:
             await self.start()
+        self._run_task = asyncio.current_task()
         last_reap = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
@@ -339,6 +395,11 @@ class Agent(LoggingConfigurable):
                         free_gpus=len(self._free_gpus) if self._local_gpus else None)
                     if claim is None:
                         break
+                    if self._stopping.is_set():  # a long poll that outlived the stop: the job is not ours to run
+                        await self._hand_back_unstarted(claim)
+                        break
+                    # Its cancel event exists from now: a stop before the task first runs still reaches it.
+                    self._cancel_events[claim.job.id] = asyncio.Event()
                     self._running[claim.job.id] = asyncio.create_task(self._run_claim(claim))
             except RemoteAuthError as exc:
                 self._refuse(exc)
@@ -347,6 +408,14 @@ class Agent(LoggingConfigurable):
                 self.log.exception("claiming failed; retrying in %.1fs", self.poll_interval)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(self.poll_interval, self.interval))
+
+    async def _hand_back_unstarted(self, claim: Claim) -> None:
+        try:
+            await asyncio.to_thread(self.store.hand_back, claim.job.id, claim.fence)
+            self.log.info("stopping: handed back job %s, claimed as the stop began", claim.job.id)
+        except Exception:  # the lease still lapses, and the job is requeued then (as an attempt)
+            self.log.warning("could not hand back job %s; it is requeued when its lease expires", claim.job.id,
+                             exc_info=True)
 
     def _refuse(self, exc: RemoteAuthError) -> None:
         """The server refused this agent's token (revoked, or out of scope): no retry can succeed, so say so once
@@ -379,8 +448,7 @@ class Agent(LoggingConfigurable):
         job, fence = claim.job, claim.fence
         spec = JobSpec.model_validate(job.spec)
         gpu_ids: list[int] = []
-        cancel = asyncio.Event()
-        self._cancel_events[job.id] = cancel
+        cancel = self._cancel_events.setdefault(job.id, asyncio.Event())
         lost = asyncio.Event()
         runner_result: dict[str, Any] = {}
         result_seen = asyncio.Event()
@@ -402,6 +470,8 @@ class Agent(LoggingConfigurable):
         def on_log_failure(exc: Exception) -> None:
             if isinstance(exc, RemoteAuthError):
                 self._refuse(exc)
+            elif isinstance(exc, LogTooLarge):
+                self.log.warning("job %s: %s; stopping the job", job.id, exc)
             else:
                 self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
             cancel.set()
@@ -411,6 +481,7 @@ class Agent(LoggingConfigurable):
         result = Result(FAILED, reason="agent_error")
         try:
             queue = await asyncio.to_thread(store.get_queue, job.queue)
+            sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)
             if backend.supported_features().get("local_gpus", True):
                 if spec.resources.gpu > len(self._free_gpus):
@@ -455,14 +526,28 @@ class Agent(LoggingConfigurable):
                 result = Result(FAILED, reason="log_storage_full" if full else "log_write_failed", message=(
                     f"{describe('log_storage_full' if full else 'log_write_failed')}: {cause}. The log "
                     "up to that point is kept; free space where the store lives (or fix the store) and rerun"))
+            elif sink.too_large is not None:
+                result = Result(FAILED, reason="log_too_large", message=(
+                    f"{sink.too_large}; the job was stopped. The log up to that point is kept; print less, or "
+                    "raise max_log_size in the queue's config"))
             elif runner_result and result.state != "cancelled" and result.reason != "timeout":
                 result.state = runner_result.get("state", result.state)
                 result.reason = runner_result.get("reason") or result.reason
                 result.message = runner_result.get("message") or result.message
                 if result.finished_at_result:  # the status the runner exits with, as it promises
                     result.exit_code = 0 if result.state == SUCCEEDED else 1
-            if sink.failure is None:  # else the store has no room for them either: the job was stopped
-                await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir)
+            if sink.failure is None and not self._given_back(job.id, result):  # else no room for them either
+                try:
+                    await asyncio.to_thread(self._collect_outputs, job.id, ctx.output_dir,
+                                            queue.config.get("max_output_size") or DEFAULT_MAX_OUTPUT_SIZE)
+                except _JobSetupError as exc:
+                    result = Result(FAILED, reason=exc.reason, message=str(exc))
+                except Exception as exc:
+                    if not is_disk_full(exc):
+                        raise
+                    result = Result(FAILED, reason="storage_full", message=(
+                        f"{describe('storage_full')}: {getattr(exc, 'orig', None) or exc}. No output was kept; "
+                        "free space where the store's blobs live and rerun"))
         except RemoteAuthError as exc:
             self._refuse(exc)
             lost.set()  # nothing more can be reported for this job; the server requeues it when its lease expires
@@ -476,15 +561,47 @@ class Agent(LoggingConfigurable):
             self._free_gpus.extend(gpu_ids)
             self._cancel_events.pop(job.id, None)
             await updates.drain()
-            if not lost.is_set():
-                await asyncio.to_thread(store.finish, job.id, fence, result.state, exit_code=result.exit_code,
-                                        reason=result.reason, message=result.message or describe(
-                                            result.reason, exit_code=result.exit_code))
-            if not self.keep_workdirs:
+            given_back = self._given_back(job.id, result)
+            self._handing_back.discard(job.id)
+            if given_back and not self.keep_workdirs:  # before it is claimed again, maybe on this machine
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            if lost.is_set():
+                pass  # a newer attempt owns the job, or nothing can be reported any more
+            elif given_back:
+                await asyncio.to_thread(self._hand_back_interrupted, job.id, fence)
+            else:
+                await asyncio.to_thread(self._finish, job.id, fence, result)
+            if not given_back and not self.keep_workdirs:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _finish(self, job_id: str, fence: int, result: Result) -> None:
+        """Record the job's end; on a disk too full for even that, free the store's reserve and record it then (a
+        job must never be left `running` by a full disk)."""
+        def finish() -> None:
+            self.store.finish(job_id, fence, result.state, exit_code=result.exit_code, reason=result.reason,
+                              message=result.message or describe(result.reason, exit_code=result.exit_code))
+
+        try:
+            finish()
+        except Exception as exc:
+            if not (is_disk_full(exc) and isinstance(self.store, DiskReserve) and self.store.release_reserve()):
+                raise
+            finish()
+
+    def _given_back(self, job_id: str, result: Result) -> bool:
+        """Whether this job's end is a hand-back: interrupted by a stopping agent (not ended on its own first)."""
+        return job_id in self._handing_back and result.state == CANCELLED
+
+    def _hand_back_interrupted(self, job_id: str, fence: int) -> None:
+        try:
+            if self.store.hand_back(job_id, fence):
+                self.log.info("stopping: handed back job %s, interrupted; it runs again on the next agent", job_id)
+        except Exception:
+            self.log.warning("could not hand back job %s; it is requeued when its lease expires", job_id,
+                             exc_info=True)
 
     def _prepare(self, job: Any, fence: int, spec: JobSpec, queue_config: ProviderConfig, workdir: Path,
                  gpu_ids: list[int]) -> JobContext:
@@ -500,7 +617,7 @@ class Agent(LoggingConfigurable):
             from .artifact import ArtifactError, materialize
 
             try:
-                materialize(job.artifact, self.blobs, workdir)
+                materialize(job.artifact, self.blobs, workdir, max_size=self.max_artifact_size)
             except (ArtifactError, OSError, KeyError) as exc:
                 raise _JobSetupError("artifact_error", f"cannot unpack artifact {job.artifact}: {exc}") from None
         else:
@@ -558,13 +675,26 @@ class Agent(LoggingConfigurable):
                 del pending[:len(batch)]
                 self.store.add_metrics(job_id, batch)
 
-    def _collect_outputs(self, job_id: str, output_dir: Path) -> None:
-        records = []
+    def _collect_outputs(self, job_id: str, output_dir: Path, max_size: int) -> None:
+        """Store the job's output files, or none of them when together they pass ``max_size`` (checked by their
+        sizes before anything is copied: a sparse file counts at its full size, as it would be stored)."""
+        files = []
         if output_dir.is_dir():
             for path in sorted(output_dir.rglob("*")):
                 if path.is_file() and not path.is_symlink():
-                    digest = self.blobs.put_file(path)
-                    records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, path.stat().st_size))
+                    files.append((path, path.stat().st_size))
+        total = sum(size for _, size in files)
+        if total > max_size:
+            path, size = max(files, key=lambda f: f[1])
+            raise _JobSetupError("output_too_large", (
+                f"{describe('output_too_large')}: {format_size(total)} in {len(files)} file(s), over the queue's "
+                f"max_output_size of {format_size(max_size)} (largest: {path.relative_to(output_dir).as_posix()}, "
+                f"{format_size(size)}); none was kept. Write less to the output folder, or raise max_output_size "
+                "in the queue's config"))
+        records = []
+        for path, size in files:
+            digest = self.blobs.put_file(path)
+            records.append(OutputRecord(path.relative_to(output_dir).as_posix(), digest, size))
         self.store.add_outputs(job_id, records)
 
 
@@ -574,6 +704,43 @@ class _JobSetupError(LaunchError):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+async def serve(agent: Agent, stop: asyncio.Event) -> None:
+    """Run ``agent`` until ``stop`` is set (or the server refuses its token), then stop it gracefully: no new claims,
+    running jobs get ``Agent.stop_grace`` seconds to finish, the rest are handed back (:meth:`Agent.hurry` cuts the
+    wait short)."""
+    if agent._loop is None:
+        await agent.start()
+    running = asyncio.create_task(agent.run())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        # A refused token ends the agent's loop by itself, with one line saying why.
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        await agent.stop(hand_back=True, grace=agent.stop_grace)
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await running
+
+
+def stop_on_signals(agent: Agent, stop: asyncio.Event) -> None:
+    """How `jupyter launch agent` answers signals: SIGTERM stops it gracefully (sets ``stop``); SIGINT, or a second
+    signal, hands its running jobs back at once. (SIGKILL reports nothing: their leases lapse, and they are requeued
+    as a new attempt, or fail ``lost`` with no retries left.)"""
+    loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        hurry = sig == signal.SIGINT or stop.is_set()
+        agent.log.info("%s: %s", sig.name, "handing running jobs back now" if hurry else
+                       f"stopping; running jobs have {agent.stop_grace:g}s to finish (SIGINT: hand them back now)")
+        if hurry:
+            agent.hurry()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
 
 
 def make_local_agent(store: Any, queues: list[str], *, job_types: list[str] | None = None,

@@ -463,8 +463,8 @@ def build_artifact(root: str | Path, blobs: BlobStore, *, include: list[str] | N
 
 # ---------------------------------------------------------------- reading and unpacking
 
-def _read_manifest(digest: str, blobs: BlobStore) -> tuple[bytes, dict[str, Any]]:
-    """The manifest blob, as stored and checked."""
+def _read_manifest(digest: str, blobs: BlobStore, max_size: int = DEFAULT_MAX_SIZE) -> tuple[bytes, dict[str, Any]]:
+    """The manifest blob, as stored and checked (its files coming to at most ``max_size`` bytes in all)."""
     if not isinstance(digest, str) or not _DIGEST.match(digest):
         raise ArtifactError(f"not an artifact digest: {digest!r}")
     try:
@@ -477,10 +477,10 @@ def _read_manifest(digest: str, blobs: BlobStore) -> tuple[bytes, dict[str, Any]
         manifest = json.loads(data)
     except ValueError:
         raise ArtifactError(f"artifact {digest}: the manifest is not valid JSON") from None
-    return data, _check_manifest(manifest, digest)
+    return data, _check_manifest(manifest, digest, max_size)
 
 
-def _check_manifest(manifest: Any, digest: str) -> dict[str, Any]:
+def _check_manifest(manifest: Any, digest: str, max_size: int) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"artifact {digest}: the manifest is not a JSON object")
     version = manifest.get("version")
@@ -495,6 +495,11 @@ def _check_manifest(manifest: Any, digest: str) -> dict[str, Any]:
         if not (isinstance(entry, dict) and isinstance(entry.get("digest"), str) and _DIGEST.match(entry["digest"])
                 and type(entry.get("size")) is int and entry["size"] >= 0 and entry.get("mode") in FILE_MODES):
             raise ArtifactError(f"artifact {digest}: bad manifest entry for {path!r}")
+    # Checked before anything is written: one blob listed many times would otherwise unpack to any size.
+    total = sum(entry["size"] for entry in files.values())
+    if total > max_size:
+        raise ArtifactError(f"artifact {digest}: its files come to {format_size(total)}, over the packaging limit "
+                            f"of {format_size(max_size)}; nothing was unpacked")
     for path in files:  # a path cannot be both a file and a folder
         parent = path.rpartition("/")[0]
         while parent:
@@ -513,12 +518,13 @@ def load_manifest(digest: str, blobs: BlobStore) -> dict[str, Any]:
     return _read_manifest(digest, blobs)[1]
 
 
-def materialize(digest: str, blobs: BlobStore, dest: str | Path) -> Path:
-    """Write the artifact's files into ``dest`` (plus the manifest at ``.jupyter-launch/manifest.json``).
+def materialize(digest: str, blobs: BlobStore, dest: str | Path, *, max_size: int = DEFAULT_MAX_SIZE) -> Path:
+    """Write the artifact's files into ``dest`` (plus the manifest at ``.jupyter-launch/manifest.json``); an artifact
+    whose files come to more than ``max_size`` bytes is refused before anything is written.
 
     Files are copied, never hard-linked: blobs are shared by every job and the job may write to its files.
     """
-    data, manifest = _read_manifest(digest, blobs)
+    data, manifest = _read_manifest(digest, blobs, max_size)
     dest_path = Path(dest)
     dest_path.mkdir(parents=True, exist_ok=True)
     real_dest = os.path.realpath(dest_path)
@@ -553,9 +559,9 @@ def materialize(digest: str, blobs: BlobStore, dest: str | Path) -> Path:
     return dest_path
 
 
-def write_tar(digest: str, blobs: BlobStore, fileobj: BinaryIO) -> None:
+def write_tar(digest: str, blobs: BlobStore, fileobj: BinaryIO, *, max_size: int = DEFAULT_MAX_SIZE) -> None:
     """The artifact as an uncompressed tar stream (for containers); same artifact, same bytes."""
-    data, manifest = _read_manifest(digest, blobs)
+    data, manifest = _read_manifest(digest, blobs, max_size)
 
     def info(name: str, size: int, mode: int) -> tarfile.TarInfo:
         member = tarfile.TarInfo(name)

@@ -357,7 +357,8 @@ class LaunchMagics(Magics):
             if client.live_agents(queue):
                 return None
             return (f"no agent serves queue {queue!r} on {client.server_url}; the job waits for one "
-                    f"(`jupyter launch agent --server URL --token AGENT_TOKEN --queue {queue}`)")
+                    f"(`jupyter launch agent --server URL --queue {queue}`, with an agent token in "
+                    "$JUPYTER_LAUNCH_TOKEN or --token-file FILE)")
         if not self.agent_in_kernel:
             return None
         if not BackgroundLoop.get().submit(client.ensure_agent(queue)).result():

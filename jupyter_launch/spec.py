@@ -9,6 +9,7 @@ from __future__ import annotations
 import keyword
 import math
 import re
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -29,6 +30,7 @@ JOB_KINDS = ("notebook", "cell", "command")
 MAX_GPUS = 1024  # per job; also keeps the count inside the store's integer column
 # Bounds on a YAML document or a parameter value: deeper or (through aliases) larger input is refused, not expanded.
 MAX_DEPTH = 100
+MAX_JOB_NAME = 200  # characters in a job name
 MAX_VALUES = 100_000
 
 
@@ -144,6 +146,10 @@ CommandArg = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul
 # Seconds between SIGTERM (or the backend's stop) and the kill; written like a timeout ("30s", 10).
 GracePeriod = Annotated[float, BeforeValidator(lambda v: parse_duration(v) or 10.0), Field(gt=0)]
 EnvValue = Annotated[str, BeforeValidator(_scalar_str), AfterValidator(_no_nul)]
+# A size in bytes, written like a memory size ("512Mi", "10Gi", 1048576).
+ByteSize = Annotated[int, BeforeValidator(lambda v: parse_memory(v)), Field(gt=0, le=2**62)]
+DEFAULT_MAX_LOG_SIZE = 1024**3  # a job's log, by default
+DEFAULT_MAX_OUTPUT_SIZE = 10 * 1024**3  # a job's output files together, by default
 
 
 def _check_parameter_value(value: Any, name: str, depth: int = 0) -> None:
@@ -262,6 +268,21 @@ class JobSpec(Strict):
                 raise ValueError(f"{key!r} is not a valid secret name (it becomes an environment variable)")
         return v
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if len(v) > MAX_JOB_NAME:
+            raise ValueError(f"a job name has at most {MAX_JOB_NAME} characters, not {len(v)}")
+        for ch in v:
+            # Control characters (NUL, escapes that drive a terminal), format characters (bidi overrides that
+            # reorder what a listing shows, zero-width ones) and line breaks have no place in a one-line name.
+            if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+                raise ValueError(f"a job name cannot hold {ascii(ch)} ({unicodedata.name(ch, 'a control character')});"
+                                 " use printable characters")
+        return v
+
     @field_validator("job_type")
     @classmethod
     def _job_type(cls, v: str | None) -> str | None:
@@ -340,6 +361,9 @@ class QueueConfig(Strict):
     agent_image: str | None = None
     job_types: list[str] = Field(default_factory=list)  # accepted job types; empty = any
     description: str | None = None
+    # Past either, the job is stopped and fails (log_too_large, output_too_large): one job cannot fill the store.
+    max_log_size: ByteSize = DEFAULT_MAX_LOG_SIZE
+    max_output_size: ByteSize = DEFAULT_MAX_OUTPUT_SIZE
 
     @field_validator("queue_name")
     @classmethod

@@ -65,11 +65,7 @@ class LaunchServer:
 
     def start(self, timeout: float = 90) -> LaunchServer:
         """Start it and wait until the API answers and the in-process agent, if any, serves its queues."""
-        cmd = [sys.executable, "-m", "jupyter_server", f"--config={self.config}", "--no-browser",
-               f"--port={self.port}", "--port-retries=0", "--ServerApp.ip=127.0.0.1",
-               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"]
-        with open(self.log, "ab") as out:
-            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
+        self.start_process()
         deadline = time.monotonic() + timeout
         while not self._ready():
             if self.process.poll() is not None:
@@ -78,6 +74,15 @@ class LaunchServer:
                 raise AssertionError(f"jupyter server not ready within {timeout:g} s:\n{self.log_tail()}")
             time.sleep(0.1)
         return self
+
+    def start_process(self) -> subprocess.Popen:
+        """Start the `jupyter server` process and return at once (``start`` waits until it is ready)."""
+        cmd = [sys.executable, "-m", "jupyter_server", f"--config={self.config}", "--no-browser",
+               f"--port={self.port}", "--port-retries=0", "--ServerApp.ip=127.0.0.1",
+               f"--IdentityProvider.token={self.token}", f"--ServerApp.root_dir={self.root}"]
+        with open(self.log, "ab") as out:
+            self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.root)
+        return self.process
 
     def _ready(self) -> bool:
         try:

@@ -291,7 +291,8 @@ def test_through_a_server_a_queue_no_agent_serves_waits_for_one(launch_server, t
         job_id, state = first.split()
         assert state == "queued"
         assert note == (f"no agent serves queue 'unserved' on {launch_server.url}/; the job waits for one "
-                        "(`jupyter launch agent --server URL --token AGENT_TOKEN --queue unserved`)")
+                        "(`jupyter launch agent --server URL --queue unserved`, with an agent token in "
+                        "$JUPYTER_LAUNCH_TOKEN or --token-file FILE)")
         assert client.live_agents("unserved") == []
         assert launch_server.api("GET", f"jobs/{job_id}")[1]["state"] == "queued"
     finally:

@@ -241,6 +241,23 @@ def test_an_expired_lease_is_requeued_as_a_new_attempt_and_the_old_fence_is_stal
     assert again.job.id == job.id and again.fence == claim.fence + 1 and again.job.attempt == 2
 
 
+def test_a_job_handed_back_is_queued_again_without_an_attempt_counted_and_the_old_fence_is_stale(store):
+    name = new_queue(store)
+    job = store.enqueue(name, spec(retries=0), artifact=None)
+    claim = store.claim_next_job(agent_id(), [name])
+    assert store.hand_back(job.id, claim.fence - 1) is False
+    assert store.hand_back(job.id, claim.fence) is True
+    back = store.get_job(job.id)
+    assert (back.state, back.attempt, back.agent_id, back.lease_expires) == (QUEUED, 1, None, None)
+    assert store.finish(job.id, claim.fence, SUCCEEDED, exit_code=0) is False
+    assert store.hand_back(job.id, claim.fence) is False
+    again = store.claim_next_job(agent_id(), [name])
+    assert again.job.id == job.id and again.job.attempt == 1 and again.fence > claim.fence
+    store.request_cancel(job.id)  # a cancel asked for while it ran: handing it back ends it cancelled
+    assert store.hand_back(job.id, again.fence) is True
+    assert store.get_job(job.id).state == CANCELLED
+
+
 def test_cancel_a_queued_job_at_once(store):
     name = new_queue(store)
     job = store.enqueue(name, spec(), artifact=None)

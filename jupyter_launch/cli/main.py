@@ -12,8 +12,10 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import time
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -45,7 +47,21 @@ def _fmt_duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+_UNPRINTABLE = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn")
+
+
+def printable(text: Any) -> str:
+    """``text`` with every control, format and line-break character written as its escape (``\\x1b``,
+    ``\\u202e``): a stored string (a job's name, a reason an agent sent) cannot drive the terminal, reorder a line
+    or start a new one."""
+    text = str(text)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) in _UNPRINTABLE else ch for ch in text)
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[printable(x) for x in r] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
@@ -54,14 +70,32 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 STORE_HELP = """\
 Which store a command uses, the first that applies:
-  1. --server URL or $JUPYTER_LAUNCH_SERVER_URL: through that server, with --token or $JUPYTER_LAUNCH_TOKEN
-     (a server that does not answer is an error, never a silent fallback);
+  1. --server URL or $JUPYTER_LAUNCH_SERVER_URL: through that server, with the token in $JUPYTER_LAUNCH_TOKEN or in
+     --token-file FILE (mode 600; --token T works too, but every local user sees it in `ps`) (a server that does not
+     answer is an error, never a silent fallback);
   2. $JUPYTER_LAUNCH_HOME or $JUPYTER_LAUNCH_STORE_URL set: that store, embedded; no server is looked for;
   3. a local running Jupyter server with jupyter-launch (from Jupyter's runtime dir): through it, its own token;
   4. the embedded store under ~/.local/share/jupyter/launch.
-`agent --server URL --token AGENT_TOKEN` works for that server over HTTP; `agent` alone runs on the store of 2 or 4
-(never a discovered server).
+`agent --server URL` with an agent token ($JUPYTER_LAUNCH_TOKEN or --token-file FILE) works for that server over
+HTTP; `agent` alone runs on the store of 2 or 4 (never a discovered server).
 """
+
+
+def read_token_file(path: str) -> str:
+    """The token in ``path``, a file only its owner may read: a token on a command line is visible to every local
+    user in `ps`, one in a file others can read is no better."""
+    try:
+        with open(path) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if mode & 0o077:
+                raise UsageError(f"--token-file {path}: mode {stat.S_IMODE(mode):o} lets other users read the token; "
+                                 f"chmod 600 {path}")
+            lines = f.read().strip().splitlines()
+    except OSError as exc:
+        raise UsageError(f"--token-file {path}: {exc.strerror or exc}") from None
+    if len(lines) != 1 or not lines[0].strip():
+        raise UsageError(f"--token-file {path}: the file must hold the token alone, on one line")
+    return lines[0].strip()
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -171,7 +205,7 @@ def _follow(client: Client, job_id: str, *, run_agent_for: str | None = None, of
                     elif item.done:
                         final.append(item)
                     elif item.state != "running":  # say why it waits, each time the reason changes
-                        print(f"[{item.state}] {item.message or item.reason}", file=sys.stderr)
+                        print(printable(f"[{item.state}] {item.message or item.reason}"), file=sys.stderr)
 
             pumping = asyncio.create_task(pump())
             stopping = asyncio.create_task(stop.wait())
@@ -187,8 +221,8 @@ def _follow(client: Client, job_id: str, *, run_agent_for: str | None = None, of
             else:
                 await pumping  # its error, if any, is the command's
             rec = final[-1] if final else await asyncio.to_thread(client.get_job, job_id)
-            print(f"job {job_id} {rec.state}" + (f": {rec.message}" if rec.state != "succeeded" and rec.message else ""),
-                  file=sys.stderr)
+            print(printable(f"job {job_id} {rec.state}" + (
+                f": {rec.message}" if rec.state != "succeeded" and rec.message else "")), file=sys.stderr)
             if rec.state == "succeeded":
                 print(f"outputs: jupyter launch outputs {job_id} --to DIR", file=sys.stderr)
             return 0 if rec.state == "succeeded" else 1
@@ -245,7 +279,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if j.progress:
         lines.append(f"progress   {j.progress.get('value')}/{j.progress.get('total') or '?'} "
                      f"{j.progress.get('description') or ''}".rstrip())
-    print("\n".join(lines))
+    print("\n".join(printable(line) for line in lines))
     return 0
 
 
@@ -301,13 +335,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from ..agent import make_local_agent
+    from ..agent import make_local_agent, serve, stop_on_signals
     from ..paths import default_store_url, launch_home
 
     args.server = args.server or os.environ.get(SERVER_ENV)
     if args.server:
         if not (args.token or os.environ.get(TOKEN_ENV)):
-            raise UsageError(f"agent --server needs --token (or ${TOKEN_ENV}): an agent token from `token create`")
+            raise UsageError(f"agent --server needs an agent token (from `token create`) in ${TOKEN_ENV} or in "
+                             "--token-file FILE (mode 600)")
         from .tokens import cmd_remote_agent
 
         return cmd_remote_agent(args)
@@ -323,16 +358,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent.log = logging.getLogger("jupyter_launch.agent")
 
     async def main() -> None:
-        await agent.start()
-        loop = asyncio.get_running_loop()
-        done = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, done.set)
-        task = asyncio.create_task(agent.run())
-        await done.wait()
-        agent.log.info("stopping: cancelling running jobs")
-        await agent.stop()
-        task.cancel()
+        stop = asyncio.Event()
+        stop_on_signals(agent, stop)
+        await serve(agent, stop)
 
     asyncio.run(main())
     return 0
@@ -371,12 +399,18 @@ def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="work through this Jupyter server (default: $JUPYTER_LAUNCH_SERVER_URL; which store a "
                              "command uses: `jupyter launch --help`)")
     parser.add_argument("--token", metavar="T", default=default,
-                        help="the server's token; for `agent`, an agent token (default: $JUPYTER_LAUNCH_TOKEN)")
+                        help="the server's token; for `agent`, an agent token (default: $JUPYTER_LAUNCH_TOKEN). Every "
+                             "local user sees a command line in `ps`: prefer the variable or --token-file")
+    parser.add_argument("--token-file", metavar="FILE", default=default,
+                        help="read the token from FILE, which only its owner may read (chmod 600 FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # No abbreviations before the command: they would be matched against the command's own options too (`outputs
+    # --to DIR` is neither --token nor --token-file).
     p = argparse.ArgumentParser(prog="jupyter launch", description="Run notebooks, cells and commands on queues.",
-                                epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=STORE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     _add_server_options(p, None)
     # The same options after the command (`jupyter launch jobs --server URL`); unset there, they keep the global value.
     server_options = argparse.ArgumentParser(add_help=False)
@@ -460,8 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--to", help="download into this folder")
     o.set_defaults(func=cmd_outputs)
 
-    a = sub.add_parser("agent", help="run an agent in the foreground (with --server URL --token AGENT_TOKEN: for that "
-                       "server, over HTTP)", parents=[server_options])
+    a = sub.add_parser("agent", help="run an agent in the foreground (with --server URL and an agent token in "
+                       "$JUPYTER_LAUNCH_TOKEN or --token-file FILE: for that server, over HTTP). SIGTERM stops it "
+                       "gracefully (running jobs get c.Agent.stop_grace seconds, then are handed back); SIGINT, or a "
+                       "second signal, hands them back at once", parents=[server_options])
     a.add_argument("--queue", "-q", action="append", required=True)
     a.add_argument("--job-type", "-t", action="append", default=[])
     a.add_argument("--lease", type=float, help="lease seconds (default: c.Agent.lease_seconds, 30)")
@@ -492,11 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # a config file that does not run, or a --Class.trait=value of the wrong type
             raise UsageError(f"Jupyter config (jupyter_launch_config.py in `jupyter --paths` config, or "
                              f"--Class.trait=value): {type(exc).__name__}: {exc}") from None
+        if getattr(args, "token_file", None):
+            if args.token:
+                raise UsageError("give --token or --token-file, not both")
+            args.token = read_token_file(args.token_file)
         if args.token and not (args.server or os.environ.get(SERVER_ENV)):
             raise UsageError(f"--token goes with --server URL (or ${SERVER_ENV})")
         return args.func(args)
     except (LocatedError, StoreError, UsageError) as exc:  # bad input (a spec, a folder to package), a refusal
-        print(f"jupyter launch: error: {exc}", file=sys.stderr)
+        print(f"jupyter launch: error: {printable(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -10,17 +10,16 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
 from ..remote.http import TOKEN_ENV
-from .main import _client, agent_traits
+from .main import _client, agent_traits, printable
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     token, record = _client(args).create_agent_token(args.name, args.queue)
-    print(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:",
+    print(printable(f"agent token {record.id} ({record.name}) for queue(s) {', '.join(record.queues)}; shown once:"),
           file=sys.stderr)
     print(token)
     return 0
@@ -33,13 +32,14 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         return 0
     for r in records:
         state = "revoked" if r.revoked else "active"
-        print(f"{r.id}  {r.name}  {','.join(r.queues)}  {state}")
+        print(printable(f"{r.id}  {r.name}  {','.join(r.queues)}  {state}"))
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     record = _client(args).revoke_agent_token(args.token_id)
-    print(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next call")
+    print(printable(f"revoked agent token {record.id} ({record.name}); its agent gets no more work from its next "
+                    "call"))
     return 0
 
 
@@ -62,7 +62,9 @@ def add_token_commands(sub: Any) -> None:
 
 
 def cmd_remote_agent(args: argparse.Namespace) -> int:
-    """``jupyter launch agent --server URL --token T --queue Q``: work for a server over HTTP."""
+    """``jupyter launch agent --server URL --queue Q`` (the agent token in $JUPYTER_LAUNCH_TOKEN or --token-file):
+    work for a server over HTTP."""
+    from ..agent import stop_on_signals
     from ..remote.agent import make_remote_agent, run_remote_agent
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
@@ -73,9 +75,7 @@ def cmd_remote_agent(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(agent, stop)
         await run_remote_agent(agent, stop)
 
     asyncio.run(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ from .store import HttpBlobs, HttpStore
 
 def make_remote_agent(server_url: str, token: str, queues: list[str], *, job_types: list[str] | None = None,
                       cache_dir: str | Path | None = None, claim_wait: float = 20.0, **traits: Any) -> Any:
-    """An ``Agent`` that works for a server over HTTP (``jupyter launch agent --server URL --token T``)."""
+    """An ``Agent`` that works for a server over HTTP (``jupyter launch agent --server URL``)."""
     from ..agent import Agent
     from ..paths import launch_home
 
@@ -23,20 +22,13 @@ def make_remote_agent(server_url: str, token: str, queues: list[str], *, job_typ
 
 
 async def run_remote_agent(agent: Any, stop: Any = None) -> None:
-    """Run a remote agent until ``stop`` (an asyncio.Event) is set or its token stops working."""
+    """Run a remote agent until ``stop`` (an asyncio.Event) is set or its token stops working, then stop it
+    gracefully (``agent.serve``: what it runs is finished or handed back)."""
     import asyncio
 
-    stop = stop or asyncio.Event()
-    await agent.start()
-    task = asyncio.create_task(agent.run())
-    stopping = asyncio.create_task(stop.wait())
+    from ..agent import serve
+
     try:
-        # A refused token ends the agent's loop by itself, with one line saying why.
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await serve(agent, stop or asyncio.Event())
     finally:
-        stopping.cancel()
-        await agent.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
         agent.store.close()

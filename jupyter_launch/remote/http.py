@@ -105,7 +105,7 @@ class Http:
             message = parsed.get("message") if isinstance(parsed, dict) else None
             message = message or f"HTTP {resp.status} {resp.reason}"
             if resp.status in (401, 403):
-                hint = "" if self.token else f"; no token was given (--token or ${TOKEN_ENV})"
+                hint = "" if self.token else f"; no token was given (${TOKEN_ENV} or --token-file FILE)"
                 raise RemoteAuthError(f"the server at {self.server_url} refused the token: {message}{hint}",
                                       resp.status)
             if resp.status == 404:

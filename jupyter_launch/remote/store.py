@@ -170,6 +170,9 @@ class HttpStore:
         return bool(self._job_call(job_id, "finish", {"fence": fence, "state": state, "exit_code": exit_code,
                                                       "reason": reason, "message": message})["ok"])
 
+    def hand_back(self, job_id: str, fence: int) -> bool:
+        return bool(self._job_call(job_id, "hand_back", {"fence": fence})["ok"])
+
     # ------------------------------------------------------------ agents
 
     def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,

@@ -21,6 +21,7 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 from ..agent import Agent
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
+from ..store.sql import redact_url
 from ..service import LaunchService
 
 T = TypeVar("T")
@@ -66,7 +67,14 @@ class LaunchApp(ExtensionApp):
 
     # ------------------------------------------------------------ extension hooks
 
+    # Set before anything can fail, so stopping works from any state the start left (a damaged store, say).
+    store: SQLStore | None = None
+    service: LaunchService | None = None
+    executor: ThreadPoolExecutor | None = None
+
     def initialize_settings(self) -> None:
+        self.agents: list[Agent] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self.store = SQLStore(self.store_url, migrate=False)
         if self.migrate:
             self.store.migrate(in_child=True)  # the server lives long: it need not keep alembic loaded
@@ -75,10 +83,8 @@ class LaunchApp(ExtensionApp):
         self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
         self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
         self.inflight = 0
-        self.agents: list[Agent] = []
-        self._tasks: list[asyncio.Task[Any]] = []
         self.settings["launch"] = self
-        self.log.info("jupyter-launch store: %s", _redact(self.store_url))
+        self.log.info("jupyter-launch store: %s", redact_url(self.store_url))
 
     def initialize_handlers(self) -> None:
         from .handlers import default_handlers
@@ -87,6 +93,8 @@ class LaunchApp(ExtensionApp):
         self.handlers.extend(default_handlers + stream_handlers)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        if self.service is None:
+            return  # initialize_settings failed, and said why; the server runs without jupyter-launch
         if self.listen_backlog:
             # listen() again on a listening socket only changes its backlog. Tornado keeps no public list of them.
             for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
@@ -106,25 +114,32 @@ class LaunchApp(ExtensionApp):
             self._tasks.append(asyncio.create_task(agent.run()))
 
     async def stop_extension(self) -> None:
-        # In-process jobs are handed back, not finished: their leases are expired and fenced off first (so the
-        # agent's last reports are ignored), their processes stopped, then they are requeued per their retries.
-        # A restart loses nothing; a server killed outright gets the same once the leases lapse.
-        if not hasattr(self, "store") or self.store is None:
-            return  # never initialized, or already stopped
-        agents, self.agents = self.agents, []
+        """Hand the in-process agents' jobs back and close the store; from any state the start left, never raising
+        (a server whose store failed to open must still stop on SIGTERM)."""
+        store, self.store = self.store, None
+        agents, self.agents = getattr(self, "agents", []), []
         for agent in agents:
-            with contextlib.suppress(Exception):
-                await self.run_store(self.store.release_agent_leases, agent.agent_id)
-                await agent.stop(cancel_jobs=True)
-        if agents:
-            with contextlib.suppress(Exception):
-                await self.run_store(self.store.requeue_expired)
-        for task in self._tasks:
+            # Interrupted jobs are queued again with their attempt not counted: a restart loses nothing. A server
+            # killed outright gets the same once the leases lapse, as a new attempt.
+            try:
+                await agent.stop(hand_back=True)
+            except Exception:
+                self.log.warning("stopping agent %s failed; its jobs are requeued when their leases lapse",
+                                 agent.agent_id, exc_info=True)
+                if store is not None:
+                    with contextlib.suppress(Exception):
+                        await self.run_store(store.release_agent_leases, agent.agent_id)
+        for task in getattr(self, "_tasks", []):
             task.cancel()
-        self.service.close()
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        self.store.close()
-        self.store = None
+        try:
+            if self.service is not None:
+                self.service.close()
+            if self.executor is not None:
+                self.executor.shutdown(wait=False, cancel_futures=True)
+            if store is not None:
+                store.close()
+        except Exception:
+            self.log.warning("jupyter-launch: closing the store failed", exc_info=True)
 
     # ------------------------------------------------------------ helpers for handlers
 
@@ -140,11 +155,3 @@ class LaunchApp(ExtensionApp):
                 await self.run_store(self.store.requeue_expired)
             except Exception:
                 self.log.warning("requeueing expired leases failed; retrying", exc_info=True)
-
-
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return url

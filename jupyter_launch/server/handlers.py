@@ -34,7 +34,7 @@ from tornado import web
 
 from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
-from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, is_disk_full
+from ..store import ACTIVE, FINAL, NotFound, OutputRecord, StoreError, StoreUnusable, is_disk_full
 from ..store.blobs import _check as check_digest
 
 JOBS_RESOURCE = "launch_jobs"  # submit; read queues and agents; read, follow, cancel, rerun one's own jobs
@@ -50,6 +50,8 @@ DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers 
 MAX_PAGE = 500
 MAX_JOB_STATUS_IDS = 500  # job ids one status request may ask about
 LOG_READ_LIMIT = 1024 * 1024
+DISK_FULL = ("the server's store is out of disk space; nothing was changed by this request. Free space where the "
+             "store lives, then retry")
 
 
 class LaunchHandler(APIHandler):
@@ -103,14 +105,19 @@ class LaunchHandler(APIHandler):
             return await self.launch.run_store(fn, *args, **kwargs)
         except NotFound as exc:
             raise web.HTTPError(404, _escape(str(exc))) from None
+        except StoreUnusable as exc:  # a damaged database, or its disk full: not the request's fault
+            if is_disk_full(exc):
+                raise web.HTTPError(507, DISK_FULL) from None
+            self.log.error("%s", exc)  # the file and the fix, for whoever runs the server
+            raise web.HTTPError(503, "the server's store is damaged; the server's log names the file and the "
+                                     "fix") from None
         except SpecError as exc:
             raise web.HTTPError(422, _escape(str(exc))) from None
         except (StoreError, ValueError) as exc:
             raise web.HTTPError(409 if isinstance(exc, StoreError) else 400, _escape(str(exc))) from None
         except Exception as exc:
             if is_disk_full(exc):
-                raise web.HTTPError(507, "the server's store is out of disk space; nothing was changed by this "
-                                         "request. Free space where the store lives, then retry") from None
+                raise web.HTTPError(507, DISK_FULL) from None
             raise
 
     def body(self) -> dict[str, Any]:
@@ -250,6 +257,12 @@ class JobsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "'queue' must be a queue name")
+        owner = self.current_user.username if self.current_user else None
+        if "notebook" in data:
+            job = await self._submit_notebook(data, queue, owner)
+            self.set_header("Location", _job_url(self.base_url, job.id))
+            self.reply(job.to_dict(), 201)
+            return
         try:
             if isinstance(data.get("yaml"), str):
                 spec = parse_job_spec(data["yaml"], "<request yaml>")
@@ -268,10 +281,62 @@ class JobsHandler(LaunchHandler):
             if not self.launch.blobs.has(artifact):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
-        owner = self.current_user.username if self.current_user else None
         job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
+
+
+    async def _submit_notebook(self, data: dict[str, Any], queue: str, owner: str | None) -> Any:
+        """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
+        size limit, its environment): what the panel submits, so the job is the one any other face would make."""
+        notebook = data["notebook"]
+        options = data.get("options") or {}
+        if not isinstance(notebook, str) or not notebook.strip():
+            raise web.HTTPError(400, "'notebook' must be the notebook's path under the Jupyter root")
+        if not isinstance(options, dict):
+            raise web.HTTPError(400, "'options' must be an object of job fields")
+        unknown = sorted(set(options) - NOTEBOOK_OPTIONS)
+        if unknown:
+            raise web.HTTPError(400, _escape(f"options: {', '.join(map(repr, unknown))} cannot be set here "
+                                             f"(allowed: {', '.join(sorted(NOTEBOOK_OPTIONS))})"))
+        root = self._root()
+        path = self._root_path(root, notebook)
+        from ..errors import LocatedError
+        from ..options import JobOptions, prepare_job
+
+        def prepare_and_submit() -> Any:
+            try:
+                prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
+                return self.launch.service.submit(prepared, queue=queue, owner=owner)[0]
+            except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
+                if exc.source and os.path.commonpath([root, os.path.abspath(exc.source)]) == root:
+                    exc.source = os.path.relpath(exc.source, root)
+                raise
+
+        try:
+            return await self.store_call(prepare_and_submit)
+        except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
+            raise web.HTTPError(422, _escape(str(exc))) from None
+
+    def _root(self) -> str:
+        return os.path.realpath(self.settings.get("server_root_dir") or os.getcwd())
+
+    def _root_path(self, root: str, notebook: str) -> str:
+        """The notebook's real path, refused unless it is a notebook file inside the server's root."""
+        if os.path.isabs(notebook) or "\0" in notebook or ".." in notebook.replace("\\", "/").split("/"):
+            raise web.HTTPError(400, _escape(f"notebook: {notebook!r} must be a path under the Jupyter root, "
+                                             "without '..'"))
+        path = os.path.realpath(os.path.join(root, notebook))
+        if os.path.commonpath([root, path]) != root:
+            raise web.HTTPError(400, _escape(f"notebook: {notebook!r} leads outside the Jupyter root"))
+        if not path.endswith(".ipynb") or not os.path.isfile(path):
+            raise web.HTTPError(404, _escape(f"notebook: no notebook at {notebook!r} under the Jupyter root"))
+        return path
+
+
+# Job fields a notebook submitted by path may set; the rest (kind, notebook, code) follow from the notebook.
+NOTEBOOK_OPTIONS = frozenset({"name", "job_type", "image", "kernel", "timeout", "retries", "resources", "parameters",
+                              "env", "secrets"})
 
 
 class JobHandler(LaunchHandler):
@@ -444,6 +509,7 @@ class BlobUploadMixin:
     _tmp: Any = None
     _hash: Any = None
     _size = 0
+    _write_error: OSError | None = None  # the disk refused the body (full): the rest is read and dropped
 
     async def authorize_upload(self: Any) -> None:
         """Refuse in ``prepare``: the body streams to disk as it arrives, before put()'s own @authorized check runs,
@@ -464,7 +530,11 @@ class BlobUploadMixin:
             return
         self._size += len(chunk)
         self._hash.update(chunk)
-        self._tmp.write(chunk)
+        try:
+            self._tmp.write(chunk)
+        except OSError as exc:
+            self._write_error = exc
+            self.discard_upload()  # a half-written upload must not keep the disk full
 
     def on_finish(self: Any) -> None:
         self.discard_upload()
@@ -482,9 +552,19 @@ class BlobUploadMixin:
             self._tmp = None
 
     async def finish_upload(self: Any, digest: str) -> None:
+        if self._write_error is not None:
+            if is_disk_full(self._write_error):
+                raise web.HTTPError(507, DISK_FULL)
+            raise web.HTTPError(500, _escape(f"the server could not store the upload: {self._write_error}"))
         if self._tmp is None:
             raise web.HTTPError(400, "no upload body")
-        self._tmp.close()
+        try:
+            self._tmp.close()
+        except OSError as exc:  # the last buffered write
+            self.discard_upload()
+            if is_disk_full(exc):
+                raise web.HTTPError(507, DISK_FULL) from None
+            raise
         got = "sha256:" + self._hash.hexdigest()
         if got != digest:
             raise web.HTTPError(400, f"the uploaded content's digest is {got}, not {digest}; upload it again")
@@ -686,7 +766,7 @@ class AgentJobHandler(AgentHandler):
         store = self.launch.store
         await self.require_job(job_id)
         fence = data.get("fence")
-        if action in ("heartbeat", "state", "progress", "finish") and not isinstance(fence, int):
+        if action in ("heartbeat", "state", "progress", "finish", "hand_back") and not isinstance(fence, int):
             raise web.HTTPError(400, "'fence' (the claim's fencing token) is required")
         if action == "heartbeat":
             beat = await self.store_call(store.heartbeat, job_id, fence,
@@ -709,6 +789,8 @@ class AgentJobHandler(AgentHandler):
             ok = await self.store_call(store.finish, job_id, fence, state, exit_code=data.get("exit_code"),
                                        reason=data.get("reason"), message=data.get("message"))
             self.reply({"ok": ok})
+        elif action == "hand_back":
+            self.reply({"ok": await self.store_call(store.hand_back, job_id, fence)})
         elif action == "logs":
             try:
                 pieces = [(str(s), base64.b64decode(d)) for s, d in data.get("pieces") or []]
@@ -782,7 +864,8 @@ default_handlers = [
     (rf"{API}/agent/queues/{QUEUE}", AgentQueueHandler),
     (rf"{API}/agent/queues/{QUEUE}/jobs", AgentQueueJobsHandler),
     (rf"{API}/agent/queues/{QUEUE}/agents", AgentQueueAgentsHandler),
-    (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|logs|metrics|outputs)", AgentJobHandler),
+    (rf"{API}/agent/jobs/{JOB_ID}/(?P<action>heartbeat|state|progress|finish|hand_back|logs|metrics|outputs)",
+     AgentJobHandler),
     (rf"{API}/agent/blobs/missing", AgentBlobsMissingHandler),
     (rf"{API}/agent/blobs/{DIGEST}", AgentBlobHandler),
 ]

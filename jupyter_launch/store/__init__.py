@@ -2,7 +2,8 @@
 
 from .base import (  # noqa: F401
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, Claim, Heartbeat,
-    JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StoreError, describe, is_disk_full,
+    JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StoreError, StoreUnusable, describe,
+    is_disk_full,
 )
 from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401
 from .sql import DEFAULT_QUEUE, SQLStore  # noqa: F401

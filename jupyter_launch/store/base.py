@@ -22,6 +22,7 @@ REASONS: dict[str, str] = {
     "waiting_in_line": "waiting behind {ahead} earlier job(s) on this queue",
     "waiting_for_agent": "an agent serves this queue and will pick this job up next",
     "requeued": "the previous attempt's agent stopped answering; queued again as attempt {attempt}",
+    "handed_back": "its agent {agent_id} stopped and handed it back; queued again, not counted as an attempt",
     "claimed": "claimed by agent {agent_id}",
     "preparing": "unpacking the artifact",
     "building_image": "building the job's image",
@@ -46,6 +47,9 @@ REASONS: dict[str, str] = {
     "agent_error": "the agent failed while running the job",
     "log_storage_full": "the store ran out of disk space for the job's log; the job was stopped",
     "log_write_failed": "the job's log could not be written to the store; the job was stopped",
+    "log_too_large": "the job's log passed its queue's max_log_size; the job was stopped",
+    "output_too_large": "the job's output files together pass its queue's max_output_size",
+    "storage_full": "the store ran out of disk space for the job's outputs",
 }
 
 
@@ -59,6 +63,8 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         text = str(cur).lower()
         if "disk is full" in text or "no space left" in text or getattr(cur, "sqlstate", None) == "53100":
+            return True
+        if getattr(cur, "status", None) == 507:  # a server's answer: its store is out of disk space
             return True
         cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
     return False
@@ -210,6 +216,15 @@ class OutputRecord:
 
 class StoreError(LaunchError, RuntimeError):
     """A store operation that cannot be done (unknown queue, a job in the wrong state); message for a user."""
+
+
+class StoreUnusable(StoreError):
+    """The store's database cannot be used as it stands (its file damaged, its disk full): one line naming the file
+    and the fix. ``orig`` is the driver's own error (``is_disk_full`` looks through it)."""
+
+    def __init__(self, message: str, orig: BaseException | None = None):
+        super().__init__(message)
+        self.orig = orig
 
 
 class NotFound(StoreError):

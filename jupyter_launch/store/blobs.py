@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -31,6 +33,17 @@ def _check(digest: str) -> str:
     return hexd
 
 
+@contextlib.contextmanager
+def _removed_unless_kept(tmp: str) -> Iterator[None]:
+    """Remove the temporary file ``tmp`` if the block fails: a half-written blob on a full disk keeps it full."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 class BlobStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -47,16 +60,18 @@ class BlobStore:
         return [d for d in dict.fromkeys(digests) if not self.has(d)]
 
     def put_file(self, src: str | Path, digest: str | None = None) -> str:
-        """Store a file (hard link when possible, else copy); returns its digest."""
+        """Store a copy of a file; returns its digest. A copy that fails (a full disk) leaves nothing behind."""
         digest = digest or sha256_file(src)
         dest = self.path(digest)
         if dest.exists():
             return digest
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, dest)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        with _removed_unless_kept(tmp):
+            shutil.copyfile(src, tmp)
+            os.chmod(tmp, 0o444)
+            os.replace(tmp, dest)
         return digest
 
     def put_bytes(self, data: bytes) -> str:
@@ -64,11 +79,12 @@ class BlobStore:
         dest = self.path(digest)
         if not dest.exists():
             dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, dest)
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".", suffix=".tmp")
+            with _removed_unless_kept(tmp):
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
         return digest
 
     def put_stream(self, stream: BinaryIO, expected: str | None = None, max_size: int | None = None) -> str:

@@ -101,6 +101,10 @@ class Store(Protocol):
                reason: str | None = None, message: str | None = None) -> bool:
         """Record the final state; false (and nothing changed) when the fence is stale or the job already ended."""
 
+    def hand_back(self, job_id: str, fence: int) -> bool:
+        """A stopping agent gives back a job it claimed: queued again with its attempt not counted (cancelled if a
+        cancel was asked for), the fence moved on; false when the fence is stale or the job ended."""
+
     # ------------------------------------------------------------ agents
 
     def register_agent(self, agent_id: str, queues: list[str], job_types: list[str], *, host: str,

@@ -21,12 +21,13 @@ from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from ..spec import JobSpec, QueueConfig
 from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, Claim, Heartbeat, JobRecord, LogChunk,
-    JobStatus, NotFound, OutputRecord, QueueRecord, StoreError, describe,
+    JobStatus, NotFound, OutputRecord, QueueRecord, StoreError, StoreUnusable, describe, is_disk_full,
 )
 from .tokens import AgentTokenRows
 
@@ -59,11 +60,13 @@ class SQLStore(AgentTokenRows):
     def __init__(self, url: str, *, migrate: bool = True):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.path: Path | None = None  # a SQLite store's file
         self.reserve_path: Path | None = None
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
+                self.path = Path(path)
                 self.reserve_path = Path(path + "-reserve")
                 self.ensure_reserve()
             # A pool of connections: opening one costs its PRAGMAs; threads (asyncio.to_thread) share the pool.
@@ -115,10 +118,12 @@ class SQLStore(AgentTokenRows):
         ``in_child`` runs alembic in a short child process instead, for a long-lived process (the server) that should
         not hold alembic, mako and pygments in memory (about 10 MB) for a step it takes once. The URL travels in the
         child's environment, never on its command line."""
-        with self.engine.connect() as conn:
+        with self._unusable_as_one_line(), self.engine.connect() as conn:
             try:
                 current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            except Exception:
+            except Exception as exc:
+                if self.unusable(exc) is not None:
+                    raise
                 conn.rollback()
                 current = None
         if current == SCHEMA_REVISION:
@@ -141,16 +146,46 @@ class SQLStore(AgentTokenRows):
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._unusable_as_one_line(), self.engine.connect() as conn:
             conn = conn.execution_options(launch_write=True)
             with conn.begin():
                 yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with self._unusable_as_one_line(), self.engine.connect() as conn:
             with conn.begin():
                 yield conn
+
+    @contextmanager
+    def _unusable_as_one_line(self) -> Iterator[None]:
+        """A damaged database file or a full disk is a ``StoreUnusable`` naming the file and the fix, not a page of
+        SQL traceback; every other database error passes unchanged."""
+        try:
+            yield
+        except DBAPIError as exc:
+            unusable = self.unusable(exc)
+            if unusable is None:
+                raise
+            raise unusable from None
+
+    def unusable(self, exc: BaseException) -> StoreUnusable | None:
+        """The one-line error for ``exc`` when it says the database cannot be used (damaged, or its disk full)."""
+        orig = getattr(exc, "orig", None) or exc
+        where = self.path or redact_url(self.url)
+        # SQLite says only "disk I/O error" when a full disk stops it opening its WAL index: look at the disk.
+        io_error_on_a_full_disk = "disk i/o error" in str(orig).lower() and self.path is not None and _no_room(
+            self.path.parent)
+        if is_disk_full(exc) or io_error_on_a_full_disk:
+            room = f" in {self.path.parent} (df -h {self.path.parent})" if self.path else " on the database's disk"
+            return StoreUnusable(f"the store {where} cannot be written: its disk is full ({orig}); free space{room} "
+                                 "and retry", orig)
+        damaged = ("file is not a database", "database disk image is malformed", "file is encrypted")
+        if any(text in str(orig).lower() for text in damaged):
+            fix = (f"move it aside (mv {where} {where}.damaged) to start an empty store, or put back a backup"
+                   if self.path else "restore the database from a backup")
+            return StoreUnusable(f"the store {where} is damaged ({orig}): {fix}", orig)
+        return None
 
     def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
         """In-process notifications (``enqueued``, ``state``, ``log``, ``metrics``); returns an unsubscribe."""
@@ -435,6 +470,28 @@ class SQLStore(AgentTokenRows):
             self._emit("state", job_id, state)
         return bool(n)
 
+    def hand_back(self, job_id: str, fence: int) -> bool:
+        """An agent that is stopping gives a claimed job back: queued again at once, its attempt not counted and its
+        fence moved on so the agent's late reports are refused (cancelled instead, when a cancel was asked for).
+        False when the fence is stale or the job already ended."""
+        now = time.time()
+        with self._write() as c:
+            row = c.execute(select(t.jobs.c.agent_id, t.jobs.c.cancel_requested).where(
+                t.jobs.c.id == job_id, t.jobs.c.fence == fence, t.jobs.c.state.in_(ACTIVE))).first()
+            if row is None:
+                return False
+            if row.cancel_requested:
+                values = dict(state=CANCELLED, reason="cancelled", message=describe("cancelled"), finished_at=now)
+            else:
+                values = dict(state=QUEUED, reason="handed_back", message=describe("handed_back",
+                                                                                   agent_id=row.agent_id))
+            c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence).values(
+                agent_id=None, lease_expires=None, fence=fence + 1, **values))
+        self._emit("state", job_id, values["state"])
+        if values["state"] == QUEUED:
+            self._emit("enqueued", None)
+        return True
+
     def request_cancel(self, job_id: str) -> JobRecord:
         """Queued jobs are cancelled at once; active ones are flagged and their agent stops them."""
         now = time.time()
@@ -606,6 +663,24 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _no_room(folder: Path) -> bool:
+    """Whether the disk under ``folder`` has less free space than a few database pages."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return url
 
 
 def _most_gpus(agents: list[Any]) -> float:

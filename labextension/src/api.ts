@@ -5,7 +5,6 @@
  * and turns every server refusal into a `LaunchAPIError` whose message a user can read.
  */
 
-import { notebookArtifact } from './artifact';
 
 export type JobState =
   | 'queued'
@@ -106,25 +105,6 @@ export interface ISubmitRequest {
   secrets?: string[];
 }
 
-/** The job spec of a notebook job, as `POST /launch/api/jobs` takes it (jupyter_launch.spec.JobSpec). */
-export interface INotebookJobSpec {
-  kind: 'notebook';
-  /** The notebook's path inside the artifact. */
-  notebook: string;
-  name: string;
-  job_type?: string;
-  resources?: IResources;
-  parameters?: Record<string, unknown>;
-  env?: Record<string, string>;
-  secrets?: string[];
-}
-
-/** The notebook job for a form's request, run from an artifact holding the notebook as `fileName`. */
-export function notebookJobSpec(request: ISubmitRequest, fileName: string): INotebookJobSpec {
-  const { notebook: _path, queue: _queue, ...rest } = request;
-  return { kind: 'notebook', notebook: fileName, name: fileName.replace(/\.ipynb$/, ''), ...rest };
-}
-
 /** What the client needs from the outside world: HTTP requests and WebSocket URLs under the server's base URL. */
 export interface ITransport {
   request(path: string, init?: RequestInit): Promise<Response>;
@@ -188,7 +168,7 @@ export function errorMessage(status: number, body: string): {
     message = body.trim().slice(0, 500);
   }
   if (status === 401 || status === 403) {
-    if (!message || /forbidden|unauthorized/i.test(message)) {
+    if (!message || /forbidden|unauthorized|_xsrf/i.test(message)) {
       message = 'Not authenticated: the Jupyter server refused the request. Reload the page or log in again.';
     }
   } else if (!message) {
@@ -312,29 +292,15 @@ export class LaunchAPI {
   }
 
   /**
-   * Submit a notebook job: package the notebook's bytes as an artifact, upload the blobs the server lacks, then
-   * enqueue. The job runs in a folder holding just the notebook.
+   * Submit a notebook job by its path under the Jupyter root: the server packages it as the CLI would (the notebook's
+   * folder, ignore files, the size limit, its environment), so the job is the one any other face would make.
    */
-  async submit(request: ISubmitRequest, content: Uint8Array): Promise<IJob> {
-    const fileName = request.notebook.split('/').pop() || request.notebook;
-    const artifact = await notebookArtifact(fileName, content);
-    const { missing } = await this.requestJSON<{ missing: string[] }>('artifacts/missing', {
-      method: 'POST',
-      body: JSON.stringify({ digests: Array.from(artifact.blobs.keys()) }),
-      headers: { 'Content-Type': 'application/json' }
-    });
-    for (const digest of missing) {
-      await this.requestJSON(`artifacts/blobs/${encodeURIComponent(digest)}`, {
-        method: 'PUT',
-        body: artifact.blobs.get(digest),
-        headers: { 'Content-Type': 'application/octet-stream' }
-      });
-    }
-    const body = { queue: request.queue, spec: notebookJobSpec(request, fileName), artifact: artifact.digest };
+  async submit(request: ISubmitRequest): Promise<IJob> {
+    const { notebook, queue, ...options } = request;
     return unwrapJob(
       await this.requestJSON('jobs', {
         method: 'POST',
-        body: JSON.stringify(body),
+        body: JSON.stringify({ queue, notebook, options }),
         headers: { 'Content-Type': 'application/json' }
       })
     );

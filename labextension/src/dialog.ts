@@ -259,8 +259,8 @@ export class SubmitForm extends Widget {
 export interface ISubmitDialogOptions {
   api: LaunchAPI;
   form: SubmitForm;
-  /** Runs after the form checks out and before the request goes: saves the notebook and returns its bytes. */
-  saveNotebook: () => Promise<Uint8Array>;
+  /** Runs after the form checks out and before the request goes: saves the notebook, which the server packages. */
+  saveNotebook: () => Promise<void>;
 }
 
 const ACCEPT = 1;
@@ -298,8 +298,8 @@ export class SubmitDialog extends Dialog<IJob | null> {
     this._form.setBusy(true);
     try {
       const request = buildSubmitRequest(this._form.values());
-      const content = await this._saveNotebook();
-      this._form.job = await this._api.submit(request, content);
+      await this._saveNotebook();
+      this._form.job = await this._api.submit(request);
       super.resolve(ACCEPT);
     } catch (err) {
       if (err instanceof FormError) {
@@ -322,6 +322,6 @@ export class SubmitDialog extends Dialog<IJob | null> {
 
   private _api: LaunchAPI;
   private _form: SubmitForm;
-  private _saveNotebook: () => Promise<Uint8Array>;
+  private _saveNotebook: () => Promise<void>;
   private _submitting = false;
 }

@@ -138,12 +138,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
     };
 
     /** The notebook file's bytes as saved on the server (what the job runs). */
-    const notebookBytes = async (path: string): Promise<Uint8Array> => {
-      const model = await contents.get(path, { type: 'file', format: 'base64', content: true });
-      const binary = atob(String(model.content).replace(/\s/g, ''));
-      return Uint8Array.from(binary, c => c.charCodeAt(0));
-    };
-
     const submitNotebook = async (path: string): Promise<void> => {
       let parameters: Array<[string, string]> = [];
       try {
@@ -168,7 +162,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
           if (panel && panel.context.model.dirty) {
             await panel.context.save();
           }
-          return notebookBytes(path);
         }
       });
       const result = await dialog.launch();

@@ -323,6 +323,15 @@ REGRESSIONS = {
                                     "job.yaml:2: notebook: '../../etc/passwd' is not a path inside"),
     "absolute notebook path": ("kind: notebook\nnotebook: /abs.ipynb\n",
                                "job.yaml:2: notebook: '/abs.ipynb' is not a path inside"),
+    "terminal escape in a name": ("command: [a]\nname: \"\\e[2J\\e[31mfake\"\n",
+                                  "job.yaml:2: name: a job name cannot hold '\\x1b'"),
+    "NUL in a name": ("command: [a]\nname: \"a\\0b\"\n", "job.yaml:2: name: a job name cannot hold '\\x00'"),
+    "right-to-left override in a name": ("command: [a]\nname: \"report\\u202Efdp.exe\"\n",
+                                         "job.yaml:2: name: a job name cannot hold '\\u202e' (RIGHT-TO-LEFT"),
+    "line separator in a name": ("command: [a]\nname: \"a\\Lb\"\n",
+                                 "job.yaml:2: name: a job name cannot hold '\\u2028'"),
+    "1 MB name": ("command: [a]\nname: " + "x" * 1024**2 + "\n",
+                  "job.yaml:2: name: a job name has at most 200 characters, not 1048576"),
 }
 
 
@@ -334,6 +343,25 @@ def test_inputs_that_crashed_or_slipped_through_before_are_one_line_refusals(cas
     with pytest.raises(SpecError) as info:
         parse_job_spec(text, "job.yaml")
     assert where in assert_one_line(info.value, "job.yaml")
+
+
+def test_stored_names_and_messages_reach_the_terminal_escaped(client: LaunchClient, cli_env: dict[str, str],
+                                                              launch_home: Path, tmp_path: Path):
+    """A row stored before names were checked (or by another version, or a message an agent sent) holds a terminal
+    escape, a NUL and a right-to-left override: `jobs` and `show` print them as escapes, never raw."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+    job = client.submit(spec={"kind": "command", "command": ["true"], "name": "plain"}, root=folder)
+    hostile = "\x1b[2J\x1b[31mok\x00\u202egnp.exe\u2028"
+    with sqlite3.connect(launch_home / "launch.db") as db:
+        db.execute("UPDATE jobs SET name = ?, state = 'failed', reason = 'exit_code', message = ? WHERE id = ?",
+                   (hostile, "agent says " + hostile, job.id))
+    for args in (["jobs"], ["show", job.id]):
+        proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", *args], env=cli_env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert not any(ch in proc.stdout for ch in "\x1b\x00\u202e\u2028"), repr(proc.stdout)
+        assert "\\x1b[2J\\x1b[31mok\\x00\\u202egnp.exe\\u2028" in proc.stdout
 
 
 def test_dates_in_yaml_stay_the_text_written_like_command_line_parameters():
@@ -760,6 +788,26 @@ def test_manifests_with_any_paths_materialize_inside_or_are_refused(files: dict[
             for rel in files:
                 assert (box.dest / rel).read_bytes() == b"pwned"
         box.assert_nothing_escaped()
+
+
+def test_a_manifest_listing_one_blob_600_times_is_refused_before_anything_is_unpacked(tmp_path: Path):
+    """75.7 KB of manifest naming one 1 MiB blob 600 times used to write 629 MB on the agent."""
+    blobs = BlobStore(tmp_path / "blobs")
+    entry = {"digest": blobs.put_bytes(os.urandom(1024**2)), "size": 1024**2, "mode": 0o644}
+    manifest = {"version": 1, "files": {f"copy-{i:03d}.bin": entry for i in range(600)}, "environment": {},
+                "entrypoint": None}
+    digest = blobs.put_bytes(canonical_json(manifest))
+    box = Box(tmp_path / "box")
+    with pytest.raises(ArtifactError) as refused:
+        materialize(digest, blobs, box.dest)
+    assert str(refused.value) == (f"artifact {digest}: its files come to 629.1 MB, over the packaging limit of "
+                                  "524.3 MB; nothing was unpacked")
+    assert_one_line(refused.value)
+    assert not box.dest.exists()
+    record_figure("artifact unpack bound", manifest_bytes=len(canonical_json(manifest)), listed_bytes=600 * 1024**2,
+                  written_bytes=0)
+    under = {**manifest, "files": {f"copy-{i:03d}.bin": entry for i in range(3)}}
+    assert materialize(blobs.put_bytes(canonical_json(under)), blobs, box.dest, max_size=3 * 1024**2) == box.dest
 
 
 def test_gzip_bomb_is_refused_before_its_data_is_written(tmp_path: Path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from docker_engine import BASE_IMAGE
 
@@ -280,6 +281,98 @@ def test_a_full_log_disk_fails_the_job_with_a_reason_and_the_server_stays_up(mak
         assert "disk space" in body["message"]
     record_figure("log disk full", disk_mib=6, state=rec["state"], reason=rec["reason"], server_up=True,
                   next_submit_status=status)
+
+
+@pytest.fixture
+def tmpfs_50m(tmp_path: Path) -> Any:
+    """A 50 MiB tmpfs, unmounted at the end (root only, as CI runs)."""
+    mount = tmp_path / "disk-50m"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for the disk-full test (needs root, as CI runs): {proc.stderr}",
+                    pytrace=False)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_outputs_past_the_disk_or_the_limits_end_the_job_with_a_reason_and_leave_nothing_behind(make_server,
+                                                                                                  tmpfs_50m):
+    """A job writing a 2 GB sparse output with the server's home on a 50 MiB disk used to stay `running` with an
+    18 MB `.tmp` blob left behind, and every later submit failed."""
+    server = make_server(agent_queues=["default", "small-outputs", "small-logs"], start=False)
+    server.env["JUPYTER_LAUNCH_HOME"] = str(tmpfs_50m / "home")
+    server.start()
+
+    def run(queue: str, code: str) -> dict[str, Any]:
+        status, job = server.api("POST", "jobs", {"queue": queue, "spec": {
+            "kind": "command", "command": [sys.executable, "-c", code]}})
+        assert status == 201, job
+        until(lambda: server.api("GET", f"jobs/{job['id']}")[1]["done"], 120, f"job {job['id']} to end", 0.2)
+        return server.api("GET", f"jobs/{job['id']}")[1]
+
+    def write_output(size: int, sparse: bool) -> str:
+        return ("import os\n"
+                "with open(os.path.join(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'big.bin'), 'wb') as f:\n"
+                + (f"    f.truncate({size})\n" if sparse else f"    f.write(os.urandom({size}))\n"))
+
+    sparse = run("default", write_output(2 * 10**9, sparse=True))
+    assert (sparse["state"], sparse["reason"]) == ("failed", "storage_full"), sparse
+    assert "disk" in sparse["message"] and "free space" in sparse["message"], sparse["message"]
+    assert server.api("GET", f"jobs/{sparse['id']}/outputs")[1]["outputs"] == []
+    assert sorted(str(p) for p in tmpfs_50m.rglob("*.tmp")) == []
+    after = run("default", write_output(1000, sparse=False))  # the disk has its room back
+    assert after["state"] == "succeeded", after
+
+    for name, limit in (("small-outputs", "max_output_size: 1Mi"), ("small-logs", "max_log_size: 64Ki")):
+        body = yaml.safe_load(f"queue_name: {name}\n{limit}\n")
+        assert server.api("POST", "queues", body)[0] == 201
+    too_big = run("small-outputs", write_output(5 * 1024**2, sparse=False))
+    assert (too_big["state"], too_big["reason"]) == ("failed", "output_too_large"), too_big
+    assert "5.2 MB in 1 file(s), over the queue's max_output_size of 1.0 MB" in too_big["message"]
+    assert server.api("GET", f"jobs/{too_big['id']}/outputs")[1]["outputs"] == []
+    chatty = run("small-logs", "for i in range(100_000): print('x' * 20, i)")
+    assert (chatty["state"], chatty["reason"], chatty["log_size"]) == ("failed", "log_too_large", 64 * 1024), chatty
+    assert sorted(str(p) for p in tmpfs_50m.rglob("*.tmp")) == []
+    record_figure("outputs past the disk or the limits", disk_mib=50, sparse_output_gb=2,
+                  sparse=sparse["reason"], over_output_limit=too_big["reason"], over_log_limit=chatty["reason"],
+                  log_kept_bytes=chatty["log_size"], tmp_blobs_left=0, next_job=after["state"])
+
+
+def test_a_remote_agents_output_past_the_servers_disk_fails_the_job_and_leaves_no_partial_upload(make_server,
+                                                                                                   tmpfs_50m, tmp_path):
+    server = make_server(agent_queues=[], start=False)
+    server.env["JUPYTER_LAUNCH_HOME"] = str(tmpfs_50m / "home")
+    server.start()
+    assert server.api("POST", "queues", {"queue_name": "remote"})[0] == 201
+    token = server.api("POST", "tokens", {"name": "box", "queues": ["remote"]})[1]["token"]
+    agent_home = tmp_path / "agent"
+    with open(tmp_path / "agent.log", "wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_launch.cli", "agent", "--server", server.url, "--queue", "remote"],
+            env={**server.env, "JUPYTER_LAUNCH_HOME": str(agent_home), "JUPYTER_LAUNCH_TOKEN": token},
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        def run(code: str) -> dict[str, Any]:
+            status, job = server.api("POST", "jobs", {"queue": "remote", "spec": {
+                "kind": "command", "command": [sys.executable, "-c", code]}})
+            assert status == 201, job
+            until(lambda: server.api("GET", f"jobs/{job['id']}")[1]["done"], 180, f"job {job['id']} to end", 0.2)
+            return server.api("GET", f"jobs/{job['id']}")[1]
+
+        big = run("import os\nwith open(os.path.join(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'big.bin'), 'wb') as f:\n"
+                  "    f.truncate(200 * 1024**2)\n")
+        assert (big["state"], big["reason"]) == ("failed", "storage_full"), (big, (tmp_path / "agent.log").read_text())
+        uploads = tmpfs_50m / "home" / "blobs" / "tmp"  # where the server streams an upload before checking it
+        assert uploads.is_dir() and list(uploads.iterdir()) == []
+        small = run("import os\nopen(os.path.join(os.environ['JUPYTER_LAUNCH_OUTPUT_DIR'], 'ok.txt'), 'w').write('ok')")
+        assert small["state"] == "succeeded", small
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+    record_figure("remote output past the server's disk", disk_mib=50, output_mib=200, state=big["state"],
+                  reason=big["reason"], partial_uploads_left=0, next_job=small["state"])
 
 
 def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):

@@ -173,7 +173,8 @@ def test_refused_tokens_unreachable_servers_and_misused_options_are_one_line_exi
     err = one_line_error(run_cli(user_env, "agent", "--server", server.url, "--token", "jla_000000000000_bogus",
                                  "--queue", "remote"))
     assert "unknown or revoked" in err
-    assert "needs --token" in one_line_error(run_cli(user_env, "agent", "--server", server.url, "--queue", "remote"))
+    err = one_line_error(run_cli(user_env, "agent", "--server", server.url, "--queue", "remote"))
+    assert "needs an agent token" in err
     assert "--token goes with --server" in one_line_error(run_cli(user_env, "--token", "t", "jobs"))
     # Agent tokens go through a named server as every other command does (its token routes), not to a local store.
     via = ("--server", server.url, "--token", USER_TOKEN)

@@ -56,6 +56,7 @@ def test_toolbar_launch_prefills_parameters_saves_and_runs_the_notebook(page, la
                               .setSource('greeting = "hello"\\ncount = 2')""")
     tab = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text="params.ipynb")
     expect(tab).to_have_class(re.compile(r"\bjp-mod-dirty\b"))
+    (lab.root / "beside.csv").write_text("a,b\n1,2\n")  # a file beside the notebook travels with the job
     dialog = launch_dialog(page, notebook)
 
     expect(dialog.locator("[data-field=notebook] input")).to_have_value("params.ipynb")
@@ -78,6 +79,10 @@ def test_toolbar_launch_prefills_parameters_saves_and_runs_the_notebook(page, la
     assert job["queue"] == "default"
     assert job["spec"]["kind"] == "notebook"
     assert job["spec"]["parameters"] == {"greeting": "bonjour", "count": 2}
+    # The server packaged the notebook's folder as the CLI would: its neighbours and its kernel travel with it.
+    status, manifest = lab.api("GET", f"artifacts/blobs/{job['artifact']}")
+    assert status == 200 and {"params.ipynb", "beside.csv"} <= set(manifest["files"]), manifest
+    assert manifest["environment"]["kernel"] == PARAMS_NOTEBOOK["metadata"]["kernelspec"]["name"]
     saved = json.loads((lab.root / "params.ipynb").read_text())
     assert "".join(saved["cells"][1]["source"]) == 'greeting = "hello"\ncount = 2'
 
@@ -101,7 +106,7 @@ def test_dialog_shows_refusals_and_creates_no_job(page, lab, request):
     # Invalid resources the server refuses.
     memory.fill("0")
     submit(dialog)
-    expect(error).to_have_text("<request spec>: resources.memory: memory must be positive, got '0'")
+    expect(error).to_have_text("params.ipynb: resources.memory: memory must be positive, got '0'")
     expect(error).to_be_in_viewport()
 
     # A job type the queue does not accept.
@@ -117,7 +122,7 @@ def test_dialog_shows_refusals_and_creates_no_job(page, lab, request):
     status, body = lab.api("DELETE", "queues/doomed")
     assert status == 204, body
     submit(dialog)
-    expect(error).to_have_text("unknown queue 'doomed'; see `jupyter launch queue list`")
+    expect(error).to_have_text(re.compile(r"^unknown queue 'doomed' \(queues: default, typed\)"))
 
     # Signed out meanwhile (the login cookie gone, no token): the dialog says so instead of failing silently.
     page.evaluate("() => { window.jupyterapp.serviceManager.serverSettings.token = ''; }")

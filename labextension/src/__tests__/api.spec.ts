@@ -63,45 +63,21 @@ describe('LaunchAPI', () => {
     expect((await new LaunchAPI(transport).listJobs({ limit: 1 })).next).toBeNull();
   });
 
-  it('uploads the notebook as an artifact, then posts a notebook job naming it', async () => {
-    const content = new TextEncoder().encode('{"cells": []}');
-    let manifestDigest = '';
-    const { transport, calls } = fakeTransport(call => {
-      if (call.path === 'launch/api/artifacts/missing') {
-        const { digests } = JSON.parse(call.init?.body as string);
-        manifestDigest = digests[1];
-        return { body: { missing: digests } };
-      }
-      if (call.path.startsWith('launch/api/artifacts/blobs/')) {
-        return { status: 201, body: { digest: 'x', size: 1 } };
-      }
-      return { status: 201, body: { id: 'j1', state: 'queued' } };
-    });
-    const job = await new LaunchAPI(transport).submit(
-      { notebook: 'a/b.ipynb', queue: 'gpu', resources: { gpu: 1 }, parameters: { lr: 0.1 } },
-      content
-    );
-    expect(job.id).toBe('j1');
-    expect(calls.map(c => [c.path.replace(/sha256%3A[0-9a-f]{64}/, 'DIGEST'), c.init?.method])).toEqual([
-      ['launch/api/artifacts/missing', 'POST'],
-      ['launch/api/artifacts/blobs/DIGEST', 'PUT'],
-      ['launch/api/artifacts/blobs/DIGEST', 'PUT'],
-      ['launch/api/jobs', 'POST']
-    ]);
-    expect(calls[1].init?.body).toEqual(content);
-    expect(JSON.parse(calls[3].init?.body as string)).toEqual({
+  it('posts the notebook by its path for the server to package, with the form as options', async () => {
+    const { transport, calls } = fakeTransport(() => ({ status: 201, body: { id: 'j1', state: 'queued' } }));
+    const job = await new LaunchAPI(transport).submit({
+      notebook: 'a/b.ipynb',
       queue: 'gpu',
-      artifact: manifestDigest,
-      spec: { kind: 'notebook', notebook: 'b.ipynb', name: 'b', resources: { gpu: 1 }, parameters: { lr: 0.1 } }
+      resources: { gpu: 1 },
+      parameters: { lr: 0.1 }
     });
-  });
-
-  it('uploads only the blobs the server lacks', async () => {
-    const { transport, calls } = fakeTransport(call =>
-      call.path === 'launch/api/artifacts/missing' ? { body: { missing: [] } } : { status: 201, body: { id: 'j2' } }
-    );
-    await new LaunchAPI(transport).submit({ notebook: 'b.ipynb', queue: 'default' }, new Uint8Array([123, 125]));
-    expect(calls.map(c => c.path)).toEqual(['launch/api/artifacts/missing', 'launch/api/jobs']);
+    expect(job.id).toBe('j1');
+    expect(calls.map(c => [c.path, c.init?.method])).toEqual([['launch/api/jobs', 'POST']]);
+    expect(JSON.parse(calls[0].init?.body as string)).toEqual({
+      queue: 'gpu',
+      notebook: 'a/b.ipynb',
+      options: { resources: { gpu: 1 }, parameters: { lr: 0.1 } }
+    });
   });
 
   it('cancels and reruns by id', async () => {
@@ -116,14 +92,11 @@ describe('LaunchAPI', () => {
   });
 
   it('turns a server refusal into a readable LaunchAPIError', async () => {
-    const { transport } = fakeTransport(call =>
-      call.path === 'launch/api/artifacts/missing'
-        ? { body: { missing: [] } }
-        : { status: 404, body: { message: "unknown queue 'nope'", reason: 'Not Found' } }
-    );
-    const err = await new LaunchAPI(transport)
-      .submit({ notebook: 'x.ipynb', queue: 'nope' }, new Uint8Array([123, 125]))
-      .catch(e => e);
+    const { transport } = fakeTransport(() => ({
+      status: 404,
+      body: { message: "unknown queue 'nope'", reason: 'Not Found' }
+    }));
+    const err = await new LaunchAPI(transport).submit({ notebook: 'x.ipynb', queue: 'nope' }).catch(e => e);
     expect(err).toBeInstanceOf(LaunchAPIError);
     expect(err.status).toBe(404);
     expect(err.message).toBe("unknown queue 'nope'");
@@ -133,6 +106,15 @@ describe('LaunchAPI', () => {
     const { transport } = fakeTransport(() => ({ status: 403, body: { message: 'Forbidden', reason: null } }));
     const err = await new LaunchAPI(transport).listQueues().catch(e => e);
     expect(err.message).toMatch(/Not authenticated/);
+  });
+
+  it('explains a POST refused for its missing XSRF cookie (signed out) as unauthenticated', async () => {
+    const { transport } = fakeTransport(() => ({
+      status: 403,
+      body: { message: "'_xsrf' argument missing from POST", reason: null }
+    }));
+    const err = await new LaunchAPI(transport).submit({ notebook: 'a.ipynb', queue: 'default' }).catch(e => e);
+    expect(err.message).toMatch(/^Not authenticated/);
   });
 
   it('reports a network failure as an error, not a crash', async () => {

@@ -66,14 +66,14 @@ describe('SubmitDialog', () => {
 
   /** A dialog whose API answers `submit` with `outcome`; resolves once the submission settles. */
   async function launch(
-    outcome: (request: ISubmitRequest, content: Uint8Array) => Promise<IJob>,
-    saveNotebook: () => Promise<Uint8Array> = async () => new Uint8Array([123, 125])
+    outcome: (request: ISubmitRequest) => Promise<IJob>,
+    saveNotebook: () => Promise<void> = async () => undefined
   ): Promise<{ form: SubmitForm; dialog: SubmitDialog; error: HTMLElement; calls: ISubmitRequest[] }> {
     const calls: ISubmitRequest[] = [];
     const api = {
-      submit: (request: ISubmitRequest, content: Uint8Array) => {
+      submit: (request: ISubmitRequest) => {
         calls.push(request);
-        return outcome(request, content);
+        return outcome(request);
       }
     } as unknown as LaunchAPI;
     const form = new SubmitForm({ notebook: 'nb/train.ipynb', queues: QUEUES, parameters: [['lr', '0.1']] });
@@ -83,18 +83,19 @@ describe('SubmitDialog', () => {
     return { form, dialog, error: form.node.querySelector('.jp-LaunchSubmit-error') as HTMLElement, calls };
   }
 
-  it('submits the saved notebook with the form values and keeps the accepted job', async () => {
-    const saved = new Uint8Array([1, 2, 3]);
-    let sent: Uint8Array | null = null;
+  it('saves the notebook, then submits it with the form values and keeps the accepted job', async () => {
+    const order: string[] = [];
     const { form, calls } = await launch(
-      async (request, content) => {
-        sent = content;
+      async request => {
+        order.push('submit');
         return { id: 'j1', queue: request.queue } as IJob;
       },
-      async () => saved
+      async () => {
+        order.push('save');
+      }
     );
     expect(calls).toEqual([{ notebook: 'nb/train.ipynb', queue: 'default', parameters: { lr: 0.1 } }]);
-    expect(sent).toBe(saved);
+    expect(order).toEqual(['save', 'submit']);
     expect(form.getValue()?.id).toBe('j1');
   });
 
@@ -114,7 +115,7 @@ describe('SubmitDialog', () => {
     const form = new SubmitForm({ notebook: 'a.ipynb', queues: QUEUES, parameters: [] });
     (form.node.querySelector('[data-field=memory] input') as HTMLInputElement).value = 'lots';
     const api = { submit: jest.fn() } as unknown as LaunchAPI;
-    new SubmitDialog({ api, form, saveNotebook: async () => (saves++, new Uint8Array()) }).resolve();
+    new SubmitDialog({ api, form, saveNotebook: async () => void saves++ }).resolve();
     await new Promise(r => setTimeout(r, 0));
     expect(form.node.querySelector('.jp-LaunchSubmit-error')!.textContent).toBe(
       'Memory must be a size like 8Gi or 512Mi, not "lots".'
