@@ -299,6 +299,10 @@ class JobsHandler(LaunchHandler):
         if unknown:
             raise web.HTTPError(400, _escape(f"options: {', '.join(map(repr, unknown))} cannot be set here "
                                              f"(allowed: {', '.join(sorted(NOTEBOOK_OPTIONS))})"))
+        # The server reads the folder from its own files on the caller's behalf: only for one who may read them.
+        if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "read", "contents")):
+            raise web.HTTPError(403, "User is not authorized to read on resource: contents (a notebook submitted by "
+                                     "its path is packaged from the server's files)")
         root = self._root()
         path = self._root_path(root, notebook)
         from ..errors import LocatedError

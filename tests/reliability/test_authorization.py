@@ -30,8 +30,8 @@ from .test_security import open_log_socket, request
 
 TOKENS = {name: f"{name}-{secrets.token_hex(8)}" for name in ("alice", "bob", "audrey", "ada")}
 READ_WRITE = ["read", "write"]
-GRANTS = {
-    "alice": {JOBS_RESOURCE: READ_WRITE},
+GRANTS = {  # bob may not read the server's files (jupyter_server's `contents`)
+    "alice": {JOBS_RESOURCE: READ_WRITE, "contents": ["read"]},
     "bob": {JOBS_RESOURCE: READ_WRITE},
     "audrey": {JOBS_RESOURCE: READ_WRITE, ADMIN_RESOURCE: ["read"]},
     "ada": {JOBS_RESOURCE: READ_WRITE, QUEUES_RESOURCE: READ_WRITE, ADMIN_RESOURCE: READ_WRITE},
@@ -55,12 +55,12 @@ class UsersByToken(PasswordIdentityProvider):
 
 
 class ByResource(Authorizer):
-    \"\"\"Each user's launch resources and actions from GRANTS; anyone else (the server's own token, agent tokens) is
-    allowed everything, as jupyter_server's AllowAllAuthorizer allows.\"\"\"
+    \"\"\"Each user's resources and actions from GRANTS (nothing else); anyone else (the server's own token, agent
+    tokens) is allowed everything, as jupyter_server's AllowAllAuthorizer allows.\"\"\"
 
     def is_authorized(self, handler, user, action, resource):
         grants = GRANTS.get(user.username)
-        allowed = grants is None or not resource.startswith("launch") or action in grants.get(resource, [])
+        allowed = grants is None or action in grants.get(resource, [])
         self.log.info("ByResource: %s %s %s on %s", "allowed" if allowed else "refused", user.username, action,
                       resource)
         return allowed
@@ -234,3 +234,18 @@ def test_the_authorizer_was_asked_for_each_resource(split: Split):
                  "allowed audrey read on launch_admin", "refused audrey write on launch_admin",
                  "allowed ada write on launch_admin", "allowed ada write on launch_queues"):
         assert f"ByResource: {line}" in log, line
+
+
+def test_submitting_a_notebook_by_path_needs_read_on_the_servers_files(split: Split):
+    """The server packages a notebook submitted by its path (the panel's way) from its own files, on the caller's
+    behalf: a caller the authorizer does not let read `contents` could otherwise take any folder under the root."""
+    server = split.server
+    (server.root / "private").mkdir()
+    (server.root / "private" / "nb.ipynb").write_text(json.dumps(
+        {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    body = {"queue": HELD, "notebook": "private/nb.ipynb"}
+    status, answer = call(server, "bob", "POST", "jobs", body)
+    assert refused_on(status, answer, "contents"), (status, answer)
+    status, job = call(server, "alice", "POST", "jobs", body)
+    assert status == 201 and job["owner"] == "alice", job
+    assert call(server, "alice", "POST", f"jobs/{job['id']}/cancel")[0] == 202
