@@ -19,7 +19,7 @@ from .events import StoreEvents
 from .notify import wake_agents
 from .options import PreparedJob
 from .spec import JobSpec, QueueConfig, load_queue_config
-from .store import FINAL, BlobStore, JobRecord, LogChunk, QueueRecord
+from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -35,6 +35,19 @@ class LogPage:
 
     chunks: list[LogChunk]
     next_offset: int
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks the server for a job operation, as its authorizer answered: ``name`` is the identity that owns the
+    jobs it submits; ``admin`` (authorized for ``launch_admin`` with the operation's action) reaches every user's
+    jobs, anyone else only their own. The embedded client passes none: its store is its own user's."""
+
+    name: str
+    admin: bool
+
+    def reaches(self, job: JobRecord) -> bool:
+        return self.admin or job.owner == self.name
 
 
 def package(prepared: PreparedJob, blobs: Any, *, hash_cache: HashCache | None = None,
@@ -105,12 +118,35 @@ class LaunchService:
         self.wake()
         return record
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def get_job(self, job_id: str, *, caller: Caller | None = None) -> JobRecord:
+        """The job, when ``caller`` may reach it. Another user's job is "unknown", worded exactly as a job that does
+        not exist, so a caller learns nothing of the jobs it may not see. Every job route of the server comes
+        through here (cancel and rerun below do), before it reads or changes anything of the job."""
+        job = self.store.get_job(job_id)
+        if caller is not None and not caller.reaches(job):
+            raise NotFound(f"unknown job {job_id!r}")
+        return job
+
+    def list_jobs(self, *, caller: Caller | None = None, owner: str | None = None, **filters: Any) -> list[JobRecord]:
+        """Jobs newest first (``filters``: queue, state, limit, before), only ``owner``'s when given. A caller who is
+        not an admin gets only their own: the store's query is filtered, so a page is never short of theirs."""
+        if caller is not None and not caller.admin:
+            if owner is not None and owner != caller.name:
+                return []
+            owner = caller.name
+        return self.store.list_jobs(owner=owner, **filters)
+
+    def cancel(self, job_id: str, *, caller: Caller | None = None) -> JobRecord:
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
         record = self.store.request_cancel(job_id)
         self.wake()
         return record
 
-    def rerun(self, job_id: str, *, owner: str | None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None, caller: Caller | None = None) -> JobRecord:
+        """A new job with the old one's spec and artifact, owned by ``owner`` (who asked)."""
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
         record = self.store.rerun(job_id, owner=owner)
         self.wake()
         return record

@@ -148,6 +148,19 @@ def test_enqueue_get_and_list_newest_first_with_paging(store):
         store.get_job("0000000000000000")
 
 
+def test_list_jobs_filters_by_owner_in_the_query(store):
+    # Through a server the owner is the identity that submits, as its identity provider names it (jupyter_server's
+    # token login names a new anonymous user per request), so the test reads the owners back.
+    name = new_queue(store)
+    ids = [store.enqueue(name, spec(), artifact=None, owner="someone").id for _ in range(3)]
+    owners = {job_id: store.get_job(job_id).owner for job_id in ids}
+    assert all(owners.values())
+    for owner in set(owners.values()):
+        theirs = [job_id for job_id in ids[::-1] if owners[job_id] == owner]
+        assert [j.id for j in store.list_jobs(queue=name, owner=owner, limit=2)] == theirs[:2]
+        assert store.list_jobs(queue=name, owner=owner + "-else") == []
+
+
 def test_enqueue_refuses_an_unknown_queue_and_a_job_type_the_queue_does_not_take(store):
     with pytest.raises(NotFound, match="unknown queue"):
         store.enqueue(f"nope-{secrets.token_hex(3)}", spec(), artifact=None)

@@ -118,8 +118,9 @@ class HttpStore:
         return job_record(self._user("GET", f"jobs/{_q(job_id)}"))
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None) -> list[JobRecord]:
-        data = self._user("GET", "jobs", params={"queue": queue, "state": state, "limit": limit, "before": before})
+                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
+        data = self._user("GET", "jobs", params={"queue": queue, "state": state, "limit": limit, "before": before,
+                                                 "owner": owner})
         return [job_record(j) for j in data["jobs"]]
 
     def request_cancel(self, job_id: str) -> JobRecord:

@@ -1,10 +1,14 @@
 """REST handlers under ``/launch/api/``: queues, jobs, logs, metrics, outputs, artifacts, agent tokens, and the agent
 endpoints.
 
-User endpoints take a Jupyter identity (the server's token, cookie or hub login) and are authorized on the resource
-``launch``. Agent endpoints take only an agent token (``Authorization: Bearer jla_...``), scoped to queues, and are
-authorized on ``launch_agent`` for the identity ``agent:<token name>``. Every error is JSON with a message a person
-can act on.
+User endpoints take a Jupyter identity (the server's token, cookie or hub login) and are authorized by the server's
+authorizer on three resources, the action being jupyter_server's for the HTTP verb (GET read, others write):
+``launch_jobs`` to submit, to read queues and agents, and to read, follow, cancel and rerun one's own jobs;
+``launch_queues`` to create, change and delete queues and to list, create and revoke agent tokens; ``launch_admin``
+to reach every user's jobs (read: see them, write: cancel and rerun them). A job of another owner is 404, as an
+unknown one, unless the caller is an admin (``LaunchService.get_job``). Agent endpoints take only an agent token
+(``Authorization: Bearer jla_...``), scoped to queues, and are authorized on ``launch_agent`` for the identity
+``agent:<token name>``. Every error is JSON with a message a person can act on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
 from jupyter_server.auth.identity import User
+from jupyter_server.auth.utils import HTTP_METHOD_TO_AUTH_ACTION
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.base.call_context import CallContext
 from jupyter_server.utils import ensure_async
@@ -29,6 +34,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..remote.http import STALE_CLAIM
+from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
     ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, StoreUnusable, check_number,
@@ -37,7 +43,10 @@ from ..store import (
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
 
-AUTH_RESOURCE = "launch"
+JOBS_RESOURCE = "launch_jobs"  # submit; read queues and agents; read, follow, cancel, rerun one's own jobs
+QUEUES_RESOURCE = "launch_queues"  # create, change, delete queues; list, create, revoke agent tokens
+ADMIN_RESOURCE = "launch_admin"  # every user's jobs: read to see them, write to cancel and rerun them
+USER_RESOURCES = (JOBS_RESOURCE, QUEUES_RESOURCE, ADMIN_RESOURCE)
 AGENT_AUTH_RESOURCE = "launch_agent"
 API = "/launch/api"
 JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
@@ -56,7 +65,7 @@ STATE_ARGUMENTS = ("self", "job_id", "fence", "state", "reason", "message")  # n
 class LaunchHandler(APIHandler):
     """Base of every launch handler: the app, the in-flight limit, store calls off the loop, errors as JSON."""
 
-    auth_resource = AUTH_RESOURCE
+    auth_resource = JOBS_RESOURCE
     # Long-lived requests (streams, long polls) are limited on their own and not counted as in flight.
     counts_as_inflight = True
     _counted = False
@@ -152,6 +161,19 @@ class LaunchHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
+    async def job(self, job_id: str) -> Any:
+        """The job this request is about, if its caller may reach it (else 404, as for an unknown job)."""
+        return await self.store_call(self.launch.service.get_job, job_id, caller=await job_caller(self))
+
+
+async def job_caller(handler: Any, action: str | None = None) -> Caller:
+    """The request's identity for job ownership: an admin when the authorizer allows ``action`` (the HTTP verb's, by
+    default) on ``launch_admin``; the route's own resource was authorized already."""
+    user = handler.current_user
+    action = action or HTTP_METHOD_TO_AUTH_ACTION[handler.request.method.upper()]
+    admin = await ensure_async(handler.authorizer.is_authorized(handler, user, action, ADMIN_RESOURCE))
+    return Caller(user.username, bool(admin))
+
 
 def _escape(message: str) -> str:
     # HTTPError formats log_message with %; messages carrying user input must not be read as a format.
@@ -193,7 +215,7 @@ class QueuesHandler(LaunchHandler):
         self.reply({"queues": [q.to_dict() for q in queues]})
 
     @web.authenticated
-    @authorized
+    @authorized(resource=QUEUES_RESOURCE)
     async def post(self) -> None:
         config = _queue_config(self.body())
         queue = await self.store_call(self.launch.service.create_queue, config)
@@ -209,7 +231,7 @@ class QueueHandler(LaunchHandler):
         self.reply(record.to_dict())
 
     @web.authenticated
-    @authorized
+    @authorized(resource=QUEUES_RESOURCE)
     async def put(self, queue: str) -> None:
         config = _queue_config(self.body(), queue)
         await self.store_call(self.launch.store.get_queue, queue)
@@ -217,7 +239,7 @@ class QueueHandler(LaunchHandler):
         self.reply(record.to_dict())
 
     @web.authenticated
-    @authorized
+    @authorized(resource=QUEUES_RESOURCE)
     async def delete(self, queue: str) -> None:
         force = self.get_argument("force", "false").lower() in ("1", "true", "yes")
         await self.store_call(self.launch.store.delete_queue, queue, force=force)
@@ -235,8 +257,9 @@ class JobsHandler(LaunchHandler):
         before = self.int_arg("before", None, minimum=1)
         queue = self.get_argument("queue", None) or None
         state = self.get_argument("state", None) or None
-        jobs = await self.store_call(self.launch.store.list_jobs, queue=queue, state=state, limit=limit,
-                                     before=before)
+        owner = self.get_argument("owner", None) or None
+        jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), owner=owner,
+                                     queue=queue, state=state, limit=limit, before=before)
         self.reply({"jobs": [j.to_dict() for j in jobs],
                     "next_before": jobs[-1].seq if len(jobs) == limit else None})
 
@@ -291,6 +314,10 @@ class JobsHandler(LaunchHandler):
         if unknown:
             raise web.HTTPError(400, _escape(f"options: {', '.join(map(repr, unknown))} cannot be set here "
                                              f"(allowed: {', '.join(sorted(NOTEBOOK_OPTIONS))})"))
+        # The server reads the folder from its own files on the caller's behalf: only for one who may read them.
+        if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "read", "contents")):
+            raise web.HTTPError(403, "User is not authorized to read on resource: contents (a notebook submitted by "
+                                     "its path is packaged from the server's files)")
         root = self._root()
         path = self._root_path(root, notebook)
         from ..errors import LocatedError
@@ -337,7 +364,7 @@ class JobHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        job = await self.store_call(self.launch.store.get_job, job_id)
+        job = await self.job(job_id)
         self.reply(job.to_dict())
 
 
@@ -345,7 +372,7 @@ class JobCancelHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        job = await self.store_call(self.launch.service.cancel, job_id)
+        job = await self.store_call(self.launch.service.cancel, job_id, caller=await job_caller(self))
         self.reply(job.to_dict(), 202)
 
 
@@ -354,7 +381,7 @@ class JobRerunHandler(LaunchHandler):
     @authorized
     async def post(self, job_id: str) -> None:
         owner = self.current_user.username if self.current_user else None
-        job = await self.store_call(self.launch.service.rerun, job_id, owner=owner)
+        job = await self.store_call(self.launch.service.rerun, job_id, owner=owner, caller=await job_caller(self))
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
@@ -380,7 +407,7 @@ class JobLogsHandler(LaunchHandler):
         encoding = self.get_argument("encoding", "text")
         if encoding not in ("text", "base64"):
             raise web.HTTPError(400, "encoding must be 'text' or 'base64'")
-        job = await self.store_call(self.launch.store.get_job, job_id)
+        job = await self.job(job_id)
         chunks, nxt = await self.store_call(self.launch.store.read_log, job_id, offset, limit=limit)
         self.reply(log_page(chunks, nxt, job, offset, encoding))
 
@@ -390,7 +417,7 @@ class JobMetricsHandler(LaunchHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         after = self.int_arg("after", 0)
-        await self.store_call(self.launch.store.get_job, job_id)
+        await self.job(job_id)
         metrics = await self.store_call(self.launch.store.read_metrics, job_id, after)
         self.reply({"job_id": job_id, "metrics": metrics})
 
@@ -399,7 +426,7 @@ class JobOutputsHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        await self.store_call(self.launch.store.get_job, job_id)
+        await self.job(job_id)
         outputs = await self.store_call(self.launch.store.list_outputs, job_id)
         base = f"{self.base_url.rstrip('/')}{API}/jobs/{job_id}/outputs/"
         self.reply({"job_id": job_id, "outputs": [
@@ -410,10 +437,10 @@ class JobOutputHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str, path: str) -> None:
+        await self.job(job_id)
         outputs = await self.store_call(self.launch.store.list_outputs, job_id)
         match = next((o for o in outputs if o.path == path), None)
         if match is None:
-            await self.store_call(self.launch.store.get_job, job_id)
             raise web.HTTPError(404, _escape(f"job {job_id} has no output {path!r}; list them at "
                                              f"{API}/jobs/{job_id}/outputs"))
         await send_blob(self, match.digest, filename=os.path.basename(path))
@@ -448,6 +475,8 @@ class AgentsHandler(LaunchHandler):
 class TokensHandler(LaunchHandler):
     """Agent tokens: list them (never their secrets), or create one (its secret is in this answer only)."""
 
+    auth_resource = QUEUES_RESOURCE
+
     @web.authenticated
     @authorized
     async def get(self) -> None:
@@ -470,6 +499,8 @@ class TokensHandler(LaunchHandler):
 
 
 class TokenHandler(LaunchHandler):
+    auth_resource = QUEUES_RESOURCE
+
     @web.authenticated
     @authorized
     async def delete(self, token_id: str) -> None:

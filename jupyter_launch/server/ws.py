@@ -27,7 +27,7 @@ from tornado.iostream import StreamClosedError
 from ..service import LogPage
 from ..store import LogChunk, NotFound
 from ..store.base import MAX_COUNT
-from .handlers import API, AUTH_RESOURCE, JOB_ID, LaunchHandler
+from .handlers import API, JOB_ID, JOBS_RESOURCE, LaunchHandler, job_caller
 
 FALLBACK_POLL = 1.0  # seconds; covers logs written by another server sharing a PostgreSQL store
 
@@ -75,7 +75,7 @@ class _FollowerLimit:
 class LogSocketHandler(_FollowerLimit, JupyterHandler, websocket.WebSocketHandler):
     """``/launch/api/jobs/ID/logs/ws?offset=N``: the job's log, live, from byte offset N."""
 
-    auth_resource = AUTH_RESOURCE
+    auth_resource = JOBS_RESOURCE
 
     async def prepare(self, *, _redirect_to_login: bool = False) -> None:  # type: ignore[override]
         # A WebSocket cannot follow a redirect to the login page: refuse with 403 instead.
@@ -83,13 +83,13 @@ class LogSocketHandler(_FollowerLimit, JupyterHandler, websocket.WebSocketHandle
 
     async def pre_get(self) -> None:
         user = self.current_user
-        if not await ensure_async(self.authorizer.is_authorized(self, user, "read", AUTH_RESOURCE)):
-            raise web.HTTPError(403, f"User is not authorized to read on resource: {AUTH_RESOURCE}.")
+        if not await ensure_async(self.authorizer.is_authorized(self, user, "read", JOBS_RESOURCE)):
+            raise web.HTTPError(403, f"User is not authorized to read on resource: {JOBS_RESOURCE}.")
         self.reserve_follower()
         self.offset = byte_offset(self.get_argument("offset", "0"), "offset")
         app = self.settings["launch"]
         try:
-            await app.run_store(app.store.get_job, self.job_id)
+            await app.run_store(app.service.get_job, self.job_id, caller=await job_caller(self, "read"))
         except NotFound as exc:
             raise web.HTTPError(404, str(exc).replace("%", "%%")) from None
 
@@ -161,7 +161,7 @@ class LogEventsHandler(_FollowerLimit, LaunchHandler):
         self.reserve_follower()
         resume = self.request.headers.get("Last-Event-ID") or self.get_argument("offset", "0")
         offset = byte_offset(resume, "offset (or Last-Event-ID)")
-        await self.store_call(self.launch.store.get_job, job_id)
+        await self.job(job_id)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")

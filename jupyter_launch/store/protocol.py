@@ -66,8 +66,9 @@ class Store(Protocol):
         """One job; a queued one carries the reason it is waiting, derived now."""
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None) -> list[JobRecord]:
-        """Jobs newest first; ``state`` may list states with commas; page with ``before`` = the last ``seq``."""
+                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
+        """Jobs newest first; ``state`` may list states with commas; page with ``before`` = the last ``seq``; only
+        ``owner``'s jobs when given (through a server, a user who is not an admin gets only their own anyway)."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or flag an active one for its agent to stop."""

@@ -337,12 +337,14 @@ class SQLStore(AgentTokenRows):
         return found
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None) -> list[JobRecord]:
-        """Newest first; page with ``before`` = the last ``seq`` seen."""
+                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
+        """Newest first; page with ``before`` = the last ``seq`` seen; only ``owner``'s jobs when given."""
         check_number("limit", limit, 1, MAX_COUNT, integer=True)
         if before is not None:
             check_number("before", before, 0, MAX_COUNT, integer=True)
         q = select(t.jobs)
+        if owner is not None:
+            q = q.where(t.jobs.c.owner == owner)
         if queue:
             q = q.where(t.jobs.c.queue == queue)
         if state:

@@ -44,7 +44,7 @@ from tornado import web
 
 import jupyter_launch.server
 from jupyter_launch.server.app import LaunchApp
-from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, AUTH_RESOURCE
+from jupyter_launch.server.handlers import AGENT_AUTH_RESOURCE, USER_RESOURCES
 from jupyter_launch.store import SQLStore
 
 from docker_engine import BASE_IMAGE as DOCKER_IMAGE
@@ -76,7 +76,7 @@ class TwoUsers(PasswordIdentityProvider):
 
 class DenyMalloryLaunch(Authorizer):
     def is_authorized(self, handler, user, action, resource):
-        denied = user.username in ("mallory", "agent:mallory") and resource in {(AUTH_RESOURCE, AGENT_AUTH_RESOURCE)!r}
+        denied = user.username in ("mallory", "agent:mallory") and resource in {(*USER_RESOURCES, AGENT_AUTH_RESOURCE)!r}
         if denied:
             self.log.info("DenyMalloryLaunch: refused %s %s on %s (%s)", user.username, action, resource,
                           type(handler).__name__)

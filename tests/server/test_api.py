@@ -130,3 +130,21 @@ async def test_stopping_the_server_requeues_running_jobs(api, start_launch):
     store.close()
     # Handed back, to run again on the next start; not counted as an attempt (with no retries, it used to be lost).
     assert (rec.state, rec.attempt) == ("queued", 1), rec
+
+
+async def test_the_default_authorizer_lets_its_one_user_do_everything(api, launch_app):
+    """No custom authorizer (jupyter_server's AllowAllAuthorizer) and the server's own token: every resource is
+    allowed, so this user reaches jobs of any owner, as before resources were split."""
+    from jupyter_launch.spec import JobSpec
+
+    job = launch_app.store.enqueue("default", JobSpec(kind="command", command=["true"]), artifact=None,
+                                   owner="someone-else")
+    status, page = await api("GET", "jobs")
+    assert status == 200 and [j["id"] for j in page["jobs"]] == [job.id], page
+    for method, parts in (("GET", ("jobs", job.id)), ("GET", ("jobs", job.id, "logs")),
+                          ("GET", ("jobs", job.id, "outputs")), ("POST", ("jobs", job.id, "rerun")),
+                          ("POST", ("jobs", job.id, "cancel")), ("GET", ("tokens",))):
+        status, body = await api(method, *parts)
+        assert status < 300, (method, parts, status, body)
+    status, body = await api("POST", "queues", body={"queue_name": "mine"})
+    assert status == 201, body
