@@ -605,6 +605,7 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
     Path(dest).mkdir(parents=True, exist_ok=True)
     real_dest = os.path.realpath(dest)
     written = count = 0
+    files: set[str] = set()  # the regular files extracted so far: what a hard link may point to
     try:
         with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
             for member in tar:
@@ -612,7 +613,18 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
                 if count > max_files:
                     raise ArtifactError(f"archive has more than {max_files} members (at {member.name!r})")
                 _check_member(member, real_dest)
+                if member.islnk() and os.path.normpath(member.linkname) not in files - {os.path.normpath(member.name)}:
+                    # Only to a file extracted before it: tarfile would otherwise fall back to extracting the target
+                    # member again, which for a link to itself or to a folder recurses without end.
+                    raise ArtifactError(f"archive member {member.name!r} is a hard link to {member.linkname!r}, "
+                                        "which the archive does not hold before it as a file")
+                if member.issym() and os.path.isdir(os.path.join(real_dest, member.name)) \
+                        and not os.path.islink(os.path.join(real_dest, member.name)):
+                    # tarfile cannot unlink a folder to put the link there, and falls back to extracting the
+                    # link's target member in its place: for a link to itself that recursion has no end.
+                    raise ArtifactError(f"archive member {member.name!r} is a link where the archive made a folder")
                 if member.isreg():
+                    files.add(os.path.normpath(member.name))
                     written += member.size
                     if written > max_size:
                         raise ArtifactError(f"archive member {member.name!r} takes the archive past the size limit "
@@ -627,6 +639,8 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
                 except OSError as exc:  # a file where a folder was, a name too long, a full disk
                     raise ArtifactError(f"cannot extract archive member {member.name!r}: "
                                         f"{exc.strerror or exc}") from None
+                except RecursionError:  # tarfile resolving links through links: never a sound archive
+                    raise ArtifactError(f"archive member {member.name!r} is a link that resolves to itself") from None
     except tarfile.TarError as exc:
         raise ArtifactError(f"not a readable tar archive: {exc}") from None
     return written

@@ -723,6 +723,14 @@ ARCHIVES: dict[str, tuple[Callable[[Box], io.BytesIO], str]] = {
                                         "cannot extract archive member 'a/b'"),
     "hard link to a member not there": (lambda box: make_tar([_tar_member("h", tarfile.LNKTYPE, "missing")]),
                                         "the archive does not hold"),
+    # tarfile falls back to extracting a link's target in its place when it cannot make the link: a link to itself
+    # then recursed until RecursionError, a crash instead of a refusal.
+    "a symbolic link to itself where a folder is": (lambda box: make_tar([
+        _tar_member("a/x", tarfile.REGTYPE, data=b"x"), _tar_member("a", tarfile.SYMTYPE, "a")]),
+        "is a link where the archive made a folder"),
+    "a hard link to itself": (lambda box: make_tar([_tar_member("h", tarfile.REGTYPE, data=b"x"),
+                                                    _tar_member("h", tarfile.LNKTYPE, "h")]),
+                              "the archive does not hold"),
     "a name too long for the file system": (lambda box: make_tar([_tar_member("n" * 300, tarfile.REGTYPE,
                                                                               data=b"x")]), "cannot extract"),
 }
