@@ -1,13 +1,17 @@
-"""openapi.yaml describes every route, and real responses match its schemas."""
+"""openapi.yaml is a valid OpenAPI document, describes every route, is served by the server, and real responses match
+its schemas."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
+from launch_server import LaunchServer
+from openapi_spec_validator import validate as validate_openapi
 
 import jupyter_launch.server
 from jupyter_launch.server.handlers import default_handlers
@@ -15,7 +19,8 @@ from jupyter_launch.server.ws import stream_handlers
 
 from .conftest import command_spec, wait_done
 
-SPEC = yaml.safe_load((Path(jupyter_launch.server.__file__).parent / "openapi.yaml").read_text())
+DOCUMENT = Path(jupyter_launch.server.__file__).parent / "openapi.yaml"
+SPEC = yaml.safe_load(DOCUMENT.read_text())
 
 
 def _template(pattern: str) -> str:
@@ -26,6 +31,53 @@ def _template(pattern: str) -> str:
 def test_every_route_is_documented():
     routes = {_template(p) for p, _ in default_handlers + stream_handlers}
     assert routes == set(SPEC["paths"]), routes ^ set(SPEC["paths"])
+
+
+def test_the_document_is_valid_openapi():
+    validate_openapi(SPEC)  # raises naming the path of the first error
+
+
+def test_descriptions_are_in_block_style():
+    """A plain description in a flow mapping splits at its first comma into a second, unknown key (it did once:
+    `{description: the job, with a reason while it waits, content: ...}`); in JSON Schema an unknown key is even
+    silently allowed. So no flow mapping holds a description or summary, and no key has an empty value."""
+    problems = []
+
+    def walk(node: yaml.Node) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if node.flow_style and key.value in ("description", "summary"):
+                    problems.append(f"line {key.start_mark.line + 1}: {key.value} inside a {{...}} mapping")
+                if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+                    problems.append(f"line {key.start_mark.line + 1}: {key.value!r} has no value")
+                walk(value)
+        elif isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                walk(item)
+
+    walk(yaml.compose(DOCUMENT.read_text()))
+    assert not problems, "\n".join(problems)
+
+
+def test_the_server_serves_its_document(tmp_path):
+    """GET /launch/api/openapi.json from a real `jupyter server` under a base URL: the document as JSON with that base
+    URL as its server, valid, matching its own entry; refused without credentials."""
+    server = LaunchServer(tmp_path, agent_queues=[], extra_config="c.ServerApp.base_url = '/user/alice/'\n")
+    server.url += "/user/alice"
+    server.start()
+    try:
+        status, served = server.api("GET", "openapi.json")
+        assert status == 200, served
+        validate_openapi(served)
+        assert served["servers"] == [{"url": "/user/alice"}]
+        assert {**served, "servers": SPEC["servers"]} == json.loads(json.dumps(SPEC))
+        check("GET", "/launch/api/openapi.json", status, served)
+        status, body = server.api("GET", "openapi.json", token="")
+        assert status == 403, body
+        status, body = server.api("GET", "openapi.json", token="not-the-token")
+        assert status == 403, body
+    finally:
+        server.stop()
 
 
 def check(method: str, path: str, status: int, body: Any) -> None:
