@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,24 @@ async def test_responses_match_the_spec(api, start_launch):
     s, b = await api("DELETE", "tokens", created["id"])
     check("DELETE", "/launch/api/tokens/{token_id}", s, b)
     assert s == 409 and "already revoked" in b["message"]
+
+
+def test_the_panel_types_are_generated_from_this_document():
+    """The panel's API types are generated from openapi.yaml (openapi-typescript) before every tsc and jest run, not
+    written by hand nor committed: `jlpm build`, `jlpm build:prod`, a pip install (hatch-jupyter-builder runs those)
+    and `jlpm test` regenerate them, so a document that drifts from what the panel uses fails the panel's build."""
+    ext = Path(__file__).parents[2] / "labextension"
+    scripts = json.loads((ext / "package.json").read_text())["scripts"]
+    generate = scripts["build:openapi"].split()
+    assert generate[0] == "openapi-typescript"
+    assert (ext / generate[1]).resolve() == DOCUMENT.resolve()
+    assert generate[generate.index("--output") + 1] == "src/generated/openapi.d.ts"
+    for name in ("build:lib", "build:lib:prod", "test", "watch:src"):
+        assert scripts[name].startswith("jlpm build:openapi && "), (name, scripts[name])
+    api = (ext / "src" / "api.ts").read_text()
+    assert "from './generated/openapi';" in api
+    for name in ("IQueue", "IJob", "IMetricRecord", "IOutput", "IResources", "ISubmitRequest"):
+        assert re.search(rf"^export type {name} = .*Schemas\[", api, re.M), f"{name} is not the document's type"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(ext / "src" / "generated" / "openapi.d.ts")],
+                             cwd=ext, check=False).returncode
+    assert ignored == 0, "the generated types are built, not committed"
