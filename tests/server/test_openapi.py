@@ -92,19 +92,22 @@ def check(method: str, path: str, status: int, body: Any) -> None:
     jsonschema.Draft202012Validator({**strict(schema), "components": strict(SPEC["components"])}).validate(body)
 
 
+EXTENDED = {m["$ref"].rsplit("/", 1)[1] for schema in SPEC["components"]["schemas"].values()
+            for m in schema.get("allOf", []) if "$ref" in m}  # schemas another one extends with allOf
+
+
 def strict(node: Any, *, in_all_of: bool = False) -> Any:
     """``node`` with every object schema that lists its properties closed (``unevaluatedProperties: false``), so a
-    field the server returns and the document leaves out fails as surely as one it documents and leaves out. A schema
-    that ``allOf`` extends is closed where it is extended (allOf members are left open)."""
+    field the server returns and the document leaves out fails as surely as one it documents and leaves out. allOf
+    members, and a schema another extends with allOf, stay open (closed, they would refuse the extension's fields);
+    the extending schema is closed."""
     if isinstance(node, list):
         return [strict(n, in_all_of=in_all_of) for n in node]
     if not isinstance(node, dict):
         return node
     out = {k: strict(v, in_all_of=(k == "allOf")) for k, v in node.items()}
-    extended = {m["$ref"].rsplit("/", 1)[1] for s in SPEC["components"]["schemas"].values() for m in s.get("allOf", [])
-                if "$ref" in m}
-    if "schemas" in out and node is SPEC["components"]:
-        for name in extended:
+    if node is SPEC["components"]:
+        for name in EXTENDED:
             out["schemas"][name].pop("unevaluatedProperties", None)
     if ("properties" in out or "allOf" in out) and "additionalProperties" not in out and not in_all_of:
         out["unevaluatedProperties"] = False
