@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import mimetypes
 import os
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -32,6 +34,7 @@ from jupyter_server.base.call_context import CallContext
 from jupyter_server.utils import ensure_async
 from tornado import web
 from tornado.iostream import StreamClosedError
+import yaml
 
 from ..remote.http import STALE_CLAIM
 from ..service import Caller
@@ -460,6 +463,22 @@ async def send_blob(handler: LaunchHandler, digest: str, *, filename: str | None
             handler.write(block)
             await handler.flush()
     handler.finish()
+
+
+class OpenAPIHandler(LaunchHandler):
+    """The API's own OpenAPI document (``openapi.yaml`` beside this module) as JSON, its server being this one's base
+    URL: the contract of the version a client talks to. Read like the other read routes (``launch_jobs``)."""
+
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        self.reply({**openapi_document(), "servers": [{"url": self.base_url.rstrip("/") or "/"}]})
+
+
+@functools.cache
+def openapi_document() -> dict[str, Any]:
+    """``openapi.yaml``, parsed once."""
+    return yaml.safe_load((Path(__file__).parent / "openapi.yaml").read_text(encoding="utf-8"))
 
 
 class AgentsHandler(LaunchHandler):
@@ -1028,6 +1047,7 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs/(?P<path>.+)", JobOutputHandler),
     (rf"{API}/agents", AgentsHandler),
+    (rf"{API}/openapi.json", OpenAPIHandler),
     (rf"{API}/tokens", TokensHandler),
     (rf"{API}/tokens/{TOKEN_ID}", TokenHandler),
     (rf"{API}/artifacts/missing", ArtifactsMissingHandler),

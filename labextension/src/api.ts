@@ -6,63 +6,42 @@
  */
 
 
-export type JobState =
-  | 'queued'
-  | 'claimed'
-  | 'starting'
-  | 'running'
-  | 'succeeded'
-  | 'failed'
-  | 'cancelled';
+import type { components, paths } from './generated/openapi';
+
+/*
+ * The request and response shapes come from the server's OpenAPI document (jupyter_launch/server/openapi.yaml),
+ * turned into ./generated/openapi.d.ts by `jlpm build:openapi` before every tsc and jest run: a document change that
+ * drifts from what the panel uses fails the build.
+ */
+type Schemas = components['schemas'];
+type SubmitBody = NonNullable<paths['/launch/api/jobs']['post']['requestBody']>['content']['application/json'];
+type LogPage = Schemas['LogPage'];
+/** The JSON body of a 200 answer to GET on a documented path. */
+type Answer<P extends keyof paths> = paths[P] extends {
+  get: { responses: { 200: { content: { 'application/json': infer T } } } };
+}
+  ? T
+  : never;
+
+export type JobState = Schemas['Job']['state'];
 
 export const FINAL_STATES: ReadonlyArray<string> = ['succeeded', 'failed', 'cancelled'];
 export const ACTIVE_STATES: ReadonlyArray<string> = ['claimed', 'starting', 'running'];
 
-export interface IQueue {
-  name: string;
-  provider: string;
-  max_instances: number | null;
-  min_instances: number;
-  counts: Record<string, number>;
-  agents: string[];
-  job_types: string[];
-  config: Record<string, any>;
-}
+/** A queue as the server sends it, with the job types it accepts (its config's `job_types`). */
+export type IQueue = Schemas['Queue'] & { job_types: string[] };
 
-export interface IJob {
-  id: string;
-  seq: number;
-  queue: string;
-  job_type: string | null;
-  kind: string;
-  name: string | null;
-  state: JobState | string;
-  reason: string | null;
-  message: string | null;
-  owner: string | null;
-  attempt: number;
-  retries: number;
-  exit_code: number | null;
-  log_size: number;
-  rerun_of: string | null;
-  cancel_requested: boolean;
-  submitted_at: number;
-  started_at: number | null;
-  finished_at: number | null;
-  duration: number | null;
-  progress: Record<string, any> | null;
-  spec: Record<string, any>;
-}
+export type IJob = Schemas['Job'];
 
+/** A page of jobs, newest first. */
 export interface IJobPage {
   jobs: IJob[];
   /** The `before` cursor for the next (older) page, or null at the end. */
-  next: number | null;
+  next: Schemas['JobPage']['next_before'];
 }
 
-export interface ILogChunk {
-  offset: number;
-  stream: string;
+/** A piece of the log as exact bytes (the page's base64 or text `data`, or a WebSocket frame's payload). */
+export interface ILogChunk extends Pick<LogPage['chunks'][number], 'offset' | 'stream'> {
   /** The chunk's exact bytes. */
   bytes: Uint8Array;
 }
@@ -70,40 +49,19 @@ export interface ILogChunk {
 export interface ILogRead {
   chunks: ILogChunk[];
   /** The offset to read from next. */
-  next: number;
+  next: LogPage['next_offset'];
   /** True when the job is finished and the log was read to its end. */
-  done: boolean;
+  done: LogPage['done'];
 }
 
-export interface IMetricRecord {
-  id: number;
-  step: number | null;
-  time: number;
-  data: Record<string, number | string | null>;
-}
+export type IMetricRecord = Schemas['MetricRecord'];
 
-export interface IOutput {
-  path: string;
-  size: number;
-  digest?: string;
-}
+export type IOutput = Schemas['Output'];
 
-export interface IResources {
-  cpu?: string | number;
-  gpu?: number;
-  memory?: string;
-}
+export type IResources = Schemas['Resources'];
 
-/** What the submit form asks for: a notebook (its path in the Jupyter root) and how to run it. */
-export interface ISubmitRequest {
-  notebook: string;
-  queue: string;
-  job_type?: string;
-  resources?: IResources;
-  parameters?: Record<string, unknown>;
-  env?: Record<string, string>;
-  secrets?: string[];
-}
+/** What the submit form asks for: a notebook (its path in the Jupyter root), its queue, and how to run it. */
+export type ISubmitRequest = Required<Pick<SubmitBody, 'notebook' | 'queue'>> & Schemas['SubmitOptions'];
 
 /** What the client needs from the outside world: HTTP requests and WebSocket URLs under the server's base URL. */
 export interface ITransport {
@@ -182,6 +140,8 @@ function normalizeQueue(raw: any): IQueue {
   return {
     name: raw.name,
     provider: raw.provider || config.provider?.type || '?',
+    created_at: raw.created_at,
+    updated_at: raw.updated_at,
     max_instances: raw.max_instances ?? config.provider?.max_instances ?? null,
     min_instances: raw.min_instances ?? config.provider?.min_instances ?? 0,
     counts: raw.counts || {},
@@ -263,7 +223,7 @@ export class LaunchAPI {
   }
 
   async listQueues(): Promise<IQueue[]> {
-    const raw = await this.requestJSON('queues');
+    const raw = await this.requestJSON<Answer<'/launch/api/queues'>>('queues');
     const list = Array.isArray(raw) ? raw : raw.queues || [];
     return list.map(normalizeQueue);
   }
@@ -274,7 +234,7 @@ export class LaunchAPI {
 
   async listJobs(options: { queue?: string; state?: string; limit?: number; before?: number | null } = {}): Promise<IJobPage> {
     const limit = options.limit ?? 50;
-    const raw = await this.requestJSON(
+    const raw = await this.requestJSON<Answer<'/launch/api/jobs'>>(
       `jobs${query({ queue: options.queue, state: options.state, limit, before: options.before })}`
     );
     const jobs: IJob[] = Array.isArray(raw) ? raw : raw.jobs || [];
@@ -297,10 +257,11 @@ export class LaunchAPI {
    */
   async submit(request: ISubmitRequest): Promise<IJob> {
     const { notebook, queue, ...options } = request;
+    const body: SubmitBody = { queue, notebook, options };
     return unwrapJob(
       await this.requestJSON('jobs', {
         method: 'POST',
-        body: JSON.stringify({ queue, notebook, options }),
+        body: JSON.stringify(body),
         headers: { 'Content-Type': 'application/json' }
       })
     );
@@ -315,17 +276,17 @@ export class LaunchAPI {
   }
 
   async readLog(id: string, offset = 0): Promise<ILogRead> {
-    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/logs${query({ offset, encoding: 'base64' })}`);
+    const raw = await this.requestJSON<Answer<'/launch/api/jobs/{job_id}/logs'>>(`jobs/${encodeURIComponent(id)}/logs${query({ offset, encoding: 'base64' })}`);
     return normalizeLogRead(raw, offset);
   }
 
   async metrics(id: string, after = 0): Promise<IMetricRecord[]> {
-    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/metrics${query({ after: after || null })}`);
+    const raw = await this.requestJSON<Answer<'/launch/api/jobs/{job_id}/metrics'>>(`jobs/${encodeURIComponent(id)}/metrics${query({ after: after || null })}`);
     return Array.isArray(raw) ? raw : raw.metrics || [];
   }
 
   async outputs(id: string): Promise<IOutput[]> {
-    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}/outputs`);
+    const raw = await this.requestJSON<Answer<'/launch/api/jobs/{job_id}/outputs'>>(`jobs/${encodeURIComponent(id)}/outputs`);
     return Array.isArray(raw) ? raw : raw.outputs || [];
   }
 

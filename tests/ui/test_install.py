@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # Built or local-only folders a fresh checkout does not have.
 SKIP = {".venv", "node_modules", "lib", ".git", ".pytest_cache", "__pycache__", "labextension", ".yarn", "build",
-        "dist", ".launch-home"}
+        "dist", ".launch-home", "generated"}
 
 
 def _copy_tree(dst: Path) -> None:
