@@ -335,7 +335,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
-    from ..agent import make_local_agent, serve, stop_on_signals
+    from ..agent import make_local_agent, serve
     from ..paths import default_store_url, launch_home
 
     args.server = args.server or os.environ.get(SERVER_ENV)
@@ -356,6 +356,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = make_local_agent(store, args.queue, job_types=args.job_type, blobs=config.blob_store_class(home / "blobs"),
                              home=home, config=config.config, **agent_traits(args))
     agent.log = logging.getLogger("jupyter_launch.agent")
+    run_in_foreground(agent, serve)
+    return 0
+
+
+def run_in_foreground(agent: Any, serve: Any) -> None:
+    """Run ``serve(agent, stop)`` until a signal stops the agent (SIGTERM gracefully, SIGINT or a second signal at
+    once: ``agent.stop_on_signals``)."""
+    from ..agent import stop_on_signals
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -363,7 +371,6 @@ def cmd_agent(args: argparse.Namespace) -> int:
         await serve(agent, stop)
 
     asyncio.run(main())
-    return 0
 
 
 def agent_traits(args: argparse.Namespace) -> dict[str, Any]:

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -14,7 +13,7 @@ import sys
 from typing import Any
 
 from ..remote.http import TOKEN_ENV
-from .main import _client, agent_traits, printable
+from .main import _client, agent_traits, run_in_foreground, printable
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -64,7 +63,6 @@ def add_token_commands(sub: Any) -> None:
 def cmd_remote_agent(args: argparse.Namespace) -> int:
     """``jupyter launch agent --server URL --queue Q`` (the agent token in $JUPYTER_LAUNCH_TOKEN or --token-file):
     work for a server over HTTP."""
-    from ..agent import stop_on_signals
     from ..remote.agent import make_remote_agent, run_remote_agent
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
@@ -72,11 +70,5 @@ def cmd_remote_agent(args: argparse.Namespace) -> int:
     agent = make_remote_agent(args.server, token, args.queue, job_types=args.job_type,
                               config=args.launch_config.config, **agent_traits(args))
     agent.log = logging.getLogger("jupyter_launch.agent")
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        stop_on_signals(agent, stop)
-        await run_remote_agent(agent, stop)
-
-    asyncio.run(main())
+    run_in_foreground(agent, run_remote_agent)
     return 1 if agent.store.auth_error is not None else 0

@@ -7,8 +7,10 @@ it, so `docs/reliability.md` can be checked against a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,19 @@ def read_ledger(ledger: Path) -> dict[str, list[tuple[str, int, int]]]:
             job, event, attempt, fence = line.split()
             out.setdefault(job, []).append((event, int(attempt), int(fence)))
     return out
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``"6m"``) mounted at ``mount`` for the block, for disk-full tests (root only, as CI
+    runs); unmounted at the end."""
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"cannot mount a small tmpfs for a disk-full test (needs root, as CI runs): {proc.stderr}",
+                    pytrace=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

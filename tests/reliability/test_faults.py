@@ -26,7 +26,7 @@ from jupyter_launch.agent import make_local_agent
 from jupyter_launch.client import LaunchClient
 from jupyter_launch.spec import QueueConfig
 
-from .conftest import ROOT, ledger_code, list_job_ids, read_ledger, record_figure
+from .conftest import ROOT, ledger_code, list_job_ids, read_ledger, record_figure, tmpfs
 
 KILLS = int(os.environ.get('JUPYTER_LAUNCH_TEST_KILLS', 50))  # fewer only to debug
 
@@ -262,17 +262,10 @@ def test_a_server_killed_with_1000_queued_jobs_keeps_them_all_and_runs_them(make
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Any:
-    """A 6 MiB tmpfs, unmounted at the end (root only, as CI runs)."""
-    mount = tmp_path / "small-disk"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the disk-full test (needs root, as CI runs): {proc.stderr}",
-                    pytrace=False)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs, unmounted at the end."""
+    with tmpfs(tmp_path / "small-disk", "6m") as mount:
+        yield mount
 
 
 def test_a_full_log_disk_fails_the_job_with_a_reason_and_the_server_stays_up(make_server, small_tmpfs):
@@ -305,17 +298,10 @@ def test_a_full_log_disk_fails_the_job_with_a_reason_and_the_server_stays_up(mak
 
 
 @pytest.fixture
-def tmpfs_50m(tmp_path: Path) -> Any:
-    """A 50 MiB tmpfs, unmounted at the end (root only, as CI runs)."""
-    mount = tmp_path / "disk-50m"
-    mount.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=50m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"cannot mount a small tmpfs for the disk-full test (needs root, as CI runs): {proc.stderr}",
-                    pytrace=False)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+def tmpfs_50m(tmp_path: Path) -> Iterator[Path]:
+    """A 50 MiB tmpfs, unmounted at the end."""
+    with tmpfs(tmp_path / "disk-50m", "50m") as mount:
+        yield mount
 
 
 def test_outputs_past_the_disk_or_the_limits_end_the_job_with_a_reason_and_leave_nothing_behind(make_server,

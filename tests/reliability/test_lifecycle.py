@@ -15,7 +15,7 @@ from typing import Any
 
 from launch_server import LaunchServer, isolated_env
 
-from .conftest import record_figure
+from .conftest import record_figure, tmpfs
 
 
 def until(predicate: Any, timeout: float, what: str) -> Any:
@@ -190,12 +190,7 @@ def test_a_standalone_agent_given_sigterm_hands_back_a_job_past_its_grace(cli_en
 
 
 def test_the_cli_says_in_one_line_that_the_stores_disk_is_full(cli_env, tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    assert mounted.returncode == 0, f"cannot mount a small tmpfs (needs root, as CI runs): {mounted.stderr}"
-    try:
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         env = dict(cli_env, JUPYTER_LAUNCH_HOME=str(disk / "home"))
         subprocess.run([sys.executable, "-m", "jupyter_launch.cli", "jobs"], env=env, check=True, capture_output=True,
                        timeout=120)
@@ -207,8 +202,6 @@ def test_the_cli_says_in_one_line_that_the_stores_disk_is_full(cli_env, tmp_path
         (tmp_path / "job.yaml").write_text("kind: command\ncommand: [true]\n")
         proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", "submit", "--config",
                                str(tmp_path / "job.yaml")], env=env, capture_output=True, text=True, timeout=120)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"jupyter launch: error: the store {disk / 'home' / 'launch.db'} cannot be written: "
