@@ -618,7 +618,11 @@ class BlobUploadMixin:
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.chmod(self._tmp.name, 0o444)
             os.replace(self._tmp.name, dest)
+        await self.stored(digest)  # before the answer: a caller that has it may use the blob at once
         self.reply({"digest": digest, "size": self._size}, 201)
+
+    async def stored(self: Any, digest: str) -> None:
+        """What the caller may do with a blob it uploaded, recorded before the upload is answered."""
 
 
 class ArtifactsMissingHandler(BlobsMissingMixin, LaunchHandler):
@@ -1032,6 +1036,9 @@ class AgentBlobHandler(BlobUploadMixin, AgentHandler):
     @authorized
     async def put(self, digest: str) -> None:
         await self.finish_upload(digest)
+
+    async def stored(self, digest: str) -> None:
+        """The token may read what it uploaded (and name it as an output) from the moment the upload is answered."""
         await self.launch.run_store(self.launch.store.grant_blobs, [digest], f"token:{self.agent_token.id}")
 
 

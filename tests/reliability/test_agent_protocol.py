@@ -487,3 +487,32 @@ def test_a_remote_agent_whose_claim_is_taken_stops_writing_at_once_and_quietly(p
     finally:
         agent.terminate()
         agent.wait(timeout=30)
+
+
+def test_an_uploaded_blob_can_be_named_as_an_output_the_moment_its_upload_is_answered(probe: Probe):
+    """The upload's grant is recorded before the 201, so an agent naming its output right after uploading it is
+    never told to upload it first (it was: the grant came after the answer, a race a remote agent lost in CI)."""
+    queue = QUEUES[0]
+    headers = {"Authorization": f"Bearer {probe.tokens[queue]}"}
+    submit(probe.server, queue)
+    job_id, fence = claim(probe, queue)
+    refused = []
+    for i in range(40):
+        data = f"output {i} {secrets.token_hex(8)}".encode()
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        put, post = (http.client.HTTPConnection("127.0.0.1", probe.server.port, timeout=60) for _ in range(2))
+        try:
+            post.connect()  # ready before the upload is answered, so the report follows it at once
+            put.request("PUT", f"/launch/api/agent/blobs/{digest}", body=data, headers=headers)
+            assert put.getresponse().status == 201
+            body = json.dumps({"fence": fence, "outputs": [{"path": f"out-{i}.txt", "digest": digest,
+                                                            "size": len(data)}]}).encode()
+            post.request("POST", f"/launch/api/agent/jobs/{job_id}/outputs", body=body,
+                         headers={**headers, "Content-Type": "application/json"})
+            response = post.getresponse()
+            if response.status != 200:
+                refused.append((i, response.status, response.read()[:200]))
+        finally:
+            put.close()
+            post.close()
+    assert refused == [], refused
