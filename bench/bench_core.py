@@ -272,6 +272,11 @@ def main() -> None:
             rows += bench_dispatch(tmp, 30 if args.quick else 60)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    print_table(rows)
+
+
+def print_table(rows: list[list[str]]) -> None:
+    """The figures beside their baselines, one row each, then the machine they were measured on."""
     header = ["measure", "jupyter-launch", "baseline", "ratio", "goal / notes"]
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
     for r in [header] + rows:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -25,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench_core import print_table  # bench/ is on the path when a bench script runs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -147,11 +148,7 @@ def main() -> None:
         rows += bench_masking(200_000)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    header = ["measure", "jupyter-launch", "baseline", "ratio", "goal / notes"]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-    for r in [header] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    print(json.dumps({"cpus": os.cpu_count(), "python": sys.version.split()[0]}))
+    print_table(rows)
 
 
 if __name__ == "__main__":
