@@ -27,7 +27,7 @@ from tornado.iostream import StreamClosedError
 from ..service import LogPage
 from ..store import LogChunk, NotFound
 from ..store.base import MAX_COUNT
-from .handlers import API, JOB_ID, JOBS_RESOURCE, LaunchHandler, job_caller
+from .handlers import API, JOB_ID, JOBS_RESOURCE, LaunchHandler, bounded_int, job_caller
 
 FALLBACK_POLL = 1.0  # seconds; covers logs written by another server sharing a PostgreSQL store
 
@@ -49,11 +49,8 @@ async def follow_log(app: Any, job_id: str, offset: int, send: Callable[[list[Lo
 def byte_offset(raw: str, name: str) -> int:
     """A log offset from the query or a header: an integer from 0 to MAX_COUNT (a larger one would overflow the
     store's integers); else 400 naming it."""
-    try:
-        value = int(raw) if len(raw) <= 20 else -1
-    except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_COUNT:
+    value = bounded_int(raw, 0, MAX_COUNT)
+    if value is None:
         raise web.HTTPError(400, f"{name} must be a byte offset, an integer from 0 to {MAX_COUNT}")
     return value
 
