@@ -40,8 +40,8 @@ from ..remote.http import STALE_CLAIM
 from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
-    ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, StoreUnusable, check_number,
-    check_output_path, is_disk_full,
+    ACTIVE, ARCHIVED_CHOICES, DEFAULT_JOB_SORT, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError,
+    StoreUnusable, check_number, check_output_path, is_disk_full,
 )
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
@@ -156,6 +156,17 @@ class LaunchHandler(APIHandler):
                                              f"not {raw[:40]!r}"))
         return value
 
+    def float_arg(self, name: str) -> float | None:
+        """A query argument that is a number (epoch seconds, say), or None when not given; 400 naming it if not."""
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise web.HTTPError(400, _escape(f"{name} must be a number (seconds since the epoch), "
+                                             f"not {raw[:40]!r}")) from None
+
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
@@ -255,13 +266,23 @@ class JobsHandler(LaunchHandler):
     async def get(self) -> None:
         limit = self.int_arg("limit", 50, minimum=1, maximum=MAX_PAGE)
         before = self.int_arg("before", None, minimum=1)
-        queue = self.get_argument("queue", None) or None
-        state = self.get_argument("state", None) or None
-        owner = self.get_argument("owner", None) or None
-        jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), owner=owner,
-                                     queue=queue, state=state, limit=limit, before=before)
+        offset = self.int_arg("offset", 0)
+        archived_arg = self.get_argument("archived", "false") or "false"
+        if archived_arg not in ARCHIVED_CHOICES:
+            raise web.HTTPError(400, _escape(f"archived must be one of {', '.join(ARCHIVED_CHOICES)}, "
+                                             f"not {archived_arg[:40]!r}"))
+        filters = {name: self.get_argument(name, None) or None
+                   for name in ("queue", "state", "owner", "job_type", "q")}
+        filters["sort"] = self.get_argument("sort", None) or DEFAULT_JOB_SORT
+        for name in ("submitted_after", "submitted_before"):
+            filters[name] = self.float_arg(name)
+        jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), limit=limit,
+                                     before=before, offset=offset, archived=ARCHIVED_CHOICES[archived_arg],
+                                     **filters)
+        full = len(jobs) == limit
         self.reply({"jobs": [j.to_dict() for j in jobs],
-                    "next_before": jobs[-1].seq if len(jobs) == limit else None})
+                    "next_before": jobs[-1].seq if full and filters["sort"] == DEFAULT_JOB_SORT else None,
+                    "next_offset": offset + limit if full else None})
 
     @web.authenticated
     @authorized
@@ -365,6 +386,22 @@ class JobHandler(LaunchHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         job = await self.job(job_id)
+        self.reply(job.to_dict())
+
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        """Delete an ended job with its log, metrics and outputs; its output blobs nothing else uses are released."""
+        released = await self.store_call(self.launch.service.delete_job, job_id, caller=await job_caller(self))
+        self.reply({"job_id": job_id, "released": released})
+
+
+class JobArchiveHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str, action: str) -> None:
+        job = await self.store_call(self.launch.service.archive_job, job_id, action == "archive",
+                                    caller=await job_caller(self))
         self.reply(job.to_dict())
 
 
@@ -1056,6 +1093,7 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}", JobHandler),
     (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
     (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
+    (rf"{API}/jobs/{JOB_ID}/(?P<action>archive|unarchive)", JobArchiveHandler),
     (rf"{API}/jobs/{JOB_ID}/logs", JobLogsHandler),
     (rf"{API}/jobs/{JOB_ID}/metrics", JobMetricsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),

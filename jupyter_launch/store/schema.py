@@ -47,9 +47,11 @@ jobs = Table(
     Column("finished_at", Float),
     Column("progress", JSON),
     Column("claim_token", String(16)),  # the agent token that holds the claim; "@local": an agent in a store's process
+    Column("archived_at", Float),  # hidden from the history unless asked for; NULL: not archived
     Index("ix_jobs_queue_state_seq", "queue", "state", "seq"),
     Index("ix_jobs_state_lease", "state", "lease_expires"),
     Index("ix_jobs_queue_seq", "queue", "seq"),
+    Index("ix_jobs_owner_seq", "owner", "seq"),
 )
 
 agents = Table(
