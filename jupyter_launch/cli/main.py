@@ -261,11 +261,14 @@ def parse_when(text: str, flag: str, *, now: float | None = None) -> float:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     archived = {"only": True, "with": None}.get(args.archived, False)
-    jobs = _client(args).jobs(
-        queue=args.queue, state=args.status, limit=args.limit, owner=args.owner, job_type=args.type, q=args.search,
-        submitted_after=parse_when(args.since, "--since") if args.since else None,
-        submitted_before=parse_when(args.until, "--until") if args.until else None,
-        archived=archived, sort=args.sort, offset=args.offset)
+    try:
+        jobs = _client(args).jobs(
+            queue=args.queue, state=args.status, limit=args.limit, owner=args.owner, job_type=args.type,
+            q=args.search, submitted_after=parse_when(args.since, "--since") if args.since else None,
+            submitted_before=parse_when(args.until, "--until") if args.until else None,
+            archived=archived, sort=args.sort, offset=args.offset)
+    except ValueError as exc:  # a filter the store refuses (the embedded store's, or the server's 400)
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps([j.to_dict() for j in jobs], indent=1, default=str))
         return 0
@@ -518,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--since", help="submitted at or after: 2026-12-01, 2026-12-01T14:30, or a span ago (2d, 90m)")
     j.add_argument("--until", help="submitted before (same forms as --since)")
     j.add_argument("--sort", default="-submitted",
-                   help=f"one of {', '.join(JOB_SORTS)}; '-' in front for descending (default -submitted)")
+                   help=f"one of {', '.join(JOB_SORTS)}; '-' in front for descending, as --sort=-name (default -submitted)")
     j.add_argument("--archived", choices=["only", "with"], help="list only archived jobs, or them with the rest")
     j.add_argument("--limit", "-n", type=int, default=50)
     j.add_argument("--offset", type=int, default=0, help="skip this many jobs (the next page)")
