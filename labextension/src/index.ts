@@ -4,7 +4,7 @@
  */
 
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, ToolbarButton, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, ICommandPalette, ToolbarButton, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
@@ -14,12 +14,15 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { IJob, ITransport, LaunchAPI } from './api';
 import { SubmitDialog, SubmitForm } from './dialog';
+import { HistoryView } from './history';
 import { JobView } from './jobview';
 import { PANEL_ID, LaunchPanel } from './panel';
+import { jobTitle } from './models';
 import { INotebookCellLike, parseParametersCell, parametersCellSource } from './params';
 
 export const CommandIDs = {
   submit: 'jupyter-launch:submit',
+  submitFile: 'jupyter-launch:submit-file',
   openJob: 'jupyter-launch:open-job',
   openPanel: 'jupyter-launch:open-panel'
 };
@@ -200,6 +203,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await submitNotebook(path);
       }
     });
+    // The file browser's menu submits the file right-clicked (its selection), never the notebook in the active tab.
+    app.commands.addCommand(CommandIDs.submitFile, {
+      label: 'Launch Notebook on a Queue…',
+      caption: 'Submit this notebook to a jupyter-launch queue',
+      icon: launchIcon,
+      isVisible: () => Boolean(fileBrowser),
+      execute: async () => {
+        const item = fileBrowser ? Array.from(fileBrowser.selectedItems()).find(i => i.type === 'notebook') : undefined;
+        if (!item) {
+          await showErrorMessage('Launch', 'Select a notebook in the file browser first.');
+          return;
+        }
+        await submitNotebook(item.path);
+      }
+    });
     app.commands.addCommand(CommandIDs.openJob, {
       label: 'Open Launch Job',
       execute: args => {
@@ -217,7 +235,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     app.contextMenu.addItem({
-      command: CommandIDs.submit,
+      command: CommandIDs.submitFile,
       selector: '.jp-DirListing-item[data-file-type="notebook"]',
       rank: 10
     });
@@ -243,6 +261,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openJob: (id, job) => void openJob(id, job),
       submit: () => void app.commands.execute(CommandIDs.submit)
     });
+    const history = new HistoryView({
+      api,
+      openJob: (id, job) => void openJob(id, job),
+      queues: () => panel.queues,
+      confirmDelete: async job => {
+        const answer = await showDialog({
+          title: 'Delete job',
+          body: `Delete ${jobTitle(job)} (${job.id}) with its log, metrics and outputs? This cannot be undone; Archive hides a job and keeps it.`,
+          buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+        });
+        return answer.button.accept;
+      }
+    });
+    panel.addView({ id: 'history', label: 'History', widget: history, refresh: () => history.refresh() });
     panel.title.icon = launchIcon;
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, PANEL_ID);

@@ -33,6 +33,18 @@ function button(label: string, title: string, cls: string, onClick: () => void):
   return b;
 }
 
+/** Hand a blob to the browser as a download named `name`. */
+function saveBlob(blob: Blob, name: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}
+
 export class JobView extends Widget {
   constructor(options: IJobViewOptions) {
     super();
@@ -72,7 +84,10 @@ export class JobView extends Widget {
       Clipboard.copyToSystem(this._job ? cliCommand(this._job) : `jupyter launch logs ${this.jobId} -f`);
       Notification.info('Command copied', { autoClose: 2000 });
     });
-    actions.append(this._cancelButton, this._rerunButton, copyId, copyCli);
+    const downloadLog = button('Download log', 'Download the whole log as text', 'jp-LaunchJob-downloadLog', () =>
+      void this.downloadLog()
+    );
+    actions.append(this._cancelButton, this._rerunButton, downloadLog, copyId, copyCli);
 
     const titleRow = document.createElement('div');
     titleRow.className = 'jp-LaunchJob-titleRow';
@@ -341,17 +356,19 @@ export class JobView extends Widget {
     this._outputs.replaceChildren(list);
   }
 
+  /** The whole log as the server has it now (not only the lines drawn), saved as `JOB_ID.log`. */
+  async downloadLog(): Promise<void> {
+    try {
+      const text = await this._api.logText(this.jobId);
+      saveBlob(new Blob([text], { type: 'text/plain;charset=utf-8' }), `${this.jobId}.log`);
+    } catch (err) {
+      this._showError(err);
+    }
+  }
+
   private async _download(path: string): Promise<void> {
     try {
-      const blob = await this._api.outputBlob(this.jobId, path);
-      const url = URL.createObjectURL(blob);
-      const a = document.createElement('a');
-      a.href = url;
-      a.download = path.split('/').pop() || path;
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      saveBlob(await this._api.outputBlob(this.jobId, path), path.split('/').pop() || path);
     } catch (err) {
       this._showError(err);
     }
