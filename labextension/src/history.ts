@@ -196,8 +196,8 @@ function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text?: s
   return node;
 }
 
-function labelled(label: string, control: HTMLElement): HTMLLabelElement {
-  const wrap = el('label', 'jp-LaunchHistory-field');
+function labelled(label: string, control: HTMLElement, wide = false): HTMLLabelElement {
+  const wrap = el('label', `jp-LaunchHistory-field${wide ? ' jp-mod-wide' : ''}`);
   const span = el('span', 'jp-LaunchHistory-fieldLabel', label);
   wrap.append(span, control);
   return wrap;
@@ -249,9 +249,9 @@ export class HistoryView extends Widget {
       this._search,
       labelled('State', this._state),
       labelled('Queue', this._queue),
-      labelled('Owner', this._owner),
-      labelled('From', this._from),
-      labelled('To', this._to),
+      labelled('Owner', this._owner, true),
+      labelled('Submitted from', this._from, true),
+      labelled('Submitted to', this._to, true),
       archivedLabel
     );
 

@@ -1,0 +1,125 @@
+"""The panel's History view in a real JupyterLab and Chromium: filters, search and sort answered by the server, row
+actions (cancel, archive, delete), the log download, a server that stops answering, and the file browser's menu
+submitting the notebook right-clicked."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+
+from playwright.sync_api import expect
+
+from .conftest import PARAMS_NOTEBOOK, command_job, open_launch_panel, screenshot_dir, wait_for_job
+
+
+def open_history(page: Any) -> Any:
+    panel = open_launch_panel(page)
+    panel.locator(".jp-LaunchPanel-tab[data-view='history']").click()
+    history = panel.locator(".jp-LaunchHistory")
+    expect(history).to_be_visible()
+    return history
+
+
+def row_names(history: Any) -> list[str]:
+    return history.locator(".jp-LaunchHistory-row .jp-LaunchJobRow-title").all_text_contents()
+
+
+def test_history_filters_searches_sorts_and_acts_on_rows(page, lab):
+    queue = f"hist-{secrets.token_hex(3)}"
+    status, _ = lab.api("POST", "queues", {"queue_name": queue})  # no agent: its jobs wait
+    assert status == 201
+    ids = {}
+    for name in ("train resnet", "eval resnet", "train vit"):
+        status, job = lab.api("POST", "jobs", {"queue": queue, "spec": command_job("print(1)", name=name)})
+        assert status == 201, job
+        ids[name] = job["id"]
+    lab.api("POST", f"jobs/{ids['eval resnet']}/cancel")
+
+    history = open_history(page)
+    history.locator(".jp-LaunchHistory-queue").select_option(queue)
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(3)
+    assert row_names(history) == ["train vit", "eval resnet", "train resnet"]  # newest first
+
+    history.locator(".jp-LaunchHistory-search").fill("TRAIN")
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(2)
+    history.locator(".jp-LaunchHistory-sortButton[data-sort='name']").click()
+    expect(history.locator(".jp-LaunchHistory-row").first).to_contain_text("train resnet")
+    history.locator(".jp-LaunchHistory-sortButton[data-sort='name']").click()  # again: descending
+    expect(history.locator(".jp-LaunchHistory-sortButton[data-sort='name']")).to_have_text("Name ↓")
+    expect(history.locator(".jp-LaunchHistory-row").first).to_contain_text("train vit")
+
+    # Cancel from the row.
+    vit = history.locator(f".jp-LaunchHistory-row[data-job-id='{ids['train vit']}']")
+    vit.locator(".jp-mod-cancel").click()
+    expect(vit.locator(".jp-LaunchState")).to_have_text("cancelled")
+    assert wait_for_job(lab, ids["train vit"], ("cancelled",))["state"] == "cancelled"
+
+    history.locator(".jp-LaunchHistory-search").fill("")
+    history.locator(".jp-LaunchHistory-state").select_option("cancelled")
+    expect(history.locator(".jp-LaunchHistory-row[data-state='cancelled']")).to_have_count(2)
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(2)
+    page.locator("#jupyter-launch-panel").screenshot(path=str(screenshot_dir() / "panel-history.png"))
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    page.wait_for_timeout(500)
+    page.locator("#jupyter-launch-panel").screenshot(path=str(screenshot_dir() / "panel-history-dark.png"))
+    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Light'})")
+    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'true'")
+
+    # Archive hides a row (kept, listed under "Archived only"); Delete asks, then removes the job for good.
+    evaluation = history.locator(f".jp-LaunchHistory-row[data-job-id='{ids['eval resnet']}']")
+    evaluation.locator(".jp-mod-archive").click()
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(1)
+    history.locator(".jp-LaunchHistory-archived").check()
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(1)
+    expect(evaluation.locator(".jp-LaunchJobRow-meta")).to_contain_text("archived")
+    evaluation.locator(".jp-mod-delete").click()
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("cannot be undone")
+    dialog.locator(".jp-Dialog-button.jp-mod-warn").click()
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(0)
+    status, body = lab.api("GET", f"jobs/{ids['eval resnet']}")
+    assert status == 404, body
+
+
+def test_the_panel_waits_quietly_for_a_server_that_stops_answering(page, lab):
+    panel = open_launch_panel(page)
+    expect(panel.locator(".jp-LaunchQueue[data-queue='default']")).to_be_visible()
+    page.route("**/launch/api/**", lambda route: route.abort())  # as a stopped server looks to the browser
+    banner = panel.locator(".jp-LaunchPanel-connection")
+    expect(banner).to_have_text("Disconnected from the Jupyter server; retrying…", timeout=10_000)
+    expect(panel.locator(".jp-LaunchQueue[data-queue='default']")).to_be_visible()  # the last rows stay
+    expect(panel.locator(".jp-LaunchPanel-status.jp-mod-error")).to_have_count(0)
+    page.unroute("**/launch/api/**")
+    expect(banner).to_be_hidden(timeout=15_000)
+
+
+def test_the_log_downloads_whole_as_text(page, lab):
+    code = "for i in range(3000):\n    print(f'line {i}')"
+    status, job = lab.api("POST", "jobs", {"queue": "default", "spec": command_job(code, name="many-lines")})
+    assert status == 201, job
+    wait_for_job(lab, job["id"], ("succeeded",))
+    page.evaluate("id => window.jupyterapp.commands.execute('jupyter-launch:open-job', {id})", job["id"])
+    view = page.locator(f"#jp-launch-job-{job['id']}")
+    with page.expect_download() as download:
+        view.locator(".jp-LaunchJob-downloadLog").click()
+    assert download.value.suggested_filename == f"{job['id']}.log"
+    with open(download.value.path(), encoding="utf-8") as saved:
+        text = saved.read()
+    assert text == "".join(f"line {i}\n" for i in range(3000))
+
+
+def test_the_file_browser_menu_submits_the_notebook_right_clicked(page, lab):
+    (lab.root / "other.ipynb").write_text(json.dumps(PARAMS_NOTEBOOK))
+    page.evaluate("() => window.jupyterapp.commands.execute('docmanager:open', {path: 'params.ipynb'})")
+    expect(page.locator(".jp-NotebookPanel").filter(visible=True).locator(".jp-Cell")).to_have_count(
+        len(PARAMS_NOTEBOOK["cells"]))
+    page.evaluate("() => window.jupyterapp.commands.execute('filebrowser:activate')")
+    item = page.locator(".jp-DirListing-item[title*='other.ipynb']")
+    item.click(button="right")
+    page.locator(".lm-Menu-item", has_text=re.compile(r"^Launch Notebook on a Queue")).click()
+    dialog = page.locator(".jp-LaunchSubmitDialog")
+    expect(dialog.locator("input[name='notebook']")).to_have_value("other.ipynb")
+    dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
