@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
@@ -50,6 +50,14 @@ CANCEL_WAIT = 60.0  # how long an interrupted --wait waits for the cancelled job
 _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memory": "--memory",
            "timeout": "--timeout", "retries": "--retries", "job_type": "--job-type", "env": "--env",
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The kernel was interrupted during ``--wait``: the job was cancelled (or, with ``--detach-on-interrupt``, left
+    running). Shown as its one line: the job's view above tells the rest, the magic's frames nothing."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self}"]
 
 
 class JobFailed(LaunchError):
@@ -176,7 +184,9 @@ class LaunchMagics(Magics):
     @argument("--retries", type=int, help="attempts after a lost agent")
     @argument("--kernel", help="the kernel that runs the job (default: python3)")
     @argument("--wait", action="store_true",
-              help="block until the job ends; interrupting asks, then cancels the job")
+              help="block until the job ends; interrupting the kernel cancels the job")
+    @argument("--detach-on-interrupt", action="store_true",
+              help="with --wait: interrupting the kernel stops waiting and leaves the job running")
     @argument("--push", action="append", metavar="A,B", help="%%%%launch: variables sent with the job")
     @argument("--pull", action="append", metavar="C,D", help="%%%%launch: variables brought back when it succeeds")
     @argument("--root", help="the folder packaged with the job (default: this kernel's working folder, or the "
@@ -219,7 +229,7 @@ class LaunchMagics(Magics):
             raise UsageError(f"{magic}: {exc}") from None
         launched = self._show(job, args)
         if args.wait:
-            self._wait(launched)
+            self._wait(launched, detach=args.detach_on_interrupt)
             record = launched.refresh()
             if record.state != "succeeded":
                 raise JobFailed(launched, f"job {job.id} {record.state}: {reason_text(record)}")
@@ -320,23 +330,26 @@ class LaunchMagics(Magics):
         launched.pulled = values
         return f"pulled {', '.join(values)} into this kernel"
 
-    def _wait(self, launched: LaunchedJob) -> None:
+    def _wait(self, launched: LaunchedJob, *, detach: bool = False) -> None:
+        """Block until the job's view shows its end. An interrupt cancels the job at once, no question asked (a prompt
+        left the job running until answered), and waits a little for it to end, unless ``detach``: then the job goes
+        on and the view keeps following it. Either way the cell ends with one line, not a traceback."""
         watcher = launched.watcher
         assert watcher is not None
         try:
             while not watcher.settled.wait(0.1):
                 pass
         except KeyboardInterrupt:
-            if _confirm_cancel(launched.id):
-                launched.cancel()
-                launched.view.add_note("interrupted: cancel requested")
-                try:
-                    watcher.settled.wait(CANCEL_WAIT)
-                except KeyboardInterrupt:
-                    pass
-            else:
+            if detach:
                 launched.view.add_note("interrupted: the job goes on; this view keeps following it")
-            raise
+                raise JobInterrupted(f"stopped waiting; job {launched.id} goes on (jupyter launch cancel "
+                                     f"{launched.id} stops it)") from None
+            launched.cancel()
+            launched.view.add_note("interrupted: job cancelled")
+            with contextlib.suppress(KeyboardInterrupt):  # a second interrupt stops waiting for the end
+                watcher.settled.wait(CANCEL_WAIT)
+            raise JobInterrupted(f"job {launched.id} cancelled (--detach-on-interrupt leaves a job running)") \
+                from None
 
     def _inside_job(self, cell: str | None) -> None:
         """In a running job the magic is already where the work runs: a cell runs here, a notebook not again."""
@@ -381,15 +394,6 @@ async def _call_in_thread(func: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(func)
-
-
-def _confirm_cancel(job_id: str) -> bool:
-    """Ask whether to cancel; where no one can answer (nbclient, no stdin), interrupting means cancel."""
-    try:
-        answer = input(f"Interrupted. Cancel job {job_id}? [Y/n] ")
-    except (StdinNotImplementedError, EOFError, KeyboardInterrupt, RuntimeError):
-        return True
-    return answer.strip().lower() not in ("n", "no")
 
 
 # ------------------------------------------------------------------ arguments

@@ -349,37 +349,32 @@ def test_launch_refuses_a_notebook_with_unsaved_changes(target):
 # ------------------------------------------------------------------ --wait and interrupts
 
 
-def _execute(kc: Any, code: str, *, allow_stdin: bool, answer: str | None, interrupt: Any) -> dict[str, Any]:
-    """Run ``code``; call ``interrupt()`` when it returns true, answer the prompt that follows; the execute reply."""
-    msg_id = kc.execute(code, allow_stdin=allow_stdin)
-    interrupted = False
+def _execute(kc: Any, code: str, *, interrupt: Any) -> tuple[dict[str, Any], float | None]:
+    """Run ``code`` with stdin allowed, call ``interrupt()`` until it returns true; the execute reply and the seconds
+    from the interrupt to the reply. A prompt for input fails the test: an interrupt must not ask anything."""
+    msg_id = kc.execute(code, allow_stdin=True)
+    interrupted_at = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if not interrupted and interrupt():
-            interrupted = True
-        if allow_stdin:
-            try:
-                request = kc.get_stdin_msg(timeout=0.05)
-            except queue.Empty:
-                pass
-            else:
-                assert request["content"]["prompt"].startswith("Interrupted. Cancel job ")
-                kc.input(answer)
+        if interrupted_at is None and interrupt():
+            interrupted_at = time.monotonic()
+        try:
+            request = kc.get_stdin_msg(timeout=0.05)
+        except queue.Empty:
+            pass
+        else:
+            raise AssertionError(f"the interrupt asked: {request['content']['prompt']!r}")
         try:
             reply = kc.get_shell_msg(timeout=0.05)
         except queue.Empty:
             continue
         if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]
+            return reply["content"], (time.monotonic() - interrupted_at if interrupted_at else None)
     raise AssertionError("no reply")
 
 
-@pytest.mark.parametrize("allow_stdin, answer, state", [
-    (True, "y", "cancelled"),
-    (True, "n", "running"),
-    (False, None, "cancelled"),  # nobody to ask (nbclient, a job): interrupting means cancel
-])
-def test_interrupting_wait_asks_then_cancels(served, allow_stdin, answer, state):
+@pytest.mark.parametrize("detach", [False, True])
+def test_interrupting_wait_cancels_the_job_at_once_in_one_line(served, detach):
     from jupyter_client.manager import start_new_kernel
 
     client = served.client
@@ -394,13 +389,21 @@ def test_interrupting_wait_asks_then_cancels(served, allow_stdin, answer, state)
                 return True
             return False
 
-        reply = _execute(kc, "%%launch --wait\nimport time\nprint('started', flush=True)\ntime.sleep(120)",
-                         allow_stdin=allow_stdin, answer=answer, interrupt=started)
-        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+        flags = "--wait --detach-on-interrupt" if detach else "--wait"
+        reply, took = _execute(kc, f"%%launch {flags}\nimport time\nprint('started', flush=True)\ntime.sleep(120)",
+                               interrupt=started)
         job, = served.jobs()
-        if state == "running":
+        assert (reply["status"], reply["ename"]) == ("error", "JobInterrupted")
+        if detach:
+            assert reply["traceback"] == [f"KeyboardInterrupt: stopped waiting; job {job.id} goes on (jupyter launch "
+                                          f"cancel {job.id} stops it)"]
             assert client.job(job.id).status == "running"
             client.cancel(job.id)
+        else:
+            assert reply["traceback"] == [f"KeyboardInterrupt: job {job.id} cancelled (--detach-on-interrupt leaves a "
+                                          "job running)"]
+            assert client.get_job(job.id).state == "cancelled"  # ended by the time the cell did
+            print(f"interrupt to the cell's end: {took:.2f} s")
         assert client.job(job.id).wait(timeout=60).state == "cancelled"
         served.check_ran_on_server(job.id, "cancelled")
     finally:
