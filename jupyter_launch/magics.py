@@ -245,8 +245,12 @@ class LaunchMagics(Magics):
         push, pull = _names(args.push, "--push"), _names(args.pull, "--pull")
         notebook = find_notebook(self.shell)
         options = _job_options(args, code=cell, root=args.root)
+        # Named as the notebook shows the cell (`train.ipynb · In [4]`), so a history of cell jobs reads. The running
+        # cell's number is its result's (ipykernel 7 has moved shell.execution_count on by then).
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        cell_name = f"In [{getattr(running, 'execution_count', None) or self.shell.execution_count}]"
         options.extra = {"setup": setup_cells(notebook) if notebook else [], "push": push, "pull": pull,
-                         "name": f"{notebook.stem}: cell" if notebook else "cell"}
+                         "name": f"{notebook.name} · {cell_name}" if notebook else cell_name}
         prepared = prepare_job(options, source=magic)
         if notebook is not None:
             # The cell runs in this notebook's environment: its kernel and %pip lines travel with the job.

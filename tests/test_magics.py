@@ -175,6 +175,8 @@ def test_cell_job_runs_setup_pushes_and_pulls(served):
     result = json.loads(stream_text(nb.cells[4]))
     assert result == {"id": result["id"], "state": "succeeded", "c": 42, "d": [0, 2, 4, 6, 8], "pulled": ["c", "d"]}
     served.check_ran_on_server(result["id"], "succeeded")
+    # Named as the notebook shows the cell that launched it.
+    assert served.client.get_job(result["id"]).name == f"magics_cell.ipynb · In [{nb.cells[3].execution_count}]"
 
     view = widget_parts(nb, 3)
     assert "succeeded" in view["jl-state"]["value"]
