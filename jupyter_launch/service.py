@@ -106,15 +106,18 @@ class LaunchService:
         finally:
             self._hash_cache.save()
 
-    def submit(self, prepared: PreparedJob, *, queue: str, owner: str | None, **options: Any) -> tuple[JobRecord, Artifact]:
+    def submit(self, prepared: PreparedJob, *, queue: str, owner: str | None, owner_name: str | None = None,
+               **options: Any) -> tuple[JobRecord, Artifact]:
         """Package the prepared job, enqueue it and wake the agents; returns the job and what was packaged."""
         self.store.get_queue(queue)  # an unknown queue fails before anything is packaged
         artifact = self.package(prepared, **options)
-        return self.enqueue(prepared.spec, queue=queue, artifact=artifact.digest, owner=owner), artifact
+        return self.enqueue(prepared.spec, queue=queue, artifact=artifact.digest, owner=owner,
+                            owner_name=owner_name), artifact
 
-    def enqueue(self, spec: JobSpec, *, queue: str, artifact: str | None, owner: str | None) -> JobRecord:
+    def enqueue(self, spec: JobSpec, *, queue: str, artifact: str | None, owner: str | None,
+                owner_name: str | None = None) -> JobRecord:
         """Enqueue a job whose artifact is already in the blob store (a client packaged and uploaded it)."""
-        record = self.store.enqueue(queue, spec, artifact=artifact, owner=owner)
+        record = self.store.enqueue(queue, spec, artifact=artifact, owner=owner, owner_name=owner_name)
         self.wake()
         return record
 
@@ -144,11 +147,12 @@ class LaunchService:
         self.wake()
         return record
 
-    def rerun(self, job_id: str, *, owner: str | None, caller: Caller | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None, owner_name: str | None = None,
+              caller: Caller | None = None) -> JobRecord:
         """A new job with the old one's spec and artifact, owned by ``owner`` (who asked)."""
         if caller is not None:
             self.get_job(job_id, caller=caller)
-        record = self.store.rerun(job_id, owner=owner)
+        record = self.store.rerun(job_id, owner=owner, owner_name=owner_name)
         self.wake()
         return record
 

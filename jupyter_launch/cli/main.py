@@ -272,8 +272,8 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([j.to_dict() for j in jobs], indent=1, default=str))
         return 0
-    rows = [[j.id, j.queue, j.state, j.reason or "", j.job_type or "", j.name or j.kind, j.owner or "",
-             _fmt_time(j.submitted_at), _fmt_duration(j.duration)] for j in jobs]
+    rows = [[j.id, j.queue, j.state, j.reason or "", j.job_type or "", j.name or j.kind,
+             j.owner_name or j.owner or "", _fmt_time(j.submitted_at), _fmt_duration(j.duration)] for j in jobs]
     print(_table(rows, ["JOB", "QUEUE", "STATE", "REASON", "TYPE", "NAME", "OWNER", "SUBMITTED", "DURATION"]))
     return 0
 

@@ -108,7 +108,8 @@ class HttpStore:
 
     # ------------------------------------------------------------ jobs, as a user sees them
 
-    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None) -> JobRecord:
+    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None,
+                owner_name: str | None = None) -> JobRecord:
         if artifact and self.blobs is not None:
             self.blobs.sync()
         return job_record(self._user("POST", "jobs", {"queue": queue, "spec": spec.model_dump(mode="json"),
@@ -138,7 +139,7 @@ class HttpStore:
     def request_cancel(self, job_id: str) -> JobRecord:
         return job_record(self._user("POST", f"jobs/{_q(job_id)}/cancel"))
 
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None = None, owner_name: str | None = None) -> JobRecord:
         return job_record(self._user("POST", f"jobs/{_q(job_id)}/rerun"))
 
     def requeue_expired(self) -> list[tuple[str, str]]:

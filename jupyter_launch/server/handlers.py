@@ -172,6 +172,14 @@ class LaunchHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
+    def submitter(self) -> dict[str, str | None]:
+        """Who submits: ``owner``, the identity's username (what ownership checks compare), and ``owner_name``, the
+        name people know them by (jupyter_server's anonymous users have a 32-hex username and a readable name)."""
+        user = self.current_user
+        if not user:
+            return {"owner": None, "owner_name": None}
+        return {"owner": user.username, "owner_name": user.display_name or user.name or None}
+
     async def job(self, job_id: str) -> Any:
         """The job this request is about, if its caller may reach it (else 404, as for an unknown job)."""
         return await self.store_call(self.launch.service.get_job, job_id, caller=await job_caller(self))
@@ -291,9 +299,9 @@ class JobsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "'queue' must be a queue name")
-        owner = self.current_user.username if self.current_user else None
+        who = self.submitter()
         if "notebook" in data:
-            job = await self._submit_notebook(data, queue, owner)
+            job = await self._submit_notebook(data, queue, who)
             self.set_header("Location", _job_url(self.base_url, job.id))
             self.reply(job.to_dict(), 201)
             return
@@ -315,14 +323,14 @@ class JobsHandler(LaunchHandler):
             if not self.launch.blobs.has(artifact):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
-        job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
+        job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, **who)
         if artifact is not None:  # the queue's agents may read it from now on (claims grant it too)
             await self.store_call(grant_artifact, self.launch, artifact, job.queue)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
 
-    async def _submit_notebook(self, data: dict[str, Any], queue: str, owner: str | None) -> Any:
+    async def _submit_notebook(self, data: dict[str, Any], queue: str, who: dict[str, str | None]) -> Any:
         """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
         size limit, its environment): what the panel submits, so the job is the one any other face would make."""
         notebook = data["notebook"]
@@ -347,7 +355,7 @@ class JobsHandler(LaunchHandler):
         def prepare_and_submit() -> Any:
             try:
                 prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
-                job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
+                job, artifact = self.launch.service.submit(prepared, queue=queue, **who)
                 grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
                 return job
             except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
@@ -417,8 +425,8 @@ class JobRerunHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        owner = self.current_user.username if self.current_user else None
-        job = await self.store_call(self.launch.service.rerun, job_id, owner=owner, caller=await job_caller(self))
+        job = await self.store_call(self.launch.service.rerun, job_id, caller=await job_caller(self),
+                                    **self.submitter())
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 

@@ -175,6 +175,7 @@ class JobRecord:
     progress: dict[str, Any] | None
     claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
     archived_at: float | None = None  # when it was archived (hidden from the history unless asked for)
+    owner_name: str | None = None  # the owner's display name (``owner`` is the identity's username)
 
     @property
     def done(self) -> bool:

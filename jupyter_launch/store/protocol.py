@@ -60,8 +60,10 @@ class Store(Protocol):
 
     # ------------------------------------------------------------ jobs, as a user sees them
 
-    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None) -> JobRecord:
-        """Queue a job (its artifact's blobs already stored); ``owner`` is who submits it."""
+    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
+                owner_name: str | None = None) -> JobRecord:
+        """Queue a job (its artifact's blobs already stored); ``owner`` is who submits it, ``owner_name`` how people
+        know them (through a server, both come from the caller's identity)."""
 
     def get_job(self, job_id: str) -> JobRecord:
         """One job; a queued one carries the reason it is waiting, derived now."""
@@ -90,7 +92,7 @@ class Store(Protocol):
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or flag an active one for its agent to stop."""
 
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None = None, owner_name: str | None = None) -> JobRecord:
         """Queue a new job with the same spec and artifact (``rerun_of`` names the old one)."""
 
     def requeue_expired(self) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ jobs = Table(
     Column("spec", JSON, nullable=False),
     Column("artifact", String(80)),
     Column("owner", String(255)),
+    Column("owner_name", String(255)),  # the owner's display name, as the identity provider gave it at submission
     Column("attempt", Integer, nullable=False, default=1),
     Column("retries", Integer, nullable=False, default=0),
     Column("fence", Integer, nullable=False, default=0),

@@ -281,12 +281,13 @@ class SQLStore(AgentTokenRows):
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
-                rerun_of: str | None = None) -> JobRecord:
+                owner_name: str | None = None, rerun_of: str | None = None) -> JobRecord:
         now = time.time()
         job_id = new_job_id()
         values = dict(
             id=job_id, queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
             reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
+            owner_name=owner_name,
             attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
             log_size=0, rerun_of=rerun_of, submitted_at=now,
         )
@@ -619,10 +620,11 @@ class SQLStore(AgentTokenRows):
                 self._emit("enqueued", None)
         return changed
 
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None = None, owner_name: str | None = None) -> JobRecord:
         old = self.get_job(job_id)
         spec = JobSpec.model_validate(old.spec)
-        return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner, rerun_of=old.id)
+        return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner,
+                            owner_name=owner_name if owner else old.owner_name, rerun_of=old.id)
 
     # ------------------------------------------------------------ agents
 

@@ -8,7 +8,7 @@ import { ISignal, Signal } from '@lumino/signaling';
 import { Widget } from '@lumino/widgets';
 
 import { IJob, IJobQuery, IQueue, JobSortColumn, LaunchAPI, isDisconnected } from './api';
-import { formatAgo, formatDuration, isFinal, jobDuration, jobTitle } from './models';
+import { formatAgo, formatDuration, isFinal, jobDuration, jobTitle, ownerName, resourcesText } from './models';
 
 /** The filters a user sets in the history's bar; empty strings mean "any". */
 export interface IHistoryFilters {
@@ -361,7 +361,8 @@ export class HistoryView extends Widget {
     const meta = el('span', 'jp-LaunchJobRow-meta');
     meta.textContent = [
       job.queue,
-      job.owner || '',
+      ownerName(job),
+      resourcesText(job),
       formatAgo(job.submitted_at, now),
       job.started_at ? formatDuration(jobDuration(job, now)) : '',
       job.archived_at ? 'archived' : ''

@@ -9,7 +9,18 @@ import { PanelLayout, Widget } from '@lumino/widgets';
 import { IJob, IOutput, LaunchAPI, cliCommand } from './api';
 import { MetricsView } from './charts';
 import { LogView } from './logview';
-import { LogFollower, MetricsModel, formatAgo, formatBytes, formatDuration, isFinal, jobDuration, jobTitle } from './models';
+import {
+  LogFollower,
+  MetricsModel,
+  formatAgo,
+  formatBytes,
+  formatDuration,
+  isFinal,
+  jobDuration,
+  jobTitle,
+  ownerName,
+  resourcesText
+} from './models';
 
 export interface IJobViewOptions {
   api: LaunchAPI;
@@ -297,7 +308,9 @@ export class JobView extends Widget {
       ['Job id', job.id],
       ['Queue', job.queue],
       ['Job type', job.job_type || '—'],
-      ['Owner', job.owner || '—'],
+      ['Owner', ownerName(job) || '—'],
+      ['Resources', resourcesText(job) || 'none asked for'],
+      ['Ran on', job.agent_id || (job.state === 'queued' ? 'not yet' : '—')],
       ['Submitted', formatAgo(job.submitted_at)],
       ['Duration', formatDuration(jobDuration(job))],
       ['Attempt', `${job.attempt}${job.retries ? ` of ${job.retries + 1}` : ''}`]

@@ -9,7 +9,7 @@
 import { Panel, Widget } from '@lumino/widgets';
 
 import { IJob, IQueue, LaunchAPI, isDisconnected } from './api';
-import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle } from './models';
+import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle, ownerName, resourcesText } from './models';
 
 export const PANEL_ID = 'jupyter-launch-panel';
 export const QUEUES_VIEW = 'queues';
@@ -394,7 +394,8 @@ export class LaunchPanel extends Panel {
     meta.className = 'jp-LaunchJobRow-meta';
     const parts = [
       job.job_type || job.kind,
-      job.owner || '',
+      ownerName(job),
+      resourcesText(job),
       formatAgo(job.submitted_at, now),
       job.started_at ? formatDuration(jobDuration(job, now)) : ''
     ].filter(Boolean);

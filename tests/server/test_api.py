@@ -80,6 +80,14 @@ async def test_history_filters_are_query_arguments_and_a_bad_one_is_a_400_naming
         status, job = await api("POST", "jobs", body={"queue": "history", "spec": command_spec("1", name=name)})
         ids.append(job["id"])
     await api("POST", "jobs", ids[1], "cancel")
+    # Owners by the name the identity provider gives (jupyter_server's token login: an anonymous user whose username
+    # is 32 hex characters and whose name reads "Anonymous Io").
+    job = launch_app.store.get_job(ids[0])
+    assert job.owner_name and job.owner_name != job.owner and len(job.owner) == 32, job
+    status, again = await api("POST", "jobs", ids[0], "rerun")
+    assert again["owner_name"] and again["owner"] != job.owner  # the rerun is who asked for it
+    await api("POST", "jobs", again["id"], "cancel")
+    await api("DELETE", "jobs", again["id"])
     status, page = await api("GET", "jobs", params={"queue": "history", "q": "TRAIN", "sort": "name", "limit": 1})
     assert status == 200 and [j["name"] for j in page["jobs"]] == ["train-a"]
     assert page["next_before"] is None and page["next_offset"] == 1  # sorted by name: page on with offset

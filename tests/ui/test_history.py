@@ -32,7 +32,8 @@ def test_history_filters_searches_sorts_and_acts_on_rows(page, lab):
     assert status == 201
     ids = {}
     for name in ("train resnet", "eval resnet", "train vit"):
-        status, job = lab.api("POST", "jobs", {"queue": queue, "spec": command_job("print(1)", name=name)})
+        status, job = lab.api("POST", "jobs", {"queue": queue, "spec": command_job("print(1)", name=name,
+                                                                                   resources={"cpu": 2})})
         assert status == 201, job
         ids[name] = job["id"]
     lab.api("POST", f"jobs/{ids['eval resnet']}/cancel")
@@ -40,6 +41,11 @@ def test_history_filters_searches_sorts_and_acts_on_rows(page, lab):
     history = open_history(page)
     history.locator(".jp-LaunchHistory-queue").select_option(queue)
     expect(history.locator(".jp-LaunchHistory-row")).to_have_count(3)
+    # The owner by name ("Anonymous Io"), not the identity's 32-hex username; the resources asked for.
+    meta = history.locator(f".jp-LaunchHistory-row[data-job-id='{ids['train vit']}'] .jp-LaunchJobRow-meta")
+    expect(meta).to_contain_text(job["owner_name"])
+    expect(meta).not_to_contain_text(job["owner"])
+    expect(meta).to_contain_text("2 CPUs")
     assert row_names(history) == ["train vit", "eval resnet", "train resnet"]  # newest first
 
     history.locator(".jp-LaunchHistory-search").fill("TRAIN")
