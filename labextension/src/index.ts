@@ -4,7 +4,7 @@
  */
 
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Dialog, ICommandPalette, ToolbarButton, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, ICommandPalette, Notification, ToolbarButton, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
@@ -12,9 +12,10 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Contents, ServerConnection } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { IJob, ITransport, LaunchAPI } from './api';
+import { FINAL_STATES, IJob, ITransport, LaunchAPI } from './api';
 import { SubmitDialog, SubmitForm } from './dialog';
 import { HistoryView } from './history';
+import { JobEndNotifier } from './notifier';
 import { JobView } from './jobview';
 import { PANEL_ID, LaunchPanel } from './panel';
 import { jobTitle } from './models';
@@ -81,6 +82,35 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const contents = app.serviceManager.contents;
     const views = new Map<string, JobView>();
 
+    /** Each of the user's jobs that ends, in Lab's notification center: "Open", and the executed notebook. */
+    const notifyEnded = async (job: IJob): Promise<void> => {
+      const actions: Notification.IAction[] = [{ label: 'Open', callback: () => void openJob(job.id, job) }];
+      if (job.state === 'succeeded' && job.kind !== 'command') {
+        try {
+          const executed = (await api.outputs(job.id)).find(o => o.path.endsWith('.ipynb'));
+          if (executed) {
+            actions.push({
+              label: 'Open executed notebook',
+              callback: () => void openNotebook(job.id, executed.path).catch(err => showErrorMessage('Launch', err))
+            });
+          }
+        } catch {
+          // the outputs could not be read now: the job's view lists them
+        }
+      }
+      const message = `${jobTitle(job)} ${job.state}${job.state === 'succeeded' || !job.message ? '' : `: ${job.message}`}`;
+      const options = { autoClose: job.state === 'succeeded' ? (5000 as const) : (false as const), actions };
+      if (job.state === 'succeeded') {
+        Notification.success(message, options);
+      } else if (job.state === 'failed') {
+        Notification.error(message, options);
+      } else {
+        Notification.info(message, options);
+      }
+    };
+    const notifier = new JobEndNotifier({ api, onEnded: job => void notifyEnded(job) });
+    notifier.start();
+
     const openNotebook = async (jobId: string, path: string): Promise<void> => {
       const blob = await api.outputBlob(jobId, path);
       const content = JSON.parse(await blob.text());
@@ -103,14 +133,27 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    /**
+     * One tab per job: opening a job again shows its tab, and a rerun takes over the tab of the job it reruns (if
+     * open) instead of adding one, so rerunning keeps one tab for the line of runs.
+     */
     const openJob = (id: string, job?: IJob): JobView => {
+      if (job && !FINAL_STATES.includes(job.state)) {
+        notifier.watch(id); // submitted or rerun here: told when it ends, however soon
+      }
       let view = views.get(id);
       if (!view || view.isDisposed) {
-        view = new JobView({ api, jobId: id, job, openJob: jid => void openJob(jid), openNotebook });
+        view = new JobView({ api, jobId: id, job, openJob: (jid, j) => void openJob(jid, j), openNotebook });
         view.title.icon = launchIcon;
         views.set(id, view);
         view.disposed.connect(() => views.delete(id));
-        app.shell.add(view, 'main');
+        const replaced = job?.rerun_of ? views.get(job.rerun_of) : undefined;
+        if (replaced && !replaced.isDisposed && replaced.isAttached) {
+          app.shell.add(view, 'main', { ref: replaced.id, mode: 'tab-after' });
+          replaced.close();
+        } else {
+          app.shell.add(view, 'main');
+        }
       }
       app.shell.activateById(view.id);
       return view;

@@ -26,7 +26,8 @@ export interface IJobViewOptions {
   api: LaunchAPI;
   jobId: string;
   job?: IJob;
-  openJob: (id: string) => void;
+  /** Opens a job's view; a rerun's record names the job it reruns, whose tab it takes over. */
+  openJob: (id: string, job?: IJob) => void;
   openNotebook: (jobId: string, path: string) => Promise<void>;
   /** Job state poll interval while it is not finished, ms. */
   pollInterval?: number;
@@ -206,7 +207,7 @@ export class JobView extends Widget {
   async rerun(): Promise<void> {
     try {
       const job = await this._api.rerun(this.jobId);
-      this._options.openJob(job.id);
+      this._options.openJob(job.id, job);
     } catch (err) {
       this._showError(err);
     }

@@ -129,3 +129,28 @@ def test_the_file_browser_menu_submits_the_notebook_right_clicked(page, lab):
     dialog = page.locator(".jp-LaunchSubmitDialog")
     expect(dialog.locator("input[name='notebook']")).to_have_value("other.ipynb")
     dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
+
+
+def test_a_rerun_takes_over_its_jobs_tab_and_an_ended_job_is_announced(page, lab):
+    status, job = lab.api("POST", "jobs", {"queue": "default", "spec": command_job("print('once')", name="announced")})
+    assert status == 201, job
+    wait_for_job(lab, job["id"], ("succeeded",))
+    page.evaluate("id => window.jupyterapp.commands.execute('jupyter-launch:open-job', {id})", job["id"])
+    view = page.locator(f"#jp-launch-job-{job['id']}")
+    expect(view.locator(".jp-LaunchJob-titleRow .jp-LaunchState")).to_have_text("succeeded")
+    tabs = page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab")
+    count = tabs.count()
+
+    view.locator(".jp-LaunchJob-rerun").click()
+    rerun = page.locator(".jp-LaunchJob").filter(visible=True)
+    expect(rerun).to_have_count(1)
+    rerun_id = rerun.get_attribute("id").removeprefix("jp-launch-job-")
+    assert rerun_id != job["id"]
+    expect(page.locator(f"#jp-launch-job-{job['id']}")).to_have_count(0)  # its tab was taken over
+    expect(tabs).to_have_count(count)
+
+    # The rerun ends: Lab's notification center says so, with a button that opens it.
+    toast = page.locator(".Toastify__toast", has_text="announced succeeded")
+    expect(toast).to_be_visible(timeout=20_000)
+    expect(toast.get_by_role("button", name="Open")).to_be_visible()
+    assert wait_for_job(lab, rerun_id, ("succeeded",))["rerun_of"] == job["id"]
