@@ -158,6 +158,11 @@ def widget_parts(nb: nbformat.NotebookNode, cell: int) -> dict[str, dict[str, An
     return parts
 
 
+def layout_of(nb: nbformat.NotebookNode, part: dict[str, Any]) -> dict[str, Any]:
+    """The state of a widget part's layout."""
+    return nb.metadata.widgets[WIDGET_STATE]["state"][part["layout"].removeprefix("IPY_MODEL_")]["state"]
+
+
 def log_text(part: dict[str, Any]) -> str:
     return "".join(o["text"] for o in part["outputs"] if o["output_type"] == "stream")
 
@@ -188,6 +193,12 @@ def test_cell_job_runs_setup_pushes_and_pulls(served):
     assert view["jl-progress"]["bar_style"] == "success"
     assert view["jl-progress"]["value"] == view["jl-progress"]["max"]
     assert view["jl-cancel"]["disabled"] is True
+    # The ended job's Cancel button is gone, not turned into a red "Succeeded" button.
+    assert layout_of(nb, view["jl-cancel"])["display"] == "none" and view["jl-cancel"]["description"] == "Cancel"
+    # The log box follows its last line (a reversed column is anchored at its end); the plot follows the theme.
+    log_layout = layout_of(nb, view["jl-log"])
+    assert (log_layout["display"], log_layout["flex_flow"]) == ("flex", "column-reverse")
+    assert "#fff" not in view["jl-plot"]["value"].replace("var(--jp-layout-color1, #fff)", "")
     link = f"/launch/api/jobs/{result['id']}/outputs/result.txt"
     assert (f'href="{served.server.url}{link}"' if served.kind == "server" else link) in view["jl-outputs"]["value"]
     assert "pulled c, d into this kernel" in view["jl-note"]["value"]
@@ -250,6 +261,8 @@ def test_cancel_button_cancels_the_job(served):
     view = widget_parts(nb, 1)
     assert "cancelled" in view["jl-state"]["value"]
     assert view["jl-cancel"]["disabled"] is True
+    # The ended job's Cancel button is gone (it used to turn into a red button naming the state).
+    assert layout_of(nb, view["jl-cancel"])["display"] == "none"
     assert log_text(view["jl-log"]).startswith("started\n")
     assert "not reached" not in log_text(view["jl-log"])
     job, = served.jobs()

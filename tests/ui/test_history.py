@@ -128,6 +128,15 @@ def test_the_file_browser_menu_submits_the_notebook_right_clicked(page, lab):
     page.locator(".lm-Menu-item", has_text=re.compile(r"^Launch Notebook on a Queue")).click()
     dialog = page.locator(".jp-LaunchSubmitDialog")
     expect(dialog.locator("input[name='notebook']")).to_have_value("other.ipynb")
+    # Each resource field shows its whole placeholder ("e.g. 2 or 500m" was cut off, three to a row).
+    cut = page.evaluate("""() => [...document.querySelectorAll('.jp-LaunchSubmit-resources input')].map(i => {
+        const style = getComputedStyle(i);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = `${style.fontSize} ${style.fontFamily}`;
+        const room = i.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+        return [i.name, i.placeholder, Math.ceil(ctx.measureText(i.placeholder).width), Math.floor(room)];
+    }).filter(([, , need, room]) => need > room)""")
+    assert cut == [], cut
     dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
 
 
