@@ -27,6 +27,9 @@ def test_main_job_hello_notebook_follows_with_an_in_process_agent(cli, launch_ho
     assert "hello, world!" in proc.stdout
     assert "running one in this process" in proc.stderr
     job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    # It says how to fetch what it wrote, not a path in its folder, which goes when the job ends.
+    assert f"wrote greeting.txt, an output: jupyter launch outputs {job_id} --to DIR\n" in proc.stdout
+    assert proc.stderr.rstrip().splitlines()[-1] == f"outputs: jupyter launch outputs {job_id} --to DIR"
     show = cli("show", job_id, "--json", check=True)
     rec = json.loads(show.stdout)
     assert (rec["state"], rec["exit_code"], rec["reason"]) == ("succeeded", 0, "completed")
