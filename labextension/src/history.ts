@@ -185,6 +185,8 @@ export interface IHistoryViewOptions {
   queues?: () => ReadonlyArray<IQueue>;
   /** Milliseconds the search box waits for typing to pause. */
   searchDelay?: number;
+  /** Shows the metrics of the picked jobs overlaid; no pick boxes without it. */
+  compare?: (jobs: IJob[]) => void;
 }
 
 function el<K extends keyof HTMLElementTagNameMap>(tag: K, cls: string, text?: string): HTMLElementTagNameMap[K] {
@@ -213,6 +215,7 @@ export class HistoryView extends Widget {
     this._confirmDelete = options.confirmDelete;
     this._queues = options.queues ?? (() => []);
     this._searchDelay = options.searchDelay ?? 250;
+    this._compare = options.compare ?? null;
 
     const bar = el('div', 'jp-LaunchHistory-filters');
     bar.setAttribute('role', 'search');
@@ -265,7 +268,10 @@ export class HistoryView extends Widget {
     this._more = el('button', 'jp-mod-styled jp-LaunchHistory-more', 'More jobs…');
     this._more.type = 'button';
     this._more.addEventListener('click', () => void this.model.loadMore());
-    this.node.append(bar, this._sortBar, this._status, this._list, this._more);
+    this._compareButton = el('button', 'jp-mod-styled jp-LaunchHistory-compare');
+    this._compareButton.type = 'button';
+    this._compareButton.addEventListener('click', () => this._compare?.(Array.from(this._picked.values())));
+    this.node.append(bar, this._sortBar, this._compareButton, this._status, this._list, this._more);
     this.model.changed.connect(() => this.render());
     this.render();
   }
@@ -295,6 +301,12 @@ export class HistoryView extends Widget {
     const now = Date.now() / 1000;
     this._list.replaceChildren(...model.jobs.map(job => this._renderJob(job, now)));
     this._more.hidden = !model.hasMore;
+    for (const job of model.jobs) {
+      if (this._picked.has(job.id)) {
+        this._picked.set(job.id, job); // keep the picked records current
+      }
+    }
+    this._renderCompare();
     if (focusKey) {
       (this._list.querySelector(`[data-focus-key="${CSS.escape(focusKey)}"]`) as HTMLElement | null)?.focus();
     }
@@ -420,8 +432,32 @@ export class HistoryView extends Widget {
         }
       });
     }
+    if (this._compare) {
+      const pick = el('input', 'jp-LaunchHistory-pick');
+      pick.type = 'checkbox';
+      pick.checked = this._picked.has(job.id);
+      pick.dataset.focusKey = `pick:${job.id}`;
+      pick.title = `Compare the metrics of ${jobTitle(job)} with other picked jobs`;
+      pick.setAttribute('aria-label', pick.title);
+      pick.addEventListener('change', () => {
+        if (pick.checked) {
+          this._picked.set(job.id, job);
+        } else {
+          this._picked.delete(job.id);
+        }
+        this._renderCompare();
+      });
+      actions.prepend(pick);
+    }
     li.append(open, actions);
     return li;
+  }
+
+  private _renderCompare(): void {
+    const n = this._picked.size;
+    this._compareButton.hidden = !this._compare || n === 0;
+    this._compareButton.disabled = n < 2;
+    this._compareButton.textContent = n < 2 ? 'Pick another job to compare its metrics' : `Compare metrics of ${n} jobs`;
   }
 
   private _api: LaunchAPI;
@@ -441,4 +477,7 @@ export class HistoryView extends Widget {
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
   private _more: HTMLButtonElement;
+  private _compare: ((jobs: IJob[]) => void) | null;
+  private _compareButton: HTMLButtonElement;
+  private _picked = new Map<string, IJob>();
 }

@@ -14,6 +14,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { FINAL_STATES, IJob, ITransport, LaunchAPI } from './api';
 import { SubmitDialog, SubmitForm } from './dialog';
+import { CompareView } from './compare';
 import { HistoryView } from './history';
 import { JobEndNotifier } from './notifier';
 import { JobView } from './jobview';
@@ -304,9 +305,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openJob: (id, job) => void openJob(id, job),
       submit: () => void app.commands.execute(CommandIDs.submit)
     });
+    let compareView: CompareView | null = null;
     const history = new HistoryView({
       api,
       openJob: (id, job) => void openJob(id, job),
+      compare: jobs => {
+        if (!compareView || compareView.isDisposed) {
+          compareView = new CompareView(api);
+          compareView.title.icon = launchIcon;
+          app.shell.add(compareView, 'main');
+        }
+        app.shell.activateById(compareView.id);
+        void compareView.compare(jobs);
+      },
       queues: () => panel.queues,
       confirmDelete: async job => {
         const answer = await showDialog({

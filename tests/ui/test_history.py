@@ -163,3 +163,29 @@ def test_a_rerun_takes_over_its_jobs_tab_and_an_ended_job_is_announced(page, lab
     expect(toast).to_be_visible(timeout=20_000)
     expect(toast.get_by_role("button", name="Open")).to_be_visible()
     assert wait_for_job(lab, rerun_id, ("succeeded",))["rerun_of"] == job["id"]
+
+
+def test_the_metrics_of_picked_jobs_are_compared_on_one_chart(page, lab):
+    ids = []
+    for name, scale in (("lr 0.1", 1.0), ("lr 0.01", 3.0)):
+        code = ("import jupyter_launch\n"
+                f"for i in range(20):\n    jupyter_launch.log({{'loss': {scale} / (i + 1)}}, step=i)")
+        status, job = lab.api("POST", "jobs", {"queue": "default", "spec": command_job(code, name=name)})
+        assert status == 201, job
+        ids.append(job["id"])
+    for job_id in ids:
+        wait_for_job(lab, job_id, ("succeeded",))
+    history = open_history(page)
+    history.locator(".jp-LaunchHistory-search").fill("lr 0.")
+    expect(history.locator(".jp-LaunchHistory-row")).to_have_count(2)
+    for job_id in ids:
+        history.locator(f".jp-LaunchHistory-row[data-job-id='{job_id}'] .jp-LaunchHistory-pick").check()
+    history.locator(".jp-LaunchHistory-compare").click()
+    view = page.locator("#jp-launch-compare")
+    chart = view.locator(".jp-LaunchCompare-chart[data-key='loss']")
+    expect(chart.locator("polyline")).to_have_count(2)
+    assert sorted(chart.locator("polyline").evaluate_all("ps => ps.map(p => p.dataset.jobId)")) == sorted(ids)
+    expect(view.locator(".jp-LaunchCompare-legend li")).to_have_text(
+        [re.compile(r"^lr 0\.1 · "), re.compile(r"^lr 0\.01 · ")], ignore_case=False)
+    expect(chart.locator("svg")).to_have_attribute("aria-label", re.compile(r"^loss of 2 runs: "))
+    view.screenshot(path=str(screenshot_dir() / "panel-compare.png"))

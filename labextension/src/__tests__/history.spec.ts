@@ -1,4 +1,6 @@
 import { IJob, ITransport, LaunchAPI } from '../api';
+import { boundsOf, seriesPath } from '../charts';
+import { overlaySeries } from '../compare';
 import { HistoryModel, HistoryView, dayStart, historyQuery, NO_FILTERS } from '../history';
 import { LaunchPanel } from '../panel';
 
@@ -150,5 +152,27 @@ describe('LaunchPanel', () => {
     expect(panel.disconnected).toBe(false);
     expect(banner.hidden).toBe(true);
     panel.dispose();
+  });
+});
+
+describe('overlaySeries', () => {
+  it('gives each metric key a line per job that recorded it, on one scale', () => {
+    const a = job('a', 'succeeded');
+    const b = job('b', 'succeeded');
+    const lines = overlaySeries([
+      { job: a, records: [{ id: 1, step: 0, time: 1, data: { loss: 1.0, acc: 0.5 } }, { id: 2, step: 1, time: 2, data: { loss: 0.5 } }] },
+      { job: b, records: [{ id: 1, step: 0, time: 1, data: { loss: 4.0 } }] }
+    ]);
+    expect(Array.from(lines.keys())).toEqual(['loss', 'acc']);
+    expect(lines.get('loss')!.map(l => [l.job.id, l.index, l.points])).toEqual([
+      ['a', 0, [[0, 1.0], [1, 0.5]]],
+      ['b', 1, [[0, 4.0]]]
+    ]);
+    const bounds = boundsOf(lines.get('loss')!.map(l => l.points));
+    expect(bounds).toEqual({ min: 0.5, max: 4.0, xmin: 0, xmax: 1 });
+    // On the shared scale a's last point (0.5) sits at the bottom, b's (4.0) at the top.
+    const ya = Number(seriesPath([[1, 0.5]], bounds).path.split(',')[1]);
+    const yb = Number(seriesPath([[0, 4.0]], bounds).path.split(',')[1]);
+    expect(ya).toBeGreaterThan(yb);
   });
 });
