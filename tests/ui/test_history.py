@@ -26,10 +26,11 @@ def row_names(history: Any) -> list[str]:
     return history.locator(".jp-LaunchHistory-row .jp-LaunchJobRow-title").all_text_contents()
 
 
-def test_history_filters_searches_sorts_and_acts_on_rows(page, lab):
+def test_history_filters_searches_sorts_and_acts_on_rows(page, lab, request):
     queue = f"hist-{secrets.token_hex(3)}"
     status, _ = lab.api("POST", "queues", {"queue_name": queue})  # no agent: its jobs wait
     assert status == 201
+    request.addfinalizer(lambda: lab.api("DELETE", f"queues/{queue}?force=true"))  # the lab is the session's
     ids = {}
     for name in ("train resnet", "eval resnet", "train vit"):
         status, job = lab.api("POST", "jobs", {"queue": queue, "spec": command_job("print(1)", name=name,
@@ -151,11 +152,11 @@ def test_a_rerun_takes_over_its_jobs_tab_and_an_ended_job_is_announced(page, lab
     count = tabs.count()
 
     view.locator(".jp-LaunchJob-rerun").click()
+    expect(page.locator(f"#jp-launch-job-{job['id']}")).to_have_count(0)  # its tab was taken over
     rerun = page.locator(".jp-LaunchJob").filter(visible=True)
     expect(rerun).to_have_count(1)
     rerun_id = rerun.get_attribute("id").removeprefix("jp-launch-job-")
     assert rerun_id != job["id"]
-    expect(page.locator(f"#jp-launch-job-{job['id']}")).to_have_count(0)  # its tab was taken over
     expect(tabs).to_have_count(count)
 
     # The rerun ends: Lab's notification center says so, with a button that opens it.
