@@ -181,6 +181,8 @@ def test_jobs_are_filtered_and_sorted_by_the_store_and_deleted_with_the_blobs_no
     assert "1 output blob released" in deleted, deleted
     assert not blob.exists() and copy.exists()  # copy.txt is data.txt, a file the other jobs' artifact lists
     assert "unknown job" in cli("show", ids["beta-eval"]).stderr
+    shown = cli("show", ids["alpha-train"], check=True).stdout
+    assert any(line.startswith("owner      ") and line.split()[1] for line in shown.splitlines()), shown
 
     cli("archive", ids["alpha-train"], check=True)
     assert listed() == ["Alpha-sweep"] and listed("--archived", "only") == ["alpha-train"]

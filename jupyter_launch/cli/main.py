@@ -306,6 +306,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"job        {j.id}" + (f" (rerun of {j.rerun_of})" if j.rerun_of else ""),
         f"queue      {j.queue}" + (f"   job type {j.job_type}" if j.job_type else ""),
         f"kind       {j.kind}" + (f"   {j.name}" if j.name else ""),
+        f"owner      {j.owner_name or j.owner or '-'}" + (
+            f" ({j.owner})" if j.owner_name and j.owner and j.owner_name != j.owner else ""),
         f"state      {j.state}" + (f" ({j.reason})" if j.reason else ""),
         f"reason     {j.message or '-'}",
         f"attempt    {j.attempt} of {j.retries + 1}",
