@@ -242,9 +242,9 @@ def read_notebook(path: Path) -> NotebookNode:
     try:
         nb = nbformat.reads(text, as_version=4)
         _check_runnable(nb)
-        minor = nb.get("nbformat_minor", 0)  # nbconvert runs a notebook that lacks it; so do we
-        if minor < 5:
-            nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=minor)  # cell ids, for injected cells
+        nb.setdefault("nbformat_minor", 0)  # nbconvert runs a notebook that lacks it; so do we
+        if nb.nbformat_minor < 5:
+            nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # cell ids, for injected cells
     except Exception as exc:  # nbformat raises many kinds on bad input (NotJSONError, ValidationError, KeyError...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise JobError("invalid_notebook", f"{path} is not a valid notebook: {first}") from None

@@ -18,6 +18,8 @@ _VARYING = [
     (re.compile(r"\b[0-9a-f]{32}\b|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"), "ID"),  # uuids
     (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:?\d\d)?"), "TIME"),
     (re.compile(r"\b\d+(\.\d+)?\s*(ms|µs|us|ns|s|sec|seconds)\b"), "DURATION"),
+    # An interpreter's place: a job's `python` is its environment's (backends/job_venv.py), not the server's.
+    (re.compile(r"(/[\w.+-]+)+/bin/python[\d.]*"), "PYTHON"),
     (re.compile(r"/(tmp|var/folders|private)/[^\s'\"\\)]+"), "PATH"),
     (re.compile(r"(ipykernel_|Temp/ipykernel_)\d+/\d+\.py"), "ipykernel/CELL.py"),  # a traceback's cell file
     (re.compile(r"\bpid\s*[=:]?\s*\d+", re.I), "pid N"),
@@ -35,8 +37,21 @@ def normalise_text(text: str, roots: tuple[str, ...] = ()) -> str:
 
 
 def normalise_outputs(cell: Any, roots: tuple[str, ...] = ()) -> list[Any]:
-    """A code cell's outputs as plain JSON with what varies between runs replaced; output order kept."""
-    outputs = json.loads(json.dumps(cell.get("outputs", [])))
+    """A code cell's outputs as plain JSON with what varies between runs replaced; output order kept.
+
+    Adjacent stream outputs of the same stream are joined (their text unchanged, ``\r`` included): where one ends
+    and the next begins is the kernel's flush timing, different on every run (nbclient's own runs included). Streams
+    apart (a display between them) or of different names stay apart, so merging and reordering still show."""
+    outputs: list[dict[str, Any]] = []
+    for output in json.loads(json.dumps(cell.get("outputs", []))):
+        if isinstance(output.get("text"), list):
+            output["text"] = "".join(output["text"])
+        last = outputs[-1] if outputs else None
+        if (last is not None and output.get("output_type") == "stream" == last.get("output_type")
+                and output.get("name") == last.get("name")):
+            last["text"] += output.get("text", "")
+        else:
+            outputs.append(output)
     return json.loads(normalise_text(json.dumps(outputs, sort_keys=True), roots))
 
 
