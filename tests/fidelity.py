@@ -20,6 +20,7 @@ _VARYING = [
     (re.compile(r"\b\d+(\.\d+)?\s*(ms|µs|us|ns|s|sec|seconds)\b"), "DURATION"),
     # An interpreter's place: a job's `python` is its environment's (backends/job_venv.py), not the server's.
     (re.compile(r"(/[\w.+-]+)+/bin/python[\d.]*"), "PYTHON"),
+    (re.compile(r"(/[\w.+-]+)+/(site|dist)-packages/"), "PACKAGES/"),  # where the job's environment installs
     (re.compile(r"/(tmp|var/folders|private)/[^\s'\"\\)]+"), "PATH"),
     (re.compile(r"(ipykernel_|Temp/ipykernel_)\d+/\d+\.py"), "ipykernel/CELL.py"),  # a traceback's cell file
     (re.compile(r"\bpid\s*[=:]?\s*\d+", re.I), "pid N"),

@@ -22,6 +22,9 @@ from fidelity import cells_compared, normalise_outputs
 from nbclient import NotebookClient
 from jupyter_client.kernelspec import NoSuchKernel
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+import test_docker_backend
+from test_docker_backend import docker_queue
+from test_docker_backend import run_jobs as run_docker_jobs
 from test_local_jobs import run_until_done
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +36,13 @@ FIDELITY_DOC = ROOT / "docs" / "fidelity.md"
 CELL_TIMEOUT = 60
 PARALLEL = 3  # kernels at once on each side: the notebooks mostly wait, but every kernel's start is CPU
 CLEAN_EXIT_VALUES = ("", "0", "None")  # SystemExit statuses papermill counts as a success
+env_image = test_docker_backend.env_image  # the fixture that builds the notebook jobs' image once
+# The Docker half: notebooks that need nothing beyond the job image's Python (no ipywidgets there).
+ON_DOCKER = ["nbclient/Clear Output.ipynb", "nbclient/Empty Cell.ipynb", "nbclient/Error.ipynb",
+             "nbclient/Factorials.ipynb", "nbclient/HelloWorld.ipynb", "nbclient/Inline Image.ipynb",
+             "nbclient/SVG.ipynb", "nbclient/Unicode.ipynb", "nbclient/update-display-id.ipynb",
+             "papermill/broken1.ipynb", "papermill/simple_execute.ipynb", "papermill/sysexit0.ipynb",
+             "papermill/sysexit1.ipynb"]
 
 
 def corpus_name(path: Path) -> str:
@@ -62,28 +72,44 @@ async def run_direct(path: Path, cwd: Path, gate: asyncio.Semaphore) -> tuple[An
             return None, False
 
 
-async def run_both(client: Any, tmp_path: Path) -> dict[str, tuple[Any, bool, Any, bool, str]]:
-    """name: (direct notebook, direct succeeded, launched notebook, job succeeded, the job's message)."""
-    gate = asyncio.Semaphore(PARALLEL)
-    direct, jobs = {}, {}
-    for path in RUNNABLE:
+def submit_copies(client: Any, paths: list[Path], tmp_path: Path, queue: str) -> dict[str, tuple[Path, Any]]:
+    """Each notebook in a folder of its own (its working folder on both sides), submitted to ``queue``."""
+    jobs = {}
+    for path in paths:
         name = corpus_name(path)
-        folder = tmp_path / "src" / re.sub(r"\W", "_", name)
+        folder = tmp_path / queue / re.sub(r"\W", "_", name)
         folder.mkdir(parents=True)
         shutil.copy(path, folder / path.name)
         if path.parent.name == "papermill" and path.stem == "read_check":
             (folder / "check.txt").write_text("checked\n")  # the file papermill's test puts beside it
-        jobs[name] = client.submit(folder / path.name, root=folder, timeout=2 * CELL_TIMEOUT)
-        direct[name] = asyncio.ensure_future(run_direct(folder / path.name, folder, gate))
-    records = await run_until_done(client, list(jobs.values()), timeout=600, max_jobs=PARALLEL)
+        jobs[name] = (folder / path.name, client.submit(folder / path.name, root=folder, queue=queue,
+                                                          timeout=2 * CELL_TIMEOUT))
+    return jobs
+
+
+async def run_direct_all(jobs: dict[str, tuple[Path, Any]]) -> dict[str, tuple[Any, bool]]:
+    gate = asyncio.Semaphore(PARALLEL)
+    runs = {name: asyncio.ensure_future(run_direct(path, path.parent, gate)) for name, (path, _) in jobs.items()}
+    return {name: await run for name, run in runs.items()}
+
+
+def collect(client: Any, jobs: dict[str, tuple[Path, Any]], direct: dict[str, tuple[Any, bool]]) -> dict[str, Any]:
+    """name: (direct notebook, direct succeeded, launched notebook, job succeeded, the job's message)."""
     results = {}
-    for (name, job), record in zip(jobs.items(), records):
-        stem = Path(name).stem
-        launched = nbformat.reads(client.read_output(job.id, f"{stem}.ipynb").decode(), as_version=4) \
-            if any(o.path == f"{stem}.ipynb" for o in job.outputs) else None
-        nb, ok = await direct[name]
-        results[name] = (nb, ok, launched, record.state == "succeeded", record.message or record.reason)
+    for name, (path, job) in jobs.items():
+        record = job.refresh()
+        outputs = [o.path for o in job.outputs]
+        launched = nbformat.reads(client.read_output(job.id, f"{path.stem}.ipynb").decode(), as_version=4) \
+            if f"{path.stem}.ipynb" in outputs else None
+        results[name] = (*direct[name], launched, record.state == "succeeded", record.message or record.reason)
     return results
+
+
+async def run_both(client: Any, tmp_path: Path) -> dict[str, Any]:
+    jobs = submit_copies(client, RUNNABLE, tmp_path, "default")
+    direct = asyncio.ensure_future(run_direct_all(jobs))
+    await run_until_done(client, [job for _, job in jobs.values()], timeout=600, max_jobs=PARALLEL)
+    return collect(client, jobs, await direct)
 
 
 def widget_model_names(nb: Any) -> list[str]:
@@ -133,11 +159,7 @@ def test_the_corpus_is_large_and_its_licences_are_noted() -> None:
                             "ignore::nbformat.warnings.MissingIDFieldWarning")
 def test_launched_notebooks_come_back_as_nbclient_returns_them(client, tmp_path: Path) -> None:
     results = asyncio.run(run_both(client, tmp_path))
-    differ = {name: d for name, r in results.items() if (d := difference(*r))}
-    equal = len(results) - len(differ)
-    print(f"\nfidelity corpus: {equal}/{len(results)} equal ({100 * equal / len(results):.1f}%)")
-    for name, what in sorted(differ.items()):
-        print(f"  differs: {name}: {what}")
+    equal, differ = summarise(results, "local")
     doc = documented_differences()
     undocumented = {name: what for name, what in differ.items() if f"`{name}`" not in doc}
     assert not undocumented, f"differences not listed in docs/fidelity.md: {undocumented}"
@@ -153,3 +175,29 @@ def test_notebooks_older_than_nbformat_4_are_refused_at_submit_in_one_line(clien
         with pytest.raises(SpecError, match=r"nbformat: unsupported nbformat [23]") as info:
             client.submit(path, root=path.parent)
         assert "\n" not in str(info.value)
+
+
+def summarise(results: dict[str, Any], where: str) -> tuple[int, dict[str, str]]:
+    differ = {name: d for name, r in results.items() if (d := difference(*r))}
+    equal = len(results) - len(differ)
+    print(f"\nfidelity corpus ({where}): {equal}/{len(results)} equal ({100 * equal / len(results):.1f}%)")
+    for name, what in sorted(differ.items()):
+        print(f"  differs: {name}: {what}")
+    return equal, differ
+
+
+@pytest.mark.filterwarnings("ignore::nbformat.warnings.DuplicateCellId",
+                            "ignore::nbformat.warnings.MissingIDFieldWarning")
+def test_on_the_docker_queue_they_come_back_as_nbclient_returns_them(client, tmp_path: Path, env_image) -> None:
+    """The same comparison for a part of the corpus on a Docker queue (the job image's Python, not this one)."""
+    paths = [PUBLIC / name for name in ON_DOCKER]
+    assert len(paths) >= 10 and all(p.is_file() for p in paths)
+    queue = docker_queue(client, "fidelity")
+    jobs = submit_copies(client, paths, tmp_path, queue)
+    direct = asyncio.run(run_direct_all(jobs))
+    run_docker_jobs(client, [job for _, job in jobs.values()], timeout=600)
+    equal, differ = summarise(collect(client, jobs, direct), "docker")
+    doc = documented_differences()
+    undocumented = {name: what for name, what in differ.items() if f"`{name}` on Docker" not in doc}
+    assert not undocumented, f"Docker differences not listed in docs/fidelity.md: {undocumented}"
+    assert equal / len(paths) >= 0.98, differ

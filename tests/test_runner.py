@@ -246,6 +246,27 @@ def test_invalid_notebook(tmp_path: Path, content: bytes) -> None:
     assert "broken.ipynb" in run.result["message"] and "\n" not in run.result["message"]
 
 
+def test_invalid_notebooks_that_nbconvert_runs_are_run(tmp_path: Path) -> None:
+    """nbformat's own test files: a markdown cell without source, a cell type from a later nbformat, no
+    nbformat_minor. nbclient passes over cells that are not code, and so does the runner."""
+    work = job_folder(tmp_path, kind="notebook", notebook="odd.ipynb")
+    (work / "odd.ipynb").write_text(json.dumps({"nbformat": 4, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}}, {"cell_type": "future cell", "metadata": {}, "key": "value"},
+        {"cell_type": "code", "metadata": {}, "source": "print('ran')", "outputs": [], "execution_count": None}]}))
+    run = run_runner(work)
+    assert run.result["state"] == "succeeded", run.result
+    assert run.stdout == "ran\n" and run.stored("odd").cells[2].outputs[0].text == "ran\n"
+
+
+def test_a_code_cell_without_source_is_refused_naming_it(tmp_path: Path) -> None:
+    work = job_folder(tmp_path, kind="notebook", notebook="odd.ipynb")
+    (work / "odd.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# title"}, {"cell_type": "code", "metadata": {}}]}))
+    run = run_runner(work)
+    assert run.result["reason"] == "invalid_notebook"
+    assert run.result["message"].endswith("is not a valid notebook: its cell 2 of 2 is a code cell without source")
+
+
 @pytest.mark.parametrize(("job", "reason", "message"), [
     ({"kind": "command", "command": ["true"]}, "invalid_job", "the runner runs notebook and cell jobs, not 'command'"),
     ({"kind": "cell"}, "invalid_job", "a cell job needs its 'code'"),
