@@ -336,10 +336,10 @@ class SlicedChannel(AsyncZMQSocketChannel):
     """A kernel channel whose waits never block on the socket for more than :data:`POLL_SLICE` seconds at a time.
 
     nbclient waits for a cell's ``execute_reply`` with ``get_msg(timeout=None)``. While it waits, its mimic of the
-    Output widget sends ``comm_msg`` updates on the same shell socket (one for each output captured by a ``with
-    out:`` block), and the wait then sometimes misses the wake-up for a reply already in the socket: the run hangs
-    with the reply unread (jupyter/nbclient#312; docs/fidelity.md has the measurements). A wait cut into slices
-    looks at the socket again after each slice, so a missed wake-up costs at most one slice.
+    Output widget sends ``comm_msg`` updates to the kernel (one for each output captured by a ``with out:`` block),
+    and the wait sometimes misses the wake-up for a reply already in the socket: the run hangs with the reply unread
+    (jupyter/nbclient#312; docs/fidelity.md has the measurements). A wait cut into slices looks at the socket again
+    after each slice, so a missed wake-up costs at most one slice.
     """
 
     async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
@@ -532,8 +532,10 @@ async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kerne
     ``asyncio.wait_for`` on the cell's last output returns the output, and drops the cancellation, when both are due
     at once), and the next cell would then run as if nothing had been asked.
     """
-    code_cells = [(number, i) for number, i in enumerate((i for i, c in enumerate(nb.cells) if c.cell_type == "code"),
-                                                         start=1) if nb.cells[i].source.strip()]
+    numbered = enumerate((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), start=1)
+    # The cells nbclient runs: not empty, not tagged skip-execution.
+    code_cells = [(number, i) for number, i in numbered if nb.cells[i].source.strip()
+                  and client.skip_cells_with_tag not in nb.cells[i].metadata.get("tags", [])]
     total = len(code_cells)
     try:
         for done, (number, index) in enumerate(code_cells):

@@ -363,17 +363,20 @@ def test_sys_exit_1_fails_and_keeps_ipythons_warning(tmp_path: Path) -> None:
 
 
 def test_a_cell_is_named_as_jupyter_shows_it(tmp_path: Path) -> None:
-    """Markdown cells do not count, an empty code cell counts as a code cell but does not run (no In [n])."""
-    nb = code_notebook("x = 1", "", "1/0")
+    """Markdown cells do not count; an empty code cell, or one tagged skip-execution, counts as a code cell but does
+    not run (no In [n])."""
+    nb = code_notebook("x = 1", "", "print('skipped')", "1/0")
+    nb.cells[2].metadata["tags"] = ["skip-execution"]
     nb.cells.insert(0, nbformat.v4.new_markdown_cell("# title"))
-    nb.cells.insert(3, nbformat.v4.new_markdown_cell("divides by zero"))
+    nb.cells.insert(4, nbformat.v4.new_markdown_cell("divides by zero"))
     run = run_runner(job_folder(tmp_path, nb))
-    failing = nb.cells[4]
-    assert run.result["message"] == f"In [2] (code cell 3, id {failing.id}): ZeroDivisionError: division by zero"
+    failing = nb.cells[5]
+    assert run.result["message"] == f"In [2] (code cell 4, id {failing.id}): ZeroDivisionError: division by zero"
     progress = [r for r in run.records if r["type"] == "progress"]
     assert [(p["value"], p["total"], p["description"]) for p in progress] == [
-        (0, 2, f"In [1] (code cell 1, id {nb.cells[1].id})"), (1, 2, f"In [2] (code cell 3, id {failing.id})")]
-    assert run.stored("built").cells[4].execution_count == 2  # what Jupyter shows as In [2]
+        (0, 2, f"In [1] (code cell 1, id {nb.cells[1].id})"), (1, 2, f"In [2] (code cell 4, id {failing.id})")]
+    assert run.stored("built").cells[5].execution_count == 2  # what Jupyter shows as In [2]
+    assert "skipped" not in run.stdout
 
 
 def test_cell_name_leaves_out_what_it_does_not_know() -> None:
