@@ -19,7 +19,7 @@ from .events import StoreEvents
 from .notify import wake_agents
 from .options import PreparedJob
 from .spec import JobSpec, QueueConfig, load_queue_config
-from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord
+from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -151,8 +151,57 @@ class LaunchService:
         self.wake()
         return record
 
+    def move_to_front(self, job_id: str, *, caller: Caller | None = None) -> JobRecord:
+        """Put a queued job first in its queue's claim order (its priority raised above every other queued job's)."""
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
+        return self.store.move_to_front(job_id)
+
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, prepared: PreparedJob, *, queue: str, cron: str, tz: str = "UTC",
+                        name: str | None = None, owner: str | None, **options: Any) -> tuple[ScheduleRecord, Artifact]:
+        """Package the prepared job once and keep it as a schedule: each time ``cron`` names in ``tz``, a job of
+        that artifact named after the schedule is queued on ``queue``."""
+        from .cron import Cron, zone_info
+
+        Cron(cron), zone_info(tz)  # a bad expression fails before anything is packaged
+        self.store.get_queue(queue)
+        artifact = self.package(prepared, **options)
+        schedule = self.store.create_schedule(queue, prepared.spec, cron=cron, tz=tz, artifact=artifact.digest,
+                                              name=name, owner=owner)
+        return schedule, artifact
+
+    def get_schedule(self, schedule_id: str, *, caller: Caller | None = None) -> ScheduleRecord:
+        """The schedule, when ``caller`` may reach it (its owner, or an admin); else "unknown", as for jobs."""
+        schedule = self.store.get_schedule(schedule_id)
+        if caller is not None and not (caller.admin or schedule.owner == caller.name):
+            raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        return schedule
+
+    def list_schedules(self, *, caller: Caller | None = None) -> list[ScheduleRecord]:
+        return self.store.list_schedules(owner=None if caller is None or caller.admin else caller.name)
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True, *,
+                       caller: Caller | None = None) -> ScheduleRecord:
+        self.get_schedule(schedule_id, caller=caller)
+        return self.store.pause_schedule(schedule_id, paused)
+
+    def delete_schedule(self, schedule_id: str, *, caller: Caller | None = None) -> None:
+        self.get_schedule(schedule_id, caller=caller)
+        self.store.delete_schedule(schedule_id)
+
+    def fire_schedule(self, schedule: ScheduleRecord, next_run_at: float | None, *, run: bool,
+                      now: float | None = None) -> JobRecord | None:
+        """Queue the schedule's job for its due time (``run``; else only move it on) and wake the agents; ``None``
+        when another scheduler fired that time first."""
+        job = self.store.fire_schedule(schedule.id, schedule.next_run_at, next_run_at, run=run, now=now)
+        if job is not None:
+            self.wake()
+        return job
 
     async def follow(self, job_id: str, offset: int = 0, *, page: int = PAGE, poll_min: float = POLL_MIN,
                      poll_max: float = 0.1) -> AsyncIterator[LogPage | JobRecord]:

@@ -282,6 +282,103 @@ def test_rerun_queues_the_same_spec_and_artifact_again(store):
         store.rerun("0000000000000000")
 
 
+# ------------------------------------------------------------------ priorities
+
+def test_claims_take_the_highest_priority_first_and_are_fifo_within_one(store):
+    name = new_queue(store)
+    order = [0, 5, 0, -1, 5, 2]
+    jobs = [store.enqueue(name, spec(priority=p), artifact=None) for p in order]
+    assert [j.priority for j in jobs] == order
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    taken = [store.claim_next_job(me, [name]).job.id for _ in order]
+    want = [jobs[i].id for i in (1, 4, 5, 0, 2, 3)]  # 5, 5 (FIFO), 2, 0, 0 (FIFO), -1
+    assert taken == want
+    assert store.claim_next_job(me, [name]) is None
+
+
+def test_a_queued_job_says_how_many_jobs_are_ahead_of_it_and_how_many_at_a_higher_priority(store):
+    name = new_queue(store, max_instances=1)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    low = store.enqueue(name, spec(), artifact=None)
+    older = store.enqueue(name, spec(), artifact=None)
+    urgent = [store.enqueue(name, spec(priority=9), artifact=None) for _ in range(3)]
+    waiting = store.get_job(older.id)
+    assert waiting.reason == "waiting_in_line"
+    assert "behind 4 job(s)" in waiting.message and "(3 of them at a higher priority)" in waiting.message
+    assert store.get_job(low.id).reason == "waiting_in_line" and "behind 3 job(s)" in store.get_job(low.id).message
+    assert store.get_job(urgent[0].id).reason == "waiting_for_agent"
+    store.claim_next_job(me, [name])  # urgent[0] runs: the queue is at max_instances
+    capped = store.get_job(older.id)
+    assert capped.reason == "waiting_for_capacity" and "3 job(s) ahead of it (2 at a higher priority)" in capped.message
+
+
+def test_move_to_front_puts_a_queued_job_first_and_only_a_queued_one(store):
+    name = new_queue(store)
+    first = store.enqueue(name, spec(priority=3), artifact=None)
+    rest = [store.enqueue(name, spec(), artifact=None) for _ in range(3)]
+    moved = store.move_to_front(rest[-1].id)
+    assert (moved.state, moved.priority) == (QUEUED, 4)
+    assert store.move_to_front(rest[-1].id).priority == 4  # already first: unchanged
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    assert store.get_job(rest[-1].id).reason == "waiting_for_agent"
+    assert [store.claim_next_job(me, [name]).job.id for _ in range(4)] == [rest[-1].id, first.id, rest[0].id,
+                                                                          rest[1].id]
+    with pytest.raises(StoreError, match="only a queued job can be moved"):
+        store.move_to_front(first.id)
+    with pytest.raises(NotFound, match="unknown job"):
+        store.move_to_front("0000000000000000")
+
+
+# ------------------------------------------------------------------ schedules
+
+def test_schedules_create_get_list_pause_resume_delete(store):
+    name = new_queue(store)
+    before = time.time()
+    created = store.create_schedule(name, spec(name="job"), cron="30 6 * * mon-fri", tz="Europe/Berlin",
+                                    artifact=None, name=f"nightly-{name}")
+    assert (created.queue, created.cron, created.tz, created.paused, created.name) == (
+        name, "30 6 * * mon-fri", "Europe/Berlin", False, f"nightly-{name}")
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    there = datetime.fromtimestamp(created.next_run_at, ZoneInfo("Europe/Berlin"))
+    assert (there.hour, there.minute, there.isoweekday() <= 5) == (6, 30, True)
+    assert before < created.next_run_at < before + 4 * 86400
+    assert store.get_schedule(created.id) == created
+    assert created.id in [s.id for s in store.list_schedules()]
+    paused = store.pause_schedule(created.id)
+    assert (paused.paused, paused.next_run_at) == (True, None)
+    resumed = store.pause_schedule(created.id, False)
+    assert (resumed.paused, resumed.next_run_at) == (False, created.next_run_at)
+    assert store.list_jobs(schedule_id=created.id) == []
+    store.delete_schedule(created.id)
+    with pytest.raises(NotFound, match="unknown schedule"):
+        store.get_schedule(created.id)
+    with pytest.raises(NotFound, match="unknown schedule"):
+        store.delete_schedule(created.id)
+
+
+@pytest.mark.parametrize("cron, tz, message", [
+    ("0 6 * *", "UTC", "cron: '0 6 * *' has 4 field(s)"), ("0 24 * * *", "UTC", "cron: hour: 24 is out of range"),
+    ("*/0 * * * *", "UTC", "cron: minute: the step '0'"), ("0 6 * * funday", "UTC", "cron: day of week:"),
+    ("0 0 30 2 *", "UTC", "cron: '0 0 30 2 *' names no time"), ("0 6 * * *", "Mars/Olympus", "tz: 'Mars/Olympus'"),
+])
+def test_a_bad_cron_expression_or_time_zone_is_refused_naming_the_field(store, cron, tz, message):
+    name = new_queue(store)
+    with pytest.raises(ValueError) as err:
+        store.create_schedule(name, spec(), cron=cron, tz=tz, artifact=None)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert store.list_schedules(owner="nobody-has-this-name") == []
+
+
+def test_a_schedule_on_an_unknown_queue_is_refused(store):
+    with pytest.raises(NotFound, match="unknown queue"):
+        store.create_schedule(f"nope-{secrets.token_hex(3)}", spec(), cron="* * * * *", artifact=None)
+
+
 # ------------------------------------------------------------------ logs, metrics, outputs
 
 def claimed(store: Any, **kw: Any) -> Any:

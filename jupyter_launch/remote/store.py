@@ -14,12 +14,13 @@ import os
 import tempfile
 import urllib.parse
 from collections.abc import Collection
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..store import (
-    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim,
-    sha256_file,
+    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord,
+    StaleClaim, sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
 from .http import STALE_CLAIM, Http, RemoteAuthError, RemoteError, job_record, queue_record
@@ -118,9 +119,10 @@ class HttpStore:
         return job_record(self._user("GET", f"jobs/{_q(job_id)}"))
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
+                  before: int | None = None, owner: str | None = None, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
         data = self._user("GET", "jobs", params={"queue": queue, "state": state, "limit": limit, "before": before,
-                                                 "owner": owner})
+                                                 "owner": owner, "schedule": schedule_id, "parent": parent_id})
         return [job_record(j) for j in data["jobs"]]
 
     def request_cancel(self, job_id: str) -> JobRecord:
@@ -131,6 +133,34 @@ class HttpStore:
 
     def requeue_expired(self) -> list[tuple[str, str]]:
         return []  # the server reaps expired leases itself (LaunchApp.reap_interval)
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        return job_record(self._user("POST", f"jobs/{_q(job_id)}/move", {"front": True}))
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: Any, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """``owner`` is the user of the user token, as the server records it; the argument is not sent."""
+        if artifact and self.blobs is not None:
+            self.blobs.sync()
+        return schedule_record(self._user("POST", "schedules", {
+            "queue": queue, "spec": spec.model_dump(mode="json"), "artifact": artifact, "cron": cron, "tz": tz,
+            "name": name}))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        return schedule_record(self._user("GET", f"schedules/{_q(schedule_id)}"))
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        schedules = [schedule_record(d) for d in self._user("GET", "schedules")["schedules"]]
+        return [s for s in schedules if owner is None or s.owner == owner]
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        action = "pause" if paused else "resume"
+        return schedule_record(self._user("POST", f"schedules/{_q(schedule_id)}/{action}"))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._user("DELETE", f"schedules/{_q(schedule_id)}")
 
     # ------------------------------------------------------------ jobs, as an agent runs them
 
@@ -252,6 +282,10 @@ class HttpStore:
         for http in (self.user_http, self.agent_http):
             if http is not None:
                 http.close()
+
+
+def schedule_record(d: dict[str, Any]) -> ScheduleRecord:
+    return ScheduleRecord(**{f.name: d.get(f.name) for f in fields(ScheduleRecord)})
 
 
 def _q(segment: str) -> str:

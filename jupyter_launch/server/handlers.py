@@ -53,6 +53,7 @@ USER_RESOURCES = (JOBS_RESOURCE, QUEUES_RESOURCE, ADMIN_RESOURCE)
 AGENT_AUTH_RESOURCE = "launch_agent"
 API = "/launch/api"
 JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
+SCHEDULE_ID = r"(?P<schedule_id>[0-9a-zA-Z]{6,32})"
 QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
 TOKEN_ID = r"(?P<token_id>[0-9A-Za-z]{1,64})"
 DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
@@ -258,8 +259,11 @@ class JobsHandler(LaunchHandler):
         queue = self.get_argument("queue", None) or None
         state = self.get_argument("state", None) or None
         owner = self.get_argument("owner", None) or None
+        schedule_id = self.get_argument("schedule", None) or None
+        parent_id = self.get_argument("parent", None) or None
         jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), owner=owner,
-                                     queue=queue, state=state, limit=limit, before=before)
+                                     queue=queue, state=state, limit=limit, before=before, schedule_id=schedule_id,
+                                     parent_id=parent_id)
         self.reply({"jobs": [j.to_dict() for j in jobs],
                     "next_before": jobs[-1].seq if len(jobs) == limit else None})
 
@@ -276,24 +280,8 @@ class JobsHandler(LaunchHandler):
             self.set_header("Location", _job_url(self.base_url, job.id))
             self.reply(job.to_dict(), 201)
             return
-        try:
-            if isinstance(data.get("yaml"), str):
-                spec = parse_job_spec(data["yaml"], "<request yaml>")
-            elif isinstance(data.get("spec"), dict):
-                spec = validate(JobSpec, data["spec"], "<request spec>")
-            else:
-                raise web.HTTPError(400, "give the job as 'spec' (an object) or 'yaml' (the job file's text)")
-        except SpecError as exc:
-            raise web.HTTPError(422, _escape(str(exc))) from None
-        artifact = data.get("artifact")
-        if artifact is not None:
-            try:
-                check_digest(artifact)
-            except ValueError as exc:
-                raise web.HTTPError(400, _escape(str(exc))) from None
-            if not self.launch.blobs.has(artifact):
-                raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
-                                         f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
+        spec = job_spec_arg(data)
+        artifact = self.artifact_arg(data)
         job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
         if artifact is not None:  # the queue's agents may read it from now on (claims grant it too)
             await self.store_call(grant_artifact, self.launch, artifact, job.queue)
@@ -301,9 +289,34 @@ class JobsHandler(LaunchHandler):
         self.reply(job.to_dict(), 201)
 
 
+    def artifact_arg(self, data: dict[str, Any]) -> str | None:
+        """The body's ``artifact`` digest, checked and on the server (else 400 or 409)."""
+        artifact = data.get("artifact")
+        if artifact is not None:
+            try:
+                check_digest(artifact)
+            except ValueError as exc:
+                raise web.HTTPError(400, _escape(f"artifact: {exc}")) from None
+            if not self.launch.blobs.has(artifact):
+                raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
+                                         f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
+        return artifact
+
     async def _submit_notebook(self, data: dict[str, Any], queue: str, owner: str | None) -> Any:
         """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
         size limit, its environment): what the panel submits, so the job is the one any other face would make."""
+        prepared = await self.prepare_notebook(data)
+
+        def submit() -> Any:
+            job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
+            grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
+            return job
+
+        return await self.from_root(submit)
+
+    async def prepare_notebook(self, data: dict[str, Any]) -> Any:
+        """The body's ``notebook`` (a path under the server's root) and ``options`` as a prepared job; 400, 403,
+        404 or 422 naming what is wrong."""
         notebook = data["notebook"]
         options = data.get("options") or {}
         if not isinstance(notebook, str) or not notebook.strip():
@@ -318,24 +331,28 @@ class JobsHandler(LaunchHandler):
         if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "read", "contents")):
             raise web.HTTPError(403, "User is not authorized to read on resource: contents (a notebook submitted by "
                                      "its path is packaged from the server's files)")
-        root = self._root()
-        path = self._root_path(root, notebook)
-        from ..errors import LocatedError
+        path = self._root_path(self._root(), notebook)
         from ..options import JobOptions, prepare_job
 
-        def prepare_and_submit() -> Any:
+        return await self.from_root(prepare_job, JobOptions(notebook=path, extra=dict(options)))
+
+    async def from_root(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A store call that reads the server's files (preparing, packaging): its file errors are 422, naming the
+        file as the user knows it, by its path under the root, not the server's."""
+        from ..errors import LocatedError
+
+        root = self._root()
+
+        def call() -> Any:
             try:
-                prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
-                job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
-                grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
-                return job
-            except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
+                return fn(*args, **kwargs)
+            except LocatedError as exc:
                 if exc.source and os.path.commonpath([root, os.path.abspath(exc.source)]) == root:
                     exc.source = os.path.relpath(exc.source, root)
                 raise
 
         try:
-            return await self.store_call(prepare_and_submit)
+            return await self.store_call(call)
         except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
             raise web.HTTPError(422, _escape(str(exc))) from None
 
@@ -357,7 +374,19 @@ class JobsHandler(LaunchHandler):
 
 # Job fields a notebook submitted by path may set; the rest (kind, notebook, code) follow from the notebook.
 NOTEBOOK_OPTIONS = frozenset({"name", "job_type", "image", "kernel", "timeout", "retries", "resources", "parameters",
-                              "env", "secrets"})
+                              "env", "secrets", "priority"})
+
+
+def job_spec_arg(data: dict[str, Any]) -> JobSpec:
+    """The body's job, as ``spec`` (an object) or ``yaml`` (a job file's text); 400 or 422 naming what is wrong."""
+    try:
+        if isinstance(data.get("yaml"), str):
+            return parse_job_spec(data["yaml"], "<request yaml>")
+        if isinstance(data.get("spec"), dict):
+            return validate(JobSpec, data["spec"], "<request spec>")
+    except SpecError as exc:
+        raise web.HTTPError(422, _escape(str(exc))) from None
+    raise web.HTTPError(400, "give the job as 'spec' (an object) or 'yaml' (the job file's text)")
 
 
 class JobHandler(LaunchHandler):
@@ -384,6 +413,108 @@ class JobRerunHandler(LaunchHandler):
         job = await self.store_call(self.launch.service.rerun, job_id, owner=owner, caller=await job_caller(self))
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
+
+
+class JobMoveHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        data = self.body()
+        if data.get("front") is not True:
+            raise web.HTTPError(400, "front: must be true (the one move there is: to the front of its queue)")
+        job = await self.store_call(self.launch.service.move_to_front, job_id, caller=await job_caller(self))
+        self.reply(job.to_dict())
+
+
+# ------------------------------------------------------------------ schedules
+
+MAX_SCHEDULE_TEXT = 255  # the cron and name columns
+NEXT_RUNS = 5  # the next times a schedule's record lists
+
+
+def schedule_dict(schedule: Any) -> dict[str, Any]:
+    """A schedule as the API answers it: its record and its next few times."""
+    from ..cron import Cron
+
+    d = schedule.to_dict()
+    d["next_runs"] = [] if schedule.paused else Cron(schedule.cron).next_times(
+        (schedule.next_run_at or time.time()) - 1, NEXT_RUNS, schedule.tz)
+    return d
+
+
+class SchedulesHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        schedules = await self.store_call(self.launch.service.list_schedules, caller=await job_caller(self))
+        self.reply({"schedules": [schedule_dict(s) for s in schedules]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        queue = data.get("queue") or "default"
+        if not isinstance(queue, str):
+            raise web.HTTPError(400, "queue: must be a queue name")
+        cron = data.get("cron")
+        if not isinstance(cron, str) or not cron.strip() or len(cron) > MAX_SCHEDULE_TEXT:
+            raise web.HTTPError(400, "cron: give five cron fields as a string, e.g. '0 6 * * *'")
+        tz = data.get("tz") or "UTC"
+        name = data.get("name")
+        for field, value in (("tz", tz), ("name", name)):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_SCHEDULE_TEXT):
+                raise web.HTTPError(400, f"{field}: must be a string of at most {MAX_SCHEDULE_TEXT} characters")
+        owner = self.current_user.username if self.current_user else None
+        service = self.launch.service
+        if "notebook" in data:
+            prepared = await self.prepare_notebook(data)
+
+            def create() -> Any:
+                schedule, artifact = service.create_schedule(prepared, queue=queue, cron=cron, tz=tz, name=name,
+                                                             owner=owner)
+                grant_artifact(self.launch, artifact.digest, queue)
+                return schedule
+
+            schedule = await self.from_root(create)
+        else:
+            spec, artifact = job_spec_arg(data), self.artifact_arg(data)
+            schedule = await self.store_call(self.launch.store.create_schedule, queue, spec, cron=cron, tz=tz,
+                                             artifact=artifact, name=name, owner=owner)
+            if artifact is not None:
+                await self.store_call(grant_artifact, self.launch, artifact, queue)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/schedules/{schedule.id}")
+        self.reply(schedule_dict(schedule), 201)
+
+    artifact_arg = JobsHandler.artifact_arg
+    prepare_notebook = JobsHandler.prepare_notebook
+    from_root = JobsHandler.from_root
+    _root = JobsHandler._root
+    _root_path = JobsHandler._root_path
+
+
+class ScheduleHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, schedule_id: str) -> None:
+        schedule = await self.store_call(self.launch.service.get_schedule, schedule_id,
+                                         caller=await job_caller(self))
+        self.reply(schedule_dict(schedule))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, schedule_id: str) -> None:
+        await self.store_call(self.launch.service.delete_schedule, schedule_id, caller=await job_caller(self))
+        self.set_status(204)
+        self.finish()
+
+
+class SchedulePauseHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, schedule_id: str, action: str) -> None:
+        schedule = await self.store_call(self.launch.service.pause_schedule, schedule_id, action == "pause",
+                                         caller=await job_caller(self))
+        self.reply(schedule_dict(schedule))
 
 
 def log_page(chunks: list[Any], nxt: int, job: Any, offset: int, encoding: str) -> dict[str, Any]:
@@ -1056,6 +1187,10 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}", JobHandler),
     (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
     (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
+    (rf"{API}/jobs/{JOB_ID}/move", JobMoveHandler),
+    (rf"{API}/schedules", SchedulesHandler),
+    (rf"{API}/schedules/{SCHEDULE_ID}", ScheduleHandler),
+    (rf"{API}/schedules/{SCHEDULE_ID}/(?P<action>pause|resume)", SchedulePauseHandler),
     (rf"{API}/jobs/{JOB_ID}/logs", JobLogsHandler),
     (rf"{API}/jobs/{JOB_ID}/metrics", JobMetricsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),

@@ -30,7 +30,7 @@ REASONS: dict[str, str] = {
     "no_agent_for_queue": "no agent is serving this queue; start one with `jupyter launch agent --queue {queue}`",
     "no_agent_for_job_type": "agents serve this queue, but none accepts job type {job_type!r}",
     "waiting_for_capacity": "the queue is at max_instances ({max_instances}); waiting for a running job to finish",
-    "waiting_in_line": "waiting behind {ahead} earlier job(s) on this queue",
+    "waiting_in_line": "waiting behind {ahead} job(s) on this queue ({higher} of them at a higher priority)",
     "waiting_for_agent": "an agent serves this queue and will pick this job up next",
     "requeued": "the previous attempt's agent stopped answering; queued again as attempt {attempt}",
     "handed_back": "its agent {agent_id} stopped and handed it back; queued again, not counted as an attempt",
@@ -174,6 +174,9 @@ class JobRecord:
     finished_at: float | None
     progress: dict[str, Any] | None
     claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
+    priority: int = 0  # claim order within its queue: higher first, then FIFO
+    schedule_id: str | None = None  # the schedule whose firing queued it
+    parent_id: str | None = None  # the sweep it is a child of
 
     @property
     def done(self) -> bool:
@@ -192,6 +195,27 @@ class JobRecord:
         d["done"] = self.done
         d["duration"] = self.duration
         return d
+
+
+@dataclass
+class ScheduleRecord:
+    """A recurring job: a cron expression in a time zone over a spec and the artifact packaged at creation."""
+
+    id: str
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    spec: dict[str, Any]
+    artifact: str | None
+    owner: str | None
+    paused: bool
+    next_run_at: float | None  # None while paused
+    last_run_at: float | None
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

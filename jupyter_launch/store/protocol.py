@@ -17,7 +17,8 @@ Outside the protocol, as optional capabilities a caller checks for with ``isinst
   once its disk is full. A remote agent's store is the server's disk, which the server looks after itself.
 
 The server itself always holds a ``SQLStore`` and uses a few more of its methods that mean nothing over HTTP:
-``migrate``, ``release_agent_leases`` (on shutdown), ``touch_agent_token`` (an agent registering), the ``token_id``
+``migrate``, ``release_agent_leases`` (on shutdown), what a ``Scheduler`` fires schedules with (``take_lease``,
+``release_lease``, ``due_schedules``, ``fire_schedule``: remote agents leave firing to the server), ``touch_agent_token`` (an agent registering), the ``token_id``
 that binds an agent id to the agent token that registered it (``register_agent``, ``agent_seen``,
 ``unregister_agent``, ``check_agent_id``), ``hand_back`` (a claim whose answer could not be sent) and the blob grants
 that scope an agent token's blob reads to its queues (``grant_blobs``, ``granted_blobs``); tests and benchmarks fill
@@ -29,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord
+from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from ..spec import JobSpec, QueueConfig
@@ -66,9 +67,11 @@ class Store(Protocol):
         """One job; a queued one carries the reason it is waiting, derived now."""
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
+                  before: int | None = None, owner: str | None = None, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
         """Jobs newest first; ``state`` may list states with commas; page with ``before`` = the last ``seq``; only
-        ``owner``'s jobs when given (through a server, a user who is not an admin gets only their own anyway)."""
+        ``owner``'s jobs when given (through a server, a user who is not an admin gets only their own anyway); only
+        the runs of one schedule (``schedule_id``) or the children of one sweep (``parent_id``)."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or flag an active one for its agent to stop."""
@@ -78,6 +81,30 @@ class Store(Protocol):
 
     def requeue_expired(self) -> list[tuple[str, str]]:
         """Requeue (or fail as ``lost``) jobs whose lease expired; the ``(job id, new state)`` pairs changed."""
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        """Put a queued job first in its queue's claim order (highest priority, then oldest): its priority becomes
+        one above every other queued job's there. ``StoreError`` for a job that is not queued."""
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: JobSpec, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """A recurring job: ``spec`` with ``artifact`` queued on ``queue`` at each time the five-field ``cron``
+        names in the time zone ``tz``, named ``name`` (default: the spec's). ``ValueError`` naming the field for a
+        bad expression or zone, ``NotFound`` for an unknown queue."""
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        """One schedule with its next time; ``NotFound`` when there is none."""
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule by name (only ``owner``'s when given)."""
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        """Pause a schedule, or resume it (``paused=False``) from its next time after now."""
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it queued stay."""
 
     # ------------------------------------------------------------ jobs, as an agent runs them
 

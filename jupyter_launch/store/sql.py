@@ -30,13 +30,13 @@ from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
     MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk,
-    NotFound, OutputRecord, QueueRecord, StaleClaim, StoreError, StoreUnusable, check_metric_record, check_number,
+    NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError, StoreUnusable, check_metric_record, check_number,
     check_output_path, check_progress, describe, is_disk_full,
 )
 from .blobs import _check as check_digest
 from .tokens import AgentTokenRows
 
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 _MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n"
                      "SQLStore(os.environ['JUPYTER_LAUNCH_MIGRATE_URL'], migrate=False).migrate()\n")
 RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
@@ -280,28 +280,34 @@ class SQLStore(AgentTokenRows):
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
-                rerun_of: str | None = None) -> JobRecord:
-        now = time.time()
-        job_id = new_job_id()
-        values = dict(
-            id=job_id, queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
-            reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
-            attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
-            log_size=0, rerun_of=rerun_of, submitted_at=now,
-        )
+                rerun_of: str | None = None, parent_id: str | None = None) -> JobRecord:
         with self._write() as c:
-            q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
-            if q is None:
-                raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
-            accepted = q.config.get("job_types") or []
-            if accepted and spec.job_type not in accepted:
-                raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
-            # Values as parameters, not in the statement: one compiled INSERT is cached and reused.
-            seq = c.execute(t.jobs.insert(), values).inserted_primary_key[0]
-        job = JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
-                        started_at=None, finished_at=None, progress=None, **{k: v for k, v in values.items()})
+            job = self._insert_job(c, queue, spec, artifact=artifact, owner=owner, rerun_of=rerun_of,
+                                   parent_id=parent_id)
         self._emit("enqueued", job)
         return job
+
+    @staticmethod
+    def _insert_job(c: Connection, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None,
+                    rerun_of: str | None = None, schedule_id: str | None = None,
+                    parent_id: str | None = None) -> JobRecord:
+        values = dict(
+            id=new_job_id(), queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
+            reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
+            attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
+            log_size=0, rerun_of=rerun_of, submitted_at=time.time(), priority=spec.priority,
+            schedule_id=schedule_id, parent_id=parent_id,
+        )
+        q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
+        if q is None:
+            raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+        accepted = q.config.get("job_types") or []
+        if accepted and spec.job_type not in accepted:
+            raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
+        # Values as parameters, not in the statement: one compiled INSERT is cached and reused.
+        seq = c.execute(t.jobs.insert(), values).inserted_primary_key[0]
+        return JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
+                         started_at=None, finished_at=None, progress=None, **values)
 
     def enqueue_many(self, queue: str, specs: Iterable[JobSpec], *, artifact: str | None) -> int:
         """Bulk enqueue in one transaction (benchmarks and tests filling a queue)."""
@@ -309,7 +315,7 @@ class SQLStore(AgentTokenRows):
         rows = [dict(id=new_job_id() + secrets.token_hex(2), queue=queue, job_type=s.job_type, kind=s.kind,
                      name=s.name, state=QUEUED, spec=s.model_dump(mode="json"), artifact=artifact, attempt=1,
                      retries=s.retries, fence=0, cancel_requested=False, gpus=s.resources.gpu, log_size=0,
-                     submitted_at=now) for s in specs]
+                     submitted_at=now, priority=s.priority) for s in specs]
         with self._write() as c:
             c.execute(t.jobs.insert(), rows)
         return len(rows)
@@ -337,8 +343,10 @@ class SQLStore(AgentTokenRows):
         return found
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
-        """Newest first; page with ``before`` = the last ``seq`` seen; only ``owner``'s jobs when given."""
+                  before: int | None = None, owner: str | None = None, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
+        """Newest first; page with ``before`` = the last ``seq`` seen; only ``owner``'s jobs when given, only one
+        schedule's runs or one sweep's children with ``schedule_id`` or ``parent_id``."""
         check_number("limit", limit, 1, MAX_COUNT, integer=True)
         if before is not None:
             check_number("before", before, 0, MAX_COUNT, integer=True)
@@ -347,6 +355,10 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.owner == owner)
         if queue:
             q = q.where(t.jobs.c.queue == queue)
+        if schedule_id is not None:
+            q = q.where(t.jobs.c.schedule_id == schedule_id)
+        if parent_id is not None:
+            q = q.where(t.jobs.c.parent_id == parent_id)
         if state:
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         if before is not None:
@@ -383,19 +395,36 @@ class SQLStore(AgentTokenRows):
             elif max_instances is not None and running >= max_instances:
                 reason = "waiting_for_capacity"
             elif with_position:
-                ahead = c.execute(select(func.count()).select_from(t.jobs).where(
-                    t.jobs.c.queue == job.queue, t.jobs.c.state == QUEUED, t.jobs.c.seq < job.seq)).scalar()
-                reason = "waiting_in_line" if ahead else ("requeued" if job.attempt > 1 else "waiting_for_agent")
-                facts["ahead"] = ahead
+                facts.update(self._ahead(c, job))
+                reason = ("waiting_in_line" if facts["ahead"] else
+                          ("requeued" if job.attempt > 1 else "waiting_for_agent"))
             else:
                 reason = "requeued" if job.attempt > 1 else "waiting_for_agent"
             job.reason = reason
             job.message = describe(reason, **facts)
+            if with_position and reason != "waiting_in_line":  # never starved silently: say where it stands
+                if "ahead" not in facts:
+                    facts.update(self._ahead(c, job))
+                if facts["ahead"]:
+                    job.message += (f"; {facts['ahead']} job(s) ahead of it ({facts['higher']} at a higher "
+                                    "priority)")
+
+    @staticmethod
+    def _ahead(c: Connection, job: JobRecord) -> dict[str, int]:
+        """How many queued jobs of its queue are claimed before ``job`` (claim order: priority, then seq), and how
+        many of those have a higher priority."""
+        queued = (t.jobs.c.queue == job.queue) & (t.jobs.c.state == QUEUED)
+        higher = c.execute(select(func.count()).select_from(t.jobs).where(
+            queued, t.jobs.c.priority > job.priority)).scalar()
+        same = c.execute(select(func.count()).select_from(t.jobs).where(
+            queued, t.jobs.c.priority == job.priority, t.jobs.c.seq < job.seq)).scalar()
+        return {"ahead": higher + same, "higher": higher}
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None,
                        token_id: str | None = None) -> Claim | None:
-        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none. ``token_id``: the
+        """Take the queued job this agent may run that comes first (highest priority, then oldest), as a lease;
+        ``None`` when there is none. ``token_id``: the
         agent token claiming (through a server); only that token may then report on the claim."""
         check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         if free_gpus is not None:
@@ -422,7 +451,7 @@ class SQLStore(AgentTokenRows):
                 q = q.where(t.jobs.c.job_type.in_(job_types))
             if free_gpus is not None:
                 q = q.where(t.jobs.c.gpus <= free_gpus)
-            q = q.order_by(t.jobs.c.seq).limit(1)
+            q = q.order_by(t.jobs.c.priority.desc(), t.jobs.c.seq).limit(1)
             if not self.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             row = c.execute(q).first()
@@ -556,7 +585,25 @@ class SQLStore(AgentTokenRows):
     def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
         old = self.get_job(job_id)
         spec = JobSpec.model_validate(old.spec)
-        return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner, rerun_of=old.id)
+        return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner, rerun_of=old.id,
+                            parent_id=old.parent_id)
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        """Put a queued job first in its queue's claim order: its priority becomes one above the highest of the
+        other queued jobs there (unchanged when nothing is ahead of it). ``StoreError`` for a job not queued."""
+        with self._write() as c:
+            row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"unknown job {job_id!r}")
+            if row.state != QUEUED:
+                raise StoreError(f"job {job_id} is {row.state}; only a queued job can be moved")
+            job = _row_to_job(row)
+            if self._ahead(c, job)["ahead"]:
+                top = c.execute(select(func.max(t.jobs.c.priority)).where(
+                    t.jobs.c.queue == job.queue, t.jobs.c.state == QUEUED, t.jobs.c.id != job_id)).scalar()
+                c.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(priority=top + 1))
+        self._emit("state", job_id, QUEUED)
+        return self.get_job(job_id)
 
     # ------------------------------------------------------------ agents
 
@@ -743,6 +790,122 @@ class SQLStore(AgentTokenRows):
             rows = c.execute(select(t.outputs).where(t.outputs.c.job_id == job_id).order_by(t.outputs.c.path)).all()
         return [OutputRecord(r.path, r.digest, r.size) for r in rows]
 
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: JobSpec, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """A recurring job on ``queue``: ``spec`` (with its ``artifact``) queued at each time ``cron`` names in
+        ``tz``. ``ValueError`` naming the field for a bad expression or time zone."""
+        name = name or spec.name or "schedule"
+        JobSpec.model_validate({**spec.model_dump(mode="json"), "name": name})  # a schedule's name names its jobs
+        now = time.time()
+        next_run = _next_run(cron, tz, now)
+        values = dict(id=new_job_id(), name=name, queue=queue, cron=cron, tz=tz, spec=spec.model_dump(mode="json"),
+                      artifact=artifact, owner=owner, paused=False, next_run_at=next_run, last_run_at=None,
+                      created_at=now)
+        with self._write() as c:
+            if not c.execute(select(t.queues.c.name).where(t.queues.c.name == queue)).first():
+                raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+            c.execute(t.schedules.insert(), values)
+        self._emit("schedule", values["id"])
+        return ScheduleRecord(**values)
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        with self._read() as c:
+            row = c.execute(select(t.schedules).where(t.schedules.c.id == schedule_id)).first()
+        if row is None:
+            raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        return ScheduleRecord(**row._mapping)
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule (only ``owner``'s when given), by name."""
+        q = select(t.schedules).order_by(t.schedules.c.name, t.schedules.c.created_at)
+        if owner is not None:
+            q = q.where(t.schedules.c.owner == owner)
+        with self._read() as c:
+            return [ScheduleRecord(**r._mapping) for r in c.execute(q)]
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        """Pause a schedule (it fires no more), or resume it (``paused=False``: from its next time after now; the
+        times it missed while paused do not fire)."""
+        with self._write() as c:
+            row = c.execute(select(t.schedules.c.cron, t.schedules.c.tz).where(
+                t.schedules.c.id == schedule_id)).first()
+            if row is None:
+                raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+            next_run = None if paused else _next_run(row.cron, row.tz, time.time())
+            c.execute(t.schedules.update().where(t.schedules.c.id == schedule_id).values(
+                paused=paused, next_run_at=next_run))
+        self._emit("schedule", schedule_id)
+        return self.get_schedule(schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it queued stay."""
+        with self._write() as c:
+            if not c.execute(t.schedules.delete().where(t.schedules.c.id == schedule_id)).rowcount:
+                raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        self._emit("schedule", schedule_id)
+
+    # What a scheduler uses (``Scheduler`` in scheduler.py); not in the protocol: a server fires for its remote
+    # agents, which reach the store only through it.
+
+    def take_lease(self, name: str, holder: str, seconds: float, *, now: float | None = None) -> bool:
+        """Hold the store-wide lease ``name`` for ``seconds`` (take it when free or lapsed, renew it when held by
+        ``holder``); false when another holder has it."""
+        check_number("lease seconds", seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+        now = time.time() if now is None else now
+        with self._write() as c:
+            row = c.execute(select(t.leases).where(t.leases.c.name == name)).first()
+            if row is None:
+                c.execute(t.leases.insert().values(name=name, holder=holder, expires_at=now + seconds))
+                return True
+            if row.holder != holder and row.expires_at > now:
+                return False
+            c.execute(t.leases.update().where(t.leases.c.name == name).values(holder=holder,
+                                                                                expires_at=now + seconds))
+            return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` has it, so another takes it at once."""
+        with self._write() as c:
+            c.execute(t.leases.delete().where(t.leases.c.name == name, t.leases.c.holder == holder))
+
+    def due_schedules(self, now: float, *, limit: int = 500) -> list[ScheduleRecord]:
+        """Schedules not paused whose next time is at or before ``now``, earliest first."""
+        with self._read() as c:
+            rows = c.execute(select(t.schedules).where(
+                t.schedules.c.paused.is_(False), t.schedules.c.next_run_at <= now)
+                .order_by(t.schedules.c.next_run_at).limit(limit))
+            return [ScheduleRecord(**r._mapping) for r in rows]
+
+    def next_schedule_time(self) -> float | None:
+        """The earliest next time of any schedule not paused."""
+        with self._read() as c:
+            return c.execute(select(func.min(t.schedules.c.next_run_at)).where(
+                t.schedules.c.paused.is_(False))).scalar()
+
+    def fire_schedule(self, schedule_id: str, due_at: float, next_run_at: float | None, *, run: bool,
+                      now: float | None = None) -> JobRecord | None:
+        """Move a schedule from ``due_at`` to ``next_run_at`` and, with ``run``, queue its job, in one transaction:
+        only when its next time is still ``due_at``, so each time fires once however many schedulers try. The job
+        (``None`` when another scheduler fired it first, or when it was not run)."""
+        now = time.time() if now is None else now
+        with self._write() as c:
+            row = c.execute(select(t.schedules).where(t.schedules.c.id == schedule_id,
+                                                      t.schedules.c.next_run_at == due_at,
+                                                      t.schedules.c.paused.is_(False))).first()
+            if row is None:
+                return None
+            c.execute(t.schedules.update().where(t.schedules.c.id == schedule_id).values(
+                next_run_at=next_run_at, last_run_at=now if run else row.last_run_at))
+            if not run:
+                return None
+            spec = JobSpec.model_validate({**row.spec, "name": row.name})
+            job = self._insert_job(c, row.queue, spec, artifact=row.artifact, owner=row.owner,
+                                   schedule_id=schedule_id)
+        self._emit("enqueued", job)
+        return job
+
     def count_jobs(self, *, queue: str | None = None, state: str | None = None) -> int:
         q = select(func.count()).select_from(t.jobs)
         if queue:
@@ -751,6 +914,16 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _next_run(cron: str, tz: str, after: float) -> float:
+    """The schedule's first time after ``after``; ``ValueError`` naming the field when there is none."""
+    from ..cron import SEARCH_YEARS, Cron, CronError
+
+    nxt = Cron(cron).next_after(after, tz)
+    if nxt is None:
+        raise CronError(f"{cron!r} names no time in the next {SEARCH_YEARS} years")
+    return nxt
 
 
 def _no_room(folder: Path) -> bool:
