@@ -24,6 +24,7 @@ from .cron import Cron
 from .store import JobRecord, ScheduleRecord
 
 LEASE_NAME = "scheduler"
+DUE_BATCH = 500  # due schedules read per query
 
 
 @runtime_checkable
@@ -85,7 +86,7 @@ class Scheduler(LoggingConfigurable):
         if not self._hold(now):
             return []
         fired: list[JobRecord] = []
-        for schedule in self.store.due_schedules(now):
+        for schedule in self._due(now):
             late = now - schedule.next_run_at
             run = self.missed == "once" or late <= self.grace
             try:
@@ -102,6 +103,18 @@ class Scheduler(LoggingConfigurable):
                 self.log.info("schedule %s (%s): its time %.0fs ago was missed; skipped (c.Scheduler.missed)",
                               schedule.id, schedule.name, late)
         return fired
+
+    def _due(self, now: float) -> Any:
+        """The due schedules, a batch at a time (each fired one moves past ``now``, so the next batch is new ones);
+        a schedule that could not be moved on is not asked about twice."""
+        seen: set[str] = set()
+        while True:
+            batch = [s for s in self.store.due_schedules(now, limit=DUE_BATCH) if s.id not in seen]
+            if not batch:
+                return
+            for schedule in batch:
+                seen.add(schedule.id)
+                yield schedule
 
     async def run(self) -> None:
         """Tick at each whole second (``tick_interval``) until :meth:`stop`."""

@@ -595,7 +595,6 @@ def build_parser() -> argparse.ArgumentParser:
     mv.set_defaults(func=cmd_move)
 
     j = sub.add_parser("jobs", help="list jobs, newest first", parents=[server_options])
-    j = sub.add_parser("jobs", help="list jobs, newest first", parents=[server_options])
     j.add_argument("--queue", "-q")
     j.add_argument("--status", "-s", help="state(s), comma-separated")
     j.add_argument("--limit", "-n", type=int, default=50)
