@@ -23,6 +23,7 @@ from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from ..spec import JobSpec, QueueConfig
@@ -797,7 +798,10 @@ class SQLStore(AgentTokenRows):
         """A recurring job on ``queue``: ``spec`` (with its ``artifact``) queued at each time ``cron`` names in
         ``tz``. ``ValueError`` naming the field for a bad expression or time zone."""
         name = name or spec.name or "schedule"
-        JobSpec.model_validate({**spec.model_dump(mode="json"), "name": name})  # a schedule's name names its jobs
+        try:  # a schedule's name is its jobs' name
+            JobSpec.model_validate({**spec.model_dump(mode="json"), "name": name})
+        except ValidationError as exc:
+            raise ValueError(f"name: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         now = time.time()
         next_run = _next_run(cron, tz, now)
         values = dict(id=new_job_id(), name=name, queue=queue, cron=cron, tz=tz, spec=spec.model_dump(mode="json"),
