@@ -21,16 +21,17 @@ from .options import JobOptions, PreparedJob, prepare_job, read_notebook
 from .paths import default_store_url, launch_home
 from .spec import JobSpec, QueueConfig, validate
 from .store import (
-    FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError,
+    FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError, SweepRecord,
 )
 
 if TYPE_CHECKING:
     from .artifact import Artifact
+    from .sweep import SweepConfig
     from .service import LogPage
 
 # What a face needs of the records it is handed, so that it imports the client and never the store.
 __all__ = ["Client", "LaunchClient", "Job", "JobRecord", "LogChunk", "OutputRecord", "QueueRecord", "ScheduleRecord",
-           "StoreError", "FINAL"]
+           "SweepRecord", "StoreError", "FINAL"]
 
 class Client:
     """What a face can ask of jupyter-launch, embedded or through a server. Reads go to ``self.store`` (the SQL
@@ -170,6 +171,28 @@ class Client:
         """Put a queued job first in its queue (its priority raised above every other queued job's there)."""
         return self.store.move_to_front(job_id)
 
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        """Package a prepared job once and queue one child job per run of ``sweep`` (W&B's shape: method, parameters,
+        metric); returns the sweep and what was packaged."""
+        raise NotImplementedError
+
+    def sweep(self, sweep_id: str) -> SweepRecord:
+        return self.store.get_sweep(sweep_id)
+
+    def sweep_jobs(self, sweep_id: str) -> list[JobRecord]:
+        """The sweep's children, in the order they were queued."""
+        from .service import sweep_children
+
+        return sweep_children(self.store, sweep_id)
+
+    def cancel_sweep(self, sweep_id: str) -> list[JobRecord]:
+        """Cancel the children that have not ended (each as ``cancel`` does)."""
+        self.store.get_sweep(sweep_id)
+        return [self.cancel(j.id) if not j.done else j for j in self.sweep_jobs(sweep_id)]
+
     # ------------------------------------------------------------ schedules
 
     def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
@@ -255,6 +278,13 @@ class LaunchClient(Client):
 
     def move_to_front(self, job_id: str) -> JobRecord:
         return self.service.move_to_front(job_id)
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        return self.service.create_sweep(prepared, queue=queue, sweep=sweep, owner=self.owner, **options)
+
+    def cancel_sweep(self, sweep_id: str) -> list[JobRecord]:
+        return self.service.cancel_sweep(sweep_id)
 
     def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
                         name: str | None = None, **options: Any) -> tuple[ScheduleRecord, Artifact]:

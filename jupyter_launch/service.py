@@ -19,10 +19,11 @@ from .events import StoreEvents
 from .notify import wake_agents
 from .options import PreparedJob
 from .spec import JobSpec, QueueConfig, load_queue_config
-from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord, ScheduleRecord
+from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord, ScheduleRecord, SweepRecord
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .sweep import SweepConfig
     from .artifact import Artifact, HashCache
 
 PAGE = 1024 * 1024  # log bytes read per store call for one follower
@@ -65,6 +66,18 @@ def package(prepared: PreparedJob, blobs: Any, *, hash_cache: HashCache | None =
     return build_artifact(prepared.folder, blobs, include=include, environment=environment,
                           entrypoint=spec.notebook or (" ".join(spec.command or []) or None),
                           max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=hash_cache, extra_files=extra_files)
+
+
+def sweep_children(store: Any, sweep_id: str) -> list[JobRecord]:
+    """Every child job of a sweep, in the order they were queued."""
+    children: list[JobRecord] = []
+    before = None
+    while True:
+        page = store.list_jobs(parent_id=sweep_id, limit=500, before=before)
+        children += page
+        if len(page) < 500:
+            return children[::-1]
+        before = page[-1].seq
 
 
 class LaunchService:
@@ -159,6 +172,35 @@ class LaunchService:
 
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str, sweep: SweepConfig, owner: str | None,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        """Package the prepared job once and queue one child job per run of ``sweep``, all of that artifact."""
+        runs = sweep.runs()
+        self.store.get_queue(queue)
+        artifact = self.package(prepared, **options)
+        record = self.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                         config=sweep.model_dump(mode="json", exclude_none=True),
+                                         max_parallel=sweep.max_parallel, fail_fast=sweep.fail_fast,
+                                         name=sweep.name, owner=owner)
+        self.wake()
+        return record, artifact
+
+    def get_sweep(self, sweep_id: str, *, caller: Caller | None = None) -> SweepRecord:
+        sweep = self.store.get_sweep(sweep_id)
+        if caller is not None and not (caller.admin or sweep.owner == caller.name):
+            raise NotFound(f"unknown sweep {sweep_id!r}")
+        return sweep
+
+    def cancel_sweep(self, sweep_id: str, *, caller: Caller | None = None) -> list[JobRecord]:
+        """Cancel the sweep's children that have not ended; the children as they are after."""
+        self.get_sweep(sweep_id, caller=caller)
+        children = sweep_children(self.store, sweep_id)
+        done = [self.store.request_cancel(j.id) if not j.done else j for j in children]
+        self.wake()
+        return done
 
     # ------------------------------------------------------------ schedules
 

@@ -332,6 +332,65 @@ def test_move_to_front_puts_a_queued_job_first_and_only_a_queued_one(store):
         store.move_to_front("0000000000000000")
 
 
+# ------------------------------------------------------------------ sweeps
+
+def test_a_sweep_queues_one_child_per_run_and_claims_at_most_max_parallel_of_them(store):
+    name = new_queue(store)
+    runs = [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}]
+    sweep = store.create_sweep(name, spec(name="train", parameters={"epochs": 3}), artifact=None, runs=runs,
+                               config={"method": "grid", "parameters": {"lr": {"values": [0.1, 0.01, 0.001]}}},
+                               max_parallel=2)
+    assert (sweep.runs, sweep.max_parallel, sweep.fail_fast, sweep.name) == (3, 2, False, "train")
+    assert store.get_sweep(sweep.id) == sweep
+    children = store.list_jobs(parent_id=sweep.id)[::-1]
+    assert [(j.name, j.spec["parameters"], j.parent_id) for j in children] == [
+        (f"train-{i}", {"epochs": 3, **run}, sweep.id) for i, run in enumerate(runs, 1)]
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    first, second = (store.claim_next_job(me, [name]) for _ in range(2))
+    assert [first.job.id, second.job.id] == [children[0].id, children[1].id]
+    assert store.claim_next_job(me, [name]) is None  # two of its jobs run: the third waits
+    waiting = store.get_job(children[2].id)
+    assert waiting.reason == "sweep_at_max_parallel" and "at most 2 of its jobs at once" in waiting.message
+    assert store.finish(first.job.id, first.fence, SUCCEEDED)
+    assert store.claim_next_job(me, [name]).job.id == children[2].id
+    with pytest.raises(NotFound, match="unknown sweep"):
+        store.get_sweep("0000000000000000")
+
+
+def test_a_failed_child_of_a_fail_fast_sweep_cancels_the_rest_and_of_another_sweep_does_not(store):
+    name = new_queue(store)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    outcomes = {}
+    for fail_fast in (True, False):
+        sweep = store.create_sweep(name, spec(), artifact=None, runs=[{"x": i} for i in range(4)], config={},
+                                   fail_fast=fail_fast)
+        running = [store.claim_next_job(me, [name]) for _ in range(2)]
+        assert store.finish(running[0].job.id, running[0].fence, "failed", exit_code=1)
+        children = store.list_jobs(parent_id=sweep.id)[::-1]
+        outcomes[fail_fast] = [(j.state, j.reason, j.cancel_requested) for j in children]
+        for claim in running[1:]:
+            store.finish(claim.job.id, claim.fence, SUCCEEDED)
+        for j in children[2:]:
+            if j.state == QUEUED:
+                store.request_cancel(j.id)
+    assert outcomes[True][0][:2] == ("failed", None) and outcomes[True][1][2] is True  # the running one: asked to stop
+    assert [o[:2] for o in outcomes[True][2:]] == [(CANCELLED, "sweep_failed_fast")] * 2
+    assert [o[0] for o in outcomes[False]] == ["failed", CLAIMED, QUEUED, QUEUED] and not outcomes[False][1][2]
+
+
+@pytest.mark.parametrize("runs, field", [([], "runs"), (["lr"], "runs: run 1 must be an object"),
+                                         ([{"not a name": 1}], "runs: run 1: parameters"),
+                                         ([{"x": 1}] * 1001, "runs")])
+def test_a_sweep_with_bad_runs_is_refused_naming_the_field_and_queues_nothing(store, runs, field):
+    name = new_queue(store)
+    with pytest.raises(ValueError) as err:
+        store.create_sweep(name, spec(), artifact=None, runs=runs, config={})
+    assert field in str(err.value) and "\n" not in str(err.value)
+    assert store.list_jobs(queue=name) == []
+
+
 # ------------------------------------------------------------------ schedules
 
 def test_schedules_create_get_list_pause_resume_delete(store):

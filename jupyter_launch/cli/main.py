@@ -151,7 +151,7 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ submit and jobs
 
 def job_options(args: argparse.Namespace) -> JobOptions:
-    return JobOptions(notebook=args.notebook, config=args.config, root=args.root, name=args.name,
+    return JobOptions(notebook=args.notebook, config=getattr(args, "job_config", args.config), root=args.root, name=args.name,
                       job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
                       retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus, memory=args.memory, env=args.env or (),
                       secrets=args.secret or (), params=args.param or ())
@@ -402,6 +402,112 @@ def cmd_schedule_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ sweeps
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.notebook in ("show", "cancel") and args.sweep_id:
+        return (cmd_sweep_show if args.notebook == "show" else cmd_sweep_cancel)(args)
+    if args.sweep_id:
+        raise UsageError(f"unrecognized argument {args.sweep_id!r} (sweep NOTEBOOK, sweep show ID, sweep cancel ID)")
+    if not args.notebook:
+        raise UsageError("sweep needs a NOTEBOOK (or: sweep show ID, sweep cancel ID)")
+    sweep = sweep_config(args)
+    args.job_config = None
+    prepared = prepare_job(job_options(args))
+    client = _client(args)
+    record, artifact = client.create_sweep(prepared, queue=args.queue, sweep=sweep, max_size=args.max_size)
+    print(f"packaged {artifact.report()}", file=sys.stderr)
+    limit = f", at most {record.max_parallel} at once" if record.max_parallel else ""
+    print(printable(f"sweep {record.id} ({record.name}): {record.runs} job(s) on queue {record.queue}{limit}"),
+          file=sys.stderr)
+    if not args.wait:
+        print(record.id)
+        return 0
+    return _wait_sweep(client, record.id, record.queue)
+
+
+def sweep_config(args: argparse.Namespace) -> Any:
+    """The sweep the options describe: ``--config FILE`` (W&B's shape) with the options laid over it, or ``--grid``,
+    ``--random N`` and ``--range``."""
+    from ..spec import validate
+    from ..sweep import SweepConfig, load_sweep_config, parse_grid, parse_range
+
+    data: dict[str, Any] = {}
+    if args.config:
+        if args.grid or args.range:
+            raise UsageError("give the parameters in --config FILE or as --grid/--range, not both")
+        data = load_sweep_config(args.config).model_dump(exclude_none=True)
+    else:
+        parameters = {**parse_grid(args.grid or ()), **parse_range(args.range or ())}
+        if not parameters:
+            raise UsageError("sweep needs parameters: --grid NAME=V1,V2, --range NAME=MIN:MAX[:log] with --random N, "
+                             "or --config sweep.yaml")
+        data = {"method": "random" if args.random or args.range else "grid", "parameters": parameters}
+    overrides = {"run_cap": args.random, "max_parallel": args.max_parallel, "name": args.name, "seed": args.seed,
+                 "fail_fast": args.fail_fast or None}
+    if args.random:
+        overrides["method"] = "random"
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.metric:
+        data["metric"] = {"name": args.metric, "goal": args.goal or "minimize"}
+    elif args.goal and data.get("metric"):
+        data["metric"] = {**data["metric"], "goal": args.goal}
+    return validate(SweepConfig, data, args.config or "<sweep options>")
+
+
+def _wait_sweep(client: Client, sweep_id: str, queue: str) -> int:
+    """Run an agent here when none serves the queue (embedded store), wait for every child, print the table."""
+    async def main() -> list[JobRecord]:
+        started = await client.ensure_agent(queue)
+        if started:
+            print(f"no agent serves queue {queue}; running one in this process until the sweep ends", file=sys.stderr)
+        try:
+            seen: dict[str, str] = {}
+            while True:
+                jobs = await asyncio.to_thread(client.sweep_jobs, sweep_id)
+                for j in jobs:
+                    if j.done and seen.get(j.id) != j.state:
+                        seen[j.id] = j.state
+                        print(printable(f"{j.id} {j.name} {j.state}"), file=sys.stderr)
+                if all(j.done for j in jobs):
+                    return jobs
+                await asyncio.sleep(0.5)
+        finally:
+            await client.stop_agents()
+
+    jobs = asyncio.run(main())
+    print(_sweep_table(client, client.sweep(sweep_id), jobs))
+    return 0 if all(j.state == "succeeded" for j in jobs) else 1
+
+
+def _sweep_table(client: Client, sweep: Any, jobs: list[JobRecord]) -> str:
+    from ..sweep import sweep_table
+
+    header, rows = sweep_table(sweep, jobs, client.metrics)
+    return _table(rows, header)
+
+
+def cmd_sweep_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    sweep = client.sweep(args.sweep_id)
+    jobs = client.sweep_jobs(sweep.id)
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.state] = counts.get(j.state, 0) + 1
+    metric = f", metric {sweep.metric} ({sweep.goal})" if sweep.metric else ""
+    print(printable(f"sweep {sweep.id} ({sweep.name}) on {sweep.queue}: {sweep.runs} job(s){metric}; "
+                    + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))))
+    print(_sweep_table(client, sweep, jobs))
+    return 0
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    jobs = _client(args).cancel_sweep(args.sweep_id)
+    print(f"sweep {args.sweep_id}: {sum(1 for j in jobs if j.state == 'cancelled' or j.cancel_requested)} job(s) "
+          f"cancelled or asked to stop, {len(jobs)} in all")
+    return 0
+
+
 def cmd_outputs(args: argparse.Namespace) -> int:
     client = _client(args)
     client.get_job(args.job_id)
@@ -498,10 +604,11 @@ def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="read the token from FILE, which only its owner may read (chmod 600 FILE)")
 
 
-def _add_job_options(p: argparse.ArgumentParser) -> None:
-    """The options that describe a job, the same for `submit` and `schedule create`."""
+def _add_job_options(p: argparse.ArgumentParser, *, job_file: bool = True) -> None:
+    """The options that describe a job, the same for `submit`, `schedule create` and `sweep`."""
     p.add_argument("notebook", nargs="?", help="the notebook to run")
-    p.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
+    if job_file:
+        p.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
     p.add_argument("--queue", "-q", default="default")
     p.add_argument("--job-type", "-t")
     p.add_argument("--name")
@@ -588,6 +695,28 @@ def build_parser() -> argparse.ArgumentParser:
         a = scs.add_parser(action, help=helptext, parents=[server_options])
         a.add_argument("schedule_id")
         a.set_defaults(func=func)
+
+    sw = sub.add_parser("sweep", help="run a notebook once per parameter combination (grid, random, or a W&B sweep "
+                        "file); `sweep show ID` prints its table, `sweep cancel ID` cancels its jobs",
+                        parents=[server_options])
+    _add_job_options(sw, job_file=False)
+    sw.add_argument("sweep_id", nargs="?", help=argparse.SUPPRESS)
+    sw.add_argument("--config", "-c", help="a sweep YAML in W&B's shape: method (grid, random), parameters (values, "
+                    "value, or distribution with min and max), metric (name, goal), run_cap")
+    sw.add_argument("--grid", action="append", metavar="NAME=V1,V2", help="values to go through; repeatable (the "
+                    "runs are every combination)")
+    sw.add_argument("--random", type=int, metavar="N", help="N runs drawn at random (from --range and --grid)")
+    sw.add_argument("--range", action="append", metavar="NAME=MIN:MAX[:lin|log|int]",
+                    help="a range drawn from with --random; repeatable")
+    sw.add_argument("--seed", type=int, help="the random draws' seed (the same seed, the same runs)")
+    sw.add_argument("--max-parallel", type=int, metavar="K", help="at most K of its jobs run at once")
+    sw.add_argument("--fail-fast", action="store_true", help="the first job that fails cancels the rest")
+    sw.add_argument("--metric", help="the metric that ranks the jobs (the last value each logged)")
+    sw.add_argument("--goal", choices=["minimize", "maximize"], help="whether less or more --metric is better "
+                    "(default minimize)")
+    sw.add_argument("--wait", action="store_true", help="wait for every job, then print the table (runs an agent "
+                    "here when none serves the queue)")
+    sw.set_defaults(func=cmd_sweep)
 
     mv = sub.add_parser("move", help="move a queued job: --front puts it first on its queue", parents=[server_options])
     mv.add_argument("job_id")

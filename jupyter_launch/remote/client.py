@@ -16,7 +16,8 @@ from ..options import PreparedJob
 from ..paths import launch_home
 from ..service import LogPage, package
 from ..spec import QueueConfig, load_queue_config
-from ..store import BlobStore, JobRecord, LogChunk, QueueRecord, ScheduleRecord
+from ..store import BlobStore, JobRecord, LogChunk, QueueRecord, ScheduleRecord, SweepRecord
+from ..sweep import SweepConfig
 from .http import Http, RemoteError
 from .store import HttpBlobs, HttpStore
 
@@ -99,6 +100,15 @@ class HttpClient(Client):
         job = Job(self, record.id, record)
         job.packaged = artifact
         return job
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        runs = sweep.runs()
+        artifact = self._package(prepared, queue, **options)
+        record = self.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                         config=sweep.model_dump(mode="json", exclude_none=True),
+                                         max_parallel=sweep.max_parallel, fail_fast=sweep.fail_fast, name=sweep.name)
+        return record, artifact
 
     def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
                         name: str | None = None, **options: Any) -> tuple[ScheduleRecord, Artifact]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..store import (
     BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord,
-    StaleClaim, sha256_file,
+    StaleClaim, SweepRecord, sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
 from .http import STALE_CLAIM, Http, RemoteAuthError, RemoteError, job_record, queue_record
@@ -136,6 +136,21 @@ class HttpStore:
 
     def move_to_front(self, job_id: str) -> JobRecord:
         return job_record(self._user("POST", f"jobs/{_q(job_id)}/move", {"front": True}))
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: Any, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """``owner`` is the user of the user token, as the server records it; the argument is not sent."""
+        if artifact and self.blobs is not None:
+            self.blobs.sync()
+        return sweep_record(self._user("POST", "sweeps", {
+            "queue": queue, "spec": spec.model_dump(mode="json"), "artifact": artifact, "runs": runs,
+            "config": config, "max_parallel": max_parallel, "fail_fast": fail_fast, "name": name}))
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        return sweep_record(self._user("GET", f"sweeps/{_q(sweep_id)}"))
 
     # ------------------------------------------------------------ schedules
 
@@ -282,6 +297,10 @@ class HttpStore:
         for http in (self.user_http, self.agent_http):
             if http is not None:
                 http.close()
+
+
+def sweep_record(d: dict[str, Any]) -> SweepRecord:
+    return SweepRecord(**{f.name: d.get(f.name) for f in fields(SweepRecord)})
 
 
 def schedule_record(d: dict[str, Any]) -> ScheduleRecord:

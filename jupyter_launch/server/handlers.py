@@ -54,6 +54,7 @@ AGENT_AUTH_RESOURCE = "launch_agent"
 API = "/launch/api"
 JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
 SCHEDULE_ID = r"(?P<schedule_id>[0-9a-zA-Z]{6,32})"
+SWEEP_ID = r"(?P<sweep_id>[0-9a-zA-Z]{6,32})"
 QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
 TOKEN_ID = r"(?P<token_id>[0-9A-Za-z]{1,64})"
 DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
@@ -424,6 +425,90 @@ class JobMoveHandler(LaunchHandler):
             raise web.HTTPError(400, "front: must be true (the one move there is: to the front of its queue)")
         job = await self.store_call(self.launch.service.move_to_front, job_id, caller=await job_caller(self))
         self.reply(job.to_dict())
+
+
+# ------------------------------------------------------------------ sweeps
+
+class SweepsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from ..sweep import SweepConfig
+
+        data = self.body()
+        queue = data.get("queue") or "default"
+        if not isinstance(queue, str):
+            raise web.HTTPError(400, "queue: must be a queue name")
+        owner = self.current_user.username if self.current_user else None
+        if "runs" in data:  # a client expanded the sweep itself (HttpStore.create_sweep)
+            runs, config = data["runs"], data.get("config") or {}
+            if not isinstance(runs, list) or not isinstance(config, dict):
+                raise web.HTTPError(400, "runs: must be a list of parameter objects, with 'config' an object")
+            max_parallel, fail_fast, name = data.get("max_parallel"), data.get("fail_fast", False), data.get("name")
+            if not isinstance(fail_fast, bool):
+                raise web.HTTPError(400, "fail_fast: must be true or false")
+            if name is not None and not isinstance(name, str):
+                raise web.HTTPError(400, "name: must be a string")
+            if max_parallel is not None:
+                try:
+                    check_number("max_parallel", max_parallel, 1, MAX_COUNT, integer=True)
+                except ValueError as exc:
+                    raise web.HTTPError(400, _escape(str(exc))) from None
+        elif isinstance(data.get("sweep"), dict):
+            try:
+                sweep = validate(SweepConfig, data["sweep"], "<request sweep>")
+            except SpecError as exc:
+                raise web.HTTPError(400, _escape(str(exc))) from None
+            runs, config = sweep.runs(), sweep.model_dump(mode="json", exclude_none=True)
+            max_parallel, fail_fast, name = sweep.max_parallel, sweep.fail_fast, sweep.name
+        else:
+            raise web.HTTPError(400, "sweep: give the sweep as 'sweep' (method, parameters, metric) or as 'runs'")
+        if "notebook" in data:
+            prepared = await self.prepare_notebook(data)
+
+            def create() -> Any:
+                self.launch.store.get_queue(queue)
+                artifact = self.launch.service.package(prepared)
+                record = self.launch.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                                        config=config, max_parallel=max_parallel,
+                                                        fail_fast=fail_fast, name=name, owner=owner)
+                grant_artifact(self.launch, artifact.digest, queue)
+                return record
+
+            record = await self.from_root(create)
+        else:
+            spec, artifact = job_spec_arg(data), self.artifact_arg(data)
+            record = await self.store_call(self.launch.store.create_sweep, queue, spec, artifact=artifact, runs=runs,
+                                           config=config, max_parallel=max_parallel, fail_fast=fail_fast, name=name,
+                                           owner=owner)
+            if artifact is not None:
+                await self.store_call(grant_artifact, self.launch, artifact, queue)
+        self.launch.service.wake()
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/sweeps/{record.id}")
+        self.reply(record.to_dict(), 201)
+
+    artifact_arg = JobsHandler.artifact_arg
+    prepare_notebook = JobsHandler.prepare_notebook
+    from_root = JobsHandler.from_root
+    _root = JobsHandler._root
+    _root_path = JobsHandler._root_path
+
+
+class SweepHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, sweep_id: str) -> None:
+        """The sweep; its children are ``GET jobs?parent=ID``."""
+        sweep = await self.store_call(self.launch.service.get_sweep, sweep_id, caller=await job_caller(self))
+        self.reply(sweep.to_dict())
+
+
+class SweepCancelHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, sweep_id: str) -> None:
+        jobs = await self.store_call(self.launch.service.cancel_sweep, sweep_id, caller=await job_caller(self))
+        self.reply({"jobs": [j.to_dict() for j in jobs]}, 202)
 
 
 # ------------------------------------------------------------------ schedules
@@ -1188,6 +1273,9 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
     (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
     (rf"{API}/jobs/{JOB_ID}/move", JobMoveHandler),
+    (rf"{API}/sweeps", SweepsHandler),
+    (rf"{API}/sweeps/{SWEEP_ID}", SweepHandler),
+    (rf"{API}/sweeps/{SWEEP_ID}/cancel", SweepCancelHandler),
     (rf"{API}/schedules", SchedulesHandler),
     (rf"{API}/schedules/{SCHEDULE_ID}", ScheduleHandler),
     (rf"{API}/schedules/{SCHEDULE_ID}/(?P<action>pause|resume)", SchedulePauseHandler),

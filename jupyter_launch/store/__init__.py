@@ -2,7 +2,7 @@
 
 from .base import (  # noqa: F401
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, AgentIdTaken, Claim,
-    Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError,
+    Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, SweepRecord, StoreError,
     StoreUnusable, check_metric_record, check_number, check_output_path, check_progress, describe, is_disk_full,
 )
 from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord, ScheduleRecord
+from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SweepRecord
 
 if TYPE_CHECKING:
     from ..spec import JobSpec, QueueConfig
@@ -85,6 +85,18 @@ class Store(Protocol):
     def move_to_front(self, job_id: str) -> JobRecord:
         """Put a queued job first in its queue's claim order (highest priority, then oldest): its priority becomes
         one above every other queued job's there. ``StoreError`` for a job that is not queued."""
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: JobSpec, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """A sweep and its child jobs, one per run (``spec`` with the run's parameters laid over its own, named
+        ``NAME-N``), queued together; at most ``max_parallel`` of them are claimed at once, and with ``fail_fast``
+        the first to fail cancels the rest. ``config`` is the sweep as given (method, parameters, metric)."""
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        """One sweep; its children are ``list_jobs(parent_id=...)``. ``NotFound`` when there is none."""
 
     # ------------------------------------------------------------ schedules
 

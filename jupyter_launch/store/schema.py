@@ -139,6 +139,21 @@ schedules = Table(
     Index("ix_schedules_due", "paused", "next_run_at"),
 )
 
+# Parameter sweeps: the parent of child jobs (``jobs.parent_id``). ``max_parallel`` caps its children running at once
+# (claims skip a child past it); ``fail_fast`` cancels the rest when one fails.
+sweeps = Table(
+    "sweeps", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("queue", String(63), nullable=False),
+    Column("config", JSON, nullable=False),  # the sweep as given: method, parameters, metric
+    Column("runs", Integer, nullable=False),
+    Column("max_parallel", Integer),
+    Column("fail_fast", Boolean, nullable=False, default=False),
+    Column("owner", String(255)),
+    Column("created_at", Float, nullable=False),
+)
+
 # Named leases: who does a store-wide duty (``scheduler``: firing schedules) until ``expires_at``.
 leases = Table(
     "leases", metadata,

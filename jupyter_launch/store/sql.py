@@ -31,7 +31,7 @@ from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
     MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk,
-    NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError, StoreUnusable, check_metric_record, check_number,
+    NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, SweepRecord, StoreError, StoreUnusable, check_metric_record, check_number,
     check_output_path, check_progress, describe, is_disk_full,
 )
 from .blobs import _check as check_digest
@@ -44,6 +44,7 @@ RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record f
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
+MAX_SWEEP_RUNS = 1000  # children one sweep may queue
 
 _JOB_COLUMNS = [c.name for c in t.jobs.columns]
 
@@ -395,6 +396,10 @@ class SQLStore(AgentTokenRows):
                 facts.update(gpus=job.gpus, have=_most_gpus(serving))
             elif max_instances is not None and running >= max_instances:
                 reason = "waiting_for_capacity"
+            elif job.parent_id is not None and c.execute(_full_sweeps().where(t.sweeps.c.id == job.parent_id)).first():
+                reason = "sweep_at_max_parallel"
+                facts["max_parallel"] = c.execute(select(t.sweeps.c.max_parallel).where(
+                    t.sweeps.c.id == job.parent_id)).scalar()
             elif with_position:
                 facts.update(self._ahead(c, job))
                 reason = ("waiting_in_line" if facts["ahead"] else
@@ -452,6 +457,8 @@ class SQLStore(AgentTokenRows):
                 q = q.where(t.jobs.c.job_type.in_(job_types))
             if free_gpus is not None:
                 q = q.where(t.jobs.c.gpus <= free_gpus)
+            full = _full_sweeps()
+            q = q.where(t.jobs.c.parent_id.is_(None) | t.jobs.c.parent_id.not_in(full))
             q = q.order_by(t.jobs.c.priority.desc(), t.jobs.c.seq).limit(1)
             if not self.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
@@ -509,14 +516,38 @@ class SQLStore(AgentTokenRows):
         if exit_code is not None:
             check_number("exit_code", exit_code, MIN_EXIT_CODE, MAX_EXIT_CODE, integer=True)
         now = time.time()
+        stopped: list[str] = []
         with self._write() as c:
             n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
                                                 t.jobs.c.state.in_(ACTIVE)).values(
                 state=state, exit_code=exit_code, reason=reason, message=message or describe(reason, exit_code=exit_code),
                 finished_at=now, lease_expires=None, started_at=func.coalesce(t.jobs.c.started_at, now))).rowcount
+            if n and state == FAILED:
+                stopped = self._fail_fast(c, job_id, now)
         if n:
             self._emit("state", job_id, state)
+        for sibling in stopped:
+            self._emit("cancel", sibling)
+            self._emit("state", sibling, None)
         return bool(n)
+
+    @staticmethod
+    def _fail_fast(c: Connection, job_id: str, now: float) -> list[str]:
+        """A child of a sweep that fails fast has failed: its queued siblings are cancelled, its running ones asked
+        to stop. The siblings stopped."""
+        parent = c.execute(select(t.jobs.c.parent_id).where(t.jobs.c.id == job_id)).scalar()
+        if parent is None or not c.execute(select(t.sweeps.c.fail_fast).where(t.sweeps.c.id == parent)).scalar():
+            return []
+        siblings = (t.jobs.c.parent_id == parent) & (t.jobs.c.id != job_id)
+        queued = list(c.execute(select(t.jobs.c.id).where(siblings, t.jobs.c.state == QUEUED)).scalars())
+        active = list(c.execute(select(t.jobs.c.id).where(siblings, t.jobs.c.state.in_(ACTIVE))).scalars())
+        if queued:
+            c.execute(t.jobs.update().where(t.jobs.c.id.in_(queued), t.jobs.c.state == QUEUED).values(
+                state=CANCELLED, reason="sweep_failed_fast", message=describe("sweep_failed_fast", failed=job_id),
+                finished_at=now))
+        if active:
+            c.execute(t.jobs.update().where(t.jobs.c.id.in_(active)).values(cancel_requested=True))
+        return queued + active
 
     def hand_back(self, job_id: str, fence: int) -> bool:
         """An agent that is stopping gives a claimed job back: queued again at once, its attempt not counted and its
@@ -791,6 +822,45 @@ class SQLStore(AgentTokenRows):
             rows = c.execute(select(t.outputs).where(t.outputs.c.job_id == job_id).order_by(t.outputs.c.path)).all()
         return [OutputRecord(r.path, r.digest, r.size) for r in rows]
 
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: JobSpec, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """A sweep and its children, in one transaction: one job per run, ``spec`` with the run's parameters laid
+        over its own, named ``NAME-N``. ``ValueError`` naming the field for runs that are not parameters."""
+        name = name or spec.name or "sweep"
+        check_number("runs", len(runs), 1, MAX_SWEEP_RUNS, integer=True)
+        if max_parallel is not None:
+            check_number("max_parallel", max_parallel, 1, MAX_COUNT, integer=True)
+        children = []
+        for i, run in enumerate(runs, 1):
+            if not isinstance(run, dict):
+                raise ValueError(f"runs: run {i} must be an object of parameters, not {type(run).__name__}")
+            try:
+                children.append(JobSpec.model_validate({**spec.model_dump(mode="json"), "name": f"{name}-{i}",
+                                                        "parameters": {**spec.parameters, **run}}))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(x) for x in err["loc"]) or "runs"
+                raise ValueError(f"runs: run {i}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+        record = SweepRecord(id=new_job_id(), name=name, queue=queue, config=config, runs=len(runs),
+                             max_parallel=max_parallel, fail_fast=fail_fast, owner=owner, created_at=time.time())
+        with self._write() as c:
+            c.execute(t.sweeps.insert(), record.to_dict())
+            jobs = [self._insert_job(c, queue, child, artifact=artifact, owner=owner, parent_id=record.id)
+                    for child in children]
+        for job in jobs:
+            self._emit("enqueued", job)
+        return record
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        with self._read() as c:
+            row = c.execute(select(t.sweeps).where(t.sweeps.c.id == sweep_id)).first()
+        if row is None:
+            raise NotFound(f"unknown sweep {sweep_id!r}")
+        return SweepRecord(**row._mapping)
+
     # ------------------------------------------------------------ schedules
 
     def create_schedule(self, queue: str, spec: JobSpec, *, cron: str, tz: str = "UTC", artifact: str | None,
@@ -918,6 +988,13 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _full_sweeps() -> Any:
+    """The sweeps with ``max_parallel`` children active already: their other children wait."""
+    active = (select(func.count()).select_from(t.jobs).where(t.jobs.c.parent_id == t.sweeps.c.id,
+                                                            t.jobs.c.state.in_(ACTIVE)).scalar_subquery())
+    return select(t.sweeps.c.id).where(t.sweeps.c.max_parallel.is_not(None), active >= t.sweeps.c.max_parallel)
 
 
 def _next_run(cron: str, tz: str, after: float) -> float:

@@ -166,6 +166,17 @@ async def test_responses_match_the_spec(api, start_launch):
         s, b = await api(method, *parts)
         check(method, path, s, b)
     assert s == 404, b
+    s, sweep = await api("POST", "sweeps", body={"spec": command_spec("pass"), "queue": "docs",
+                                                 "sweep": {"parameters": {"lr": {"values": [0.1, 0.01]}}}})
+    assert s == 201, sweep
+    check("POST", "/launch/api/sweeps", s, sweep)
+    s, b = await api("POST", "sweeps", body={"spec": command_spec("pass"), "sweep": {"parameters": {}}})
+    check("POST", "/launch/api/sweeps", s, b)
+    s, b = await api("GET", "sweeps", sweep["id"])
+    check("GET", "/launch/api/sweeps/{sweep_id}", s, b)
+    s, b = await api("POST", "sweeps", sweep["id"], "cancel")
+    assert s == 202 and {j["state"] for j in b["jobs"]} == {"cancelled"}, b
+    check("POST", "/launch/api/sweeps/{sweep_id}/cancel", s, b)
     s, b = await api("POST", "artifacts", "missing", body={"digests": ["sha256:" + "1" * 64]})
     check("POST", "/launch/api/artifacts/missing", s, b)
     s, created = await api("POST", "tokens", body={"name": "docs-agent", "queues": ["docs"]})

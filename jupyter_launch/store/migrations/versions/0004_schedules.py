@@ -1,5 +1,5 @@
-"""Priorities (claim order: higher first, FIFO within one), schedules and the lease that decides who fires them, and
-the columns that tie a job to its schedule or its sweep.
+"""Priorities (claim order: higher first, FIFO within one), schedules and the lease that decides who fires them,
+sweeps, and the columns that tie a job to its schedule or its sweep.
 
 Revision ID: 0004
 Revises: 0003
@@ -39,6 +39,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_schedules_due", "schedules", ["paused", "next_run_at"])
     op.create_table(
+        "sweeps",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("queue", sa.String(63), nullable=False),
+        sa.Column("config", sa.JSON, nullable=False),
+        sa.Column("runs", sa.Integer, nullable=False),
+        sa.Column("max_parallel", sa.Integer),
+        sa.Column("fail_fast", sa.Boolean, nullable=False),
+        sa.Column("owner", sa.String(255)),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    op.create_table(
         "leases",
         sa.Column("name", sa.String(63), primary_key=True),
         sa.Column("holder", sa.String(128), nullable=False),
@@ -48,6 +60,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("leases")
+    op.drop_table("sweeps")
     op.drop_index("ix_schedules_due", "schedules")
     op.drop_table("schedules")
     op.drop_index("ix_jobs_parent_seq", "jobs")
