@@ -7,6 +7,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IJob, IQueue, LaunchAPI } from './api';
 import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle } from './models';
+import { SchedulesSection } from './schedules';
 
 export const PANEL_ID = 'jupyter-launch-panel';
 
@@ -58,7 +59,8 @@ export class LaunchPanel extends Widget {
     this._list = document.createElement('ul');
     this._list.className = 'jp-LaunchPanel-queues';
     this._list.setAttribute('aria-label', 'Queues');
-    this.node.append(header, this._status, this._list);
+    this._schedules = new SchedulesSection(this._api, () => void this.refresh());
+    this.node.append(header, this._status, this._list, this._schedules.node);
   }
 
   get queues(): ReadonlyArray<IQueue> {
@@ -75,7 +77,7 @@ export class LaunchPanel extends Widget {
       this._status.textContent = (err as Error).message;
       this._status.classList.add('jp-mod-error');
     }
-    await Promise.all(Array.from(this._expanded.values()).map(m => m.refresh()));
+    await Promise.all([...Array.from(this._expanded.values()).map(m => m.refresh()), this._schedules.refresh()]);
     this._render();
   }
 
@@ -281,4 +283,5 @@ export class LaunchPanel extends Widget {
   private _timer: ReturnType<typeof setTimeout> | null = null;
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
+  private _schedules: SchedulesSection;
 }
