@@ -296,3 +296,16 @@ def test_sqlite_store_is_in_wal_mode_with_its_schema_under_alembic(tmp_path):
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
     finally:
         db.close()
+
+
+def test_a_listed_queued_job_counts_the_jobs_ahead_of_it_up_to_a_cap_and_get_job_exactly(store):
+    from jupyter_launch.store.sql import LIST_AHEAD_CAP
+
+    make_queue(store)
+    store.enqueue_many("q", [spec()] * (LIST_AHEAD_CAP + 5), artifact=None)
+    store.enqueue_many("q", [spec(priority=2)] * 3, artifact=None)
+    last = store.enqueue("q", spec(), artifact=None)
+    listed = store.list_jobs(queue="q", limit=1)[0]
+    assert listed.id == last.id and listed.message.endswith("; 1,003+ job(s) ahead of it (3 at a higher priority)")
+    exact = store.get_job(last.id)
+    assert exact.message.endswith(f"; {LIST_AHEAD_CAP + 8} job(s) ahead of it (3 at a higher priority)")

@@ -309,6 +309,8 @@ def test_a_queued_job_says_how_many_jobs_are_ahead_of_it_and_how_many_at_a_highe
     assert "behind 4 job(s)" in waiting.message and "(3 of them at a higher priority)" in waiting.message
     assert store.get_job(low.id).reason == "waiting_in_line" and "behind 3 job(s)" in store.get_job(low.id).message
     assert store.get_job(urgent[0].id).reason == "waiting_for_agent"
+    listed = {j.id: j for j in store.list_jobs(queue=name)}  # a listing says it too (the panel shows these)
+    assert listed[older.id].message == waiting.message
     store.claim_next_job(me, [name])  # urgent[0] runs: the queue is at max_instances
     capped = store.get_job(older.id)
     assert capped.reason == "waiting_for_capacity" and "3 job(s) ahead of it (2 at a higher priority)" in capped.message

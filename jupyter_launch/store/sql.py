@@ -45,6 +45,7 @@ MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read sc
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
 MAX_SWEEP_RUNS = 1000  # children one sweep may queue
+LIST_AHEAD_CAP = 1000  # a listed queued job counts the jobs ahead of it up to this many
 
 _JOB_COLUMNS = [c.name for c in t.jobs.columns]
 
@@ -329,7 +330,7 @@ class SQLStore(AgentTokenRows):
                 raise NotFound(f"unknown job {job_id!r}")
             job = _row_to_job(row)
             if job.state == QUEUED:
-                self._explain_waiting(c, [job], with_position=True)
+                self._explain_waiting(c, [job], count_cap=None)
             return job
 
     def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
@@ -368,11 +369,12 @@ class SQLStore(AgentTokenRows):
         q = q.order_by(t.jobs.c.seq.desc()).limit(limit)
         with self._read() as c:
             jobs = [_row_to_job(r) for r in c.execute(q)]
-            self._explain_waiting(c, [j for j in jobs if j.state == QUEUED], with_position=False)
+            self._explain_waiting(c, [j for j in jobs if j.state == QUEUED], count_cap=LIST_AHEAD_CAP)
             return jobs
 
-    def _explain_waiting(self, c: Connection, jobs: list[JobRecord], *, with_position: bool) -> None:
-        """A queued job's reason is derived from the queue's state now, so it is never stale."""
+    def _explain_waiting(self, c: Connection, jobs: list[JobRecord], *, count_cap: int | None) -> None:
+        """A queued job's reason is derived from the queue's state now, so it is never stale, and says how many jobs
+        are ahead of it (counted up to ``count_cap``: a page of a long queue stays cheap; ``None``: exactly)."""
         if not jobs:
             return
         live = self._live_agents(c)
@@ -387,6 +389,7 @@ class SQLStore(AgentTokenRows):
             serving = [a for a in live if job.queue in a.queues]
             facts: dict[str, Any] = dict(queue=job.queue, job_type=job.job_type, max_instances=max_instances,
                                          attempt=job.attempt)
+            ahead = self._ahead(c, job, count_cap)
             if not serving:
                 reason = "no_agent_for_queue"
             elif not any(not a.job_types or job.job_type in a.job_types for a in serving):
@@ -400,31 +403,33 @@ class SQLStore(AgentTokenRows):
                 reason = "sweep_at_max_parallel"
                 facts["max_parallel"] = c.execute(select(t.sweeps.c.max_parallel).where(
                     t.sweeps.c.id == job.parent_id)).scalar()
-            elif with_position:
-                facts.update(self._ahead(c, job))
-                reason = ("waiting_in_line" if facts["ahead"] else
-                          ("requeued" if job.attempt > 1 else "waiting_for_agent"))
+            elif ahead["ahead"]:
+                reason = "waiting_in_line"
             else:
                 reason = "requeued" if job.attempt > 1 else "waiting_for_agent"
+            facts.update(ahead)
             job.reason = reason
             job.message = describe(reason, **facts)
-            if with_position and reason != "waiting_in_line":  # never starved silently: say where it stands
-                if "ahead" not in facts:
-                    facts.update(self._ahead(c, job))
-                if facts["ahead"]:
-                    job.message += (f"; {facts['ahead']} job(s) ahead of it ({facts['higher']} at a higher "
-                                    "priority)")
+            if reason != "waiting_in_line" and ahead["ahead"]:  # never starved silently: say where it stands
+                job.message += f"; {ahead['ahead']} job(s) ahead of it ({ahead['higher']} at a higher priority)"
 
     @staticmethod
-    def _ahead(c: Connection, job: JobRecord) -> dict[str, int]:
+    def _ahead(c: Connection, job: JobRecord, cap: int | None = None) -> dict[str, Any]:
         """How many queued jobs of its queue are claimed before ``job`` (claim order: priority, then seq), and how
-        many of those have a higher priority."""
+        many of those have a higher priority; each count stops at ``cap`` (then shown as "CAP+")."""
         queued = (t.jobs.c.queue == job.queue) & (t.jobs.c.state == QUEUED)
-        higher = c.execute(select(func.count()).select_from(t.jobs).where(
-            queued, t.jobs.c.priority > job.priority)).scalar()
-        same = c.execute(select(func.count()).select_from(t.jobs).where(
-            queued, t.jobs.c.priority == job.priority, t.jobs.c.seq < job.seq)).scalar()
-        return {"ahead": higher + same, "higher": higher}
+
+        def count(*where: Any) -> int:
+            rows = select(t.jobs.c.seq).where(queued, *where)
+            if cap is not None:
+                rows = rows.limit(cap)
+            return c.execute(select(func.count()).select_from(rows.subquery())).scalar()
+
+        higher = count(t.jobs.c.priority > job.priority)
+        same = count(t.jobs.c.priority == job.priority, t.jobs.c.seq < job.seq)
+        capped = cap is not None and max(higher, same) >= cap
+        return {"ahead": f"{higher + same:,}+" if capped else higher + same,
+                "higher": f"{higher:,}+" if cap is not None and higher >= cap else higher}
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None,

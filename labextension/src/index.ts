@@ -14,6 +14,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { IJob, ITransport, LaunchAPI } from './api';
 import { SubmitDialog, SubmitForm } from './dialog';
+import { SweepView } from './sweepview';
 import { JobView } from './jobview';
 import { PANEL_ID, LaunchPanel } from './panel';
 import { INotebookCellLike, parseParametersCell, parametersCellSource } from './params';
@@ -21,6 +22,7 @@ import { INotebookCellLike, parseParametersCell, parametersCellSource } from './
 export const CommandIDs = {
   submit: 'jupyter-launch:submit',
   openJob: 'jupyter-launch:open-job',
+  openSweep: 'jupyter-launch:open-sweep',
   openPanel: 'jupyter-launch:open-panel'
 };
 
@@ -112,6 +114,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       app.shell.activateById(view.id);
       return view;
     };
+
+    const openSweep = (id: string): SweepView => {
+      let view = sweeps.get(id);
+      if (!view || view.isDisposed) {
+        view = new SweepView({ api, sweepId: id, openJob: (jid, job) => void openJob(jid, job) });
+        view.title.icon = launchIcon;
+        sweeps.set(id, view);
+        view.disposed.connect(() => sweeps.delete(id));
+        app.shell.add(view, 'main');
+      }
+      app.shell.activateById(view.id);
+      return view;
+    };
+    const sweeps = new Map<string, SweepView>();
 
     /** The notebook panel open for a path, if any. */
     const openPanelFor = (path: string): NotebookPanel | null => {
@@ -206,6 +222,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         openJob(args.id as string);
       }
     });
+    app.commands.addCommand(CommandIDs.openSweep, {
+      label: 'Open Launch Sweep',
+      execute: args => {
+        openSweep(args.id as string);
+      }
+    });
     app.commands.addCommand(CommandIDs.openPanel, {
       label: 'Show Launch Panel',
       execute: () => app.shell.activateById(PANEL_ID)
@@ -241,6 +263,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new LaunchPanel({
       api,
       openJob: (id, job) => void openJob(id, job),
+      openSweep: id => void openSweep(id),
       submit: () => void app.commands.execute(CommandIDs.submit)
     });
     panel.title.icon = launchIcon;

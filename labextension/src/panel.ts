@@ -7,13 +7,15 @@ import { Widget } from '@lumino/widgets';
 
 import { IJob, IQueue, LaunchAPI } from './api';
 import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle } from './models';
-import { SchedulesSection } from './schedules';
+import { SchedulesSection, jobRowActions } from './schedules';
 
 export const PANEL_ID = 'jupyter-launch-panel';
 
 export interface ILaunchPanelOptions {
   api: LaunchAPI;
   openJob: (id: string, job?: IJob) => void;
+  /** Opens a sweep's view (its children's table and metrics). */
+  openSweep?: (id: string) => void;
   /** Opens the submit dialog for the current notebook. */
   submit?: () => void;
   /** Refresh interval while visible, ms. */
@@ -25,6 +27,7 @@ export class LaunchPanel extends Widget {
     super();
     this._api = options.api;
     this._openJob = options.openJob;
+    this._openSweep = options.openSweep;
     this._interval = options.interval ?? 1000;
     this.id = PANEL_ID;
     this.addClass('jp-LaunchPanel');
@@ -271,6 +274,7 @@ export class LaunchPanel extends Widget {
     open.title = `${job.id}\n${job.state}${job.reason ? ` (${job.reason})` : ''}${job.message ? `: ${job.message}` : ''}`;
     open.setAttribute('aria-label', `Job ${jobTitle(job)}, ${job.state}${job.message ? `, ${job.message}` : ''}, ${meta.textContent}`);
     li.appendChild(open);
+    li.append(...jobRowActions(job, this._api, () => void this.refresh(), this._openSweep));
     return li;
   }
 
@@ -284,4 +288,5 @@ export class LaunchPanel extends Widget {
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
   private _schedules: SchedulesSection;
+  private _openSweep?: (id: string) => void;
 }

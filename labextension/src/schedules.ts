@@ -4,7 +4,7 @@
  * the server packages the notebook once, and any agent or server on the store fires it.
  */
 
-import { ISchedule, LaunchAPI } from './api';
+import { IJob, ISchedule, LaunchAPI } from './api';
 import { FormError } from './params';
 
 /** The dialog's extra fields, read by `values()`. */
@@ -204,4 +204,35 @@ export class SchedulesSection {
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
   private _schedules: ISchedule[] = [];
+}
+
+/** A job row's extra buttons: "Move to front" on a queued job, "Sweep" on a child of a sweep. */
+export function jobRowActions(
+  job: IJob,
+  api: LaunchAPI,
+  refresh: () => void,
+  openSweep?: (id: string) => void
+): HTMLElement[] {
+  const out: HTMLElement[] = [];
+  if (job.state === 'queued') {
+    const move = document.createElement('button');
+    move.type = 'button';
+    move.className = 'jp-mod-styled jp-LaunchJobRow-front';
+    move.textContent = '⤒';
+    move.title = 'Move to the front of its queue';
+    move.setAttribute('aria-label', `Move job ${job.name || job.id} to the front`);
+    move.addEventListener('click', () => void api.moveToFront(job.id).then(refresh, refresh));
+    out.push(move);
+  }
+  if (job.parent_id && openSweep) {
+    const sweep = document.createElement('button');
+    sweep.type = 'button';
+    sweep.className = 'jp-mod-styled jp-LaunchJobRow-sweep';
+    sweep.textContent = 'Sweep';
+    sweep.setAttribute('aria-label', `Open the sweep of job ${job.name || job.id}`);
+    const parent = job.parent_id;
+    sweep.addEventListener('click', () => openSweep(parent));
+    out.push(sweep);
+  }
+  return out;
 }

@@ -4,11 +4,15 @@ the panel's schedules list (next run, pause, resume, delete), and the dialog's e
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from playwright.sync_api import expect
 
-from .conftest import open_launch_panel, screenshot_dir
+from .conftest import command_job, open_launch_panel, screenshot_dir, wait_for_job
 from .test_dialog import launch_dialog, open_notebook, submit
+
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 def schedules(lab) -> list[dict]:
@@ -73,3 +77,57 @@ def test_a_bad_schedule_or_priority_is_shown_in_the_dialog_naming_the_field(page
     expect(dialog.locator("[data-field=priority] input")).to_have_attribute("aria-invalid", "true")
     assert len(schedules(lab)) == before
     dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
+
+
+def test_a_sweeps_view_shows_its_children_best_first_with_their_metrics_overlaid(page, lab):
+    (lab.root / "sweep.ipynb").write_bytes((NOTEBOOKS / "sweep.ipynb").read_bytes())
+    status, sweep = lab.api("POST", "sweeps", {"notebook": "sweep.ipynb", "sweep": {
+        "parameters": {"lr": {"values": [0.5, 0.1, 0.3]}, "epochs": {"value": 3}},
+        "metric": {"name": "loss", "goal": "minimize"}, "max_parallel": 2, "name": "ui-sweep"}})
+    assert status == 201, sweep
+    status, page_of_jobs = lab.api("GET", f"jobs?parent={sweep['id']}")
+    children = page_of_jobs["jobs"]
+    assert len(children) == 3
+    for child in children:
+        wait_for_job(lab, child["id"], ("succeeded",), timeout=120)
+
+    panel = open_launch_panel(page)
+    queue = panel.locator(".jp-LaunchQueue[data-queue='default']")
+    toggle = queue.locator(".jp-LaunchQueue-toggle")
+    if toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    row = queue.locator(f".jp-LaunchJobRow[data-job-id='{children[0]['id']}']")
+    row.get_by_role("button", name=re.compile("Open the sweep of job")).click()
+    view = page.locator(f"#jp-launch-sweep-{sweep['id']}")
+    expect(view.locator(".jp-LaunchSweep-status")).to_contain_text("3 job(s), at most 2 at once, ranked by loss "
+                                                                   "(minimize): 3 succeeded")
+    rows = view.locator(".jp-LaunchSweep-row")
+    expect(rows).to_have_count(3)
+    expect(view.locator("th")).to_have_text(["Job", "lr", "epochs", "State", "loss", "accuracy"])
+    expect(rows.nth(0).locator("td")).to_have_text(["ui-sweep-2", "0.1", "3", "succeeded", "0.3", "0.9"])
+    expect(rows.nth(2).locator("td").nth(1)).to_have_text("0.5")
+    chart = view.locator(".jp-LaunchSweep-chart[data-metric='loss']")
+    expect(chart.locator(".jp-LaunchSweep-series")).to_have_count(3)
+    view.screenshot(path=str(screenshot_dir() / "panel-sweep.png"))
+
+
+def test_move_to_front_on_a_queued_row(page, lab):
+    status, _ = lab.api("POST", "queues", {"queue_name": "parked"})
+    assert status in (201, 409)
+    ids = []
+    for i in range(3):
+        status, job = lab.api("POST", "jobs", {"queue": "parked", "spec": command_job("pass", name=f"parked-{i}")})
+        ids.append(job["id"])
+    panel = open_launch_panel(page)
+    queue = panel.locator(".jp-LaunchQueue[data-queue='parked']")
+    toggle = queue.locator(".jp-LaunchQueue-toggle")
+    if toggle.get_attribute("aria-expanded") != "true":
+        toggle.click()
+    last = queue.locator(f".jp-LaunchJobRow[data-job-id='{ids[2]}']")
+    expect(last.locator(".jp-LaunchJobRow-reason")).to_contain_text("2 job(s) ahead of it", timeout=10_000)
+    last.get_by_role("button", name="Move job parked-2 to the front").click()
+    expect(last.locator(".jp-LaunchJobRow-reason")).not_to_contain_text("ahead of it", timeout=10_000)
+    _, moved = lab.api("GET", f"jobs/{ids[2]}")
+    assert moved["priority"] == 1, moved
+    for job_id in ids:
+        lab.api("POST", f"jobs/{job_id}/cancel")
