@@ -48,7 +48,8 @@ JOB_ID_ENV = "JUPYTER_LAUNCH_JOB_ID"  # set inside a running job
 CANCEL_WAIT = 60.0  # how long an interrupted --wait waits for the cancelled job to end
 # Spec fields as the options that set them, for error messages.
 _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memory": "--memory",
-           "timeout": "--timeout", "retries": "--retries", "priority": "--priority", "job_type": "--job-type", "env": "--env",
+           "timeout": "--timeout", "retries": "--retries", "priority": "--priority", "job_type": "--job-type",
+           "env": "--env",
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
 
 
@@ -437,7 +438,8 @@ def _confirm_cancel(job_id: str) -> bool:
 def _job_options(args: Any, **target: Any) -> JobOptions:
     """The magic's options as every face gives them (``jupyter_launch.options``)."""
     return JobOptions(name=args.name, job_type=args.job_type, image=args.image, kernel=args.kernel,
-                      timeout=args.timeout, retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus, memory=args.memory,
+                      timeout=args.timeout, retries=args.retries, priority=args.priority, cpus=args.cpus,
+                      gpus=args.gpus, memory=args.memory,
                       env=args.env or (), secrets=args.secret or (), params=args.param or (), **target)
 
 

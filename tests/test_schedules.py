@@ -78,7 +78,8 @@ def test_cron_in_a_time_zone_across_daylight_saving_changes():
     ("* * * *", "cron: '* * * *' has 4 field(s)"), ("60 * * * *", "cron: minute: 60 is out of range (0-59)"),
     ("* * 0 * *", "cron: day of month: 0 is out of range (1-31)"), ("* * * 13 *", "cron: month: 13 is out of range"),
     ("1,,2 * * * *", "cron: minute: an empty item"), ("*/x * * * *", "cron: minute: the step 'x'"),
-    ("* 5-2 * * *", "cron: hour: the range '5-2' runs backwards"), ("* * * * sun-funday", "cron: day of week: 'funday'"),
+    ("* 5-2 * * *", "cron: hour: the range '5-2' runs backwards"),
+    ("* * * * sun-funday", "cron: day of week: 'funday'"),
 ])
 def test_a_bad_expression_is_one_line_naming_the_field(expression, message):
     with pytest.raises(CronError) as err:
@@ -318,7 +319,8 @@ def test_priorities_and_move_front_decide_the_order_jobs_run_in(cli, cli_env, la
         proc = cli("submit", str(NOTEBOOKS / "trivial.ipynb"), "--name", name, "--priority", priority, check=True)
         ids[name] = proc.stdout.strip()
     reason = json.loads(cli("show", ids["later"], "--json", check=True).stdout)["message"]
-    assert reason.startswith("no agent is serving this queue") and "; 2 job(s) ahead of it (1 at a higher priority)" in reason
+    assert reason.startswith("no agent is serving this queue")
+    assert "; 2 job(s) ahead of it (1 at a higher priority)" in reason
     moved = cli("move", ids["later"], "--front", check=True).stdout
     assert "first on queue default (priority 6)" in moved
     agent = subprocess.Popen([sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default",

@@ -41,8 +41,8 @@ def test_random_draws_stay_in_their_ranges_and_a_seed_draws_the_same_runs():
 
 def test_a_wandb_sweep_file_loads_and_its_errors_name_the_file_line_and_field(tmp_path):
     good = tmp_path / "sweep.yaml"
-    good.write_text("method: grid\nmetric:\n  name: loss\n  goal: minimize\nparameters:\n  lr:\n    values: [0.1, 0.01]\n"
-                    "  epochs:\n    value: 2\n")
+    good.write_text("method: grid\nmetric:\n  name: loss\n  goal: minimize\nparameters:\n"
+                    "  lr:\n    values: [0.1, 0.01]\n  epochs:\n    value: 2\n")
     config = load_sweep_config(good)
     assert (config.metric.name, config.metric.goal, len(config.runs())) == ("loss", "minimize", 2)
     bad = tmp_path / "bad.yaml"

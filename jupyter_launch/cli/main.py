@@ -151,10 +151,11 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ submit and jobs
 
 def job_options(args: argparse.Namespace) -> JobOptions:
-    return JobOptions(notebook=args.notebook, config=getattr(args, "job_config", args.config), root=args.root, name=args.name,
+    config = getattr(args, "job_config", args.config)  # a sweep's --config is its sweep file, not a job's
+    return JobOptions(notebook=args.notebook, config=config, root=args.root, name=args.name,
                       job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
-                      retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus, memory=args.memory, env=args.env or (),
-                      secrets=args.secret or (), params=args.param or ())
+                      retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus,
+                      memory=args.memory, env=args.env or (), secrets=args.secret or (), params=args.param or ())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -673,7 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "delete schedules")
     scs = sc.add_subparsers(dest="schedule_command", metavar="ACTION")
     scc = scs.add_parser("create", help="package a notebook or job YAML once and queue it at each time a cron "
-                         "expression names; any agent or Jupyter server on the store fires it", parents=[server_options])
+                         "expression names; any agent or Jupyter server on the store fires it",
+                         parents=[server_options])
     _add_job_options(scc)
     scc.add_argument("--cron", required=True, help="five fields: minute hour day-of-month month day-of-week, with "
                      "ranges, steps, lists and names ('0 6 * * mon-fri', '*/15 * * * *'), or @daily, @hourly...")

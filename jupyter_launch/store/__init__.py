@@ -2,8 +2,9 @@
 
 from .base import (  # noqa: F401
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, QUEUED, RUNNING, STARTING, STATES, SUCCEEDED, AgentIdTaken, Claim,
-    Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, SweepRecord, StoreError,
-    StoreUnusable, check_metric_record, check_number, check_output_path, check_progress, describe, is_disk_full,
+    Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim,
+    StoreError, StoreUnusable, SweepRecord, check_metric_record, check_number, check_output_path, check_progress,
+    describe, is_disk_full,
 )
 from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401
 from .sql import DEFAULT_QUEUE, SQLStore  # noqa: F401

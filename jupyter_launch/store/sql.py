@@ -31,8 +31,8 @@ from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE,
     MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk,
-    NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, SweepRecord, StoreError, StoreUnusable, check_metric_record, check_number,
-    check_output_path, check_progress, describe, is_disk_full,
+    NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, SweepRecord, StoreError, StoreUnusable,
+    check_metric_record, check_number, check_output_path, check_progress, describe, is_disk_full,
 )
 from .blobs import _check as check_digest
 from .tokens import AgentTokenRows
@@ -399,7 +399,8 @@ class SQLStore(AgentTokenRows):
                 facts.update(gpus=job.gpus, have=_most_gpus(serving))
             elif max_instances is not None and running >= max_instances:
                 reason = "waiting_for_capacity"
-            elif job.parent_id is not None and c.execute(_full_sweeps().where(t.sweeps.c.id == job.parent_id)).first():
+            elif job.parent_id is not None and c.execute(
+                    _full_sweeps().where(t.sweeps.c.id == job.parent_id)).first():
                 reason = "sweep_at_max_parallel"
                 facts["max_parallel"] = c.execute(select(t.sweeps.c.max_parallel).where(
                     t.sweeps.c.id == job.parent_id)).scalar()
