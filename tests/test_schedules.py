@@ -341,3 +341,16 @@ def test_priorities_and_move_front_decide_the_order_jobs_run_in(cli, cli_env, la
     refused = cli("move", ids["low"], "--front")
     assert refused.returncode == 2 and "only a queued job can be moved" in refused.stderr
 
+
+
+def test_a_schedule_of_a_job_file_and_a_priority_from_the_python_api(cli, launch_home, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("kind: command\ncommand: [python, -c, 'print(1)']\nname: nightly-report\npriority: 2\n")
+    proc = cli("schedule", "create", "--config", str(job), "--cron", "@daily", check=True)
+    shown = json.loads(cli("schedule", "show", proc.stdout.strip(), "--json", check=True).stdout)
+    assert (shown["name"], shown["spec"]["kind"], shown["spec"]["priority"]) == ("nightly-report", "command", 2)
+    assert [datetime.fromtimestamp(t, ZoneInfo("UTC")).strftime("%H:%M") for t in shown["next_runs"]] == ["00:00"] * 5
+    client = LaunchClient()
+    job_handle = client.submit(NOTEBOOKS / "trivial.ipynb", priority=7)
+    assert (job_handle.record.priority, job_handle.record.spec["priority"]) == (7, 7)
+    client.close()

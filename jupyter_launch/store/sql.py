@@ -934,16 +934,15 @@ class SQLStore(AgentTokenRows):
         ``holder``); false when another holder has it."""
         check_number("lease seconds", seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         now = time.time() if now is None else now
+        # One conditional UPDATE (or the first INSERT): two takers at once on PostgreSQL cannot both win.
         with self._write() as c:
-            row = c.execute(select(t.leases).where(t.leases.c.name == name)).first()
-            if row is None:
-                c.execute(t.leases.insert().values(name=name, holder=holder, expires_at=now + seconds))
+            taken = c.execute(t.leases.update().where(
+                t.leases.c.name == name, (t.leases.c.holder == holder) | (t.leases.c.expires_at <= now))
+                .values(holder=holder, expires_at=now + seconds)).rowcount
+            if taken:
                 return True
-            if row.holder != holder and row.expires_at > now:
-                return False
-            c.execute(t.leases.update().where(t.leases.c.name == name).values(holder=holder,
-                                                                                expires_at=now + seconds))
-            return True
+            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.leases).on_conflict_do_nothing()
+            return bool(c.execute(insert, dict(name=name, holder=holder, expires_at=now + seconds)).rowcount)
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up, if ``holder`` has it, so another takes it at once."""
