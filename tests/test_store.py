@@ -309,3 +309,30 @@ def test_a_listed_queued_job_counts_the_jobs_ahead_of_it_up_to_a_cap_and_get_job
     assert listed.id == last.id and listed.message.endswith("; 1,003+ job(s) ahead of it (3 at a higher priority)")
     exact = store.get_job(last.id)
     assert exact.message.endswith(f"; {LIST_AHEAD_CAP + 8} job(s) ahead of it (3 at a higher priority)")
+
+
+def test_a_store_of_the_previous_schema_migrates_to_0004_keeping_its_jobs_and_back(tmp_path):
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = SQLStore(url)
+    make_queue(store)
+    job = store.enqueue("q", spec(priority=5), artifact=None)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(sql.__file__).parent / "migrations"))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    store.close()
+    db = sqlite3.connect(tmp_path / "old.db")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "priority" not in columns and not {"schedules", "sweeps", "leases"} & tables
+    again = SQLStore(url)  # migrates up at open
+    kept = again.get_job(job.id)
+    assert (kept.state, kept.priority, kept.schedule_id, kept.parent_id) == ("queued", 0, None, None)
+    assert again.list_schedules() == []
+    with again.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    again.close()
