@@ -248,10 +248,11 @@ class Agent(LoggingConfigurable):
 
     @classmethod
     def configurables(cls) -> list[type]:
-        """This class and every registered backend's: what ``c.Agent.*`` and ``c.<Backend>.*`` configure."""
+        """This class, the scheduler it runs and every registered backend's: what ``c.Agent.*``,
+        ``c.Scheduler.*`` and ``c.<Backend>.*`` configure."""
         from .backends.base import backend_classes
 
-        return [cls, *backend_classes().values()]
+        return [cls, Scheduler, *backend_classes().values()]
 
     @property
     def capacity(self) -> int:

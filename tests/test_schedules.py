@@ -354,3 +354,27 @@ def test_a_schedule_of_a_job_file_and_a_priority_from_the_python_api(cli, launch
     job_handle = client.submit(NOTEBOOKS / "trivial.ipynb", priority=7)
     assert (job_handle.record.priority, job_handle.record.spec["priority"]) == (7, 7)
     client.close()
+
+
+def test_an_agents_scheduler_is_configured_as_c_scheduler_and_gives_its_lease_up_when_it_stops(tmp_path, store):
+    import asyncio
+
+    from traitlets.config import Config
+
+    from jupyter_launch.agent import make_local_agent
+
+    config = Config({"Scheduler": {"missed": "skip", "grace": 5.0}})
+    agent = make_local_agent(store, ["q"], home=tmp_path, wake_socket=False, gpus=[], config=config)
+
+    async def run() -> tuple[Any, bool]:
+        await agent.start()
+        scheduler = agent.scheduler
+        await asyncio.sleep(0.1)  # its first tick takes the lease
+        held = store.take_lease(LEASE_NAME, "someone-else", 10) is False
+        await agent.stop()
+        return scheduler, held
+
+    scheduler, held = asyncio.run(run())
+    assert (scheduler.missed, scheduler.grace, scheduler.holder) == ("skip", 5.0, agent.agent_id)
+    assert held and agent.scheduler is None
+    assert store.take_lease(LEASE_NAME, "someone-else", 10)  # given up at the stop
