@@ -41,6 +41,9 @@ class ScheduleFiring(Protocol):
     def fire_schedule(self, schedule_id: str, due_at: float, next_run_at: float | None, *, run: bool,
                       now: float | None = None) -> JobRecord | None: ...
 
+    def fire_schedules(self, fires: list[tuple[str, float, float | None, bool]], *,
+                       now: float | None = None) -> list[JobRecord | None]: ...
+
 
 class Scheduler(LoggingConfigurable):
     """Fires due schedules through a ``LaunchService`` while it holds the store's ``scheduler`` lease. Configure as
@@ -86,23 +89,32 @@ class Scheduler(LoggingConfigurable):
         if not self._hold(now):
             return []
         fired: list[JobRecord] = []
-        for schedule in self._due(now):
-            late = now - schedule.next_run_at
-            run = self.missed == "once" or late <= self.grace
+        for batch in self._due(now):
+            fires = []
+            for schedule in batch:
+                run = self.missed == "once" or now - schedule.next_run_at <= self.grace
+                fires.append((schedule, Cron(schedule.cron).next_after(now, schedule.tz), run))
             try:
-                next_run = Cron(schedule.cron).next_after(now, schedule.tz)
-                job = self.service.fire_schedule(schedule, next_run, run=run, now=now)
-            except Exception as exc:  # its queue deleted, say: this time passes, the other schedules still fire
-                self.log.warning("schedule %s (%s) could not queue its job: %s", schedule.id, schedule.name, exc)
-                self.service.fire_schedule(schedule, next_run, run=False, now=now)
-                continue
-            if job is not None:
-                fired.append(job)
-                self.log.info("schedule %s (%s) queued job %s on %s", schedule.id, schedule.name, job.id, job.queue)
-            elif not run:
-                self.log.info("schedule %s (%s): its time %.0fs ago was missed; skipped (c.Scheduler.missed)",
-                              schedule.id, schedule.name, late)
+                jobs = self.service.fire_schedules(fires, now=now)
+            except Exception:  # one of them cannot queue its job (its queue deleted, say): each on its own
+                jobs = [self._fire_one(*fire, now=now) for fire in fires]
+            for (schedule, _, run), job in zip(fires, jobs):
+                if job is not None:
+                    fired.append(job)
+                    self.log.info("schedule %s (%s) queued job %s on %s", schedule.id, schedule.name, job.id,
+                                  job.queue)
+                elif not run:
+                    self.log.info("schedule %s (%s): its time %.0fs ago was missed; skipped (c.Scheduler.missed)",
+                                  schedule.id, schedule.name, now - schedule.next_run_at)
         return fired
+
+    def _fire_one(self, schedule: ScheduleRecord, next_run: float | None, run: bool, *, now: float) -> Any:
+        try:
+            return self.service.fire_schedule(schedule, next_run, run=run, now=now)
+        except Exception as exc:  # this time passes; the other schedules still fire
+            self.log.warning("schedule %s (%s) could not queue its job: %s", schedule.id, schedule.name, exc)
+            self.service.fire_schedule(schedule, next_run, run=False, now=now)
+            return None
 
     def _due(self, now: float) -> Any:
         """The due schedules, a batch at a time (each fired one moves past ``now``, so the next batch is new ones);
@@ -112,9 +124,8 @@ class Scheduler(LoggingConfigurable):
             batch = [s for s in self.store.due_schedules(now, limit=DUE_BATCH) if s.id not in seen]
             if not batch:
                 return
-            for schedule in batch:
-                seen.add(schedule.id)
-                yield schedule
+            seen.update(s.id for s in batch)
+            yield batch
 
     async def run(self) -> None:
         """Tick at each whole second (``tick_interval``) until :meth:`stop`."""

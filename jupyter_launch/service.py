@@ -240,10 +240,15 @@ class LaunchService:
                       now: float | None = None) -> JobRecord | None:
         """Queue the schedule's job for its due time (``run``; else only move it on) and wake the agents; ``None``
         when another scheduler fired that time first."""
-        job = self.store.fire_schedule(schedule.id, schedule.next_run_at, next_run_at, run=run, now=now)
-        if job is not None:
+        return self.fire_schedules([(schedule, next_run_at, run)], now=now)[0]
+
+    def fire_schedules(self, fires: list[tuple[ScheduleRecord, float | None, bool]], *,
+                       now: float | None = None) -> list[JobRecord | None]:
+        """``fire_schedule`` for many, in one transaction of the store."""
+        jobs = self.store.fire_schedules([(s.id, s.next_run_at, nxt, run) for s, nxt, run in fires], now=now)
+        if any(job is not None for job in jobs):
             self.wake()
-        return job
+        return jobs
 
     async def follow(self, job_id: str, offset: int = 0, *, page: int = PAGE, poll_min: float = POLL_MIN,
                      poll_max: float = 0.1) -> AsyncIterator[LogPage | JobRecord]:

@@ -18,7 +18,7 @@ Outside the protocol, as optional capabilities a caller checks for with ``isinst
 
 The server itself always holds a ``SQLStore`` and uses a few more of its methods that mean nothing over HTTP:
 ``migrate``, ``release_agent_leases`` (on shutdown), what a ``Scheduler`` fires schedules with (``take_lease``,
-``release_lease``, ``due_schedules``, ``fire_schedule``: remote agents leave firing to the server),
+``release_lease``, ``due_schedules``, ``fire_schedule(s)``: remote agents leave firing to the server),
 ``touch_agent_token`` (an agent registering), the ``token_id``
 that binds an agent id to the agent token that registered it (``register_agent``, ``agent_seen``,
 ``unregister_agent``, ``check_agent_id``), ``hand_back`` (a claim whose answer could not be sent) and the blob grants

@@ -55,6 +55,12 @@ def new_job_id() -> str:
     return f"{int(time.time()):08x}{secrets.token_hex(3)}"
 
 
+def new_batch_id() -> str:
+    """An id for rows made by the hundred in one second (a sweep's children, a minute's scheduled jobs, schedules):
+    4 more random hex, so a thousand in one second collide with odds of about 1 in 10**7, not 1 in 30."""
+    return new_job_id() + secrets.token_hex(2)
+
+
 def _row_to_job(row: Any) -> JobRecord:
     return JobRecord(**{name: getattr(row, name) for name in _JOB_COLUMNS})
 
@@ -294,28 +300,46 @@ class SQLStore(AgentTokenRows):
     def _insert_job(c: Connection, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None,
                     rerun_of: str | None = None, schedule_id: str | None = None,
                     parent_id: str | None = None) -> JobRecord:
-        values = dict(
-            id=new_job_id(), queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
-            reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
-            attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
-            log_size=0, rerun_of=rerun_of, submitted_at=time.time(), priority=spec.priority,
-            schedule_id=schedule_id, parent_id=parent_id,
-        )
-        q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
-        if q is None:
-            raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
-        accepted = q.config.get("job_types") or []
-        if accepted and spec.job_type not in accepted:
-            raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
-        # Values as parameters, not in the statement: one compiled INSERT is cached and reused.
-        seq = c.execute(t.jobs.insert(), values).inserted_primary_key[0]
-        return JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
-                         started_at=None, finished_at=None, progress=None, **values)
+        return SQLStore._insert_jobs(c, [(queue, spec, artifact, owner, schedule_id, parent_id)],
+                                     rerun_of=rerun_of)[0]
+
+    @staticmethod
+    def _insert_jobs(c: Connection, jobs: list[tuple[str, JobSpec, str | None, str | None, str | None, str | None]],
+                     *, rerun_of: str | None = None) -> list[JobRecord]:
+        """Queue ``(queue, spec, artifact, owner, schedule_id, parent_id)`` jobs in the caller's transaction, each
+        queue checked once; ``NotFound`` or ``StoreError`` (and nothing queued) for one a queue does not take."""
+        configs: dict[str, Any] = {}
+        rows = []
+        now = time.time()
+        for queue, spec, artifact, owner, schedule_id, parent_id in jobs:
+            if queue not in configs:
+                q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
+                if q is None:
+                    raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+                configs[queue] = q.config
+            accepted = configs[queue].get("job_types") or []
+            if accepted and spec.job_type not in accepted:
+                raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
+            rows.append(dict(
+                id=new_batch_id() if schedule_id or parent_id else new_job_id(), queue=queue,
+                job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED, reason=None, message=None,
+                spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner, attempt=1, retries=spec.retries,
+                fence=0, cancel_requested=False, gpus=spec.resources.gpu, log_size=0, rerun_of=rerun_of,
+                submitted_at=now, priority=spec.priority, schedule_id=schedule_id, parent_id=parent_id))
+        if len(rows) == 1:  # values as parameters, not in the statement: one compiled INSERT is cached and reused
+            seqs = [c.execute(t.jobs.insert(), rows[0]).inserted_primary_key[0]]
+        else:
+            c.execute(t.jobs.insert(), rows)
+            by_id = dict(c.execute(select(t.jobs.c.id, t.jobs.c.seq).where(
+                t.jobs.c.id.in_([r["id"] for r in rows]))).all())
+            seqs = [by_id[r["id"]] for r in rows]
+        return [JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
+                          started_at=None, finished_at=None, progress=None, **row) for seq, row in zip(seqs, rows)]
 
     def enqueue_many(self, queue: str, specs: Iterable[JobSpec], *, artifact: str | None) -> int:
         """Bulk enqueue in one transaction (benchmarks and tests filling a queue)."""
         now = time.time()
-        rows = [dict(id=new_job_id() + secrets.token_hex(2), queue=queue, job_type=s.job_type, kind=s.kind,
+        rows = [dict(id=new_batch_id(), queue=queue, job_type=s.job_type, kind=s.kind,
                      name=s.name, state=QUEUED, spec=s.model_dump(mode="json"), artifact=artifact, attempt=1,
                      retries=s.retries, fence=0, cancel_requested=False, gpus=s.resources.gpu, log_size=0,
                      submitted_at=now, priority=s.priority) for s in specs]
@@ -850,12 +874,11 @@ class SQLStore(AgentTokenRows):
                 err = exc.errors()[0]
                 field = ".".join(str(x) for x in err["loc"]) or "runs"
                 raise ValueError(f"runs: run {i}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
-        record = SweepRecord(id=new_job_id(), name=name, queue=queue, config=config, runs=len(runs),
+        record = SweepRecord(id=new_batch_id(), name=name, queue=queue, config=config, runs=len(runs),
                              max_parallel=max_parallel, fail_fast=fail_fast, owner=owner, created_at=time.time())
         with self._write() as c:
             c.execute(t.sweeps.insert(), record.to_dict())
-            jobs = [self._insert_job(c, queue, child, artifact=artifact, owner=owner, parent_id=record.id)
-                    for child in children]
+            jobs = self._insert_jobs(c, [(queue, child, artifact, owner, None, record.id) for child in children])
         for job in jobs:
             self._emit("enqueued", job)
         return record
@@ -880,7 +903,7 @@ class SQLStore(AgentTokenRows):
             raise ValueError(f"name: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
         now = time.time()
         next_run = _next_run(cron, tz, now)
-        values = dict(id=new_job_id(), name=name, queue=queue, cron=cron, tz=tz, spec=spec.model_dump(mode="json"),
+        values = dict(id=new_batch_id(), name=name, queue=queue, cron=cron, tz=tz, spec=spec.model_dump(mode="json"),
                       artifact=artifact, owner=owner, paused=False, next_run_at=next_run, last_run_at=None,
                       created_at=now)
         with self._write() as c:
@@ -968,22 +991,35 @@ class SQLStore(AgentTokenRows):
         """Move a schedule from ``due_at`` to ``next_run_at`` and, with ``run``, queue its job, in one transaction:
         only when its next time is still ``due_at``, so each time fires once however many schedulers try. The job
         (``None`` when another scheduler fired it first, or when it was not run)."""
+        return self.fire_schedules([(schedule_id, due_at, next_run_at, run)], now=now)[0]
+
+    def fire_schedules(self, fires: list[tuple[str, float, float | None, bool]], *,
+                       now: float | None = None) -> list[JobRecord | None]:
+        """``fire_schedule`` for many ``(schedule_id, due_at, next_run_at, run)`` in one transaction (a minute
+        when a thousand schedules are due queues them in one commit); the job of each, or ``None``."""
         now = time.time() if now is None else now
         with self._write() as c:
-            row = c.execute(select(t.schedules).where(t.schedules.c.id == schedule_id,
-                                                      t.schedules.c.next_run_at == due_at,
-                                                      t.schedules.c.paused.is_(False))).first()
-            if row is None:
-                return None
-            c.execute(t.schedules.update().where(t.schedules.c.id == schedule_id).values(
-                next_run_at=next_run_at, last_run_at=now if run else row.last_run_at))
-            if not run:
-                return None
-            spec = JobSpec.model_validate({**row.spec, "name": row.name})
-            job = self._insert_job(c, row.queue, spec, artifact=row.artifact, owner=row.owner,
-                                   schedule_id=schedule_id)
-        self._emit("enqueued", job)
-        return job
+            rows = {r.id: r for r in c.execute(select(t.schedules).where(
+                t.schedules.c.id.in_([f[0] for f in fires])))}
+            wanted: list[tuple[str, JobSpec, str | None, str | None, str | None, str | None]] = []
+            for schedule_id, due_at, next_run_at, run in fires:
+                # The compare-and-set is the UPDATE's own condition: on PostgreSQL a second scheduler's UPDATE
+                # waits for the first's row lock, then finds the time moved on and changes nothing.
+                values: dict[str, Any] = dict(next_run_at=next_run_at)
+                if run:
+                    values["last_run_at"] = now
+                moved = c.execute(t.schedules.update().where(
+                    t.schedules.c.id == schedule_id, t.schedules.c.next_run_at == due_at,
+                    t.schedules.c.paused.is_(False)).values(**values)).rowcount
+                if moved and run:
+                    row = rows[schedule_id]
+                    spec = JobSpec.model_validate({**row.spec, "name": row.name})
+                    wanted.append((row.queue, spec, row.artifact, row.owner, schedule_id, None))
+            queued = iter(self._insert_jobs(c, wanted)) if wanted else iter(())
+        by_schedule = {job.schedule_id: job for job in queued}
+        for job in by_schedule.values():
+            self._emit("enqueued", job)
+        return [by_schedule.get(f[0]) if f[3] else None for f in fires]
 
     def count_jobs(self, *, queue: str | None = None, state: str | None = None) -> int:
         q = select(func.count()).select_from(t.jobs)
