@@ -1,4 +1,4 @@
-"""``jupyter launch ...``: queues, submit, jobs, logs, cancel, rerun, outputs, agent, token.
+"""``jupyter launch ...``: queues, submit, schedules, sweeps, move, jobs, logs, cancel, rerun, outputs, agent, token.
 
 Bad input exits with code 2 and one line naming the file, the line and the field; so do a server that cannot be
 reached and a token it refuses. A followed job exits with 0 when it succeeded and 1 otherwise.

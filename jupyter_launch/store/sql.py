@@ -964,8 +964,10 @@ class SQLStore(AgentTokenRows):
                 .values(holder=holder, expires_at=now + seconds)).rowcount
             if taken:
                 return True
+            # RETURNING, not rowcount: the PostgreSQL driver's rowcount does not say whether DO NOTHING did nothing.
             insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.leases).on_conflict_do_nothing()
-            return bool(c.execute(insert, dict(name=name, holder=holder, expires_at=now + seconds)).rowcount)
+            return c.execute(insert.values(name=name, holder=holder, expires_at=now + seconds)
+                             .returning(t.leases.c.name)).first() is not None
 
     def release_lease(self, name: str, holder: str) -> None:
         """Give the lease up, if ``holder`` has it, so another takes it at once."""
@@ -977,7 +979,7 @@ class SQLStore(AgentTokenRows):
         with self._read() as c:
             rows = c.execute(select(t.schedules).where(
                 t.schedules.c.paused.is_(False), t.schedules.c.next_run_at <= now)
-                .order_by(t.schedules.c.next_run_at).limit(limit))
+                .order_by(t.schedules.c.next_run_at, t.schedules.c.id).limit(limit))
             return [ScheduleRecord(**r._mapping) for r in rows]
 
     def next_schedule_time(self) -> float | None:
@@ -1002,7 +1004,8 @@ class SQLStore(AgentTokenRows):
             rows = {r.id: r for r in c.execute(select(t.schedules).where(
                 t.schedules.c.id.in_([f[0] for f in fires])))}
             wanted: list[tuple[str, JobSpec, str | None, str | None, str | None, str | None]] = []
-            for schedule_id, due_at, next_run_at, run in fires:
+            # Rows locked in one order (by id) whatever the caller's: two schedulers on PostgreSQL never deadlock.
+            for schedule_id, due_at, next_run_at, run in sorted(fires, key=lambda f: f[0]):
                 # The compare-and-set is the UPDATE's own condition: on PostgreSQL a second scheduler's UPDATE
                 # waits for the first's row lock, then finds the time moved on and changes nothing.
                 values: dict[str, Any] = dict(next_run_at=next_run_at)
