@@ -5,6 +5,7 @@ move --front, and bad input answered 400 naming the field."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -156,3 +157,27 @@ async def test_unknown_queue_and_unknown_schedule_are_404_and_a_bad_priority_is_
         assert status == 404 and "unknown schedule" in err["message"], err
     status, err = await api("POST", "jobs", body={"spec": command_spec("pass", priority=5000)})
     assert status == 422 and "priority" in err["message"], err
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"spec": command_spec("pass")}, "sweep:"),
+    ({"spec": command_spec("pass"), "sweep": {"parameters": {}}}, "parameters"),
+    ({"spec": command_spec("pass"), "sweep": {"method": "bayes", "parameters": {"x": {"values": [1]}}}}, "method"),
+    ({"spec": command_spec("pass"), "sweep": {"method": "random", "parameters": {"x": {"min": 0, "max": 1,
+                                                                                      "distribution": "uniform"}}}},
+     "run_cap"),
+    ({"spec": command_spec("pass"), "runs": "x"}, "runs:"),
+    ({"spec": command_spec("pass"), "runs": [{"x": 1}], "max_parallel": 0}, "max_parallel"),
+    ({"spec": command_spec("pass"), "runs": [{"x": 1}], "max_parallel": float("nan")},
+     "'max_parallel' must be an integer"),
+    ({"spec": command_spec("pass"), "runs": [{"x": 1}], "fail_fast": "yes"}, "fail_fast:"),
+    ({"spec": command_spec("pass"), "runs": [{"x": 1}], "name": 5}, "name:"),
+    ({"spec": command_spec("pass"), "runs": [{"not a name": 1}]}, "runs: run 1: parameters"),
+    ({"spec": command_spec("pass"), "runs": [{"x": 1}] * 1001}, "runs"),
+])
+async def test_a_bad_sweep_is_400_naming_the_field_and_queues_nothing(api, body, field):
+    raw = json.dumps(body).encode()  # NaN as JSON's parsers write it
+    status, err = await api("POST", "sweeps", raw=raw, headers={"Content-Type": "application/json"})
+    assert status == 400 and field in err["message"] and "\n" not in err["message"], (status, err)
+    status, page = await api("GET", "jobs")
+    assert page["jobs"] == []
