@@ -181,3 +181,30 @@ async def test_a_bad_sweep_is_400_naming_the_field_and_queues_nothing(api, body,
     assert status == 400 and field in err["message"] and "\n" not in err["message"], (status, err)
     status, page = await api("GET", "jobs")
     assert page["jobs"] == []
+
+
+async def test_a_sweep_through_the_server_packages_on_the_clients_side_and_runs_on_its_agent(api, start_launch,
+                                                                                             server_url, jp_serverapp,
+                                                                                             tmp_path):
+    from jupyter_launch.spec import validate
+    from jupyter_launch.sweep import SweepConfig
+
+    app = await start_launch()
+    client = connect(server_url, jp_serverapp.identity_provider.token, home=tmp_path / "client-home")
+    try:
+        sweep = validate(SweepConfig, {"parameters": {"lr": {"values": [0.1, 0.2]}}, "metric": {"name": "loss"},
+                                       "fail_fast": True, "name": "remote-sweep"})
+        prepared = client.prepare(NOTEBOOKS / "sweep.ipynb", parameters={"epochs": 2})
+        record, artifact = await asyncio.to_thread(client.create_sweep, prepared, sweep=sweep)
+        assert app.blobs.has(artifact.digest) and (record.runs, record.fail_fast) == (2, True)
+        deadline = time.monotonic() + 180
+        while not all(j.done for j in await asyncio.to_thread(client.sweep_jobs, record.id)):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        children = await asyncio.to_thread(client.sweep_jobs, record.id)
+        assert [(j.name, j.state, j.spec["parameters"]) for j in children] == [
+            ("remote-sweep-1", "succeeded", {"epochs": 2, "lr": 0.1}),
+            ("remote-sweep-2", "succeeded", {"epochs": 2, "lr": 0.2})]
+        assert (await asyncio.to_thread(client.sweep, record.id)).metric == "loss"
+    finally:
+        client.close()
