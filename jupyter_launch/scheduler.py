@@ -55,7 +55,8 @@ class Scheduler(LoggingConfigurable):
     grace = Float(60.0, config=True, help="Seconds late a time may fire and not count as missed.")
     lease_seconds = Float(10.0, config=True,
                           help="How long the scheduler lease holds; its holder renews it every third of this. When "
-                               "the holder stops answering, another scheduler takes over after at most this long.")
+                               "the holder stops answering, another scheduler takes over within 4/3 of this (a "
+                               "holder that stops cleanly gives it up at once).")
     tick_interval = Float(1.0, config=True, help="Seconds between looks at the due schedules (at whole seconds).")
     holder = Unicode(config=True, help="This scheduler's name in the lease.")
     clock = Callable(default_value=time.time, help="The time source (Unix seconds); tests inject their own.")
