@@ -332,10 +332,17 @@ class JobsHandler(LaunchHandler):
         if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "read", "contents")):
             raise web.HTTPError(403, "User is not authorized to read on resource: contents (a notebook submitted by "
                                      "its path is packaged from the server's files)")
-        path = self._root_path(self._root(), notebook)
+        root = self._root()
+        path = self._root_path(root, notebook)
+        interpreter = await self._live_kernel_interpreter(root, path)
         from ..options import JobOptions, prepare_job
 
-        return await self.from_root(prepare_job, JobOptions(notebook=path, extra=dict(options)))
+        def prepare() -> Any:
+            prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
+            prepared.interpreter = interpreter
+            return prepared
+
+        return await self.from_root(prepare)
 
     async def from_root(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """A store call that reads the server's files (preparing, packaging): its file errors are 422, naming the
@@ -356,6 +363,26 @@ class JobsHandler(LaunchHandler):
             return await self.store_call(call)
         except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
             raise web.HTTPError(422, _escape(str(exc))) from None
+
+    async def _live_kernel_interpreter(self, root: str, path: str) -> str | None:
+        """The Python of the kernel this notebook runs in now (its session's kernel: the one the user may have
+        switched to since the file was saved); None when it has no live kernel here."""
+        sessions = self.settings.get("session_manager")
+        if sessions is None:
+            return None
+        try:
+            live = await sessions.list_sessions()
+        except Exception:  # a session store that fails is no reason to refuse the job: the kernelspec decides
+            return None
+        for session in live:
+            kernel = session.get("kernel") or {}
+            name = kernel.get("name")
+            if name and isinstance(session.get("path"), str) \
+                    and os.path.realpath(os.path.join(root, session["path"])) == os.path.realpath(path):
+                from ..environment import kernel_interpreter
+
+                return await asyncio.to_thread(kernel_interpreter, name)
+        return None
 
     def _root(self) -> str:
         return os.path.realpath(self.settings.get("server_root_dir") or os.getcwd())
@@ -490,6 +517,7 @@ class SweepsHandler(LaunchHandler):
     artifact_arg = JobsHandler.artifact_arg
     prepare_notebook = JobsHandler.prepare_notebook
     from_root = JobsHandler.from_root
+    _live_kernel_interpreter = JobsHandler._live_kernel_interpreter
     _root = JobsHandler._root
     _root_path = JobsHandler._root_path
 
@@ -573,6 +601,7 @@ class SchedulesHandler(LaunchHandler):
     artifact_arg = JobsHandler.artifact_arg
     prepare_notebook = JobsHandler.prepare_notebook
     from_root = JobsHandler.from_root
+    _live_kernel_interpreter = JobsHandler._live_kernel_interpreter
     _root = JobsHandler._root
     _root_path = JobsHandler._root_path
 
