@@ -112,8 +112,9 @@ def test_pins_follow_import_order_and_local_installs_travel_as_source(tmp_path: 
     blobs = BlobStore(tmp_path / "blobs")
     art = build_artifact(job, blobs, environment=lock, sources=sources)
     files = sorted(load_manifest(art.digest, blobs)["files"])
-    assert files == [f"{SOURCES_DIR}/fake-editable/.gitignore", f"{SOURCES_DIR}/fake-editable/fake_editable/__init__.py",
-                     f"{SOURCES_DIR}/fake-editable/pyproject.toml", "run.py"]
+    source = f"{SOURCES_DIR}/fake-editable"
+    assert files == [f"{source}/.gitignore", f"{source}/fake_editable/__init__.py", f"{source}/pyproject.toml",
+                     "run.py"]
 
 
 def test_an_install_in_the_kernel_is_seen_by_the_next_capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -226,3 +227,34 @@ def test_a_kernel_python_that_fails_is_a_one_line_error_naming_it(tmp_path, monk
         capture(notebook("broken"))
     assert str(err.value).endswith(f"the kernel's Python {broken} failed to list its packages: no such module")
     assert err.value.field == "kernel"
+
+
+# ---------------------------------------------------------------- what the image build makes of the lock
+
+
+def test_a_local_distribution_without_its_source_is_named_when_the_image_is_planned(tmp_path):
+    from jupyter_launch.images import BuildSettings, ImageBuildError, plan_build
+
+    lock = {"python": "3.11.7", "packages": ["six==1.16.0"],
+            "local": [{"name": "mylib", "version": "0.3", "missing": "installed from a folder that no longer exists"}]}
+    with pytest.raises(ImageBuildError) as err:
+        plan_build(BuildSettings(base_image="launch-python:bookworm", ca_bundle=None), "sha256:x", lock, tmp_path)
+    assert "distribution mylib 0.3 cannot be installed" in str(err.value) and "build.lock: minimal" in str(err.value)
+    minimal = plan_build(BuildSettings(base_image="launch-python:bookworm", lock="minimal"), "sha256:x", lock,
+                         tmp_path)
+    assert minimal.pins == [] and minimal.sources == {}
+
+
+def test_a_lock_from_another_python_minor_version_is_refused_in_one_line(docker_api):
+    from jupyter_launch.images import BuildSettings, ImageBuilder, ImageBuildError, plan_build
+
+    builder = ImageBuilder(docker_api)
+    settings = BuildSettings(base_image="launch-python:bookworm", pip_cache=None)
+    plan = plan_build(settings, builder.image_id("launch-python:bookworm"),
+                      {"python": "3.99.1", "packages": ["six==1.16.0"], "kernel": "python3"}, None)
+    with pytest.raises(ImageBuildError) as err:
+        builder.build(plan, lambda text: None)
+    message = str(err.value)
+    assert "\n" not in message and "exit code 3" in message
+    assert "the notebook's kernel runs Python 3.99.1 and the base image launch-python:bookworm has Python 3.11." \
+        in message and "with Python 3.99" in message

@@ -311,7 +311,7 @@ def test_a_listed_queued_job_counts_the_jobs_ahead_of_it_up_to_a_cap_and_get_job
     assert exact.message.endswith(f"; {LIST_AHEAD_CAP + 8} job(s) ahead of it (3 at a higher priority)")
 
 
-def test_a_store_of_the_previous_schema_migrates_to_0004_keeping_its_jobs_and_back(tmp_path):
+def test_a_store_of_the_previous_schema_migrates_to_0005_keeping_its_jobs_and_back(tmp_path):
     from alembic import command
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -322,7 +322,7 @@ def test_a_store_of_the_previous_schema_migrates_to_0004_keeping_its_jobs_and_ba
     cfg.set_main_option("script_location", str(Path(sql.__file__).parent / "migrations"))
     with store.engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0003")
+        command.downgrade(cfg, "0004")
     store.close()
     db = sqlite3.connect(tmp_path / "old.db")
     columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}

@@ -143,6 +143,15 @@ async def test_responses_match_the_spec(api, start_launch):
     check("POST", "/launch/api/jobs/{job_id}/rerun", s, b)
     s, b = await api("POST", "jobs", b["id"], "cancel")
     check("POST", "/launch/api/jobs/{job_id}/cancel", s, b)
+    s, b = await api("POST", "jobs", b["id"], "archive")
+    check("POST", "/launch/api/jobs/{job_id}/{action}", s, b)
+    s, b = await api("GET", "jobs", params={"archived": "all", "sort": "-name", "q": "a"})
+    check("GET", "/launch/api/jobs", s, b)
+    s, b = await api("DELETE", "jobs", job["id"])
+    assert s == 200 and b["released"], b  # o.txt, its only output
+    check("DELETE", "/launch/api/jobs/{job_id}", s, b)
+    s, b = await api("DELETE", "jobs", job["id"])
+    check("DELETE", "/launch/api/jobs/{job_id}", s, b)
     s, queued = await api("POST", "jobs", body={"spec": command_spec("pass"), "queue": "docs"})
     s, b = await api("POST", "jobs", queued["id"], "move", body={"front": True})
     assert s == 200, b

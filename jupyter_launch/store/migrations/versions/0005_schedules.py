@@ -1,15 +1,15 @@
 """Priorities (claim order: higher first, FIFO within one), schedules and the lease that decides who fires them,
 sweeps, and the columns that tie a job to its schedule or its sweep.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0005
+Revises: 0004
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
