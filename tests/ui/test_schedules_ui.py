@@ -40,6 +40,7 @@ def test_run_on_a_schedule_from_the_dialog_then_pause_resume_and_delete_it_in_th
     assert created["spec"]["parameters"] == {"greeting": "hello", "count": 3}
 
     panel = open_launch_panel(page)
+    panel.locator(".jp-LaunchPanel-tab[data-view='schedules']").click()
     row = panel.locator(f".jp-LaunchSchedule[data-schedule='{created['id']}']")
     expect(row.locator(".jp-LaunchSchedule-name")).to_have_text("params")
     expect(row.locator(".jp-LaunchSchedule-when")).to_have_text("0 6 * * mon-fri (Europe/Berlin) · default")
@@ -54,6 +55,7 @@ def test_run_on_a_schedule_from_the_dialog_then_pause_resume_and_delete_it_in_th
     assert [s["paused"] for s in schedules(lab) if s["id"] == created["id"]] == [False]
     row.get_by_role("button", name="Delete schedule params").click()
     expect(row).to_have_count(0)
+    panel.locator(".jp-LaunchPanel-tab[data-view='queues']").click()
     assert created["id"] not in {s["id"] for s in schedules(lab)}
 
 
