@@ -32,6 +32,7 @@ from .masking import Masker, StreamMasker
 from .notify import WakeListener
 from .paths import launch_home
 from .remote.http import RemoteAuthError
+from .scheduler import ScheduleFiring, Scheduler
 from .spec import DEFAULT_MAX_LOG_SIZE, DEFAULT_MAX_OUTPUT_SIZE, JobSpec, ProviderConfig
 from .store import (
     CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, StaleClaim, check_metric_record,
@@ -204,6 +205,9 @@ class Agent(LoggingConfigurable):
     max_artifact_size = Integer(DEFAULT_MAX_SIZE, config=True, help="Largest artifact this agent unpacks, in bytes (the "
                                 "files its manifest lists, in all); past it the job fails `artifact_error`. The "
                                 "default is the packaging limit's (`submit --max-size`).")
+    run_schedules = Bool(True, config=True, help="Run a scheduler beside the agent, firing the store's schedules "
+                         "(one scheduler on the store fires, decided by a lease; an agent over HTTP never does: its "
+                         "server fires them).")
     stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
                        "running jobs may take to finish before they are interrupted and handed back.")
 
@@ -237,15 +241,18 @@ class Agent(LoggingConfigurable):
         self._metrics_lock = threading.Lock()
         self._listener: WakeListener | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.scheduler: Scheduler | None = None
+        self._scheduler_task: asyncio.Task[None] | None = None
         self.refused: RemoteAuthError | None = None  # why the server stopped taking this agent's calls
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
 
     @classmethod
     def configurables(cls) -> list[type]:
-        """This class and every registered backend's: what ``c.Agent.*`` and ``c.<Backend>.*`` configure."""
+        """This class, the scheduler it runs and every registered backend's: what ``c.Agent.*``,
+        ``c.Scheduler.*`` and ``c.<Backend>.*`` configure."""
         from .backends.base import backend_classes
 
-        return [cls, *backend_classes().values()]
+        return [cls, Scheduler, *backend_classes().values()]
 
     @property
     def capacity(self) -> int:
@@ -294,6 +301,12 @@ class Agent(LoggingConfigurable):
             await backend.warm_up(name, config, self.agent_id)
             if backend.reap_interval > 0:
                 self._reapers.append(asyncio.create_task(self._reap_every(backend, name, config)))
+        if self.run_schedules and isinstance(self.store, ScheduleFiring):
+            from .service import LaunchService
+
+            service = LaunchService(self.store, self.blobs, home=Path(self.home))
+            self.scheduler = Scheduler(parent=self, service=service, holder=self.agent_id)
+            self._scheduler_task = asyncio.create_task(self.scheduler.run())
         self.log.info("agent %s serving %s (job types: %s, gpus: %d)", self.agent_id, ", ".join(self.queues),
                       ", ".join(self.job_types) or "any", self._total_gpus)
 
@@ -307,6 +320,12 @@ class Agent(LoggingConfigurable):
         self._wake.set()
         if self._run_task is not None and self._run_task is not asyncio.current_task():
             await asyncio.wait({self._run_task})  # its last claim has returned, and been handed back
+        if self.scheduler is not None:  # another scheduler on the store takes the lease at once
+            await self.scheduler.stop()
+            if self._scheduler_task is not None:
+                await asyncio.gather(self._scheduler_task, return_exceptions=True)
+            self.scheduler.service.close()
+            self.scheduler = self._scheduler_task = None
         with contextlib.suppress(Exception):  # it serves its queues no more, whatever it still has to finish
             await asyncio.to_thread(self.store.unregister_agent, self.agent_id)
         if self._running and hand_back and grace > 0:

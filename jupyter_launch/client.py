@@ -20,15 +20,18 @@ from typing import TYPE_CHECKING, Any
 from .options import JobOptions, PreparedJob, prepare_job, read_notebook
 from .paths import default_store_url, launch_home
 from .spec import JobSpec, QueueConfig, validate
-from .store import FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, SQLStore, StoreError
+from .store import (
+    FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError, SweepRecord,
+)
 
 if TYPE_CHECKING:
     from .artifact import Artifact
+    from .sweep import SweepConfig
     from .service import LogPage
 
 # What a face needs of the records it is handed, so that it imports the client and never the store.
-__all__ = ["Client", "LaunchClient", "Job", "JobRecord", "LogChunk", "OutputRecord", "QueueRecord", "StoreError",
-           "FINAL"]
+__all__ = ["Client", "LaunchClient", "Job", "JobRecord", "LogChunk", "OutputRecord", "QueueRecord", "ScheduleRecord",
+           "SweepRecord", "StoreError", "FINAL"]
 
 class Client:
     """What a face can ask of jupyter-launch, embedded or through a server. Reads go to ``self.store`` (the SQL
@@ -173,6 +176,56 @@ class Client:
                 return self.blobs.read_bytes(out.digest)
         raise StoreError(f"job {job_id} has no output {path!r}")
 
+    def move_to_front(self, job_id: str) -> JobRecord:
+        """Put a queued job first in its queue (its priority raised above every other queued job's there)."""
+        return self.store.move_to_front(job_id)
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        """Package a prepared job once and queue one child job per run of ``sweep`` (W&B's shape: method, parameters,
+        metric); returns the sweep and what was packaged."""
+        raise NotImplementedError
+
+    def sweep(self, sweep_id: str) -> SweepRecord:
+        return self.store.get_sweep(sweep_id)
+
+    def sweep_jobs(self, sweep_id: str) -> list[JobRecord]:
+        """The sweep's children, in the order they were queued."""
+        from .service import sweep_children
+
+        return sweep_children(self.store, sweep_id)
+
+    def cancel_sweep(self, sweep_id: str) -> list[JobRecord]:
+        """Cancel the children that have not ended (each as ``cancel`` does)."""
+        self.store.get_sweep(sweep_id)
+        return [self.cancel(j.id) if not j.done else j for j in self.sweep_jobs(sweep_id)]
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
+                        name: str | None = None, **options: Any) -> tuple[ScheduleRecord, Artifact]:
+        """Package a prepared job once (``options``: include, max_size) and queue it at each time the five-field
+        ``cron`` names in ``tz``, named ``name`` (default: the job's); returns the schedule and what was packaged."""
+        raise NotImplementedError
+
+    def schedules(self) -> list[ScheduleRecord]:
+        return self.store.list_schedules()
+
+    def schedule(self, schedule_id: str) -> ScheduleRecord:
+        return self.store.get_schedule(schedule_id)
+
+    def schedule_runs(self, schedule_id: str, *, limit: int = 10) -> list[JobRecord]:
+        """The jobs the schedule queued, newest first."""
+        return self.store.list_jobs(schedule_id=schedule_id, limit=limit)
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        return self.store.pause_schedule(schedule_id, paused)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self.store.delete_schedule(schedule_id)
+
     # ------------------------------------------------------------ agents
 
     def live_agents(self, queue: str) -> list[str]:
@@ -231,6 +284,21 @@ class LaunchClient(Client):
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.service.cancel(job_id)
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        return self.service.move_to_front(job_id)
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        return self.service.create_sweep(prepared, queue=queue, sweep=sweep, owner=self.owner, **options)
+
+    def cancel_sweep(self, sweep_id: str) -> list[JobRecord]:
+        return self.service.cancel_sweep(sweep_id)
+
+    def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
+                        name: str | None = None, **options: Any) -> tuple[ScheduleRecord, Artifact]:
+        return self.service.create_schedule(prepared, queue=queue, cron=cron, tz=tz, name=name, owner=self.owner,
+                                            **options)
 
     def delete(self, job_id: str) -> list[str]:
         return self.service.delete_job(job_id)

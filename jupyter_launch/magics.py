@@ -49,7 +49,8 @@ JOB_ID_ENV = "JUPYTER_LAUNCH_JOB_ID"  # set inside a running job
 CANCEL_WAIT = 60.0  # how long an interrupted --wait waits for the cancelled job to end
 # Spec fields as the options that set them, for error messages.
 _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memory": "--memory",
-           "timeout": "--timeout", "retries": "--retries", "job_type": "--job-type", "env": "--env",
+           "timeout": "--timeout", "retries": "--retries", "priority": "--priority", "job_type": "--job-type",
+           "env": "--env",
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
 
 
@@ -183,6 +184,10 @@ class LaunchMagics(Magics):
               help="an environment variable resolved on the agent at start, never stored; repeatable")
     @argument("--timeout", help="3600, 90s, 45m, 1h")
     @argument("--retries", type=int, help="attempts after a lost agent")
+    @argument("--priority", type=int, help="claim order on the queue: higher first, FIFO within one (default 0)")
+    @argument("--sweep", action="append", metavar="NAME=V1,V2",
+              help="run one job per combination of these values (a grid sweep); repeatable")
+    @argument("--max-parallel", type=int, metavar="K", help="with --sweep: at most K of its jobs run at once")
     @argument("--kernel", help="the kernel that runs the job (default: python3)")
     @argument("--wait", action="store_true",
               help="block until the job ends; interrupting the kernel cancels the job")
@@ -216,6 +221,8 @@ class LaunchMagics(Magics):
             raise UsageError(f"{magic}: {exc}") from None
 
         try:
+            if args.sweep:
+                return self._sweep(args, cell, magic)
             if cell is not None:
                 prepared, extra = self._cell_job(args, cell, magic)
                 job = client.submit_prepared(prepared, queue=args.queue, extra_files=extra or None,
@@ -242,6 +249,39 @@ class LaunchMagics(Magics):
             if launched.pull_error:
                 raise JobFailed(launched, launched.pull_error)
         return launched
+
+    def _sweep(self, args: Any, cell: str | None, magic: str) -> Any:
+        """``--sweep NAME=V1,V2``: a grid sweep of this cell or notebook; its table printed, once every job has
+        ended with ``--wait``. Returns the sweep's record."""
+        from .spec import validate
+        from .sweep import SweepConfig, parse_grid, sweep_table
+
+        if args.pull:
+            raise UsageError(f"{magic}: --pull brings back one job's variables; a sweep runs many")
+        sweep = validate(SweepConfig, {"parameters": parse_grid(args.sweep), "max_parallel": args.max_parallel},
+                         f"{magic} --sweep")
+        client = self.client
+        if cell is not None:
+            prepared, extra = self._cell_job(args, cell, magic)
+            record, _ = client.create_sweep(prepared, queue=args.queue, sweep=sweep, extra_files=extra or None,
+                                            include=args.include)
+        else:
+            path, root = self._notebook_path(args)
+            prepared = prepare_job(_job_options(args, notebook=path, root=root), source=magic)
+            record, _ = client.create_sweep(prepared, queue=args.queue, sweep=sweep, include=args.include)
+        print(f"sweep {record.id}: {record.runs} job(s) on queue {record.queue} (jupyter launch sweep show "
+              f"{record.id})")
+        note = self._ensure_agent(record.queue)
+        if note:
+            print(note)
+        if args.wait:
+            while not all(j.done for j in client.sweep_jobs(record.id)):
+                time.sleep(0.2)
+            header, rows = sweep_table(record, client.sweep_jobs(record.id), client.metrics)
+            widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+            for row in [header, *rows]:
+                print("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+        return record
 
     # ------------------------------------------------------------ building the job
 
@@ -413,7 +453,8 @@ async def _call_in_thread(func: Any) -> Any:
 def _job_options(args: Any, **target: Any) -> JobOptions:
     """The magic's options as every face gives them (``jupyter_launch.options``)."""
     return JobOptions(name=args.name, job_type=args.job_type, image=args.image, kernel=args.kernel,
-                      timeout=args.timeout, retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory,
+                      timeout=args.timeout, retries=args.retries, priority=args.priority, cpus=args.cpus,
+                      gpus=args.gpus, memory=args.memory,
                       env=args.env or (), secrets=args.secret or (), params=args.param or (), **target)
 
 

@@ -31,6 +31,7 @@ class JobOptions:
     kernel: str | None = None
     timeout: str | float | None = None
     retries: int | None = None
+    priority: int | None = None  # claim order on the queue: higher first, then FIFO
     cpus: str | float | None = None
     gpus: int | None = None
     memory: str | None = None
@@ -145,7 +146,7 @@ def read_notebook(path: Path) -> dict[str, Any]:
 def _overrides(opts: JobOptions) -> dict[str, Any]:
     """Scalar fields that replace what a job file says."""
     fields = {"name": opts.name, "job_type": opts.job_type, "image": opts.image, "kernel": opts.kernel,
-              "timeout": opts.timeout, "retries": opts.retries}
+              "timeout": opts.timeout, "retries": opts.retries, "priority": opts.priority}
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -19,10 +19,11 @@ from .events import StoreEvents
 from .notify import wake_agents
 from .options import PreparedJob
 from .spec import JobSpec, QueueConfig, load_queue_config
-from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord
+from .store import FINAL, BlobStore, JobRecord, LogChunk, NotFound, QueueRecord, ScheduleRecord, SweepRecord
 
 if TYPE_CHECKING:
     from .agent import Agent
+    from .sweep import SweepConfig
     from .artifact import Artifact, HashCache
 
 PAGE = 1024 * 1024  # log bytes read per store call for one follower
@@ -67,6 +68,18 @@ def package(prepared: PreparedJob, blobs: Any, *, hash_cache: HashCache | None =
                           entrypoint=spec.notebook or (" ".join(spec.command or []) or None),
                           max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=hash_cache, extra_files=extra_files,
                           sources=sources)
+
+
+def sweep_children(store: Any, sweep_id: str) -> list[JobRecord]:
+    """Every child job of a sweep, in the order they were queued."""
+    children: list[JobRecord] = []
+    before = None
+    while True:
+        page = store.list_jobs(parent_id=sweep_id, limit=500, before=before)
+        children += page
+        if len(page) < 500:
+            return children[::-1]
+        before = page[-1].seq
 
 
 class LaunchService:
@@ -158,6 +171,12 @@ class LaunchService:
         self.wake()
         return record
 
+    def move_to_front(self, job_id: str, *, caller: Caller | None = None) -> JobRecord:
+        """Put a queued job first in its queue's claim order (its priority raised above every other queued job's)."""
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
+        return self.store.move_to_front(job_id)
+
     def delete_job(self, job_id: str, *, caller: Caller | None = None) -> list[str]:
         """Delete an ended job with its log, metrics and outputs, and remove from the blob store the output blobs
         nothing else uses: no other job's output, no artifact and no file an artifact lists (an output can be
@@ -193,6 +212,83 @@ class LaunchService:
 
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str, sweep: SweepConfig, owner: str | None,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        """Package the prepared job once and queue one child job per run of ``sweep``, all of that artifact."""
+        runs = sweep.runs()
+        self.store.get_queue(queue)
+        artifact = self.package(prepared, **options)
+        record = self.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                         config=sweep.model_dump(mode="json", exclude_none=True),
+                                         max_parallel=sweep.max_parallel, fail_fast=sweep.fail_fast,
+                                         name=sweep.name, owner=owner)
+        self.wake()
+        return record, artifact
+
+    def get_sweep(self, sweep_id: str, *, caller: Caller | None = None) -> SweepRecord:
+        sweep = self.store.get_sweep(sweep_id)
+        if caller is not None and not (caller.admin or sweep.owner == caller.name):
+            raise NotFound(f"unknown sweep {sweep_id!r}")
+        return sweep
+
+    def cancel_sweep(self, sweep_id: str, *, caller: Caller | None = None) -> list[JobRecord]:
+        """Cancel the sweep's children that have not ended; the children as they are after."""
+        self.get_sweep(sweep_id, caller=caller)
+        children = sweep_children(self.store, sweep_id)
+        done = [self.store.request_cancel(j.id) if not j.done else j for j in children]
+        self.wake()
+        return done
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, prepared: PreparedJob, *, queue: str, cron: str, tz: str = "UTC",
+                        name: str | None = None, owner: str | None, **options: Any) -> tuple[ScheduleRecord, Artifact]:
+        """Package the prepared job once and keep it as a schedule: each time ``cron`` names in ``tz``, a job of
+        that artifact named after the schedule is queued on ``queue``."""
+        from .cron import Cron, zone_info
+
+        Cron(cron), zone_info(tz)  # a bad expression fails before anything is packaged
+        self.store.get_queue(queue)
+        artifact = self.package(prepared, **options)
+        schedule = self.store.create_schedule(queue, prepared.spec, cron=cron, tz=tz, artifact=artifact.digest,
+                                              name=name, owner=owner)
+        return schedule, artifact
+
+    def get_schedule(self, schedule_id: str, *, caller: Caller | None = None) -> ScheduleRecord:
+        """The schedule, when ``caller`` may reach it (its owner, or an admin); else "unknown", as for jobs."""
+        schedule = self.store.get_schedule(schedule_id)
+        if caller is not None and not (caller.admin or schedule.owner == caller.name):
+            raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        return schedule
+
+    def list_schedules(self, *, caller: Caller | None = None) -> list[ScheduleRecord]:
+        return self.store.list_schedules(owner=None if caller is None or caller.admin else caller.name)
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True, *,
+                       caller: Caller | None = None) -> ScheduleRecord:
+        self.get_schedule(schedule_id, caller=caller)
+        return self.store.pause_schedule(schedule_id, paused)
+
+    def delete_schedule(self, schedule_id: str, *, caller: Caller | None = None) -> None:
+        self.get_schedule(schedule_id, caller=caller)
+        self.store.delete_schedule(schedule_id)
+
+    def fire_schedule(self, schedule: ScheduleRecord, next_run_at: float | None, *, run: bool,
+                      now: float | None = None) -> JobRecord | None:
+        """Queue the schedule's job for its due time (``run``; else only move it on) and wake the agents; ``None``
+        when another scheduler fired that time first."""
+        return self.fire_schedules([(schedule, next_run_at, run)], now=now)[0]
+
+    def fire_schedules(self, fires: list[tuple[ScheduleRecord, float | None, bool]], *,
+                       now: float | None = None) -> list[JobRecord | None]:
+        """``fire_schedule`` for many, in one transaction of the store."""
+        jobs = self.store.fire_schedules([(s.id, s.next_run_at, nxt, run) for s, nxt, run in fires], now=now)
+        if any(job is not None for job in jobs):
+            self.wake()
+        return jobs
 
     async def follow(self, job_id: str, offset: int = 0, *, page: int = PAGE, poll_min: float = POLL_MIN,
                      poll_max: float = 0.1) -> AsyncIterator[LogPage | JobRecord]:

@@ -201,6 +201,9 @@ class Resources(Strict):
         return None if v is None else parse_memory(v)
 
 
+MAX_PRIORITY = 1000
+
+
 class JobSpec(Strict):
     """What to run. The seed's ``my_training_job.yaml`` is one of these."""
 
@@ -221,6 +224,7 @@ class JobSpec(Strict):
     timeout: float | None = None  # seconds
     retries: int = Field(default=0, ge=0, le=100)
     kernel: str | None = None
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)  # claim order: higher first, then FIFO
 
     @field_validator("command", mode="before")
     @classmethod

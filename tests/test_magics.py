@@ -279,6 +279,19 @@ def test_no_agent_for_the_queue_runs_one_in_the_kernel(client, kernel_env, tmp_p
     assert client.live_agents("default") == []  # it stopped with the kernel
 
 
+def test_a_cell_sweep_runs_one_job_per_combination_and_prints_its_table(client, kernel_env, tmp_path):
+    nb = run_notebook("magics_sweep", tmp_path, kernel_env)  # no agent: one runs in the kernel
+    out = stream_text(nb.cells[1])
+    sweep_id = out.split("sweep ")[1].split(":")[0]
+    children = client.sweep_jobs(sweep_id)
+    assert sorted((j.spec["parameters"]["lr"], j.spec["parameters"]["epochs"]) for j in children) == [
+        (0.01, 2), (0.01, 3), (0.1, 2), (0.1, 3)]
+    assert {(j.state, j.priority, j.kind, j.parent_id) for j in children} == {("succeeded", 3, "cell", sweep_id)}
+    table = out[out.index("JOB"):].splitlines()
+    assert table[0].split() == ["JOB", "lr", "epochs", "STATE", "loss"]
+    assert [row.split()[4] for row in table[1:]] == ["0.2", "0.3", "0.02", "0.03"]  # no metric named: in order
+
+
 def test_through_a_server_a_queue_no_agent_serves_waits_for_one(launch_server, tmp_path):
     """No agent starts in the kernel for the server's queue: the job waits on the server, and the view says why."""
     from jupyter_client.manager import start_new_kernel

@@ -296,3 +296,43 @@ def test_sqlite_store_is_in_wal_mode_with_its_schema_under_alembic(tmp_path):
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [(head,)]
     finally:
         db.close()
+
+
+def test_a_listed_queued_job_counts_the_jobs_ahead_of_it_up_to_a_cap_and_get_job_exactly(store):
+    from jupyter_launch.store.sql import LIST_AHEAD_CAP
+
+    make_queue(store)
+    store.enqueue_many("q", [spec()] * (LIST_AHEAD_CAP + 5), artifact=None)
+    store.enqueue_many("q", [spec(priority=2)] * 3, artifact=None)
+    last = store.enqueue("q", spec(), artifact=None)
+    listed = store.list_jobs(queue="q", limit=1)[0]
+    assert listed.id == last.id and listed.message.endswith("; 1,003+ job(s) ahead of it (3 at a higher priority)")
+    exact = store.get_job(last.id)
+    assert exact.message.endswith(f"; {LIST_AHEAD_CAP + 8} job(s) ahead of it (3 at a higher priority)")
+
+
+def test_a_store_of_the_previous_schema_migrates_to_0005_keeping_its_jobs_and_back(tmp_path):
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = SQLStore(url)
+    make_queue(store)
+    job = store.enqueue("q", spec(priority=5), artifact=None)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(sql.__file__).parent / "migrations"))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    store.close()
+    db = sqlite3.connect(tmp_path / "old.db")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    db.close()
+    assert "priority" not in columns and not {"schedules", "sweeps", "leases"} & tables
+    again = SQLStore(url)  # migrates up at open
+    kept = again.get_job(job.id)
+    assert (kept.state, kept.priority, kept.schedule_id, kept.parent_id) == ("queued", 0, None, None)
+    assert again.list_schedules() == []
+    with again.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    again.close()

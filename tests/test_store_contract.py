@@ -347,6 +347,164 @@ def test_rerun_queues_the_same_spec_and_artifact_again(store):
         store.rerun("0000000000000000")
 
 
+# ------------------------------------------------------------------ priorities
+
+def test_claims_take_the_highest_priority_first_and_are_fifo_within_one(store):
+    name = new_queue(store)
+    order = [0, 5, 0, -1, 5, 2]
+    jobs = [store.enqueue(name, spec(priority=p), artifact=None) for p in order]
+    assert [j.priority for j in jobs] == order
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    taken = [store.claim_next_job(me, [name]).job.id for _ in order]
+    want = [jobs[i].id for i in (1, 4, 5, 0, 2, 3)]  # 5, 5 (FIFO), 2, 0, 0 (FIFO), -1
+    assert taken == want
+    assert store.claim_next_job(me, [name]) is None
+
+
+def test_a_queued_job_says_how_many_jobs_are_ahead_of_it_and_how_many_at_a_higher_priority(store):
+    name = new_queue(store, max_instances=1)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    low = store.enqueue(name, spec(), artifact=None)
+    older = store.enqueue(name, spec(), artifact=None)
+    urgent = [store.enqueue(name, spec(priority=9), artifact=None) for _ in range(3)]
+    waiting = store.get_job(older.id)
+    assert waiting.reason == "waiting_in_line"
+    assert "behind 4 job(s)" in waiting.message and "(3 of them at a higher priority)" in waiting.message
+    assert store.get_job(low.id).reason == "waiting_in_line" and "behind 3 job(s)" in store.get_job(low.id).message
+    assert store.get_job(urgent[0].id).reason == "waiting_for_agent"
+    listed = {j.id: j for j in store.list_jobs(queue=name)}  # a listing says it too (the panel shows these)
+    assert listed[older.id].message == waiting.message
+    store.claim_next_job(me, [name])  # urgent[0] runs: the queue is at max_instances
+    capped = store.get_job(older.id)
+    assert capped.reason == "waiting_for_capacity" and "3 job(s) ahead of it (2 at a higher priority)" in capped.message
+
+
+def test_move_to_front_puts_a_queued_job_first_and_only_a_queued_one(store):
+    name = new_queue(store)
+    first = store.enqueue(name, spec(priority=3), artifact=None)
+    rest = [store.enqueue(name, spec(), artifact=None) for _ in range(3)]
+    moved = store.move_to_front(rest[-1].id)
+    assert (moved.state, moved.priority) == (QUEUED, 4)
+    assert store.move_to_front(rest[-1].id).priority == 4  # already first: unchanged
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    assert store.get_job(rest[-1].id).reason == "waiting_for_agent"
+    assert [store.claim_next_job(me, [name]).job.id for _ in range(4)] == [rest[-1].id, first.id, rest[0].id,
+                                                                          rest[1].id]
+    with pytest.raises(StoreError, match="only a queued job can be moved"):
+        store.move_to_front(first.id)
+    with pytest.raises(NotFound, match="unknown job"):
+        store.move_to_front("0000000000000000")
+
+
+# ------------------------------------------------------------------ sweeps
+
+def test_a_sweep_queues_one_child_per_run_and_claims_at_most_max_parallel_of_them(store):
+    name = new_queue(store)
+    runs = [{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}]
+    sweep = store.create_sweep(name, spec(name="train", parameters={"epochs": 3}), artifact=None, runs=runs,
+                               config={"method": "grid", "parameters": {"lr": {"values": [0.1, 0.01, 0.001]}}},
+                               max_parallel=2)
+    assert (sweep.runs, sweep.max_parallel, sweep.fail_fast, sweep.name) == (3, 2, False, "train")
+    assert store.get_sweep(sweep.id) == sweep
+    children = store.list_jobs(parent_id=sweep.id)[::-1]
+    assert [(j.name, j.spec["parameters"], j.parent_id) for j in children] == [
+        (f"train-{i}", {"epochs": 3, **run}, sweep.id) for i, run in enumerate(runs, 1)]
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    first, second = (store.claim_next_job(me, [name]) for _ in range(2))
+    assert [first.job.id, second.job.id] == [children[0].id, children[1].id]
+    assert store.claim_next_job(me, [name]) is None  # two of its jobs run: the third waits
+    waiting = store.get_job(children[2].id)
+    assert waiting.reason == "sweep_at_max_parallel" and "at most 2 of its jobs at once" in waiting.message
+    assert store.finish(first.job.id, first.fence, SUCCEEDED)
+    assert store.claim_next_job(me, [name]).job.id == children[2].id
+    with pytest.raises(NotFound, match="unknown sweep"):
+        store.get_sweep("0000000000000000")
+
+
+def test_a_failed_child_of_a_fail_fast_sweep_cancels_the_rest_and_of_another_sweep_does_not(store):
+    name = new_queue(store)
+    me = agent_id()
+    store.register_agent(me, [name], [], host="box")
+    outcomes = {}
+    for fail_fast in (True, False):
+        sweep = store.create_sweep(name, spec(), artifact=None, runs=[{"x": i} for i in range(4)], config={},
+                                   fail_fast=fail_fast)
+        running = [store.claim_next_job(me, [name]) for _ in range(2)]
+        assert store.finish(running[0].job.id, running[0].fence, "failed", exit_code=1)
+        children = store.list_jobs(parent_id=sweep.id)[::-1]
+        outcomes[fail_fast] = [(j.state, j.reason, j.cancel_requested) for j in children]
+        for claim in running[1:]:
+            store.finish(claim.job.id, claim.fence, SUCCEEDED)
+        for j in children[2:]:
+            if j.state == QUEUED:
+                store.request_cancel(j.id)
+    assert outcomes[True][0][:2] == ("failed", None) and outcomes[True][1][2] is True  # the running one: asked to stop
+    assert [o[:2] for o in outcomes[True][2:]] == [(CANCELLED, "sweep_failed_fast")] * 2
+    assert [o[0] for o in outcomes[False]] == ["failed", CLAIMED, QUEUED, QUEUED] and not outcomes[False][1][2]
+
+
+@pytest.mark.parametrize("runs, field", [([], "runs"), (["lr"], "runs: run 1 must be an object"),
+                                         ([{"not a name": 1}], "runs: run 1: parameters"),
+                                         ([{"x": 1}] * 1001, "runs")])
+def test_a_sweep_with_bad_runs_is_refused_naming_the_field_and_queues_nothing(store, runs, field):
+    name = new_queue(store)
+    with pytest.raises(ValueError) as err:
+        store.create_sweep(name, spec(), artifact=None, runs=runs, config={})
+    assert field in str(err.value) and "\n" not in str(err.value)
+    assert store.list_jobs(queue=name) == []
+
+
+# ------------------------------------------------------------------ schedules
+
+def test_schedules_create_get_list_pause_resume_delete(store):
+    name = new_queue(store)
+    before = time.time()
+    created = store.create_schedule(name, spec(name="job"), cron="30 6 * * mon-fri", tz="Europe/Berlin",
+                                    artifact=None, name=f"nightly-{name}")
+    assert (created.queue, created.cron, created.tz, created.paused, created.name) == (
+        name, "30 6 * * mon-fri", "Europe/Berlin", False, f"nightly-{name}")
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    there = datetime.fromtimestamp(created.next_run_at, ZoneInfo("Europe/Berlin"))
+    assert (there.hour, there.minute, there.isoweekday() <= 5) == (6, 30, True)
+    assert before < created.next_run_at < before + 4 * 86400
+    assert store.get_schedule(created.id) == created
+    assert created.id in [s.id for s in store.list_schedules()]
+    paused = store.pause_schedule(created.id)
+    assert (paused.paused, paused.next_run_at) == (True, None)
+    resumed = store.pause_schedule(created.id, False)
+    assert (resumed.paused, resumed.next_run_at) == (False, created.next_run_at)
+    assert store.list_jobs(schedule_id=created.id) == []
+    store.delete_schedule(created.id)
+    with pytest.raises(NotFound, match="unknown schedule"):
+        store.get_schedule(created.id)
+    with pytest.raises(NotFound, match="unknown schedule"):
+        store.delete_schedule(created.id)
+
+
+@pytest.mark.parametrize("cron, tz, message", [
+    ("0 6 * *", "UTC", "cron: '0 6 * *' has 4 field(s)"), ("0 24 * * *", "UTC", "cron: hour: 24 is out of range"),
+    ("*/0 * * * *", "UTC", "cron: minute: the step '0'"), ("0 6 * * funday", "UTC", "cron: day of week:"),
+    ("0 0 30 2 *", "UTC", "cron: '0 0 30 2 *' names no time"), ("0 6 * * *", "Mars/Olympus", "tz: 'Mars/Olympus'"),
+])
+def test_a_bad_cron_expression_or_time_zone_is_refused_naming_the_field(store, cron, tz, message):
+    name = new_queue(store)
+    with pytest.raises(ValueError) as err:
+        store.create_schedule(name, spec(), cron=cron, tz=tz, artifact=None)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert store.list_schedules(owner="nobody-has-this-name") == []
+
+
+def test_a_schedule_on_an_unknown_queue_is_refused(store):
+    with pytest.raises(NotFound, match="unknown queue"):
+        store.create_schedule(f"nope-{secrets.token_hex(3)}", spec(), cron="* * * * *", artifact=None)
+
+
 # ------------------------------------------------------------------ logs, metrics, outputs
 
 def claimed(store: Any, **kw: Any) -> Any:

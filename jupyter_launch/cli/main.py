@@ -1,4 +1,4 @@
-"""``jupyter launch ...``: queues, submit, jobs, logs, cancel, rerun, outputs, agent, token.
+"""``jupyter launch ...``: queues, submit, schedules, sweeps, move, jobs, logs, cancel, rerun, outputs, agent, token.
 
 Bad input exits with code 2 and one line naming the file, the line and the field; so do a server that cannot be
 reached and a token it refuses. A followed job exits with 0 when it succeeded and 1 otherwise.
@@ -152,10 +152,11 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ submit and jobs
 
 def job_options(args: argparse.Namespace) -> JobOptions:
-    return JobOptions(notebook=args.notebook, config=args.config, root=args.root, name=args.name,
+    config = getattr(args, "job_config", args.config)  # a sweep's --config is its sweep file, not a job's
+    return JobOptions(notebook=args.notebook, config=config, root=args.root, name=args.name,
                       job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
-                      retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory, env=args.env or (),
-                      secrets=args.secret or (), params=args.param or ())
+                      retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus,
+                      memory=args.memory, env=args.env or (), secrets=args.secret or (), params=args.param or ())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -360,6 +361,198 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_move(args: argparse.Namespace) -> int:
+    if not args.front:
+        raise UsageError("move takes --front (the one move there is: to the front of its queue)")
+    rec = _client(args).move_to_front(args.job_id)
+    print(printable(f"job {rec.id}: first on queue {rec.queue} (priority {rec.priority})"))
+    return 0
+
+
+# ------------------------------------------------------------------ schedules
+
+def _fmt_utc_and_local(ts: float | None, tz: str) -> str:
+    """A schedule's time in its own zone (what its cron means) and in this machine's."""
+    if ts is None:
+        return "-"
+    from ..cron import zone_info
+
+    there = datetime.fromtimestamp(ts, zone_info(tz)).strftime("%Y-%m-%d %H:%M %Z")
+    return f"{there} ({_fmt_time(ts)} here)" if tz != "UTC" else there
+
+
+def cmd_schedule_create(args: argparse.Namespace) -> int:
+    if bool(args.notebook) == bool(args.config):
+        raise UsageError("schedule create needs a NOTEBOOK or --config FILE (one of them)")
+    prepared = prepare_job(job_options(args))
+    schedule, artifact = _client(args).create_schedule(prepared, queue=args.queue, cron=args.cron, tz=args.tz,
+                                                       name=args.name, max_size=args.max_size)
+    print(f"packaged {artifact.report()}", file=sys.stderr)
+    print(printable(f"schedule {schedule.id} ({schedule.name}) on queue {schedule.queue}: '{schedule.cron}' "
+                    f"{schedule.tz}; next run {_fmt_utc_and_local(schedule.next_run_at, schedule.tz)}"),
+          file=sys.stderr)
+    print(schedule.id)
+    return 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    schedules = _client(args).schedules()
+    if args.json:
+        print(json.dumps([s.to_dict() for s in schedules], indent=1))
+        return 0
+    rows = [[s.id, s.name, s.queue, s.cron, s.tz, "paused" if s.paused else _fmt_utc_and_local(s.next_run_at, s.tz),
+             _fmt_time(s.last_run_at)] for s in schedules]
+    print(_table(rows, ["SCHEDULE", "NAME", "QUEUE", "CRON", "TZ", "NEXT RUN", "LAST RUN"]))
+    return 0
+
+
+def cmd_schedule_show(args: argparse.Namespace) -> int:
+    from ..cron import Cron
+
+    client = _client(args)
+    s = client.schedule(args.schedule_id)
+    runs = client.schedule_runs(s.id, limit=args.runs)
+    upcoming = [] if s.paused else Cron(s.cron).next_times((s.next_run_at or time.time()) - 1, 5, s.tz)
+    if args.json:
+        print(json.dumps({**s.to_dict(), "next_runs": upcoming, "runs": [j.to_dict() for j in runs]}, indent=1,
+                         default=str))
+        return 0
+    lines = [f"schedule   {s.id}   {s.name}" + ("   (paused)" if s.paused else ""),
+             f"queue      {s.queue}",
+             f"cron       {s.cron}   ({s.tz})",
+             f"artifact   {s.artifact or '-'}",
+             f"owner      {s.owner or '-'}",
+             f"created    {_fmt_time(s.created_at)}"]
+    nexts = [_fmt_utc_and_local(t, s.tz) for t in upcoming] or [
+        f"paused (jupyter launch schedule resume {s.id})" if s.paused else "none"]
+    lines += [("next runs  " if i == 0 else " " * 11) + text for i, text in enumerate(nexts)]
+    print("\n".join(printable(line) for line in lines))
+    print("last runs" if runs else "last runs  none yet")
+    if runs:
+        print(_table([[j.id, j.state, j.reason or "", _fmt_time(j.submitted_at), _fmt_duration(j.duration)]
+                      for j in runs], ["JOB", "STATE", "REASON", "SUBMITTED", "DURATION"]))
+    return 0
+
+
+def cmd_schedule_pause(args: argparse.Namespace) -> int:
+    s = _client(args).pause_schedule(args.schedule_id, args.schedule_command == "pause")
+    state = "paused" if s.paused else f"resumed; next run {_fmt_utc_and_local(s.next_run_at, s.tz)}"
+    print(printable(f"schedule {s.id} ({s.name}) {state}"))
+    return 0
+
+
+def cmd_schedule_delete(args: argparse.Namespace) -> int:
+    _client(args).delete_schedule(args.schedule_id)
+    print(f"schedule {args.schedule_id} deleted (the jobs it queued stay)")
+    return 0
+
+
+# ------------------------------------------------------------------ sweeps
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    if args.notebook in ("show", "cancel") and args.sweep_id:
+        return (cmd_sweep_show if args.notebook == "show" else cmd_sweep_cancel)(args)
+    if args.sweep_id:
+        raise UsageError(f"unrecognized argument {args.sweep_id!r} (sweep NOTEBOOK, sweep show ID, sweep cancel ID)")
+    if not args.notebook:
+        raise UsageError("sweep needs a NOTEBOOK (or: sweep show ID, sweep cancel ID)")
+    sweep = sweep_config(args)
+    args.job_config = None
+    prepared = prepare_job(job_options(args))
+    client = _client(args)
+    record, artifact = client.create_sweep(prepared, queue=args.queue, sweep=sweep, max_size=args.max_size)
+    print(f"packaged {artifact.report()}", file=sys.stderr)
+    limit = f", at most {record.max_parallel} at once" if record.max_parallel else ""
+    print(printable(f"sweep {record.id} ({record.name}): {record.runs} job(s) on queue {record.queue}{limit}"),
+          file=sys.stderr)
+    if not args.wait:
+        print(record.id)
+        return 0
+    return _wait_sweep(client, record.id, record.queue)
+
+
+def sweep_config(args: argparse.Namespace) -> Any:
+    """The sweep the options describe: ``--config FILE`` (W&B's shape) with the options laid over it, or ``--grid``,
+    ``--random N`` and ``--range``."""
+    from ..spec import validate
+    from ..sweep import SweepConfig, load_sweep_config, parse_grid, parse_range
+
+    data: dict[str, Any] = {}
+    if args.config:
+        if args.grid or args.range:
+            raise UsageError("give the parameters in --config FILE or as --grid/--range, not both")
+        data = load_sweep_config(args.config).model_dump(exclude_none=True)
+    else:
+        parameters = {**parse_grid(args.grid or ()), **parse_range(args.range or ())}
+        if not parameters:
+            raise UsageError("sweep needs parameters: --grid NAME=V1,V2, --range NAME=MIN:MAX[:log] with --random N, "
+                             "or --config sweep.yaml")
+        data = {"method": "random" if args.random or args.range else "grid", "parameters": parameters}
+    overrides = {"run_cap": args.random, "max_parallel": args.max_parallel, "name": args.name, "seed": args.seed,
+                 "fail_fast": args.fail_fast or None}
+    if args.random:
+        overrides["method"] = "random"
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    if args.metric:
+        data["metric"] = {"name": args.metric, "goal": args.goal or "minimize"}
+    elif args.goal and data.get("metric"):
+        data["metric"] = {**data["metric"], "goal": args.goal}
+    return validate(SweepConfig, data, args.config or "<sweep options>")
+
+
+def _wait_sweep(client: Client, sweep_id: str, queue: str) -> int:
+    """Run an agent here when none serves the queue (embedded store), wait for every child, print the table."""
+    async def main() -> list[JobRecord]:
+        started = await client.ensure_agent(queue)
+        if started:
+            print(f"no agent serves queue {queue}; running one in this process until the sweep ends", file=sys.stderr)
+        try:
+            seen: dict[str, str] = {}
+            while True:
+                jobs = await asyncio.to_thread(client.sweep_jobs, sweep_id)
+                for j in jobs:
+                    if j.done and seen.get(j.id) != j.state:
+                        seen[j.id] = j.state
+                        print(printable(f"{j.id} {j.name} {j.state}"), file=sys.stderr)
+                if all(j.done for j in jobs):
+                    return jobs
+                await asyncio.sleep(0.5)
+        finally:
+            await client.stop_agents()
+
+    jobs = asyncio.run(main())
+    print(_sweep_table(client, client.sweep(sweep_id), jobs))
+    return 0 if all(j.state == "succeeded" for j in jobs) else 1
+
+
+def _sweep_table(client: Client, sweep: Any, jobs: list[JobRecord]) -> str:
+    from ..sweep import sweep_table
+
+    header, rows = sweep_table(sweep, jobs, client.metrics)
+    return _table(rows, header)
+
+
+def cmd_sweep_show(args: argparse.Namespace) -> int:
+    client = _client(args)
+    sweep = client.sweep(args.sweep_id)
+    jobs = client.sweep_jobs(sweep.id)
+    counts: dict[str, int] = {}
+    for j in jobs:
+        counts[j.state] = counts.get(j.state, 0) + 1
+    metric = f", metric {sweep.metric} ({sweep.goal})" if sweep.metric else ""
+    print(printable(f"sweep {sweep.id} ({sweep.name}) on {sweep.queue}: {sweep.runs} job(s){metric}; "
+                    + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))))
+    print(_sweep_table(client, sweep, jobs))
+    return 0
+
+
+def cmd_sweep_cancel(args: argparse.Namespace) -> int:
+    jobs = _client(args).cancel_sweep(args.sweep_id)
+    print(f"sweep {args.sweep_id}: {sum(1 for j in jobs if j.state == 'cancelled' or j.cancel_requested)} job(s) "
+          f"cancelled or asked to stop, {len(jobs)} in all")
+    return 0
+
+
 def cmd_outputs(args: argparse.Namespace) -> int:
     client = _client(args)
     client.get_job(args.job_id)
@@ -456,6 +649,33 @@ def _add_server_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="read the token from FILE, which only its owner may read (chmod 600 FILE)")
 
 
+def _add_job_options(p: argparse.ArgumentParser, *, job_file: bool = True) -> None:
+    """The options that describe a job, the same for `submit`, `schedule create` and `sweep`."""
+    p.add_argument("notebook", nargs="?", help="the notebook to run")
+    if job_file:
+        p.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
+    p.add_argument("--queue", "-q", default="default")
+    p.add_argument("--job-type", "-t")
+    p.add_argument("--name")
+    p.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="a notebook parameter, as NAME VALUE or NAME=VALUE; a value that is a Python literal (3, 0.1, "
+                        "True, [1, 2], 'text') has its type, anything else is the exact text typed")
+    p.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
+    p.add_argument("--gpus", type=int)
+    p.add_argument("--memory", help="memory (8Gi, 512Mi)")
+    p.add_argument("--image")
+    p.add_argument("--kernel")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE")
+    p.add_argument("--secret", action="append", metavar="NAME",
+                   help="an environment variable resolved on the agent at start; never stored")
+    p.add_argument("--timeout", help="3600, 90s, 45m, 1h")
+    p.add_argument("--retries", type=int)
+    p.add_argument("--priority", type=int, help="claim order on the queue: higher first, FIFO within one priority "
+                   "(default 0; -1000 to 1000)")
+    p.add_argument("--root", help="the folder to package (default: the notebook's or config's folder)")
+    p.add_argument("--max-size", type=int, help="refuse artifacts larger than this many bytes")
+
+
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations before the command: they would be matched against the command's own options too (`outputs
     # --to DIR` is neither --token nor --token-file).
@@ -490,28 +710,64 @@ def build_parser() -> argparse.ArgumentParser:
     qd.set_defaults(func=cmd_queue_delete)
 
     s = sub.add_parser("submit", help="submit a notebook or a job YAML to a queue", parents=[server_options])
-    s.add_argument("notebook", nargs="?", help="the notebook to run")
-    s.add_argument("--config", "-c", help="a job YAML (kind, command, image, env, resources, ...)")
-    s.add_argument("--queue", "-q", default="default")
-    s.add_argument("--job-type", "-t")
-    s.add_argument("--name")
-    s.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="a notebook parameter, as NAME VALUE or NAME=VALUE; a value that is a Python literal (3, 0.1, "
-                        "True, [1, 2], 'text') has its type, anything else is the exact text typed")
-    s.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
-    s.add_argument("--gpus", type=int)
-    s.add_argument("--memory", help="memory (8Gi, 512Mi)")
-    s.add_argument("--image")
-    s.add_argument("--kernel")
-    s.add_argument("--env", action="append", metavar="KEY=VALUE")
-    s.add_argument("--secret", action="append", metavar="NAME",
-                   help="an environment variable resolved on the agent at start; never stored")
-    s.add_argument("--timeout", help="3600, 90s, 45m, 1h")
-    s.add_argument("--retries", type=int)
-    s.add_argument("--root", help="the folder to package (default: the notebook's or config's folder)")
-    s.add_argument("--max-size", type=int, help="refuse artifacts larger than this many bytes")
+    _add_job_options(s)
     s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends")
     s.set_defaults(func=cmd_submit)
+
+    sc = sub.add_parser("schedule", help="run a notebook or job on a schedule (cron); list, show, pause, resume, "
+                        "delete schedules")
+    scs = sc.add_subparsers(dest="schedule_command", metavar="ACTION")
+    scc = scs.add_parser("create", help="package a notebook or job YAML once and queue it at each time a cron "
+                         "expression names; any agent or Jupyter server on the store fires it",
+                         parents=[server_options])
+    _add_job_options(scc)
+    scc.add_argument("--cron", required=True, help="five fields: minute hour day-of-month month day-of-week, with "
+                     "ranges, steps, lists and names ('0 6 * * mon-fri', '*/15 * * * *'), or @daily, @hourly...")
+    scc.add_argument("--tz", default="UTC", help="the time zone the cron expression is read in (Europe/Berlin; "
+                     "default UTC)")
+    scc.set_defaults(func=cmd_schedule_create)
+    scl = scs.add_parser("list", help="list schedules with their next and last runs", parents=[server_options])
+    scl.add_argument("--json", action="store_true")
+    scl.set_defaults(func=cmd_schedule_list)
+    ssh = scs.add_parser("show", help="a schedule: its next runs, its last runs and their states",
+                         parents=[server_options])
+    ssh.add_argument("schedule_id")
+    ssh.add_argument("--runs", type=int, default=10, help="how many of its last runs to show (default 10)")
+    ssh.add_argument("--json", action="store_true")
+    ssh.set_defaults(func=cmd_schedule_show)
+    for action, func, helptext in (("pause", cmd_schedule_pause, "stop a schedule firing"),
+                                   ("resume", cmd_schedule_pause, "fire again, from its next time after now"),
+                                   ("delete", cmd_schedule_delete, "delete a schedule (its jobs stay)")):
+        a = scs.add_parser(action, help=helptext, parents=[server_options])
+        a.add_argument("schedule_id")
+        a.set_defaults(func=func)
+
+    sw = sub.add_parser("sweep", help="run a notebook once per parameter combination (grid, random, or a W&B sweep "
+                        "file); `sweep show ID` prints its table, `sweep cancel ID` cancels its jobs",
+                        parents=[server_options])
+    _add_job_options(sw, job_file=False)
+    sw.add_argument("sweep_id", nargs="?", help=argparse.SUPPRESS)
+    sw.add_argument("--config", "-c", help="a sweep YAML in W&B's shape: method (grid, random), parameters (values, "
+                    "value, or distribution with min and max), metric (name, goal), run_cap")
+    sw.add_argument("--grid", action="append", metavar="NAME=V1,V2", help="values to go through; repeatable (the "
+                    "runs are every combination)")
+    sw.add_argument("--random", type=int, metavar="N", help="N runs drawn at random (from --range and --grid)")
+    sw.add_argument("--range", action="append", metavar="NAME=MIN:MAX[:lin|log|int]",
+                    help="a range drawn from with --random; repeatable")
+    sw.add_argument("--seed", type=int, help="the random draws' seed (the same seed, the same runs)")
+    sw.add_argument("--max-parallel", type=int, metavar="K", help="at most K of its jobs run at once")
+    sw.add_argument("--fail-fast", action="store_true", help="the first job that fails cancels the rest")
+    sw.add_argument("--metric", help="the metric that ranks the jobs (the last value each logged)")
+    sw.add_argument("--goal", choices=["minimize", "maximize"], help="whether less or more --metric is better "
+                    "(default minimize)")
+    sw.add_argument("--wait", action="store_true", help="wait for every job, then print the table (runs an agent "
+                    "here when none serves the queue)")
+    sw.set_defaults(func=cmd_sweep)
+
+    mv = sub.add_parser("move", help="move a queued job: --front puts it first on its queue", parents=[server_options])
+    mv.add_argument("job_id")
+    mv.add_argument("--front", action="store_true", help="first on its queue (its priority raised above the others')")
+    mv.set_defaults(func=cmd_move)
 
     j = sub.add_parser("jobs", aliases=["list"], help="list jobs, newest first, filtered and sorted on the store",
                        parents=[server_options])

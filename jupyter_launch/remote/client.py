@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from ..artifact import HashCache
+from ..artifact import Artifact, HashCache
 from ..client import Client, Job
 from ..options import PreparedJob
 from ..paths import launch_home
 from ..service import LogPage, package
 from ..spec import QueueConfig, load_queue_config
-from ..store import BlobStore, JobRecord, LogChunk, QueueRecord
+from ..store import BlobStore, JobRecord, LogChunk, QueueRecord, ScheduleRecord, SweepRecord
+from ..sweep import SweepConfig
 from .http import Http, RemoteError
 from .store import HttpBlobs, HttpStore
 
@@ -84,18 +85,40 @@ class HttpClient(Client):
             config.check_runnable(source)
         return self.store.create_queue(config, replace=replace)
 
-    def submit_prepared(self, prepared: PreparedJob, *, queue: str = "default", **options: Any) -> Job:
+    def _package(self, prepared: PreparedJob, queue: str, **options: Any) -> Artifact:
         self.store.get_queue(queue)  # an unknown queue fails before anything is packaged
         if self._hash_cache is None:
             self._hash_cache = HashCache(self.home)
         try:
-            artifact = package(prepared, self.blobs, hash_cache=self._hash_cache, **options)
+            return package(prepared, self.blobs, hash_cache=self._hash_cache, **options)
         finally:
             self._hash_cache.save()
+
+    def submit_prepared(self, prepared: PreparedJob, *, queue: str = "default", **options: Any) -> Job:
+        artifact = self._package(prepared, queue, **options)
         record = self.store.enqueue(queue, prepared.spec, artifact=artifact.digest, owner=self.owner)
         job = Job(self, record.id, record)
         job.packaged = artifact
         return job
+
+    def create_sweep(self, prepared: PreparedJob, *, queue: str = "default", sweep: SweepConfig,
+                     **options: Any) -> tuple[SweepRecord, Artifact]:
+        runs = sweep.runs()
+        artifact = self._package(prepared, queue, **options)
+        record = self.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                         config=sweep.model_dump(mode="json", exclude_none=True),
+                                         max_parallel=sweep.max_parallel, fail_fast=sweep.fail_fast, name=sweep.name)
+        return record, artifact
+
+    def create_schedule(self, prepared: PreparedJob, *, queue: str = "default", cron: str, tz: str = "UTC",
+                        name: str | None = None, **options: Any) -> tuple[ScheduleRecord, Artifact]:
+        from ..cron import Cron, zone_info
+
+        Cron(cron), zone_info(tz)  # a bad expression fails before anything is packaged
+        artifact = self._package(prepared, queue, **options)
+        schedule = self.store.create_schedule(queue, prepared.spec, cron=cron, tz=tz, artifact=artifact.digest,
+                                              name=name)
+        return schedule, artifact
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.store.request_cancel(job_id)

@@ -14,12 +14,13 @@ import os
 import tempfile
 import urllib.parse
 from collections.abc import Collection
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from ..store import (
-    ARCHIVED_CHOICES, BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim,
-    sha256_file,
+    ARCHIVED_CHOICES, BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord,
+    ScheduleRecord, StaleClaim, SweepRecord, sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
 from .http import STALE_CLAIM, Http, RemoteAuthError, RemoteError, job_record, queue_record
@@ -122,12 +123,13 @@ class HttpStore:
                   before: int | None = None, owner: str | None = None, job_type: str | None = None,
                   q: str | None = None, submitted_after: float | None = None,
                   submitted_before: float | None = None, archived: bool | None = False,
-                  sort: str = "-submitted", offset: int = 0) -> list[JobRecord]:
+                  sort: str = "-submitted", offset: int = 0, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
         shown = {value: name for name, value in ARCHIVED_CHOICES.items()}[archived]
         data = self._user("GET", "jobs", params={
             "queue": queue, "state": state, "limit": limit, "before": before, "owner": owner, "job_type": job_type,
             "q": q, "submitted_after": submitted_after, "submitted_before": submitted_before, "archived": shown,
-            "sort": sort, "offset": offset or None})
+            "sort": sort, "offset": offset or None, "schedule": schedule_id, "parent": parent_id})
         return [job_record(j) for j in data["jobs"]]
 
     def delete_job(self, job_id: str) -> list[str]:
@@ -144,6 +146,49 @@ class HttpStore:
 
     def requeue_expired(self) -> list[tuple[str, str]]:
         return []  # the server reaps expired leases itself (LaunchApp.reap_interval)
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        return job_record(self._user("POST", f"jobs/{_q(job_id)}/move", {"front": True}))
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: Any, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """``owner`` is the user of the user token, as the server records it; the argument is not sent."""
+        if artifact and self.blobs is not None:
+            self.blobs.sync()
+        return sweep_record(self._user("POST", "sweeps", {
+            "queue": queue, "spec": spec.model_dump(mode="json"), "artifact": artifact, "runs": runs,
+            "config": config, "max_parallel": max_parallel, "fail_fast": fail_fast, "name": name}))
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        return sweep_record(self._user("GET", f"sweeps/{_q(sweep_id)}"))
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: Any, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """``owner`` is the user of the user token, as the server records it; the argument is not sent."""
+        if artifact and self.blobs is not None:
+            self.blobs.sync()
+        return schedule_record(self._user("POST", "schedules", {
+            "queue": queue, "spec": spec.model_dump(mode="json"), "artifact": artifact, "cron": cron, "tz": tz,
+            "name": name}))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        return schedule_record(self._user("GET", f"schedules/{_q(schedule_id)}"))
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        schedules = [schedule_record(d) for d in self._user("GET", "schedules")["schedules"]]
+        return [s for s in schedules if owner is None or s.owner == owner]
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        action = "pause" if paused else "resume"
+        return schedule_record(self._user("POST", f"schedules/{_q(schedule_id)}/{action}"))
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self._user("DELETE", f"schedules/{_q(schedule_id)}")
 
     # ------------------------------------------------------------ jobs, as an agent runs them
 
@@ -265,6 +310,14 @@ class HttpStore:
         for http in (self.user_http, self.agent_http):
             if http is not None:
                 http.close()
+
+
+def sweep_record(d: dict[str, Any]) -> SweepRecord:
+    return SweepRecord(**{f.name: d.get(f.name) for f in fields(SweepRecord)})
+
+
+def schedule_record(d: dict[str, Any]) -> ScheduleRecord:
+    return ScheduleRecord(**{f.name: d.get(f.name) for f in fields(ScheduleRecord)})
 
 
 def _q(segment: str) -> str:

@@ -19,6 +19,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 
 from ..agent import Agent
+from ..scheduler import Scheduler
 from ..paths import default_store_url, launch_home
 from ..store import BlobStore, NotFound, SQLStore
 from ..store.sql import redact_url
@@ -56,6 +57,9 @@ class LaunchApp(ExtensionApp):
                              "kernel caps it at net.core.somaxconn). Connections arriving in a burst past it are "
                              "reset by the kernel before the API can answer 429; 0 leaves the server's own.")
     migrate = Bool(True, config=True, help="Bring the store's schema up to date at start.")
+    scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
+                           help="The scheduler that fires the store's schedules from this server (configure it as "
+                                "c.Scheduler.*).")
 
     @default("store_url")
     def _default_store_url(self) -> str:
@@ -70,6 +74,7 @@ class LaunchApp(ExtensionApp):
     # Set before anything can fail, so stopping works from any state the start left (a damaged store, say).
     store: SQLStore | None = None
     service: LaunchService | None = None
+    scheduler: Scheduler | None = None
     executor: ThreadPoolExecutor | None = None
 
     def initialize_settings(self) -> None:
@@ -100,6 +105,10 @@ class LaunchApp(ExtensionApp):
             for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
                 sock.listen(self.listen_backlog)
         self._tasks.append(asyncio.create_task(self._reap_expired_leases()))
+        # Schedules fire from the server with or without an in-process agent (which then runs no scheduler of its
+        # own); the store's lease picks one scheduler among every server and agent on the store.
+        self.scheduler = self.scheduler_class(parent=self, service=self.service)
+        self._tasks.append(asyncio.create_task(self.scheduler.run()))
         if self.agent_queues:
             for name in self.agent_queues:
                 try:
@@ -108,7 +117,8 @@ class LaunchApp(ExtensionApp):
                     self.log.warning("LaunchApp.agent_queues: %s; the in-process agent will serve it once it "
                                      "exists", exc)
             agent = self.agent_class(parent=self, store=self.store, blobs=self.blobs, queues=list(self.agent_queues),
-                                     job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds)
+                                     job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds,
+                                     run_schedules=False)
             await agent.start()
             self.agents.append(agent)
             self._tasks.append(asyncio.create_task(agent.run()))
@@ -129,6 +139,12 @@ class LaunchApp(ExtensionApp):
                 if store is not None:
                     with contextlib.suppress(Exception):
                         await self.run_store(store.release_agent_leases, agent.agent_id)
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None:
+            try:
+                await scheduler.stop()  # gives the lease up: another server or agent fires from now on
+            except Exception:
+                self.log.warning("stopping the scheduler failed; its lease lapses by itself", exc_info=True)
         for task in getattr(self, "_tasks", []):
             task.cancel()
         try:

@@ -53,6 +53,8 @@ USER_RESOURCES = (JOBS_RESOURCE, QUEUES_RESOURCE, ADMIN_RESOURCE)
 AGENT_AUTH_RESOURCE = "launch_agent"
 API = "/launch/api"
 JOB_ID = r"(?P<job_id>[0-9a-zA-Z]{6,32})"
+SCHEDULE_ID = r"(?P<schedule_id>[0-9a-zA-Z]{6,32})"
+SWEEP_ID = r"(?P<sweep_id>[0-9a-zA-Z]{6,32})"
 QUEUE = r"(?P<queue>[A-Za-z0-9._-]{1,63})"
 TOKEN_ID = r"(?P<token_id>[0-9A-Za-z]{1,64})"
 DIGEST = r"(?P<digest>sha256(?::|%3[Aa])[0-9a-f]{64})"  # jp_fetch and browsers may escape the colon
@@ -281,6 +283,8 @@ class JobsHandler(LaunchHandler):
                                              f"not {archived_arg[:40]!r}"))
         filters = {name: self.get_argument(name, None) or None
                    for name in ("queue", "state", "owner", "job_type", "q")}
+        filters["schedule_id"] = self.get_argument("schedule", None) or None
+        filters["parent_id"] = self.get_argument("parent", None) or None
         filters["sort"] = self.get_argument("sort", None) or DEFAULT_JOB_SORT
         for name in ("submitted_after", "submitted_before"):
             filters[name] = self.float_arg(name)
@@ -305,24 +309,8 @@ class JobsHandler(LaunchHandler):
             self.set_header("Location", _job_url(self.base_url, job.id))
             self.reply(job.to_dict(), 201)
             return
-        try:
-            if isinstance(data.get("yaml"), str):
-                spec = parse_job_spec(data["yaml"], "<request yaml>")
-            elif isinstance(data.get("spec"), dict):
-                spec = validate(JobSpec, data["spec"], "<request spec>")
-            else:
-                raise web.HTTPError(400, "give the job as 'spec' (an object) or 'yaml' (the job file's text)")
-        except SpecError as exc:
-            raise web.HTTPError(422, _escape(str(exc))) from None
-        artifact = data.get("artifact")
-        if artifact is not None:
-            try:
-                check_digest(artifact)
-            except ValueError as exc:
-                raise web.HTTPError(400, _escape(str(exc))) from None
-            if not self.launch.blobs.has(artifact):
-                raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
-                                         f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
+        spec = job_spec_arg(data)
+        artifact = self.artifact_arg(data)
         job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, **who)
         if artifact is not None:  # the queue's agents may read it from now on (claims grant it too)
             await self.store_call(grant_artifact, self.launch, artifact, job.queue)
@@ -330,9 +318,34 @@ class JobsHandler(LaunchHandler):
         self.reply(job.to_dict(), 201)
 
 
+    def artifact_arg(self, data: dict[str, Any]) -> str | None:
+        """The body's ``artifact`` digest, checked and on the server (else 400 or 409)."""
+        artifact = data.get("artifact")
+        if artifact is not None:
+            try:
+                check_digest(artifact)
+            except ValueError as exc:
+                raise web.HTTPError(400, _escape(f"artifact: {exc}")) from None
+            if not self.launch.blobs.has(artifact):
+                raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
+                                         f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
+        return artifact
+
     async def _submit_notebook(self, data: dict[str, Any], queue: str, who: dict[str, str | None]) -> Any:
         """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
         size limit, its environment): what the panel submits, so the job is the one any other face would make."""
+        prepared = await self.prepare_notebook(data)
+
+        def submit() -> Any:
+            job, artifact = self.launch.service.submit(prepared, queue=queue, **who)
+            grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
+            return job
+
+        return await self.from_root(submit)
+
+    async def prepare_notebook(self, data: dict[str, Any]) -> Any:
+        """The body's ``notebook`` (a path under the server's root) and ``options`` as a prepared job; 400, 403,
+        404 or 422 naming what is wrong."""
         notebook = data["notebook"]
         options = data.get("options") or {}
         if not isinstance(notebook, str) or not notebook.strip():
@@ -350,23 +363,32 @@ class JobsHandler(LaunchHandler):
         root = self._root()
         path = self._root_path(root, notebook)
         interpreter = await self._live_kernel_interpreter(root, path)
-        from ..errors import LocatedError
         from ..options import JobOptions, prepare_job
 
-        def prepare_and_submit() -> Any:
+        def prepare() -> Any:
+            prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
+            prepared.interpreter = interpreter
+            return prepared
+
+        return await self.from_root(prepare)
+
+    async def from_root(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A store call that reads the server's files (preparing, packaging): its file errors are 422, naming the
+        file as the user knows it, by its path under the root, not the server's."""
+        from ..errors import LocatedError
+
+        root = self._root()
+
+        def call() -> Any:
             try:
-                prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
-                prepared.interpreter = interpreter
-                job, artifact = self.launch.service.submit(prepared, queue=queue, **who)
-                grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
-                return job
-            except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
+                return fn(*args, **kwargs)
+            except LocatedError as exc:
                 if exc.source and os.path.commonpath([root, os.path.abspath(exc.source)]) == root:
                     exc.source = os.path.relpath(exc.source, root)
                 raise
 
         try:
-            return await self.store_call(prepare_and_submit)
+            return await self.store_call(call)
         except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
             raise web.HTTPError(422, _escape(str(exc))) from None
 
@@ -408,7 +430,19 @@ class JobsHandler(LaunchHandler):
 
 # Job fields a notebook submitted by path may set; the rest (kind, notebook, code) follow from the notebook.
 NOTEBOOK_OPTIONS = frozenset({"name", "job_type", "image", "kernel", "timeout", "retries", "resources", "parameters",
-                              "env", "secrets"})
+                              "env", "secrets", "priority"})
+
+
+def job_spec_arg(data: dict[str, Any]) -> JobSpec:
+    """The body's job, as ``spec`` (an object) or ``yaml`` (a job file's text); 400 or 422 naming what is wrong."""
+    try:
+        if isinstance(data.get("yaml"), str):
+            return parse_job_spec(data["yaml"], "<request yaml>")
+        if isinstance(data.get("spec"), dict):
+            return validate(JobSpec, data["spec"], "<request spec>")
+    except SpecError as exc:
+        raise web.HTTPError(422, _escape(str(exc))) from None
+    raise web.HTTPError(400, "give the job as 'spec' (an object) or 'yaml' (the job file's text)")
 
 
 class JobHandler(LaunchHandler):
@@ -451,6 +485,194 @@ class JobRerunHandler(LaunchHandler):
                                     **self.submitter())
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
+
+
+class JobMoveHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str) -> None:
+        data = self.body()
+        if data.get("front") is not True:
+            raise web.HTTPError(400, "front: must be true (the one move there is: to the front of its queue)")
+        job = await self.store_call(self.launch.service.move_to_front, job_id, caller=await job_caller(self))
+        self.reply(job.to_dict())
+
+
+# ------------------------------------------------------------------ sweeps
+
+class SweepsHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        from ..sweep import SweepConfig
+
+        data = self.body()
+        queue = data.get("queue") or "default"
+        if not isinstance(queue, str):
+            raise web.HTTPError(400, "queue: must be a queue name")
+        owner = self.current_user.username if self.current_user else None
+        if "runs" in data:  # a client expanded the sweep itself (HttpStore.create_sweep)
+            runs, config = data["runs"], data.get("config") or {}
+            if not isinstance(runs, list) or not isinstance(config, dict):
+                raise web.HTTPError(400, "runs: must be a list of parameter objects, with 'config' an object")
+            max_parallel, fail_fast, name = data.get("max_parallel"), data.get("fail_fast", False), data.get("name")
+            if not isinstance(fail_fast, bool):
+                raise web.HTTPError(400, "fail_fast: must be true or false")
+            if name is not None and not isinstance(name, str):
+                raise web.HTTPError(400, "name: must be a string")
+            if max_parallel is not None:
+                try:
+                    check_number("max_parallel", max_parallel, 1, MAX_COUNT, integer=True)
+                except ValueError as exc:
+                    raise web.HTTPError(400, _escape(str(exc))) from None
+        elif isinstance(data.get("sweep"), dict):
+            try:
+                sweep = validate(SweepConfig, data["sweep"], "<request sweep>")
+            except SpecError as exc:
+                raise web.HTTPError(400, _escape(str(exc))) from None
+            runs, config = sweep.runs(), sweep.model_dump(mode="json", exclude_none=True)
+            max_parallel, fail_fast, name = sweep.max_parallel, sweep.fail_fast, sweep.name
+        else:
+            raise web.HTTPError(400, "sweep: give the sweep as 'sweep' (method, parameters, metric) or as 'runs'")
+        if "notebook" in data:
+            prepared = await self.prepare_notebook(data)
+
+            def create() -> Any:
+                self.launch.store.get_queue(queue)
+                artifact = self.launch.service.package(prepared)
+                record = self.launch.store.create_sweep(queue, prepared.spec, artifact=artifact.digest, runs=runs,
+                                                        config=config, max_parallel=max_parallel,
+                                                        fail_fast=fail_fast, name=name, owner=owner)
+                grant_artifact(self.launch, artifact.digest, queue)
+                return record
+
+            record = await self.from_root(create)
+        else:
+            spec, artifact = job_spec_arg(data), self.artifact_arg(data)
+            record = await self.store_call(self.launch.store.create_sweep, queue, spec, artifact=artifact, runs=runs,
+                                           config=config, max_parallel=max_parallel, fail_fast=fail_fast, name=name,
+                                           owner=owner)
+            if artifact is not None:
+                await self.store_call(grant_artifact, self.launch, artifact, queue)
+        self.launch.service.wake()
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/sweeps/{record.id}")
+        self.reply(record.to_dict(), 201)
+
+    artifact_arg = JobsHandler.artifact_arg
+    prepare_notebook = JobsHandler.prepare_notebook
+    from_root = JobsHandler.from_root
+    _live_kernel_interpreter = JobsHandler._live_kernel_interpreter
+    _root = JobsHandler._root
+    _root_path = JobsHandler._root_path
+
+
+class SweepHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, sweep_id: str) -> None:
+        """The sweep; its children are ``GET jobs?parent=ID``."""
+        sweep = await self.store_call(self.launch.service.get_sweep, sweep_id, caller=await job_caller(self))
+        self.reply(sweep.to_dict())
+
+
+class SweepCancelHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, sweep_id: str) -> None:
+        jobs = await self.store_call(self.launch.service.cancel_sweep, sweep_id, caller=await job_caller(self))
+        self.reply({"jobs": [j.to_dict() for j in jobs]}, 202)
+
+
+# ------------------------------------------------------------------ schedules
+
+MAX_SCHEDULE_TEXT = 255  # the cron and name columns
+NEXT_RUNS = 5  # the next times a schedule's record lists
+
+
+def schedule_dict(schedule: Any) -> dict[str, Any]:
+    """A schedule as the API answers it: its record and its next few times."""
+    from ..cron import Cron
+
+    d = schedule.to_dict()
+    d["next_runs"] = [] if schedule.paused else Cron(schedule.cron).next_times(
+        (schedule.next_run_at or time.time()) - 1, NEXT_RUNS, schedule.tz)
+    return d
+
+
+class SchedulesHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self) -> None:
+        schedules = await self.store_call(self.launch.service.list_schedules, caller=await job_caller(self))
+        self.reply({"schedules": [schedule_dict(s) for s in schedules]})
+
+    @web.authenticated
+    @authorized
+    async def post(self) -> None:
+        data = self.body()
+        queue = data.get("queue") or "default"
+        if not isinstance(queue, str):
+            raise web.HTTPError(400, "queue: must be a queue name")
+        cron = data.get("cron")
+        if not isinstance(cron, str) or not cron.strip() or len(cron) > MAX_SCHEDULE_TEXT:
+            raise web.HTTPError(400, "cron: give five cron fields as a string, e.g. '0 6 * * *'")
+        tz = data.get("tz") or "UTC"
+        name = data.get("name")
+        for field, value in (("tz", tz), ("name", name)):
+            if value is not None and (not isinstance(value, str) or len(value) > MAX_SCHEDULE_TEXT):
+                raise web.HTTPError(400, f"{field}: must be a string of at most {MAX_SCHEDULE_TEXT} characters")
+        owner = self.current_user.username if self.current_user else None
+        service = self.launch.service
+        if "notebook" in data:
+            prepared = await self.prepare_notebook(data)
+
+            def create() -> Any:
+                schedule, artifact = service.create_schedule(prepared, queue=queue, cron=cron, tz=tz, name=name,
+                                                             owner=owner)
+                grant_artifact(self.launch, artifact.digest, queue)
+                return schedule
+
+            schedule = await self.from_root(create)
+        else:
+            spec, artifact = job_spec_arg(data), self.artifact_arg(data)
+            schedule = await self.store_call(self.launch.store.create_schedule, queue, spec, cron=cron, tz=tz,
+                                             artifact=artifact, name=name, owner=owner)
+            if artifact is not None:
+                await self.store_call(grant_artifact, self.launch, artifact, queue)
+        self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/schedules/{schedule.id}")
+        self.reply(schedule_dict(schedule), 201)
+
+    artifact_arg = JobsHandler.artifact_arg
+    prepare_notebook = JobsHandler.prepare_notebook
+    from_root = JobsHandler.from_root
+    _live_kernel_interpreter = JobsHandler._live_kernel_interpreter
+    _root = JobsHandler._root
+    _root_path = JobsHandler._root_path
+
+
+class ScheduleHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def get(self, schedule_id: str) -> None:
+        schedule = await self.store_call(self.launch.service.get_schedule, schedule_id,
+                                         caller=await job_caller(self))
+        self.reply(schedule_dict(schedule))
+
+    @web.authenticated
+    @authorized
+    async def delete(self, schedule_id: str) -> None:
+        await self.store_call(self.launch.service.delete_schedule, schedule_id, caller=await job_caller(self))
+        self.set_status(204)
+        self.finish()
+
+
+class SchedulePauseHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, schedule_id: str, action: str) -> None:
+        schedule = await self.store_call(self.launch.service.pause_schedule, schedule_id, action == "pause",
+                                         caller=await job_caller(self))
+        self.reply(schedule_dict(schedule))
 
 
 def log_page(chunks: list[Any], nxt: int, job: Any, offset: int, encoding: str) -> dict[str, Any]:
@@ -1124,6 +1346,13 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
     (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
     (rf"{API}/jobs/{JOB_ID}/(?P<action>archive|unarchive)", JobArchiveHandler),
+    (rf"{API}/jobs/{JOB_ID}/move", JobMoveHandler),
+    (rf"{API}/sweeps", SweepsHandler),
+    (rf"{API}/sweeps/{SWEEP_ID}", SweepHandler),
+    (rf"{API}/sweeps/{SWEEP_ID}/cancel", SweepCancelHandler),
+    (rf"{API}/schedules", SchedulesHandler),
+    (rf"{API}/schedules/{SCHEDULE_ID}", ScheduleHandler),
+    (rf"{API}/schedules/{SCHEDULE_ID}/(?P<action>pause|resume)", SchedulePauseHandler),
     (rf"{API}/jobs/{JOB_ID}/logs", JobLogsHandler),
     (rf"{API}/jobs/{JOB_ID}/metrics", JobMetricsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),

@@ -3,8 +3,8 @@
 from .base import (  # noqa: F401
     ACTIVE, ARCHIVED_CHOICES, CANCELLED, CLAIMED, DEFAULT_JOB_SORT, FAILED, FINAL, JOB_SORTS, QUEUED, RUNNING,
     STARTING, STATES, SUCCEEDED, AgentIdTaken, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound,
-    OutputRecord, QueueRecord, StaleClaim, StoreError, StoreUnusable, check_job_query, check_metric_record,
-    check_number, check_output_path, check_progress, describe, is_disk_full,
+    OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError, StoreUnusable, SweepRecord, check_job_query,
+    check_metric_record, check_number, check_output_path, check_progress, describe, is_disk_full,
 )
 from .blobs import BlobStore, sha256_bytes, sha256_file  # noqa: F401
 from .sql import DEFAULT_QUEUE, SQLStore  # noqa: F401

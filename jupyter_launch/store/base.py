@@ -30,7 +30,8 @@ REASONS: dict[str, str] = {
     "no_agent_for_queue": "no agent is serving this queue; start one with `jupyter launch agent --queue {queue}`",
     "no_agent_for_job_type": "agents serve this queue, but none accepts job type {job_type!r}",
     "waiting_for_capacity": "the queue is at max_instances ({max_instances}); waiting for a running job to finish",
-    "waiting_in_line": "waiting behind {ahead} earlier job(s) on this queue",
+    "sweep_at_max_parallel": "its sweep runs at most {max_parallel} of its jobs at once; waiting for one to end",
+    "waiting_in_line": "waiting behind {ahead} job(s) on this queue ({higher} of them at a higher priority)",
     "waiting_for_agent": "an agent serves this queue and will pick this job up next",
     "requeued": "the previous attempt's agent stopped answering; queued again as attempt {attempt}",
     "handed_back": "its agent {agent_id} stopped and handed it back; queued again, not counted as an attempt",
@@ -46,6 +47,7 @@ REASONS: dict[str, str] = {
     "kernel_died": "the kernel died while running the notebook",
     "timeout": "ran past its timeout",
     "cancelled": "cancelled by a user",
+    "sweep_failed_fast": "cancelled: job {failed} of its sweep failed, and the sweep fails fast",
     "lost": "its agent stopped answering and no retries are left",
     "image_pull_failed": "the image could not be pulled",
     "no_gpu_runtime": "the engine has no NVIDIA runtime for a GPU job",
@@ -176,6 +178,9 @@ class JobRecord:
     claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
     archived_at: float | None = None  # when it was archived (hidden from the history unless asked for)
     owner_name: str | None = None  # the owner's display name (``owner`` is the identity's username)
+    priority: int = 0  # claim order within its queue: higher first, then FIFO
+    schedule_id: str | None = None  # the schedule whose firing queued it
+    parent_id: str | None = None  # the sweep it is a child of
 
     @property
     def done(self) -> bool:
@@ -194,6 +199,53 @@ class JobRecord:
         d["done"] = self.done
         d["duration"] = self.duration
         return d
+
+
+@dataclass
+class ScheduleRecord:
+    """A recurring job: a cron expression in a time zone over a spec and the artifact packaged at creation."""
+
+    id: str
+    name: str
+    queue: str
+    cron: str
+    tz: str
+    spec: dict[str, Any]
+    artifact: str | None
+    owner: str | None
+    paused: bool
+    next_run_at: float | None  # None while paused
+    last_run_at: float | None
+    created_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class SweepRecord:
+    """A parameter sweep: the parent of ``runs`` child jobs (``JobRecord.parent_id``)."""
+
+    id: str
+    name: str
+    queue: str
+    config: dict[str, Any]  # the sweep as given: method, parameters, metric {name, goal}
+    runs: int
+    max_parallel: int | None
+    fail_fast: bool
+    owner: str | None
+    created_at: float
+
+    @property
+    def metric(self) -> str | None:
+        return (self.config.get("metric") or {}).get("name")
+
+    @property
+    def goal(self) -> str:
+        return (self.config.get("metric") or {}).get("goal") or "minimize"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 @dataclass

@@ -17,7 +17,9 @@ Outside the protocol, as optional capabilities a caller checks for with ``isinst
   once its disk is full. A remote agent's store is the server's disk, which the server looks after itself.
 
 The server itself always holds a ``SQLStore`` and uses a few more of its methods that mean nothing over HTTP:
-``migrate``, ``release_agent_leases`` (on shutdown), ``touch_agent_token`` (an agent registering), the ``token_id``
+``migrate``, ``release_agent_leases`` (on shutdown), what a ``Scheduler`` fires schedules with (``take_lease``,
+``release_lease``, ``due_schedules``, ``fire_schedule(s)``: remote agents leave firing to the server),
+``touch_agent_token`` (an agent registering), the ``token_id``
 that binds an agent id to the agent token that registered it (``register_agent``, ``agent_seen``,
 ``unregister_agent``, ``check_agent_id``), ``hand_back`` (a claim whose answer could not be sent) and the blob grants
 that scope an agent token's blob reads to its queues (``grant_blobs``, ``granted_blobs``); the service deleting a
@@ -30,7 +32,9 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .base import Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord
+from .base import (
+    Claim, Heartbeat, JobRecord, JobStatus, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SweepRecord,
+)
 
 if TYPE_CHECKING:
     from ..spec import JobSpec, QueueConfig
@@ -72,14 +76,16 @@ class Store(Protocol):
                   before: int | None = None, owner: str | None = None, job_type: str | None = None,
                   q: str | None = None, submitted_after: float | None = None,
                   submitted_before: float | None = None, archived: bool | None = False,
-                  sort: str = "-submitted", offset: int = 0) -> list[JobRecord]:
+                  sort: str = "-submitted", offset: int = 0, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
         """Jobs matching every filter given: ``state`` may list states with commas; ``q`` is found in the name (any
         case) or starts the id; ``submitted_after`` (inclusive) and ``submitted_before`` are epoch seconds;
         ``archived`` False hides archived jobs, True lists only them, None both. ``sort`` is one of ``JOB_SORTS``
         (``-`` in front: descending; jobs without the value last, ties newest first), newest first by default. Page
         with ``before`` = the last ``seq`` (the default sort) or ``offset`` (any sort). Only ``owner``'s jobs when
-        given (through a server, a user who is not an admin gets only their own anyway). A bad filter is a
-        ``ValueError`` naming it."""
+        given (through a server, a user who is not an admin gets only their own anyway); only the runs of one
+        schedule (``schedule_id``) or the children of one sweep (``parent_id``). A bad filter is a ``ValueError``
+        naming it."""
 
     def delete_job(self, job_id: str) -> list[str]:
         """Delete an ended job (``StoreError`` for one not ended) with its log, metrics and outputs; the digests of
@@ -97,6 +103,42 @@ class Store(Protocol):
 
     def requeue_expired(self) -> list[tuple[str, str]]:
         """Requeue (or fail as ``lost``) jobs whose lease expired; the ``(job id, new state)`` pairs changed."""
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        """Put a queued job first in its queue's claim order (highest priority, then oldest): its priority becomes
+        one above every other queued job's there. ``StoreError`` for a job that is not queued."""
+
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: JobSpec, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """A sweep and its child jobs, one per run (``spec`` with the run's parameters laid over its own, named
+        ``NAME-N``), queued together; at most ``max_parallel`` of them are claimed at once, and with ``fail_fast``
+        the first to fail cancels the rest. ``config`` is the sweep as given (method, parameters, metric)."""
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        """One sweep; its children are ``list_jobs(parent_id=...)``. ``NotFound`` when there is none."""
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: JobSpec, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """A recurring job: ``spec`` with ``artifact`` queued on ``queue`` at each time the five-field ``cron``
+        names in the time zone ``tz``, named ``name`` (default: the spec's). ``ValueError`` naming the field for a
+        bad expression or zone, ``NotFound`` for an unknown queue."""
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        """One schedule with its next time; ``NotFound`` when there is none."""
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule by name (only ``owner``'s when given)."""
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        """Pause a schedule, or resume it (``paused=False``) from its next time after now."""
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it queued stay."""
 
     # ------------------------------------------------------------ jobs, as an agent runs them
 

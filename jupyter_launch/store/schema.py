@@ -49,7 +49,13 @@ jobs = Table(
     Column("progress", JSON),
     Column("claim_token", String(16)),  # the agent token that holds the claim; "@local": an agent in a store's process
     Column("archived_at", Float),  # hidden from the history unless asked for; NULL: not archived
+    Column("priority", Integer, nullable=False, default=0),  # claim order: higher first, then seq (FIFO)
+    Column("schedule_id", String(32)),  # the schedule whose firing queued it
+    Column("parent_id", String(32)),  # the sweep it is a child of
     Index("ix_jobs_queue_state_seq", "queue", "state", "seq"),
+    Index("ix_jobs_queue_state_priority_seq", "queue", "state", "priority", "seq"),
+    Index("ix_jobs_schedule_seq", "schedule_id", "seq"),
+    Index("ix_jobs_parent_seq", "parent_id", "seq"),
     Index("ix_jobs_state_lease", "state", "lease_expires"),
     Index("ix_jobs_queue_seq", "queue", "seq"),
     Index("ix_jobs_owner_seq", "owner", "seq"),
@@ -114,4 +120,47 @@ blob_grants = Table(
     "blob_grants", metadata,
     Column("digest", String(80), primary_key=True),
     Column("grantee", String(80), primary_key=True),
+)
+
+# Recurring jobs: a cron expression (in ``tz``) over a job spec and the artifact packaged when it was created. Any
+# agent or server on the store fires it (the one holding the ``scheduler`` lease); ``next_run_at`` moves on in the
+# transaction that queues the job, so a tick fires once however many schedulers run.
+schedules = Table(
+    "schedules", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("queue", String(63), nullable=False),
+    Column("cron", String(255), nullable=False),
+    Column("tz", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("artifact", String(80)),
+    Column("owner", String(255)),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("next_run_at", Float),  # NULL while paused
+    Column("last_run_at", Float),
+    Column("created_at", Float, nullable=False),
+    Index("ix_schedules_due", "paused", "next_run_at"),
+)
+
+# Parameter sweeps: the parent of child jobs (``jobs.parent_id``). ``max_parallel`` caps its children running at once
+# (claims skip a child past it); ``fail_fast`` cancels the rest when one fails.
+sweeps = Table(
+    "sweeps", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("queue", String(63), nullable=False),
+    Column("config", JSON, nullable=False),  # the sweep as given: method, parameters, metric
+    Column("runs", Integer, nullable=False),
+    Column("max_parallel", Integer),
+    Column("fail_fast", Boolean, nullable=False, default=False),
+    Column("owner", String(255)),
+    Column("created_at", Float, nullable=False),
+)
+
+# Named leases: who does a store-wide duty (``scheduler``: firing schedules) until ``expires_at``.
+leases = Table(
+    "leases", metadata,
+    Column("name", String(63), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("expires_at", Float, nullable=False),
 )

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, create_engine, event, func, select, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
+from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from ..spec import JobSpec, QueueConfig
@@ -30,19 +31,22 @@ from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, DEFAULT_JOB_SORT, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE,
     MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat,
-    JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim, StoreError, StoreUnusable,
-    check_job_query, check_metric_record, check_number, check_output_path, check_progress, describe, is_disk_full,
+    JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError,
+    StoreUnusable, SweepRecord, check_job_query, check_metric_record, check_number, check_output_path,
+    check_progress, describe, is_disk_full,
 )
 from .blobs import _check as check_digest
 from .tokens import AgentTokenRows
 
-SCHEMA_REVISION = "0004"
+SCHEMA_REVISION = "0005"
 _MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n"
                      "SQLStore(os.environ['JUPYTER_LAUNCH_MIGRATE_URL'], migrate=False).migrate()\n")
 RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
 AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
+MAX_SWEEP_RUNS = 1000  # children one sweep may queue
+LIST_AHEAD_CAP = 1000  # a listed queued job counts the jobs ahead of it up to this many
 
 _JOB_COLUMNS = [c.name for c in t.jobs.columns]
 _SORT_COLUMNS = {"started": "started_at", "finished": "finished_at"}  # sort names that are not the column's
@@ -51,6 +55,12 @@ _SORT_COLUMNS = {"started": "started_at", "finished": "finished_at"}  # sort nam
 def new_job_id() -> str:
     """Short, unique, roughly time-ordered: 8 hex of seconds + 6 random hex."""
     return f"{int(time.time()):08x}{secrets.token_hex(3)}"
+
+
+def new_batch_id() -> str:
+    """An id for rows made by the hundred in one second (a sweep's children, a minute's scheduled jobs, schedules):
+    4 more random hex, so a thousand in one second collide with odds of about 1 in 10**7, not 1 in 30."""
+    return new_job_id() + secrets.token_hex(2)
 
 
 def _row_to_job(row: Any) -> JobRecord:
@@ -281,37 +291,62 @@ class SQLStore(AgentTokenRows):
     # ------------------------------------------------------------ jobs
 
     def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
-                owner_name: str | None = None, rerun_of: str | None = None) -> JobRecord:
-        now = time.time()
-        job_id = new_job_id()
-        values = dict(
-            id=job_id, queue=queue, job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED,
-            reason=None, message=None, spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner,
-            owner_name=owner_name,
-            attempt=1, retries=spec.retries, fence=0, cancel_requested=False, gpus=spec.resources.gpu,
-            log_size=0, rerun_of=rerun_of, submitted_at=now,
-        )
+                owner_name: str | None = None, rerun_of: str | None = None,
+                parent_id: str | None = None) -> JobRecord:
         with self._write() as c:
-            q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
-            if q is None:
-                raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
-            accepted = q.config.get("job_types") or []
-            if accepted and spec.job_type not in accepted:
-                raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
-            # Values as parameters, not in the statement: one compiled INSERT is cached and reused.
-            seq = c.execute(t.jobs.insert(), values).inserted_primary_key[0]
-        job = JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
-                        started_at=None, finished_at=None, progress=None, **{k: v for k, v in values.items()})
+            job = self._insert_job(c, queue, spec, artifact=artifact, owner=owner, owner_name=owner_name,
+                                   rerun_of=rerun_of, parent_id=parent_id)
         self._emit("enqueued", job)
         return job
+
+    @staticmethod
+    def _insert_job(c: Connection, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None,
+                    owner_name: str | None = None, rerun_of: str | None = None, schedule_id: str | None = None,
+                    parent_id: str | None = None) -> JobRecord:
+        return SQLStore._insert_jobs(c, [(queue, spec, artifact, owner, schedule_id, parent_id)],
+                                     owner_name=owner_name, rerun_of=rerun_of)[0]
+
+    @staticmethod
+    def _insert_jobs(c: Connection, jobs: list[tuple[str, JobSpec, str | None, str | None, str | None, str | None]],
+                     *, owner_name: str | None = None, rerun_of: str | None = None) -> list[JobRecord]:
+        """Queue ``(queue, spec, artifact, owner, schedule_id, parent_id)`` jobs in the caller's transaction, each
+        queue checked once; ``NotFound`` or ``StoreError`` (and nothing queued) for one a queue does not take."""
+        configs: dict[str, Any] = {}
+        rows = []
+        now = time.time()
+        for queue, spec, artifact, owner, schedule_id, parent_id in jobs:
+            if queue not in configs:
+                q = c.execute(select(t.queues.c.config).where(t.queues.c.name == queue)).first()
+                if q is None:
+                    raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+                configs[queue] = q.config
+            accepted = configs[queue].get("job_types") or []
+            if accepted and spec.job_type not in accepted:
+                raise StoreError(f"queue {queue!r} accepts job types {accepted}, not {spec.job_type!r}")
+            rows.append(dict(
+                id=new_batch_id() if schedule_id or parent_id else new_job_id(), queue=queue,
+                job_type=spec.job_type, kind=spec.kind, name=spec.name, state=QUEUED, reason=None, message=None,
+                spec=spec.model_dump(mode="json"), artifact=artifact, owner=owner, owner_name=owner_name, attempt=1,
+                retries=spec.retries,
+                fence=0, cancel_requested=False, gpus=spec.resources.gpu, log_size=0, rerun_of=rerun_of,
+                submitted_at=now, priority=spec.priority, schedule_id=schedule_id, parent_id=parent_id))
+        if len(rows) == 1:  # values as parameters, not in the statement: one compiled INSERT is cached and reused
+            seqs = [c.execute(t.jobs.insert(), rows[0]).inserted_primary_key[0]]
+        else:
+            c.execute(t.jobs.insert(), rows)
+            by_id = dict(c.execute(select(t.jobs.c.id, t.jobs.c.seq).where(
+                t.jobs.c.id.in_([r["id"] for r in rows]))).all())
+            seqs = [by_id[r["id"]] for r in rows]
+        return [JobRecord(seq=seq, lease_expires=None, agent_id=None, exit_code=None, claimed_at=None,
+                          started_at=None, finished_at=None, progress=None, **row) for seq, row in zip(seqs, rows)]
 
     def enqueue_many(self, queue: str, specs: Iterable[JobSpec], *, artifact: str | None) -> int:
         """Bulk enqueue in one transaction (benchmarks and tests filling a queue)."""
         now = time.time()
-        rows = [dict(id=new_job_id() + secrets.token_hex(2), queue=queue, job_type=s.job_type, kind=s.kind,
+        rows = [dict(id=new_batch_id(), queue=queue, job_type=s.job_type, kind=s.kind,
                      name=s.name, state=QUEUED, spec=s.model_dump(mode="json"), artifact=artifact, attempt=1,
                      retries=s.retries, fence=0, cancel_requested=False, gpus=s.resources.gpu, log_size=0,
-                     submitted_at=now) for s in specs]
+                     submitted_at=now, priority=s.priority) for s in specs]
         with self._write() as c:
             c.execute(t.jobs.insert(), rows)
         return len(rows)
@@ -323,7 +358,7 @@ class SQLStore(AgentTokenRows):
                 raise NotFound(f"unknown job {job_id!r}")
             job = _row_to_job(row)
             if job.state == QUEUED:
-                self._explain_waiting(c, [job], with_position=True)
+                self._explain_waiting(c, [job], count_cap=None)
             return job
 
     def job_statuses(self, queue: str, job_ids: Collection[str]) -> dict[str, JobStatus]:
@@ -342,7 +377,8 @@ class SQLStore(AgentTokenRows):
                   before: int | None = None, owner: str | None = None, job_type: str | None = None,
                   q: str | None = None, submitted_after: float | None = None,
                   submitted_before: float | None = None, archived: bool | None = False,
-                  sort: str = DEFAULT_JOB_SORT, offset: int = 0) -> list[JobRecord]:
+                  sort: str = DEFAULT_JOB_SORT, offset: int = 0, schedule_id: str | None = None,
+                  parent_id: str | None = None) -> list[JobRecord]:
         """Jobs matching every filter given, in ``sort`` order (newest first by default); see the protocol."""
         check_number("limit", limit, 1, MAX_COUNT, integer=True)
         if before is not None:
@@ -357,6 +393,10 @@ class SQLStore(AgentTokenRows):
             query = query.where(jobs_t.owner == owner)
         if queue:
             query = query.where(jobs_t.queue == queue)
+        if schedule_id is not None:
+            query = query.where(jobs_t.schedule_id == schedule_id)
+        if parent_id is not None:
+            query = query.where(jobs_t.parent_id == parent_id)
         if states:
             query = query.where(jobs_t.state.in_(states))
         if job_type:
@@ -381,7 +421,7 @@ class SQLStore(AgentTokenRows):
         rows = select(t.jobs).join(page, t.jobs.c.seq == page.c.seq).order_by(*order)
         with self._read() as c:
             jobs = [_row_to_job(r) for r in c.execute(rows)]
-            self._explain_waiting(c, [j for j in jobs if j.state == QUEUED], with_position=False)
+            self._explain_waiting(c, [j for j in jobs if j.state == QUEUED], count_cap=LIST_AHEAD_CAP)
             return jobs
 
     def delete_job(self, job_id: str) -> list[str]:
@@ -427,8 +467,9 @@ class SQLStore(AgentTokenRows):
             raise StoreError(f"job {job_id} is {row.state}; only an ended job can be {action}d (cancel it first: "
                              f"`jupyter launch cancel {job_id}`)")
 
-    def _explain_waiting(self, c: Connection, jobs: list[JobRecord], *, with_position: bool) -> None:
-        """A queued job's reason is derived from the queue's state now, so it is never stale."""
+    def _explain_waiting(self, c: Connection, jobs: list[JobRecord], *, count_cap: int | None) -> None:
+        """A queued job's reason is derived from the queue's state now, so it is never stale, and says how many jobs
+        are ahead of it (counted up to ``count_cap``: a page of a long queue stays cheap; ``None``: exactly)."""
         if not jobs:
             return
         live = self._live_agents(c)
@@ -443,6 +484,7 @@ class SQLStore(AgentTokenRows):
             serving = [a for a in live if job.queue in a.queues]
             facts: dict[str, Any] = dict(queue=job.queue, job_type=job.job_type, max_instances=max_instances,
                                          attempt=job.attempt)
+            ahead = self._ahead(c, job, count_cap)
             if not serving:
                 reason = "no_agent_for_queue"
             elif not any(not a.job_types or job.job_type in a.job_types for a in serving):
@@ -452,20 +494,44 @@ class SQLStore(AgentTokenRows):
                 facts.update(gpus=job.gpus, have=_most_gpus(serving))
             elif max_instances is not None and running >= max_instances:
                 reason = "waiting_for_capacity"
-            elif with_position:
-                ahead = c.execute(select(func.count()).select_from(t.jobs).where(
-                    t.jobs.c.queue == job.queue, t.jobs.c.state == QUEUED, t.jobs.c.seq < job.seq)).scalar()
-                reason = "waiting_in_line" if ahead else ("requeued" if job.attempt > 1 else "waiting_for_agent")
-                facts["ahead"] = ahead
+            elif job.parent_id is not None and c.execute(
+                    _full_sweeps().where(t.sweeps.c.id == job.parent_id)).first():
+                reason = "sweep_at_max_parallel"
+                facts["max_parallel"] = c.execute(select(t.sweeps.c.max_parallel).where(
+                    t.sweeps.c.id == job.parent_id)).scalar()
+            elif ahead["ahead"]:
+                reason = "waiting_in_line"
             else:
                 reason = "requeued" if job.attempt > 1 else "waiting_for_agent"
+            facts.update(ahead)
             job.reason = reason
             job.message = describe(reason, **facts)
+            if reason != "waiting_in_line" and ahead["ahead"]:  # never starved silently: say where it stands
+                job.message += f"; {ahead['ahead']} job(s) ahead of it ({ahead['higher']} at a higher priority)"
+
+    @staticmethod
+    def _ahead(c: Connection, job: JobRecord, cap: int | None = None) -> dict[str, Any]:
+        """How many queued jobs of its queue are claimed before ``job`` (claim order: priority, then seq), and how
+        many of those have a higher priority; each count stops at ``cap`` (then shown as "CAP+")."""
+        queued = (t.jobs.c.queue == job.queue) & (t.jobs.c.state == QUEUED)
+
+        def count(*where: Any) -> int:
+            rows = select(t.jobs.c.seq).where(queued, *where)
+            if cap is not None:
+                rows = rows.limit(cap)
+            return c.execute(select(func.count()).select_from(rows.subquery())).scalar()
+
+        higher = count(t.jobs.c.priority > job.priority)
+        same = count(t.jobs.c.priority == job.priority, t.jobs.c.seq < job.seq)
+        capped = cap is not None and max(higher, same) >= cap
+        return {"ahead": f"{higher + same:,}+" if capped else higher + same,
+                "higher": f"{higher:,}+" if cap is not None and higher >= cap else higher}
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
                        lease_seconds: float = 30.0, free_gpus: int | None = None,
                        token_id: str | None = None) -> Claim | None:
-        """Take the oldest queued job this agent may run, as a lease; ``None`` when there is none. ``token_id``: the
+        """Take the queued job this agent may run that comes first (highest priority, then oldest), as a lease;
+        ``None`` when there is none. ``token_id``: the
         agent token claiming (through a server); only that token may then report on the claim."""
         check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         if free_gpus is not None:
@@ -492,7 +558,9 @@ class SQLStore(AgentTokenRows):
                 q = q.where(t.jobs.c.job_type.in_(job_types))
             if free_gpus is not None:
                 q = q.where(t.jobs.c.gpus <= free_gpus)
-            q = q.order_by(t.jobs.c.seq).limit(1)
+            full = _full_sweeps()
+            q = q.where(t.jobs.c.parent_id.is_(None) | t.jobs.c.parent_id.not_in(full))
+            q = q.order_by(t.jobs.c.priority.desc(), t.jobs.c.seq).limit(1)
             if not self.is_sqlite:
                 q = q.with_for_update(skip_locked=True)
             row = c.execute(q).first()
@@ -549,14 +617,38 @@ class SQLStore(AgentTokenRows):
         if exit_code is not None:
             check_number("exit_code", exit_code, MIN_EXIT_CODE, MAX_EXIT_CODE, integer=True)
         now = time.time()
+        stopped: list[str] = []
         with self._write() as c:
             n = c.execute(t.jobs.update().where(t.jobs.c.id == job_id, t.jobs.c.fence == fence,
                                                 t.jobs.c.state.in_(ACTIVE)).values(
                 state=state, exit_code=exit_code, reason=reason, message=message or describe(reason, exit_code=exit_code),
                 finished_at=now, lease_expires=None, started_at=func.coalesce(t.jobs.c.started_at, now))).rowcount
+            if n and state == FAILED:
+                stopped = self._fail_fast(c, job_id, now)
         if n:
             self._emit("state", job_id, state)
+        for sibling in stopped:
+            self._emit("cancel", sibling)
+            self._emit("state", sibling, None)
         return bool(n)
+
+    @staticmethod
+    def _fail_fast(c: Connection, job_id: str, now: float) -> list[str]:
+        """A child of a sweep that fails fast has failed: its queued siblings are cancelled, its running ones asked
+        to stop. The siblings stopped."""
+        parent = c.execute(select(t.jobs.c.parent_id).where(t.jobs.c.id == job_id)).scalar()
+        if parent is None or not c.execute(select(t.sweeps.c.fail_fast).where(t.sweeps.c.id == parent)).scalar():
+            return []
+        siblings = (t.jobs.c.parent_id == parent) & (t.jobs.c.id != job_id)
+        queued = list(c.execute(select(t.jobs.c.id).where(siblings, t.jobs.c.state == QUEUED)).scalars())
+        active = list(c.execute(select(t.jobs.c.id).where(siblings, t.jobs.c.state.in_(ACTIVE))).scalars())
+        if queued:
+            c.execute(t.jobs.update().where(t.jobs.c.id.in_(queued), t.jobs.c.state == QUEUED).values(
+                state=CANCELLED, reason="sweep_failed_fast", message=describe("sweep_failed_fast", failed=job_id),
+                finished_at=now))
+        if active:
+            c.execute(t.jobs.update().where(t.jobs.c.id.in_(active)).values(cancel_requested=True))
+        return queued + active
 
     def hand_back(self, job_id: str, fence: int) -> bool:
         """An agent that is stopping gives a claimed job back: queued again at once, its attempt not counted and its
@@ -627,7 +719,25 @@ class SQLStore(AgentTokenRows):
         old = self.get_job(job_id)
         spec = JobSpec.model_validate(old.spec)
         return self.enqueue(old.queue, spec, artifact=old.artifact, owner=owner or old.owner,
-                            owner_name=owner_name if owner else old.owner_name, rerun_of=old.id)
+                            owner_name=owner_name if owner else old.owner_name, rerun_of=old.id,
+                            parent_id=old.parent_id)
+
+    def move_to_front(self, job_id: str) -> JobRecord:
+        """Put a queued job first in its queue's claim order: its priority becomes one above the highest of the
+        other queued jobs there (unchanged when nothing is ahead of it). ``StoreError`` for a job not queued."""
+        with self._write() as c:
+            row = c.execute(select(t.jobs).where(t.jobs.c.id == job_id)).first()
+            if row is None:
+                raise NotFound(f"unknown job {job_id!r}")
+            if row.state != QUEUED:
+                raise StoreError(f"job {job_id} is {row.state}; only a queued job can be moved")
+            job = _row_to_job(row)
+            if self._ahead(c, job)["ahead"]:
+                top = c.execute(select(func.max(t.jobs.c.priority)).where(
+                    t.jobs.c.queue == job.queue, t.jobs.c.state == QUEUED, t.jobs.c.id != job_id)).scalar()
+                c.execute(t.jobs.update().where(t.jobs.c.id == job_id).values(priority=top + 1))
+        self._emit("state", job_id, QUEUED)
+        return self.get_job(job_id)
 
     # ------------------------------------------------------------ agents
 
@@ -814,6 +924,178 @@ class SQLStore(AgentTokenRows):
             rows = c.execute(select(t.outputs).where(t.outputs.c.job_id == job_id).order_by(t.outputs.c.path)).all()
         return [OutputRecord(r.path, r.digest, r.size) for r in rows]
 
+    # ------------------------------------------------------------ sweeps
+
+    def create_sweep(self, queue: str, spec: JobSpec, *, artifact: str | None, runs: list[dict[str, Any]],
+                     config: dict[str, Any], max_parallel: int | None = None, fail_fast: bool = False,
+                     name: str | None = None, owner: str | None = None) -> SweepRecord:
+        """A sweep and its children, in one transaction: one job per run, ``spec`` with the run's parameters laid
+        over its own, named ``NAME-N``. ``ValueError`` naming the field for runs that are not parameters."""
+        name = name or spec.name or "sweep"
+        check_number("runs", len(runs), 1, MAX_SWEEP_RUNS, integer=True)
+        if max_parallel is not None:
+            check_number("max_parallel", max_parallel, 1, MAX_COUNT, integer=True)
+        children = []
+        for i, run in enumerate(runs, 1):
+            if not isinstance(run, dict):
+                raise ValueError(f"runs: run {i} must be an object of parameters, not {type(run).__name__}")
+            try:
+                children.append(JobSpec.model_validate({**spec.model_dump(mode="json"), "name": f"{name}-{i}",
+                                                        "parameters": {**spec.parameters, **run}}))
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(x) for x in err["loc"]) or "runs"
+                raise ValueError(f"runs: run {i}: {field}: {err['msg'].removeprefix('Value error, ')}") from None
+        record = SweepRecord(id=new_batch_id(), name=name, queue=queue, config=config, runs=len(runs),
+                             max_parallel=max_parallel, fail_fast=fail_fast, owner=owner, created_at=time.time())
+        with self._write() as c:
+            c.execute(t.sweeps.insert(), record.to_dict())
+            jobs = self._insert_jobs(c, [(queue, child, artifact, owner, None, record.id) for child in children])
+        for job in jobs:
+            self._emit("enqueued", job)
+        return record
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        with self._read() as c:
+            row = c.execute(select(t.sweeps).where(t.sweeps.c.id == sweep_id)).first()
+        if row is None:
+            raise NotFound(f"unknown sweep {sweep_id!r}")
+        return SweepRecord(**row._mapping)
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, queue: str, spec: JobSpec, *, cron: str, tz: str = "UTC", artifact: str | None,
+                        name: str | None = None, owner: str | None = None) -> ScheduleRecord:
+        """A recurring job on ``queue``: ``spec`` (with its ``artifact``) queued at each time ``cron`` names in
+        ``tz``. ``ValueError`` naming the field for a bad expression or time zone."""
+        name = name or spec.name or "schedule"
+        try:  # a schedule's name is its jobs' name
+            JobSpec.model_validate({**spec.model_dump(mode="json"), "name": name})
+        except ValidationError as exc:
+            raise ValueError(f"name: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+        now = time.time()
+        next_run = _next_run(cron, tz, now)
+        values = dict(id=new_batch_id(), name=name, queue=queue, cron=cron, tz=tz, spec=spec.model_dump(mode="json"),
+                      artifact=artifact, owner=owner, paused=False, next_run_at=next_run, last_run_at=None,
+                      created_at=now)
+        with self._write() as c:
+            if not c.execute(select(t.queues.c.name).where(t.queues.c.name == queue)).first():
+                raise NotFound(f"unknown queue {queue!r}; see `jupyter launch queue list`")
+            c.execute(t.schedules.insert(), values)
+        self._emit("schedule", values["id"])
+        return ScheduleRecord(**values)
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord:
+        with self._read() as c:
+            row = c.execute(select(t.schedules).where(t.schedules.c.id == schedule_id)).first()
+        if row is None:
+            raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        return ScheduleRecord(**row._mapping)
+
+    def list_schedules(self, *, owner: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule (only ``owner``'s when given), by name."""
+        q = select(t.schedules).order_by(t.schedules.c.name, t.schedules.c.created_at)
+        if owner is not None:
+            q = q.where(t.schedules.c.owner == owner)
+        with self._read() as c:
+            return [ScheduleRecord(**r._mapping) for r in c.execute(q)]
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> ScheduleRecord:
+        """Pause a schedule (it fires no more), or resume it (``paused=False``: from its next time after now; the
+        times it missed while paused do not fire)."""
+        with self._write() as c:
+            row = c.execute(select(t.schedules.c.cron, t.schedules.c.tz).where(
+                t.schedules.c.id == schedule_id)).first()
+            if row is None:
+                raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+            next_run = None if paused else _next_run(row.cron, row.tz, time.time())
+            c.execute(t.schedules.update().where(t.schedules.c.id == schedule_id).values(
+                paused=paused, next_run_at=next_run))
+        self._emit("schedule", schedule_id)
+        return self.get_schedule(schedule_id)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Delete a schedule; the jobs it queued stay."""
+        with self._write() as c:
+            if not c.execute(t.schedules.delete().where(t.schedules.c.id == schedule_id)).rowcount:
+                raise NotFound(f"unknown schedule {schedule_id!r}; see `jupyter launch schedule list`")
+        self._emit("schedule", schedule_id)
+
+    # What a scheduler uses (``Scheduler`` in scheduler.py); not in the protocol: a server fires for its remote
+    # agents, which reach the store only through it.
+
+    def take_lease(self, name: str, holder: str, seconds: float, *, now: float | None = None) -> bool:
+        """Hold the store-wide lease ``name`` for ``seconds`` (take it when free or lapsed, renew it when held by
+        ``holder``); false when another holder has it."""
+        check_number("lease seconds", seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
+        now = time.time() if now is None else now
+        # One conditional UPDATE (or the first INSERT): two takers at once on PostgreSQL cannot both win.
+        with self._write() as c:
+            taken = c.execute(t.leases.update().where(
+                t.leases.c.name == name, (t.leases.c.holder == holder) | (t.leases.c.expires_at <= now))
+                .values(holder=holder, expires_at=now + seconds)).rowcount
+            if taken:
+                return True
+            # RETURNING, not rowcount: the PostgreSQL driver's rowcount does not say whether DO NOTHING did nothing.
+            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.leases).on_conflict_do_nothing()
+            return c.execute(insert.values(name=name, holder=holder, expires_at=now + seconds)
+                             .returning(t.leases.c.name)).first() is not None
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up, if ``holder`` has it, so another takes it at once."""
+        with self._write() as c:
+            c.execute(t.leases.delete().where(t.leases.c.name == name, t.leases.c.holder == holder))
+
+    def due_schedules(self, now: float, *, limit: int = 500) -> list[ScheduleRecord]:
+        """Schedules not paused whose next time is at or before ``now``, earliest first."""
+        with self._read() as c:
+            rows = c.execute(select(t.schedules).where(
+                t.schedules.c.paused.is_(False), t.schedules.c.next_run_at <= now)
+                .order_by(t.schedules.c.next_run_at, t.schedules.c.id).limit(limit))
+            return [ScheduleRecord(**r._mapping) for r in rows]
+
+    def next_schedule_time(self) -> float | None:
+        """The earliest next time of any schedule not paused."""
+        with self._read() as c:
+            return c.execute(select(func.min(t.schedules.c.next_run_at)).where(
+                t.schedules.c.paused.is_(False))).scalar()
+
+    def fire_schedule(self, schedule_id: str, due_at: float, next_run_at: float | None, *, run: bool,
+                      now: float | None = None) -> JobRecord | None:
+        """Move a schedule from ``due_at`` to ``next_run_at`` and, with ``run``, queue its job, in one transaction:
+        only when its next time is still ``due_at``, so each time fires once however many schedulers try. The job
+        (``None`` when another scheduler fired it first, or when it was not run)."""
+        return self.fire_schedules([(schedule_id, due_at, next_run_at, run)], now=now)[0]
+
+    def fire_schedules(self, fires: list[tuple[str, float, float | None, bool]], *,
+                       now: float | None = None) -> list[JobRecord | None]:
+        """``fire_schedule`` for many ``(schedule_id, due_at, next_run_at, run)`` in one transaction (a minute
+        when a thousand schedules are due queues them in one commit); the job of each, or ``None``."""
+        now = time.time() if now is None else now
+        with self._write() as c:
+            rows = {r.id: r for r in c.execute(select(t.schedules).where(
+                t.schedules.c.id.in_([f[0] for f in fires])))}
+            wanted: list[tuple[str, JobSpec, str | None, str | None, str | None, str | None]] = []
+            # Rows locked in one order (by id) whatever the caller's: two schedulers on PostgreSQL never deadlock.
+            for schedule_id, due_at, next_run_at, run in sorted(fires, key=lambda f: f[0]):
+                # The compare-and-set is the UPDATE's own condition: on PostgreSQL a second scheduler's UPDATE
+                # waits for the first's row lock, then finds the time moved on and changes nothing.
+                values: dict[str, Any] = dict(next_run_at=next_run_at)
+                if run:
+                    values["last_run_at"] = now
+                moved = c.execute(t.schedules.update().where(
+                    t.schedules.c.id == schedule_id, t.schedules.c.next_run_at == due_at,
+                    t.schedules.c.paused.is_(False)).values(**values)).rowcount
+                if moved and run:
+                    row = rows[schedule_id]
+                    spec = JobSpec.model_validate({**row.spec, "name": row.name})
+                    wanted.append((row.queue, spec, row.artifact, row.owner, schedule_id, None))
+            queued = iter(self._insert_jobs(c, wanted)) if wanted else iter(())
+        by_schedule = {job.schedule_id: job for job in queued}
+        for job in by_schedule.values():
+            self._emit("enqueued", job)
+        return [by_schedule.get(f[0]) if f[3] else None for f in fires]
+
     def count_jobs(self, *, queue: str | None = None, state: str | None = None) -> int:
         q = select(func.count()).select_from(t.jobs)
         if queue:
@@ -822,6 +1104,23 @@ class SQLStore(AgentTokenRows):
             q = q.where(t.jobs.c.state.in_(state.split(",")))
         with self._read() as c:
             return c.execute(q).scalar()
+
+
+def _full_sweeps() -> Any:
+    """The sweeps with ``max_parallel`` children active already: their other children wait."""
+    active = (select(func.count()).select_from(t.jobs).where(t.jobs.c.parent_id == t.sweeps.c.id,
+                                                            t.jobs.c.state.in_(ACTIVE)).scalar_subquery())
+    return select(t.sweeps.c.id).where(t.sweeps.c.max_parallel.is_not(None), active >= t.sweeps.c.max_parallel)
+
+
+def _next_run(cron: str, tz: str, after: float) -> float:
+    """The schedule's first time after ``after``; ``ValueError`` naming the field when there is none."""
+    from ..cron import SEARCH_YEARS, Cron, CronError
+
+    nxt = Cron(cron).next_after(after, tz)
+    if nxt is None:
+        raise CronError(f"{cron!r} names no time in the next {SEARCH_YEARS} years")
+    return nxt
 
 
 def _no_room(folder: Path) -> bool:

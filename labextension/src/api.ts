@@ -86,6 +86,13 @@ export type IOutput = Schemas['Output'];
 
 export type IResources = Schemas['Resources'];
 
+export type ISchedule = Schemas['Schedule'];
+
+export type ISweep = Schemas['Sweep'];
+
+/** A schedule of a notebook by its path: the submit request, and when (five cron fields read in `tz`). */
+export type IScheduleRequest = ISubmitRequest & { cron: string; tz: string };
+
 /** What the submit form asks for: a notebook (its path in the Jupyter root), its queue, and how to run it. */
 export type ISubmitRequest = Required<Pick<SubmitBody, 'notebook' | 'queue'>> & Schemas['SubmitOptions'];
 
@@ -331,6 +338,52 @@ export class LaunchAPI {
         headers: { 'Content-Type': 'application/json' }
       })
     );
+  }
+
+  async listSchedules(): Promise<ISchedule[]> {
+    const raw = await this.requestJSON<Answer<'/launch/api/schedules'>>('schedules');
+    return raw.schedules || [];
+  }
+
+  /** Package the notebook once (on the server, as `submit` does) and queue it at each time `cron` names. */
+  async createSchedule(request: IScheduleRequest): Promise<ISchedule> {
+    const { notebook, queue, cron, tz, ...options } = request;
+    return await this.requestJSON('schedules', {
+      method: 'POST',
+      body: JSON.stringify({ queue, notebook, options, cron, tz }),
+      headers: { 'Content-Type': 'application/json' }
+    });
+  }
+
+  async setSchedulePaused(id: string, paused: boolean): Promise<ISchedule> {
+    return await this.requestJSON(`schedules/${encodeURIComponent(id)}/${paused ? 'pause' : 'resume'}`, {
+      method: 'POST'
+    });
+  }
+
+  async deleteSchedule(id: string): Promise<void> {
+    await this.requestJSON(`schedules/${encodeURIComponent(id)}`, { method: 'DELETE' });
+  }
+
+  /** Put a queued job first on its queue. */
+  async moveToFront(id: string): Promise<IJob> {
+    return unwrapJob(
+      await this.requestJSON(`jobs/${encodeURIComponent(id)}/move`, {
+        method: 'POST',
+        body: JSON.stringify({ front: true }),
+        headers: { 'Content-Type': 'application/json' }
+      })
+    );
+  }
+
+  async getSweep(id: string): Promise<ISweep> {
+    return await this.requestJSON(`sweeps/${encodeURIComponent(id)}`);
+  }
+
+  /** A sweep's children, newest first. */
+  async sweepJobs(id: string): Promise<IJob[]> {
+    const raw = await this.requestJSON<Answer<'/launch/api/jobs'>>(`jobs${query({ parent: id, limit: 500 })}`);
+    return raw.jobs || [];
   }
 
   async cancel(id: string): Promise<IJob> {

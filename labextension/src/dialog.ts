@@ -10,6 +10,7 @@ import { Widget } from '@lumino/widgets';
 
 import { IJob, IQueue, LaunchAPI, LaunchAPIError, errorMessage } from './api';
 import { FormError, IFormValues, buildSubmitRequest } from './params';
+import { ScheduleFields, checkCron, parsePriority } from './schedules';
 
 let counter = 0;
 
@@ -127,6 +128,7 @@ export class SubmitForm extends Widget {
     this._env.placeholder = 'NAME=value, one a line';
     this._secrets = input('secrets', 'e.g. WANDB_API_KEY, HF_TOKEN');
 
+    this.when = new ScheduleFields(uid);
     this._error = document.createElement('div');
     this._error.className = 'jp-LaunchSubmit-error';
     this._error.id = `${uid}-error`;
@@ -146,11 +148,15 @@ export class SubmitForm extends Widget {
       params,
       field('Environment', this._env, 'env'),
       field('Secrets', this._secrets, 'secrets', 'Names only: the agent supplies the values from its environment.'),
+      this.when.node,
       this._error
     );
     this.node.appendChild(form);
     this._fillJobTypes();
   }
+
+  /** Priority and "Run on a schedule". */
+  readonly when: ScheduleFields;
 
   /** The job the server accepted (what the dialog resolves with). */
   job: IJob | null = null;
@@ -298,8 +304,18 @@ export class SubmitDialog extends Dialog<IJob | null> {
     this._form.setBusy(true);
     try {
       const request = buildSubmitRequest(this._form.values());
+      const when = this._form.when.values();
+      const priority = parsePriority(when.priority);
+      if (priority !== undefined) {
+        request.priority = priority;
+      }
+      const cron = when.scheduled ? checkCron(when.cron) : null;
       await this._saveNotebook();
-      this._form.job = await this._api.submit(request);
+      if (cron !== null) {
+        await this._api.createSchedule({ ...request, cron, tz: when.tz.trim() || 'UTC' });
+      } else {
+        this._form.job = await this._api.submit(request);
+      }
       super.resolve(ACCEPT);
     } catch (err) {
       if (err instanceof FormError) {

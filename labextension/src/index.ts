@@ -17,6 +17,7 @@ import { SubmitDialog, SubmitForm } from './dialog';
 import { CompareView } from './compare';
 import { HistoryView } from './history';
 import { JobEndNotifier } from './notifier';
+import { SweepView } from './sweepview';
 import { JobView } from './jobview';
 import { PANEL_ID, LaunchPanel } from './panel';
 import { jobTitle } from './models';
@@ -26,6 +27,7 @@ export const CommandIDs = {
   submit: 'jupyter-launch:submit',
   submitFile: 'jupyter-launch:submit-file',
   openJob: 'jupyter-launch:open-job',
+  openSweep: 'jupyter-launch:open-sweep',
   openPanel: 'jupyter-launch:open-panel'
 };
 
@@ -160,6 +162,20 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return view;
     };
 
+    const openSweep = (id: string): SweepView => {
+      let view = sweeps.get(id);
+      if (!view || view.isDisposed) {
+        view = new SweepView({ api, sweepId: id, openJob: (jid, job) => void openJob(jid, job) });
+        view.title.icon = launchIcon;
+        sweeps.set(id, view);
+        view.disposed.connect(() => sweeps.delete(id));
+        app.shell.add(view, 'main');
+      }
+      app.shell.activateById(view.id);
+      return view;
+    };
+    const sweeps = new Map<string, SweepView>();
+
     /** The notebook panel open for a path, if any. */
     const openPanelFor = (path: string): NotebookPanel | null => {
       let found: NotebookPanel | null = null;
@@ -268,6 +284,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
         openJob(args.id as string);
       }
     });
+    app.commands.addCommand(CommandIDs.openSweep, {
+      label: 'Open Launch Sweep',
+      execute: args => {
+        openSweep(args.id as string);
+      }
+    });
     app.commands.addCommand(CommandIDs.openPanel, {
       label: 'Show Launch Panel',
       execute: () => app.shell.activateById(PANEL_ID)
@@ -303,6 +325,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new LaunchPanel({
       api,
       openJob: (id, job) => void openJob(id, job),
+      openSweep: id => void openSweep(id),
       submit: () => void app.commands.execute(CommandIDs.submit)
     });
     let compareView: CompareView | null = null;

@@ -10,6 +10,7 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import { IJob, IQueue, LaunchAPI, isDisconnected } from './api';
 import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle, ownerName, resourcesText } from './models';
+import { SchedulesSection, jobRowActions } from './schedules';
 
 export const PANEL_ID = 'jupyter-launch-panel';
 export const QUEUES_VIEW = 'queues';
@@ -27,6 +28,8 @@ export interface ILaunchPanelView {
 export interface ILaunchPanelOptions {
   api: LaunchAPI;
   openJob: (id: string, job?: IJob) => void;
+  /** Opens a sweep's view (its children's table and metrics). */
+  openSweep?: (id: string) => void;
   /** Opens the submit dialog for the current notebook. */
   submit?: () => void;
   /** Refresh interval while visible, ms. */
@@ -38,6 +41,7 @@ export class LaunchPanel extends Panel {
     super();
     this._api = options.api;
     this._openJob = options.openJob;
+    this._openSweep = options.openSweep;
     this._interval = options.interval ?? 1000;
     this.id = PANEL_ID;
     this.addClass('jp-LaunchPanel');
@@ -89,6 +93,15 @@ export class LaunchPanel extends Panel {
     this._list.setAttribute('aria-label', 'Queues');
     queuesView.node.append(this._status, this._list);
     this.addView({ id: QUEUES_VIEW, label: 'Queues', widget: queuesView, refresh: () => this._refreshQueues() });
+    this._schedules = new SchedulesSection(this._api, () => void this.refresh());
+    const schedulesView = new Widget();
+    schedulesView.node.appendChild(this._schedules.node);
+    this.addView({
+      id: 'schedules',
+      label: 'Schedules',
+      widget: schedulesView,
+      refresh: () => this._schedules.refresh()
+    });
   }
 
   get queues(): ReadonlyArray<IQueue> {
@@ -407,6 +420,7 @@ export class LaunchPanel extends Panel {
     open.title = `${job.id}\n${job.state}${job.reason ? ` (${job.reason})` : ''}${job.message ? `: ${job.message}` : ''}`;
     open.setAttribute('aria-label', `Job ${jobTitle(job)}, ${job.state}${job.message ? `, ${job.message}` : ''}, ${meta.textContent}`);
     li.appendChild(open);
+    li.append(...jobRowActions(job, this._api, () => void this.refresh(), this._openSweep));
     return li;
   }
 
@@ -419,6 +433,8 @@ export class LaunchPanel extends Panel {
   private _timer: ReturnType<typeof setTimeout> | null = null;
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
+  private _schedules: SchedulesSection;
+  private _openSweep?: (id: string) => void;
   private _connection: HTMLParagraphElement;
   private _tabs: HTMLDivElement;
   private _views = new Map<string, ILaunchPanelView>();

@@ -23,7 +23,7 @@ SPEC = yaml.safe_load((Path(jupyter_launch.server.__file__).parent / "openapi.ya
 
 METHODS = ("get", "post", "put", "delete", "patch", "head")
 SAMPLES = {"job_id": "0123456789abcd", "queue": "default", "digest": "sha256:" + "0" * 64, "path": "out.txt",
-           "token_id": "0123456789ab"}
+           "token_id": "0123456789ab", "schedule_id": "0123456789abcd", "sweep_id": "0123456789abcd"}
 CALLS: list[tuple[str, str, str]] = []
 
 

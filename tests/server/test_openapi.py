@@ -152,6 +152,40 @@ async def test_responses_match_the_spec(api, start_launch):
     check("DELETE", "/launch/api/jobs/{job_id}", s, b)
     s, b = await api("DELETE", "jobs", job["id"])
     check("DELETE", "/launch/api/jobs/{job_id}", s, b)
+    s, queued = await api("POST", "jobs", body={"spec": command_spec("pass"), "queue": "docs"})
+    s, b = await api("POST", "jobs", queued["id"], "move", body={"front": True})
+    assert s == 200, b
+    check("POST", "/launch/api/jobs/{job_id}/move", s, b)
+    s, b = await api("POST", "jobs", queued["id"], "move", body={"front": "yes"})
+    assert s == 400 and b["message"].startswith("front:"), b
+    check("POST", "/launch/api/jobs/{job_id}/move", s, b)
+    s, sched = await api("POST", "schedules", body={"spec": command_spec("pass"), "queue": "docs", "cron": "0 6 * * *",
+                                                    "tz": "Europe/Berlin", "name": "nightly"})
+    assert s == 201, sched
+    check("POST", "/launch/api/schedules", s, sched)
+    s, b = await api("POST", "schedules", body={"spec": command_spec("pass"), "queue": "docs", "cron": "0 25 * * *"})
+    assert s == 400 and b["message"].startswith("cron: hour:"), b
+    check("POST", "/launch/api/schedules", s, b)
+    for method, parts, path in (("GET", ("schedules",), "/launch/api/schedules"),
+                                ("GET", ("schedules", sched["id"]), "/launch/api/schedules/{schedule_id}"),
+                                ("POST", ("schedules", sched["id"], "pause"), "/launch/api/schedules/{schedule_id}/{action}"),
+                                ("POST", ("schedules", sched["id"], "resume"), "/launch/api/schedules/{schedule_id}/{action}"),
+                                ("DELETE", ("schedules", sched["id"]), "/launch/api/schedules/{schedule_id}"),
+                                ("GET", ("schedules", sched["id"]), "/launch/api/schedules/{schedule_id}")):
+        s, b = await api(method, *parts)
+        check(method, path, s, b)
+    assert s == 404, b
+    s, sweep = await api("POST", "sweeps", body={"spec": command_spec("pass"), "queue": "docs",
+                                                 "sweep": {"parameters": {"lr": {"values": [0.1, 0.01]}}}})
+    assert s == 201, sweep
+    check("POST", "/launch/api/sweeps", s, sweep)
+    s, b = await api("POST", "sweeps", body={"spec": command_spec("pass"), "sweep": {"parameters": {}}})
+    check("POST", "/launch/api/sweeps", s, b)
+    s, b = await api("GET", "sweeps", sweep["id"])
+    check("GET", "/launch/api/sweeps/{sweep_id}", s, b)
+    s, b = await api("POST", "sweeps", sweep["id"], "cancel")
+    assert s == 202 and {j["state"] for j in b["jobs"]} == {"cancelled"}, b
+    check("POST", "/launch/api/sweeps/{sweep_id}/cancel", s, b)
     s, b = await api("POST", "artifacts", "missing", body={"digests": ["sha256:" + "1" * 64]})
     check("POST", "/launch/api/artifacts/missing", s, b)
     s, created = await api("POST", "tokens", body={"name": "docs-agent", "queues": ["docs"]})

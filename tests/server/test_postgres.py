@@ -96,3 +96,43 @@ def test_blob_grants_and_agent_bindings_on_postgres(pg_store: Any):
     a.register_agent("box", ["default"], [], host="h", token_id="tok1")
     with pytest.raises(AgentIdTaken):
         b.unregister_agent("box", token_id="tok2")
+
+
+def test_schedules_priorities_and_sweeps_on_postgres(pg_store: Any):
+    """Two schedulers firing at once on two stores (two servers) queue each time once; the lease has one holder; a
+    claim takes the highest priority first and keeps a sweep's max_parallel."""
+    import threading
+
+    from jupyter_launch.scheduler import LEASE_NAME
+
+    a, b = pg_store(), pg_store()
+    a.create_queue(QueueConfig(queue_name="pg"))
+    spec = JobSpec(kind="command", command=[sys.executable, "-c", "pass"])
+    schedules = [a.create_schedule("pg", spec, cron="* * * * *", artifact=None, name=f"s{i}") for i in range(20)]
+    due = schedules[0].next_run_at
+    barrier = threading.Barrier(2)
+    fired: list[int] = []
+
+    def fire(store: SQLStore) -> None:
+        barrier.wait()
+        jobs = store.fire_schedules([(s.id, due, due + 60, True) for s in schedules], now=due)
+        fired.append(sum(job is not None for job in jobs))
+
+    threads = [threading.Thread(target=fire, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(fired) == [0, 20]
+    assert a.count_jobs(queue="pg") == 20
+    takers = [a.take_lease(LEASE_NAME, "a", 10, now=due), b.take_lease(LEASE_NAME, "b", 10, now=due)]
+    assert takers == [True, False]
+
+    b.create_queue(QueueConfig(queue_name="pg2"))
+    low = b.enqueue("pg2", spec, artifact=None)
+    high = b.enqueue("pg2", JobSpec(kind="command", command=["true"], priority=3), artifact=None)
+    sweep = b.create_sweep("pg2", spec, artifact=None, runs=[{"x": i} for i in range(3)], config={}, max_parallel=1)
+    b.register_agent("pg-agent", ["pg2"], [], host="box")
+    claimed = [a.claim_next_job("pg-agent", ["pg2"]).job for _ in range(3)]
+    assert [j.id for j in claimed[:2]] == [high.id, low.id] and claimed[2].parent_id == sweep.id
+    assert a.claim_next_job("pg-agent", ["pg2"]) is None  # the sweep's other two wait: max_parallel 1
