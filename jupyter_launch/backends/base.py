@@ -181,6 +181,11 @@ class Backend(LoggingConfigurable):
         """Ask the job to stop (SIGTERM or the equivalent), then force it after ``grace`` seconds."""
         raise NotImplementedError
 
+    def mark_running(self, handle: Any, ctx: JobContext) -> None:
+        """Called once the job has started: report it running. A backend whose jobs may wait in a scheduler of its
+        own after ``start`` (a Slurm queue) reports it from ``wait`` instead, when the job really runs."""
+        ctx.mark_running()
+
     def finishes_at_result(self, handle: Any) -> bool:
         """Whether this job ends at the runner's result record rather than at its process's exit: true where the
         runner writes the outputs straight into ``ctx.output_dir`` (a local process), so nothing is left to collect
@@ -213,7 +218,7 @@ class Backend(LoggingConfigurable):
         result = Result("failed", reason="agent_error")
         tasks: list[asyncio.Task[Any]] = []
         try:
-            ctx.mark_running()
+            self.mark_running(handle, ctx)
             streaming = asyncio.create_task(self.stream(handle, ctx))
             waiting = asyncio.create_task(self.wait(handle))
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())
