@@ -2,8 +2,9 @@
 # Make sure a real single-node Slurm (Debian's slurm-wlm: munged, slurmctld, slurmd) runs on this machine, for the
 # Slurm backend's tests and bench. Idempotent: installs slurm-wlm and munge when missing, writes /etc/slurm/slurm.conf
 # (one node with this machine's CPUs and memory, partition `debug`, a count-only GRES of 2 `gpu` so `--gres=gpu:N`
-# can be asked for and waited on without a GPU), and starts what is not running; a changed config restarts the
-# daemons this script started (by their pid files). Run as root. Stop: ci/slurm-stop.sh.
+# can be asked for and waited on without a GPU; 512 MB per CPU for a job that names no memory, so jobs share the
+# node), and starts what is not running; a changed config restarts the daemons (by their pid files). Run as root.
+# Stop: ci/slurm-stop.sh.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
@@ -38,6 +39,7 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 MinJobAge=600
+DefMemPerCPU=512
 KillWait=5
 GresTypes=gpu
 SlurmctldLogFile=$S/slurmctld.log

@@ -37,7 +37,7 @@ PYTHON_NAMES = ("python", "python3")
 # The batch script. It runs in the job's folder (--chdir) on the first node. Of the node's environment it keeps only
 # Slurm's variables and the GPUs Slurm assigned; the job's own come from the env file, its command from the argv file
 # (both NUL-separated, so no value is ever parsed by a shell). Its exit status is recorded per (re)start, because
-# Slurm forgets a finished job after MinJobAge.
+# Slurm forgets a finished job after MinJobAge. (A background command's stdin is /dev/null, as sbatch's is.)
 BATCH_SCRIPT = r"""#!/bin/bash
 control=.jupyter-launch/slurm
 restart=${SLURM_RESTART_COUNT:-0}
@@ -50,8 +50,16 @@ while IFS= read -r -d '' kv; do
 done < <(env -0)
 mapfile -d '' vars < "$control/env"
 mapfile -d '' argv < "$control/argv"
-env -i "${keep[@]}" "${vars[@]}" "${argv[@]}"
-code=$?
+# scancel --signal=TERM --full reaches every process of the job, this script too: it waits on, so the job has its
+# grace period and its exit status is recorded.
+trap : TERM
+env -i "${keep[@]}" "${vars[@]}" "${argv[@]}" &
+child=$!
+while true; do
+  wait "$child"
+  code=$?
+  kill -0 "$child" 2>/dev/null || break
+done
 echo "$code" > "$control/exit-$restart"
 exit $code
 """

@@ -139,6 +139,7 @@ def exit_status(fields: dict[str, str]) -> int | None:
 
 # Pending reason codes (squeue's %r), as a reason of ours and a sentence. A code not here is shown as Slurm says it.
 PENDING_REASONS: dict[str, tuple[str, str]] = {
+    "None": ("pending", "submitted; Slurm's scheduler has not looked at it yet"),
     "Priority": ("pending_priority", "jobs of higher priority are ahead of it in partition {partition}; it runs when "
                                      "they have started"),
     "Resources": ("pending_resources", "waiting for resources: the nodes of partition {partition} are busy with "
