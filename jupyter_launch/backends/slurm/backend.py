@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ from traitlets import Float, List, Unicode
 
 from ...control import OUTPUT_DIR_ENV
 from ..base import Backend, BackendError, JobContext, Liveness, Result, job_environment
-from ..job_venv import JobEnvironmentError, describe_interpreter, make_job_venv, venv_variables
+from ..job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
 from . import commands
 from .commands import SQUEUE_FORMAT, QueueRow, describe_ask, parse_comment, parse_scontrol, parse_squeue
 from .config import SlurmProvider
@@ -198,7 +199,7 @@ class SlurmBackend(Backend):
                                                        f"{plan.hash[:24]} in {shared / 'envs'}")
             env_dir, _ = await asyncio.to_thread(ensure_environment, shared / "envs", plan, log)
             jobdir = shared / "jobs" / f"{ctx.job_id}-{ctx.attempt}"
-            await asyncio.to_thread(self._write_folder, ctx, jobdir, env_dir)
+            await asyncio.to_thread(self._write_folder, ctx, jobdir, env_dir, layer)
         except (JobEnvironmentError, EnvironmentBuildError) as exc:
             raise BackendError("environment_failed", f"cannot build the job's environment: {exc}") from None
         except OSError as exc:
@@ -206,7 +207,7 @@ class SlurmBackend(Backend):
                                                 f"{exc}") from None
         return jobdir
 
-    def _write_folder(self, ctx: JobContext, jobdir: Path, env_dir: Path) -> None:
+    def _write_folder(self, ctx: JobContext, jobdir: Path, env_dir: Path, base: Layer) -> None:
         """Blocking: the job's folder under shared_dir, its own environment over the lock's, and the batch script's
         inputs: the script, the job's variables (mode 600: secrets are among them) and its command."""
         if jobdir.exists():
@@ -214,7 +215,10 @@ class SlurmBackend(Backend):
         jobdir.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(ctx.workdir, jobdir, symlinks=True)
         venv = jobdir / ".jupyter-launch" / "env"
+        # Over the lock's environment, which is over the queue's interpreter's: kernelspecs and nbconvert templates
+        # are found in the latter's share/jupyter.
         layer = describe_interpreter(str(env_dir / "bin" / "python"))
+        layer = dataclasses.replace(layer, jupyter_path=tuple(dict.fromkeys(layer.jupyter_path + base.jupyter_path)))
         make_job_venv(venv, layer)
         control = jobdir / CONTROL
         control.mkdir(parents=True)

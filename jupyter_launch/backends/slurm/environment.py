@@ -86,15 +86,14 @@ def _pip_install(env: Path, args: list[str], log: Callable[[bytes], None]) -> No
     argv = [str(env / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check",
             "--no-input", *args]
     log(f"[jupyter-launch] building the job's environment {env.name}: pip install {' '.join(args)}\n".encode())
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            cwd=env, env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-                                          "VIRTUAL_ENV": str(env)})
-    assert proc.stdout is not None
-    tail: list[bytes] = []
-    for line in proc.stdout:
-        log(line)
-        tail = (tail + [line])[-5:]
-    if proc.wait() != 0:
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=env,
+                          env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "VIRTUAL_ENV": str(env)}) as proc:
+        assert proc.stdout is not None
+        tail: list[bytes] = []
+        for line in proc.stdout:
+            log(line)
+            tail = (tail + [line])[-5:]
+    if proc.returncode != 0:
         said = b"".join(tail).decode(errors="replace").strip().splitlines()
         raise EnvironmentBuildError(f"pip install {' '.join(args)} exited {proc.returncode}"
                                     + (f": {said[-1]}" if said else ""))
