@@ -213,7 +213,7 @@ def test_resources_become_sbatch_options_and_a_job_waits_with_slurms_reason(laun
                              capture_output=True, text=True, check=True).stdout.strip()
     job = enqueue(launch, command=["sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES"],
                   resources={"gpu": 1, "cpu": 2, "memory": "300Mi"}, timeout=150)
-    held = enqueue(launch, command=["sh", "-c", "echo released"])
+    held = enqueue(launch, command=["sh", "-c", "echo released"], resources={"gpu": 1})  # pending, so it can be held
     seen: dict[str, Any] = {}
 
     async def watch(agent):

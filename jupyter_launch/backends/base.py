@@ -62,6 +62,43 @@ def job_environment(ctx: JobContext, base: Mapping[str, str] | None = None, *, e
     return env
 
 
+def rank_variables(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """What one rank of a distributed job is told (what ``torch.distributed`` and ``torchrun`` read)."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+
+
+class RankLog:
+    """One rank's output as lines of the job's log: each line prefixed ``[rank N] ``; control records (metrics,
+    progress, the runner's result) only from rank 0, unprefixed, so the job's metrics are rank 0's. A line is
+    written once it is complete (:meth:`flush` writes what is left at the end)."""
+
+    def __init__(self, log: Callable[[str, bytes], None], rank: int):
+        self._log = log
+        self.rank = rank
+        self._prefix = f"[rank {rank}] ".encode()
+        self._partial: dict[str, bytes] = {}
+
+    def write(self, stream: str, data: bytes) -> None:
+        lines = (self._partial.pop(stream, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._partial[stream] = lines[-1]
+        out = [self._line(line + b"\n") for line in lines[:-1]]
+        text = b"".join(out)
+        if text:
+            self._log(stream, text)
+
+    def _line(self, line: bytes) -> bytes:
+        if line.startswith(b"\x1e"):
+            return line if self.rank == 0 else b""
+        return self._prefix + line
+
+    def flush(self) -> None:
+        for stream, rest in list(self._partial.items()):
+            self._log(stream, self._line(rest + b"\n"))
+        self._partial.clear()
+
+
 @dataclass
 class JobContext:
     """Everything a backend needs for one attempt of one job, and the calls it reports through."""

@@ -153,8 +153,8 @@ def cmd_queue_delete(args: argparse.Namespace) -> int:
 def job_options(args: argparse.Namespace) -> JobOptions:
     return JobOptions(notebook=args.notebook, config=args.config, root=args.root, name=args.name,
                       job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
-                      retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory, env=args.env or (),
-                      secrets=args.secret or (), params=args.param or ())
+                      retries=args.retries, cpus=args.cpus, gpus=args.gpus, memory=args.memory, nodes=args.nodes,
+                      env=args.env or (), secrets=args.secret or (), params=args.param or ())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -457,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
     s.add_argument("--gpus", type=int)
     s.add_argument("--memory", help="memory (8Gi, 512Mi)")
+    s.add_argument("--nodes", type=int, help="ranks of a distributed job, one per node; each gets RANK, WORLD_SIZE, "
+                                             "LOCAL_RANK, MASTER_ADDR, MASTER_PORT")
     s.add_argument("--image")
     s.add_argument("--kernel")
     s.add_argument("--env", action="append", metavar="KEY=VALUE")
