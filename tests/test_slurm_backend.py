@@ -213,7 +213,6 @@ def test_resources_become_sbatch_options_and_a_job_waits_with_slurms_reason(laun
                              capture_output=True, text=True, check=True).stdout.strip()
     job = enqueue(launch, command=["sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES"],
                   resources={"gpu": 1, "cpu": 2, "memory": "300Mi"}, timeout=150)
-    held = enqueue(launch, command=["sh", "-c", "echo released"], resources={"gpu": 1})  # pending, so it can be held
     seen: dict[str, Any] = {}
 
     async def watch(agent):
@@ -224,24 +223,33 @@ def test_resources_become_sbatch_options_and_a_job_waits_with_slurms_reason(laun
         fields = await asyncio.to_thread(scontrol, slurm_id_of(job))
         seen["fields"] = {k: fields.get(k) for k in ("TimeLimit", "NumCPUs", "MinMemoryNode", "TresPerNode",
                                                        "JobState", "Reason")}
-        # A job held in Slurm says so, and how to let it go.
+        # A job held in Slurm says so, and how to let it go. (Submitted now, behind the first, so that one is the
+        # job Slurm shows waiting for Resources; a GPU, so it waits too and can be held.)
+        held = seen["held_job"] = enqueue(launch, command=["sh", "-c", "echo released"], resources={"gpu": 1})
         held_id = await wait_until(lambda: "submitted as Slurm job" in held.logs() and slurm_id_of(held), 60,
                                    "the second job's sbatch")
+        rec = await wait_until(lambda: held.refresh().reason == "pending_priority" and held.record, 30,
+                               "pending_priority: behind the first job")
+        seen["priority"] = rec.message
         subprocess.run(["scontrol", "hold", held_id], check=True)
         rec = await wait_until(lambda: held.refresh().reason == "held" and held.record, 30, "held")
         seen["held"] = rec.message
         subprocess.run(["scontrol", "release", held_id], check=True)
         subprocess.run(["scancel", blocker], check=True)
+        await wait_until(lambda: held.refresh().done, 60, "the held job's end")
 
-    rec, rec_held = run_agent(launch, [job, held], while_running=watch, timeout=180)
+    rec, = run_agent(launch, [job], while_running=watch, timeout=180)
+    held = seen["held_job"]
     assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, job.logs())
-    assert rec_held.state == "succeeded" and "released" in held.logs()
+    assert held.refresh().state == "succeeded" and "released" in held.logs()
     slurm_id = slurm_id_of(job)
     assert seen["state"] == "starting"  # not running while it waits in Slurm's queue
     assert seen["message"] == (f"Slurm job {slurm_id} is pending (Resources): waiting for resources: the nodes of "
                                "partition debug are busy with other jobs (it asks for 1 GPU(s), 2 CPU(s), 300Mi)")
     assert seen["fields"] == {"TimeLimit": "00:03:00", "NumCPUs": "2", "MinMemoryNode": "300M",
                               "TresPerNode": "gres:gpu:1", "JobState": "PENDING", "Reason": "Resources"}
+    assert seen["priority"] == (f"Slurm job {slurm_id_of(held)} is pending (Priority): jobs of higher priority are "
+                                "ahead of it in partition debug; it runs when they have started")
     assert seen["held"].startswith(f"Slurm job {slurm_id_of(held)} is pending (JobHeld")
     assert f"scontrol release {slurm_id_of(held)}" in seen["held"]
     assert "gpus=0" in job.logs() or "gpus=1" in job.logs(), job.logs()
