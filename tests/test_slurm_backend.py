@@ -23,7 +23,7 @@ from jupyter_launch.client import LaunchClient
 from jupyter_launch.spec import JobSpec, QueueConfig, SpecError, parse_queue_config
 
 ROOT = Path(__file__).resolve().parent.parent
-NODE = socket.gethostname().split(".")[0]
+NODES = f"{socket.gethostname().split('.')[0]}-[1-2]"  # ci/slurm.sh's two nodes, each a slurmd on this machine
 CANARY = "agent-only-" + os.urandom(6).hex()
 
 
@@ -31,21 +31,21 @@ CANARY = "agent-only-" + os.urandom(6).hex()
 
 def _slurm_answers() -> bool:
     try:
-        out = subprocess.run(["sinfo", "--noheader", "--nodes", NODE, "--format", "%T"], capture_output=True,
-                             text=True, timeout=10)
+        out = subprocess.run(["sinfo", "--noheader", "--Node", "--nodes", NODES, "--format", "%T"],
+                             capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return out.returncode == 0 and any(s in out.stdout for s in ("idle", "mixed", "alloc"))
+    return out.returncode == 0 and sum(s in ("idle", "mixed", "allocated") for s in out.stdout.split()) == 2
 
 
 @pytest.fixture(scope="session")
 def slurm() -> str:
-    """ci/slurm.sh's cluster (started, or checked, once per session): the node's name."""
+    """ci/slurm.sh's cluster (started, or checked, once per session): its nodes."""
     proc = subprocess.run(["bash", str(ROOT / "ci" / "slurm.sh")], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0 or not _slurm_answers():
         pytest.fail("no Slurm: ci/slurm.sh failed (it installs slurm-wlm and munge with apt and must run as root):\n"
                     + proc.stdout[-2000:] + proc.stderr[-2000:], pytrace=False)
-    return NODE
+    return NODES
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_a_command_job_runs_in_slurm_with_its_log_streaming_outputs_and_a_sealed
     assert (rec.state, rec.exit_code, rec.reason) == ("succeeded", 0, "completed"), (rec, logs)
     assert seen == {"first_log_while_running": True, "slurm_running": "RUNNING"}
     slurm_id = slurm_id_of(job)
-    assert f"slurm job {slurm_id} on {NODE}" in logs
+    assert f"slurm job {slurm_id} on {scontrol(slurm_id)['BatchHost']}" in logs
     assert "token True greeting hi" in logs and "canary False" in logs and "python True" in logs, logs
     assert "s3cret-value" not in logs
     assert "to stderr" in logs
@@ -208,8 +208,9 @@ def test_a_failing_command_reports_its_exit_code_and_a_timeout_fails_the_job(lau
 
 
 def test_resources_become_sbatch_options_and_a_job_waits_with_slurms_reason(launch, tmp_path):
-    # Both GPUs taken by a job outside jupyter-launch: ours waits for Resources, then runs with a GPU of its own.
-    blocker = subprocess.run(["sbatch", "--parsable", "--gres=gpu:2", "--output=/dev/null", "--wrap", "sleep 300"],
+    # Every GPU taken by a job outside jupyter-launch: ours waits for Resources, then runs with a GPU of its own.
+    blocker = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--gres=gpu:2", "--output=/dev/null", "--wrap",
+                              "sleep 300"],
                              capture_output=True, text=True, check=True).stdout.strip()
     job = enqueue(launch, command=["sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES"],
                   resources={"gpu": 1, "cpu": 2, "memory": "300Mi"}, timeout=150)
@@ -304,7 +305,7 @@ def test_a_node_failure_requeues_the_job_within_its_retries_and_fails_it_past_th
     once = enqueue(launch, command=["sh", "-c", "echo run; sleep 300"])  # no retries: a node failure ends it
 
     def node(state: str) -> None:  # resume is refused when the node has come back by itself (ReturnToService=2)
-        subprocess.run(["scontrol", "update", f"nodename={NODE}", f"state={state}"]
+        subprocess.run(["scontrol", "update", f"nodename={NODES}", f"state={state}"]
                        + (["reason=jupyter-launch test"] if state == "down" else []), check=state == "down")
 
     async def fail_the_node(agent):
@@ -317,7 +318,7 @@ def test_a_node_failure_requeues_the_job_within_its_retries_and_fails_it_past_th
     try:
         rec, rec_once = run_agent(launch, [job, once], while_running=fail_the_node, timeout=180)
     finally:
-        subprocess.run(["scontrol", "update", f"nodename={NODE}", "state=resume"], capture_output=True)
+        subprocess.run(["scontrol", "update", f"nodename={NODES}", "state=resume"], capture_output=True)
     logs = job.logs()
     assert (rec.state, rec.exit_code, rec.attempt) == ("succeeded", 0, 1), (rec, logs)
     assert "run 0" in logs and "run 1" in logs and "Slurm requeued" in logs and logs.rstrip().endswith("done")
@@ -341,7 +342,7 @@ asyncio.run(main())
 
 def kill_agent_once_job_printed_one(job: Any, home: Path) -> None:
     """Run a real agent process until the job has printed `one`, then kill -9 it: its Slurm job runs on."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     agent = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(home)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -391,3 +392,39 @@ def test_the_next_agent_cancels_the_slurm_job_of_a_job_lost_with_its_agent(launc
         assert time.monotonic() < deadline, scontrol(slurm_id)
         time.sleep(0.2)
     assert not list((tmp_path / "shared" / "jobs").iterdir())
+
+
+# ---------------------------------------------------------------- distributed jobs: one rank per node, with srun
+
+DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
+
+
+def test_a_two_node_job_runs_a_rank_on_each_node_which_all_reduce_over_tcp(launch):
+    job = launch.submit(spec={"kind": "command", "command": ["python", "allreduce.py"], "resources": {"nodes": 2}},
+                        queue="hpc", root=DISTRIBUTED)
+    rec, = run_agent(launch, [job])
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    fields = scontrol(slurm_id_of(job))
+    assert (fields["NumNodes"], fields["NodeList"]) == ("2", NODES), fields  # both nodes, allocated together
+    for rank in range(2):
+        assert f"[rank {rank}] rank {rank} of 2 (local rank 0, host " in logs, logs
+    assert logs.count("sum [3, 30, 300]") == 2, logs  # each rank got 1+2, 10+20, 100+200
+    assert [m["data"] for m in job.metrics] == [{"rank": 0, "sum0": 3}]  # metrics from rank 0 only
+    assert [o.path for o in job.outputs] == ["rank-0.json"]  # outputs from rank 0 only
+
+
+def test_one_rank_failing_fails_the_slurm_job_and_stops_the_other(launch):
+    job = launch.submit(spec={"kind": "command", "command": ["python", "-c", (
+        "import os, sys, time\n"
+        "print('up', flush=True)\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    time.sleep(1)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)\n")], "resources": {"nodes": 2}}, queue="hpc", root=DISTRIBUTED)
+    rec, = run_agent(launch, [job])  # within the helper's 120 s: rank 0 did not sleep its 600 s
+    logs = job.logs()
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)
+    assert sorted(line for line in logs.splitlines() if line.endswith("] up")) == ["[rank 0] up", "[rank 1] up"]
+    assert "task 1: Exited with exit code 3" in logs, logs  # srun's own line, as it wrote it
+    assert "[jupyter-launch] rank 1 exited with code 3; srun stopped the other ranks" in logs, logs

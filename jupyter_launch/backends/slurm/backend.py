@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any, ClassVar
 from traitlets import Float, List, Unicode
 
 from ...control import OUTPUT_DIR_ENV
-from ..base import Backend, BackendError, JobContext, Liveness, Result, job_environment
+from ..base import Backend, BackendError, JobContext, Liveness, RankLog, Result, job_environment
 from ..job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
 from . import commands
 from .commands import SQUEUE_FORMAT, QueueRow, describe_ask, parse_comment, parse_scontrol, parse_squeue
@@ -35,35 +36,64 @@ from .environment import EnvironmentBuildError, ensure_environment, plan_environ
 CONTROL = ".jupyter-launch/slurm"  # in the job's folder: the batch script's inputs, the job's output, its exit status
 PYTHON_NAMES = ("python", "python3")
 
-# The batch script. It runs in the job's folder (--chdir) on the first node. Of the node's environment it keeps only
-# Slurm's variables and the GPUs Slurm assigned; the job's own come from the env file, its command from the argv file
-# (both NUL-separated, so no value is ever parsed by a shell). Its exit status is recorded per (re)start, because
-# Slurm forgets a finished job after MinJobAge. (A background command's stdin is /dev/null, as sbatch's is.)
+# The batch script. sbatch runs it (no argument) on the job's first node, in the job's folder (--chdir); for a
+# distributed job it starts the ranks with srun, one per node, each running this script again (argument "rank").
+# Of a node's environment a job keeps only Slurm's variables and the GPUs Slurm assigned; its own come from the env
+# file, its command from the argv file (both NUL-separated, so no value is ever parsed by a shell). The exit status
+# is recorded per (re)start, because Slurm forgets a finished job after MinJobAge. scancel --signal=TERM --full
+# reaches every process of the job, this script too: it waits on, so the job has its grace period and its status is
+# recorded. (A background command's stdin is /dev/null, as sbatch's is.)
 BATCH_SCRIPT = r"""#!/bin/bash
 control=.jupyter-launch/slurm
-restart=${SLURM_RESTART_COUNT:-0}
-if [ "$restart" -gt 0 ]; then
-  echo "[jupyter-launch] Slurm started the job again on $(hostname) (restart $restart)" >&2
-fi
 keep=()
 while IFS= read -r -d '' kv; do
   case "$kv" in SLURM_*|SLURMD_*|CUDA_VISIBLE_DEVICES=*|GPU_DEVICE_ORDINAL=*|ROCR_VISIBLE_DEVICES=*) keep+=("$kv");; esac
 done < <(env -0)
 mapfile -d '' vars < "$control/env"
 mapfile -d '' argv < "$control/argv"
-# scancel --signal=TERM --full reaches every process of the job, this script too: it waits on, so the job has its
-# grace period and its exit status is recorded.
+if [ "${1:-}" = rank ]; then
+  rank=(RANK="$SLURM_PROCID" WORLD_SIZE="$SLURM_NTASKS" LOCAL_RANK="$SLURM_LOCALID"
+        MASTER_ADDR="$JUPYTER_LAUNCH_MASTER_ADDR" MASTER_PORT="$JUPYTER_LAUNCH_MASTER_PORT")
+  if [ "$SLURM_PROCID" != 0 ]; then  # the job's outputs are rank 0's
+    mkdir -p ".jupyter-launch/ranks/$SLURM_PROCID/outputs"
+    rank+=(@OUTPUT_DIR_ENV@="$PWD/.jupyter-launch/ranks/$SLURM_PROCID/outputs")
+  fi
+  env -i "${keep[@]}" "${vars[@]}" "${rank[@]}" "${argv[@]}"
+  code=$?
+  [ "$code" = 0 ] || echo "$code" > "$control/rank-$SLURM_PROCID.exit-${SLURM_RESTART_COUNT:-0}"
+  exit $code
+fi
+restart=${SLURM_RESTART_COUNT:-0}
+if [ "$restart" -gt 0 ]; then
+  echo "[jupyter-launch] Slurm started the job again on $(hostname) (restart $restart)" >&2
+fi
 trap : TERM
-env -i "${keep[@]}" "${vars[@]}" "${argv[@]}" &
+if [ "${SLURM_NNODES:-1}" -gt 1 ]; then
+  # Rank 0 runs on this node, the first of the allocation: it is the rendezvous.
+  export JUPYTER_LAUNCH_MASTER_ADDR=$(hostname) JUPYTER_LAUNCH_MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+  srun --export=ALL --label --kill-on-bad-exit=1 --ntasks="$SLURM_NNODES" --ntasks-per-node=1 \
+    bash "$control/job.sh" rank &
+else
+  env -i "${keep[@]}" "${vars[@]}" "${argv[@]}" &
+fi
 child=$!
 while true; do
   wait "$child"
   code=$?
   kill -0 "$child" 2>/dev/null || break
 done
+# srun answers for the ranks it stopped; the job's status is the rank's that failed first.
+for failed in $(ls -tr "$control"/rank-*.exit-"$restart" 2>/dev/null); do
+  code=$(cat "$failed")
+  failed=${failed##*/rank-}
+  echo "[jupyter-launch] rank ${failed%%.*} exited with code $code; srun stopped the other ranks" >&2
+  break
+done
 echo "$code" > "$control/exit-$restart"
 exit $code
-"""
+""".replace("@OUTPUT_DIR_ENV@", OUTPUT_DIR_ENV)
+# srun --label's prefix of each line a rank writes: its rank, padded to the width of the largest.
+RANK_LABEL = re.compile(rb"^ *(\d+): ")
 
 
 @dataclass
@@ -251,6 +281,8 @@ class SlurmBackend(Backend):
                 f"--comment={commands.comment(ctx.queue, ctx.job_id, ctx.attempt)}", f"--chdir={jobdir}",
                 f"--output={control / 'stdout'}", f"--error={control / 'stderr'}", "--open-mode=append",
                 "--export=NONE", "--requeue" if ctx.spec.retries else "--no-requeue"]
+        if res.nodes > 1:  # one rank per node; cpus, memory and GPUs below are each node's
+            args += [f"--nodes={res.nodes}", "--ntasks-per-node=1"]
         for option, value in (("--partition", cfg.partition), ("--account", cfg.account), ("--qos", cfg.qos)):
             if value:
                 args.append(f"{option}={value}")
@@ -302,7 +334,7 @@ class SlurmBackend(Backend):
         ctx = handle.ctx
         cfg: SlurmProvider = ctx.queue_config
         res = ctx.spec.resources
-        ask = describe_ask(res.cpu, res.memory, res.gpu)
+        ask = describe_ask(res.cpu, res.memory, res.gpu, res.nodes)
         while True:
             rows = await self._squeue(["--jobs", handle.slurm_id, "--states", "all"],
                                       f"read the state of Slurm job {handle.slurm_id}")
@@ -380,6 +412,8 @@ class SlurmBackend(Backend):
 
     async def stream(self, handle: SlurmHandle, ctx: JobContext) -> None:
         readers = {name: _Tail(handle.jobdir / CONTROL / name) for name in ("stdout", "stderr")}
+        ranks = ctx.spec.resources.nodes
+        log = RankLabels(ctx.log, ranks) if ranks > 1 else None
         while True:
             ended = handle.done.is_set()
             got = False
@@ -387,8 +421,10 @@ class SlurmBackend(Backend):
                 data = await asyncio.to_thread(reader.read)
                 if data:
                     got = True
-                    ctx.log(name, data)
+                    (log.write if log else ctx.log)(name, data)
             if ended and not got:
+                if log:
+                    log.flush()
                 return
             if not got:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -427,6 +463,38 @@ class SlurmBackend(Backend):
             with contextlib.suppress(BackendError):
                 await self._slurm("scancel", [handle.slurm_id], f"cancel Slurm job {handle.slurm_id}")
         await asyncio.to_thread(shutil.rmtree, handle.jobdir, True)
+
+
+class RankLabels:
+    """The output of a distributed job's ranks, as srun --label writes it (``0: line``), as the job's log: each
+    rank's lines through a :class:`~..base.RankLog` (prefixed ``[rank N]``, control records from rank 0 only);
+    lines with no label (the batch script's, srun's own) as they are."""
+
+    def __init__(self, log: Any, ranks: int):
+        self._log = log
+        self._ranks = [RankLog(log, rank) for rank in range(ranks)]
+        self._partial: dict[str, bytes] = {}
+
+    def write(self, stream: str, data: bytes) -> None:
+        lines = (self._partial.pop(stream, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._partial[stream] = lines[-1]
+        for line in lines[:-1]:
+            self._route(stream, line + b"\n")
+
+    def _route(self, stream: str, line: bytes) -> None:
+        m = RANK_LABEL.match(line)
+        if m and int(m.group(1)) < len(self._ranks):
+            self._ranks[int(m.group(1))].write(stream, line[m.end():])
+        else:
+            self._log(stream, line)
+
+    def flush(self) -> None:
+        for stream, rest in list(self._partial.items()):
+            self._route(stream, rest + b"\n")
+        self._partial.clear()
+        for rank in self._ranks:
+            rank.flush()
 
 
 class _Tail:
