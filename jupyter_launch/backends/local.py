@@ -290,7 +290,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
-        return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False}
+        return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False, "ranks": True}
 
     def python(self, config: LocalProvider) -> str:
         return config.python or sys.executable

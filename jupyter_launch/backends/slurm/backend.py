@@ -134,7 +134,7 @@ class SlurmBackend(Backend):
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
-        return {"gpus": True, "local_gpus": False, "warm_pool": False, "images": False, "reattach": True}
+        return {"gpus": True, "local_gpus": False, "warm_pool": False, "images": False, "reattach": True, "ranks": True}
 
     # ------------------------------------------------------------ Slurm's commands
 
