@@ -6,7 +6,8 @@
     woken by the submit; the job's folder and environment made on the shared folder, sbatch, the output file read
     as it grows) against a raw `sbatch --wrap` of the same command whose output file is polled every 10 ms;
 (b) the same for a 2-node job (each rank echoes; first line of any rank) against `sbatch --nodes 2 --wrap "srun ..."`.
-p50 of N runs each, taken in alternation so both see the same load.
+p50 of N runs each, taken in alternation so both see the same load, each submitted once Slurm has run nothing for a
+second (Slurm alone takes 0.2 s to 1.5 s to start a job, depending on what it did just before).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from bench_core import print_table  # noqa: E402
+
+
+def settle() -> None:
+    """Wait until Slurm runs nothing, then a second more: each submit finds the cluster in the same state (a job
+    submitted while another is completing waits for the scheduler's next pass, over a second here)."""
+    while subprocess.run(["squeue", "--noheader", "--format", "%i"], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.05)
+    time.sleep(1.0)
 
 
 def raw_sbatch(out: Path, nodes: int) -> float:
@@ -60,7 +69,9 @@ async def launch_runs(tmp: Path, runs: int, nodes: int, raw: list[float]) -> lis
     times = []
     try:
         for i in range(runs + 1):  # the first builds the lock's environment: a warm-up, not counted
+            await asyncio.to_thread(settle)
             raw_time = await asyncio.to_thread(raw_sbatch, tmp / f"raw-{nodes}-{i}.out", nodes)
+            await asyncio.to_thread(settle)
             t0 = time.perf_counter()
             job = await asyncio.to_thread(client.submit, spec={"kind": "command", "command": ["echo", "first"],
                                                                "resources": {"nodes": nodes}},

@@ -38,11 +38,12 @@ def parse_comment(text: str) -> dict[str, str]:
     return dict(w.split("=", 1) for w in words[1:] if "=" in w)
 
 
-async def run(argv: list[str], timeout: float, what: str) -> str:
-    """Run one Slurm command; its stdout. A failure (missing command, non-zero exit, no answer in ``timeout``)
-    raises ``BackendError("backend_error", ...)`` naming ``what`` was being done."""
+async def run(argv: list[str], timeout: float, what: str, env: dict[str, str] | None = None) -> str:
+    """Run one Slurm command (in ``env``, else the agent's environment); its stdout. A failure (missing command,
+    non-zero exit, no answer in ``timeout``) raises ``BackendError("backend_error", ...)`` naming ``what`` was being
+    done."""
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL, env=env,
                                                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         raise BackendError("backend_error", f"cannot {what}: {argv[0]} cannot be run ({exc.strerror}); is this a "
