@@ -77,11 +77,11 @@ else
   env -i "${keep[@]}" "${vars[@]}" "${argv[@]}" &
 fi
 child=$!
-while true; do
-  wait "$child"
-  code=$?
-  kill -0 "$child" 2>/dev/null || break
+while kill -0 "$child" 2>/dev/null; do
+  wait "$child"  # returns early, 143, when this script is sent SIGTERM
 done
+wait "$child"  # the child's own status
+code=$?
 # srun answers for the ranks it stopped; the job's status is the rank's that failed first.
 for failed in $(ls -tr "$control"/rank-*.exit-"$restart" 2>/dev/null); do
   code=$(cat "$failed")
@@ -442,10 +442,11 @@ class SlurmBackend(Backend):
         a job still pending is just cancelled."""
         handle.stopping = True
         slurm_id = handle.slurm_id
-        if handle.state == "PENDING":
-            with contextlib.suppress(BackendError):
+        with contextlib.suppress(BackendError):  # asked now: wait() may not have polled since it started
+            rows = await self._squeue(["--jobs", slurm_id], f"read the state of Slurm job {slurm_id}")
+            if any(r.slurm_id == slurm_id and r.state == "PENDING" for r in rows):
                 await self._slurm("scancel", [slurm_id], f"cancel Slurm job {slurm_id}")
-            return
+                return
         with contextlib.suppress(BackendError):
             await self._slurm("scancel", ["--signal=TERM", "--full", slurm_id], f"signal Slurm job {slurm_id}")
         with contextlib.suppress(asyncio.TimeoutError):
