@@ -103,6 +103,7 @@ class SlurmHandle:
     ctx: JobContext
     adopted: bool = False
     state: str = "PENDING"
+    reason_code: str = ""  # squeue's pending reason last seen
     restarts: int = 0
     running_reported: bool = False
     stopping: bool = False  # we asked Slurm to end it (cancel, timeout)
@@ -346,7 +347,7 @@ class SlurmBackend(Backend):
             row = next((r for r in rows if r.slurm_id == handle.slurm_id), None)
             if row is None or not row.active:
                 return await self._ended(handle, row)
-            if row.state != handle.state:
+            if (row.state, row.reason) != (handle.state, handle.reason_code):
                 await self._state_changed(handle, row)
             if row.state == "PENDING":
                 partition = cfg.partition or "(the default)"
@@ -357,11 +358,10 @@ class SlurmBackend(Backend):
             await asyncio.sleep(self.poll_interval)
 
     async def _state_changed(self, handle: SlurmHandle, row: QueueRow) -> None:
-        """A job seen running that is pending again was requeued by Slurm (its node failed): count it against
-        the job's retries, as a Kubernetes Job's backoff limit counts a failed pod."""
-        previous, handle.state = handle.state, row.state
-        if previous not in ("RUNNING", "COMPLETING") or row.state == "RUNNING":
-            return
+        """A new state or pending reason: has Slurm requeued the job (its node failed)? Counted against the job's
+        retries, as a Kubernetes Job's backoff limit counts a failed pod. (Asked at each change, not only when a
+        job seen running pends again: it may have run and been requeued between two polls.)"""
+        handle.state, handle.reason_code = row.state, row.reason
         fields = await self._scontrol(handle.slurm_id)
         restarts = int(fields.get("Restarts", "0") or 0)
         if restarts <= handle.restarts:
