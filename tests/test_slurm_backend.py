@@ -428,3 +428,26 @@ def test_one_rank_failing_fails_the_slurm_job_and_stops_the_other(launch):
     assert sorted(line for line in logs.splitlines() if line.endswith("] up")) == ["[rank 0] up", "[rank 1] up"]
     assert "task 1: Exited with exit code 3" in logs, logs  # srun's own line, as it wrote it
     assert "[jupyter-launch] rank 1 exited with code 3; srun stopped the other ranks" in logs, logs
+
+
+def test_a_job_runs_on_through_a_restart_of_slurmctld(launch):
+    # Before: the first squeue that failed while slurmctld was away failed the job (backend_error).
+    job = enqueue(launch, command=["sh", "-c", "echo one; sleep 8; echo two"])
+    state = Path("/var/lib/launch-slurm")
+
+    async def restart_the_controller(agent):
+        await wait_until(lambda: "one" in job.logs(), 60, "the first line")
+        pid = int((state / "slurmctld.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        try:
+            await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 30, "slurmctld to stop")
+            await wait_until(lambda: "asking again" in job.logs(), 60, "a failed squeue")
+        finally:  # the next tests need it
+            await asyncio.to_thread(subprocess.run, ["bash", str(ROOT / "ci" / "slurm.sh")], check=True,
+                                    capture_output=True, timeout=300)
+
+    rec, = run_agent(launch, [job], while_running=restart_the_controller, timeout=240)
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    assert "asking again for up to 300s" in logs and "Slurm answers again" in logs, logs
+    assert "one\ntwo\n" in logs and logs.count("submitted as Slurm job") == 1

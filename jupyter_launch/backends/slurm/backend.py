@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -121,6 +122,9 @@ class SlurmBackend(Backend):
     poll_interval = Float(0.25, config=True, help="Seconds between squeue polls of a job's state.")
     log_poll_interval = Float(0.05, config=True, help="Seconds between reads of a running job's output files.")
     command_timeout = Float(60.0, config=True, help="Seconds one Slurm command may take to answer.")
+    unanswered_grace = Float(300.0, config=True, help=(
+        "Seconds squeue may keep failing (slurmctld restarting) while a job runs before the job fails as "
+        "slurm_unreachable."))
     pass_env = List(Unicode(), config=True, help=(
         "More variables of the agent's environment that its jobs get, by name or glob. Always passed: PATH, HOME, "
         "USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR, TERM, LD_LIBRARY_PATH; and Slurm's own SLURM_* "
@@ -341,9 +345,26 @@ class SlurmBackend(Backend):
         cfg: SlurmProvider = ctx.queue_config
         res = ctx.spec.resources
         ask = describe_ask(res.cpu, res.memory, res.gpu, res.nodes)
+        unanswered_since: float | None = None
         while True:
-            rows = await self._squeue(["--jobs", handle.slurm_id, "--states", "all"],
-                                      f"read the state of Slurm job {handle.slurm_id}")
+            try:
+                rows = await self._squeue(["--jobs", handle.slurm_id, "--states", "all"],
+                                          f"read the state of Slurm job {handle.slurm_id}")
+            except BackendError as exc:
+                # slurmctld restarting, or a network blip: the job runs on without it. Keep asking for a while.
+                now = time.monotonic()
+                if unanswered_since is None:
+                    unanswered_since = now
+                    ctx.log("stderr", f"[jupyter-launch] {exc.message}; asking again for up to "
+                                      f"{self.unanswered_grace:g}s\n".encode())
+                if now - unanswered_since > self.unanswered_grace:
+                    raise BackendError("slurm_unreachable", f"{exc.message}, for {self.unanswered_grace:g}s; the "
+                                                            f"Slurm job {handle.slurm_id} may still run") from None
+                await asyncio.sleep(min(5.0, max(self.poll_interval, 1.0)))
+                continue
+            if unanswered_since is not None:
+                unanswered_since = None
+                ctx.log("stderr", b"[jupyter-launch] Slurm answers again\n")
             row = next((r for r in rows if r.slurm_id == handle.slurm_id), None)
             if row is None or not row.active:
                 return await self._ended(handle, row)
