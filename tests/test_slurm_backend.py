@@ -451,3 +451,14 @@ def test_a_job_runs_on_through_a_restart_of_slurmctld(launch):
     assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
     assert "asking again for up to 300s" in logs and "Slurm answers again" in logs, logs
     assert "one\ntwo\n" in logs and logs.count("submitted as Slurm job") == 1
+
+
+def test_a_job_slurm_refuses_fails_with_sbatchs_message_and_leaves_no_folder(launch, tmp_path):
+    launch.create_queue(QueueConfig(queue_name="picky", provider={
+        "type": "slurm", "shared_dir": str(tmp_path / "shared"), "sbatch_options": ["--constraint=no-such-feature"]}))
+    job = enqueue(launch, "picky", command=["true"])
+    rec, = run_agent(launch, [job])
+    assert (rec.state, rec.reason) == ("failed", "backend_error"), rec
+    assert rec.message.startswith("cannot submit the job to Slurm: sbatch exited 1: sbatch: error: "), rec.message
+    assert "\n" not in rec.message
+    assert not list((tmp_path / "shared" / "jobs").iterdir())  # before: its folder, variables and all, stayed

@@ -307,7 +307,11 @@ class SlurmBackend(Backend):
         # first: 2.7 s of every job's start on the test cluster.)
         env = {k: v for k, v in os.environ.items() if k.startswith("SLURM_")}
         env.update(base_variables(os.environ))
-        out = await self._slurm("sbatch", self.sbatch_args(ctx, jobdir), "submit the job to Slurm", env)
+        try:
+            out = await self._slurm("sbatch", self.sbatch_args(ctx, jobdir), "submit the job to Slurm", env)
+        except BackendError:
+            await asyncio.to_thread(shutil.rmtree, jobdir, True)  # its variables (secrets) with it
+            raise
         slurm_id = out.strip().split(";")[0]
         if not slurm_id.isdigit():
             raise BackendError("backend_error", f"sbatch answered {out.strip()!r}, not a job id")
