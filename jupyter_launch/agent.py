@@ -26,7 +26,7 @@ from traitlets.config import LoggingConfigurable
 
 from .artifact import DEFAULT_MAX_SIZE, format_size
 from .backends.base import Backend, JobContext, Liveness, Result, backend_class
-from .control import OUTPUT_DIR_ENV, RecordSplitter
+from .control import OUTPUT_DIR_ENV, RecordSplitter, cell_name
 from .errors import LaunchError
 from .masking import Masker, StreamMasker
 from .notify import WakeListener
@@ -452,6 +452,7 @@ class Agent(LoggingConfigurable):
         cancel = self._cancel_events.setdefault(job.id, asyncio.Event())
         lost = asyncio.Event()
         runner_result: dict[str, Any] = {}
+        running_cell: dict[str, Any] = {}  # the notebook cell the runner last said it started, for a timeout's message
         result_seen = asyncio.Event()
         workdir = Path(self.work_root) / f"{job.id}-{job.attempt}"
         store = self.store
@@ -463,6 +464,9 @@ class Agent(LoggingConfigurable):
                     pending_metrics.append(check_metric_record(rec, time.time()))
                 elif kind == "progress":
                     updates.submit(store.set_progress, job.id, fence, check_progress(rec))
+                    if "cell" in rec:  # the runner's: the cell starting, or None once all have run
+                        running_cell.clear()
+                        running_cell.update(rec["cell"] if isinstance(rec["cell"], dict) else {})
             except ValueError as exc:  # the job printed a record the store would refuse: drop it, keep the job
                 self.log.warning("job %s: a %s record was dropped: %s", job.id, kind, exc)
             if kind in ("metrics", "progress"):
@@ -552,6 +556,8 @@ class Agent(LoggingConfigurable):
                 result = Result(FAILED, reason="log_too_large", message=(
                     f"{sink.too_large}; the job was stopped. The log up to that point is kept; print less, or "
                     "raise max_log_size in the queue's config"))
+            elif result.reason == "timeout" and running_cell:
+                result.message = f"{result.message} while running {cell_name(running_cell)}"
             elif runner_result and result.state != "cancelled" and result.reason != "timeout":
                 result.state = runner_result.get("state", result.state)
                 result.reason = runner_result.get("reason") or result.reason

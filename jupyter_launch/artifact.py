@@ -1,4 +1,4 @@
-"""Job artifacts: packaging a job's folder into a content-addressed artifact, environment capture, and safe unpacking.
+"""Job artifacts: packaging a job's folder into a content-addressed artifact, and safe unpacking.
 
 An artifact is a manifest blob (files with digests and modes, the environment lock, the entrypoint) plus one blob per
 file. Everything that unpacks one (a manifest from the store, a tar from elsewhere) checks every path first, because
@@ -10,12 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import posixpath
 import re
 import shutil
-import sys
-import sysconfig
 import tarfile
 import tempfile
 import threading
@@ -137,99 +134,6 @@ class HashCache:
                 os.unlink(tmp)
                 raise
             self._dirty = False
-
-
-# ---------------------------------------------------------------- environment capture
-
-_PIP_LINE = re.compile(
-    r"^[ \t]*(?:%pip|![ \t]*(?:pip3?|(?:python3?|\{sys\.executable\}|\"\{sys\.executable\}\")[ \t]+-m[ \t]+pip))"
-    r"[ \t]+install[ \t]+(.+?)[ \t]*$",
-    re.MULTILINE,
-)
-_TRAILING_COMMENT = re.compile(r"\s+#.*$")
-_packages_cache: tuple[tuple[Any, ...], list[str]] | None = None
-
-
-def _normalize_name(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _installed_from_local_path(dist: Any) -> bool:
-    """Editable and ``pip install ./dir`` installs exist only on this machine: a pin for them cannot be installed."""
-    try:
-        info = json.loads(dist.read_text("direct_url.json") or "{}")
-    except ValueError:
-        return False
-    if not isinstance(info, dict):
-        return False
-    dir_info = info.get("dir_info")
-    return bool(isinstance(dir_info, dict) and dir_info.get("editable")) or str(info.get("url", "")).startswith("file:")
-
-
-def _installed_packages() -> list[str]:
-    """``name==version`` for what this interpreter can import, first on ``sys.path`` wins, like import does.
-
-    The scan costs ~80 ms, so it is kept per process and redone only when a ``sys.path`` folder changes (``%pip
-    install`` in the kernel adds a dist-info folder to site-packages, which moves its mtime).
-    """
-    global _packages_cache
-    stamps = []
-    for entry in sys.path:
-        try:
-            stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
-        except OSError:
-            stamps.append((entry, None))
-    cache_key = (os.getcwd(), *stamps)
-    if _packages_cache is not None and _packages_cache[0] == cache_key:
-        return list(_packages_cache[1])
-    import importlib.metadata
-
-    pins: dict[str, str] = {}
-    for dist in importlib.metadata.distributions():
-        meta = dist.metadata
-        name, version = meta["Name"], meta["Version"]
-        if not name or not version:
-            continue
-        normalized = _normalize_name(name)
-        if normalized in pins:
-            continue
-        pins[normalized] = "" if _installed_from_local_path(dist) else f"{name}=={version}"
-    packages = [pins[k] for k in sorted(pins) if pins[k]]
-    _packages_cache = (cache_key, packages)
-    return list(packages)
-
-
-def _pip_installs(notebook: dict[str, Any]) -> list[str]:
-    found: list[str] = []
-    cells = notebook.get("cells")
-    for cell in cells if isinstance(cells, list) else []:
-        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
-            continue
-        source = cell.get("source", "")
-        source = "".join(source) if isinstance(source, list) else str(source)
-        if "install" not in source:
-            continue
-        for m in _PIP_LINE.finditer(source.replace("\\\n", " ")):
-            args = _TRAILING_COMMENT.sub("", m.group(1)).strip()
-            if args:
-                found.append(args)
-    return found
-
-
-def capture_environment(notebook: dict[str, Any] | None = None, kernel_name: str | None = None) -> dict[str, Any]:
-    """The environment lock: enough for an agent to rebuild this environment (pins plus the notebook's own installs)."""
-    if kernel_name is None and notebook is not None:
-        metadata = notebook.get("metadata")
-        kernelspec = metadata.get("kernelspec") if isinstance(metadata, dict) else None
-        if isinstance(kernelspec, dict) and isinstance(kernelspec.get("name"), str):
-            kernel_name = kernelspec["name"]
-    return {
-        "python": platform.python_version(),
-        "platform": sysconfig.get_platform(),
-        "kernel": kernel_name,
-        "packages": _installed_packages(),
-        "pip_installs": _pip_installs(notebook) if notebook else [],
-    }
 
 
 # ---------------------------------------------------------------- paths
@@ -358,6 +262,14 @@ def _walk(root: str, skip_dirs: set[str]) -> list[_Found]:
     return found
 
 
+def _source_files(prefix: str, source: str, skip: set[str]) -> list[_Found]:
+    """A local distribution's source (a folder, with its ignore files applied, or one wheel/sdist) under ``prefix``."""
+    real = os.path.realpath(source)
+    if os.path.isfile(real):
+        return [_Found(prefix, real, os.stat(real))]
+    return [_Found(f"{prefix}/{f.rel}", f.path, f.stat) for f in _walk(real, skip)]
+
+
 def _included(root: str, include: list[str]) -> list[_Found]:
     found: list[_Found] = []
     for item in include:
@@ -416,15 +328,19 @@ def canonical_json(data: Any) -> bytes:
 def build_artifact(root: str | Path, blobs: BlobStore, *, include: list[str] | None = None,
                    environment: dict[str, Any] | None = None, entrypoint: str | None = None,
                    max_size: int = DEFAULT_MAX_SIZE, hash_cache: HashCache | None = None,
-                   extra_files: dict[str, bytes] | None = None) -> Artifact:
-    """Package ``root`` (or just ``include``) plus ``extra_files``; only blobs the store lacks are written."""
+                   extra_files: dict[str, bytes] | None = None, sources: dict[str, str] | None = None) -> Artifact:
+    """Package ``root`` (or just ``include``) plus ``extra_files`` and ``sources`` (``{path in the artifact: folder
+    or file elsewhere}``, the environment's local distributions); only blobs the store lacks are written."""
     root_real = os.path.realpath(root)
     if not os.path.isdir(root_real):
         raise ArtifactError("not a folder", source=str(root))
+    skip = {os.path.realpath(blobs.root)}  # a blob store inside the folder is not content
     if include is not None:
         found = _included(root_real, include)
     else:
-        found = _walk(root_real, {os.path.realpath(blobs.root)})  # a blob store inside the folder is not content
+        found = _walk(root_real, skip)
+    for prefix, source in (sources or {}).items():
+        found += _source_files(_check_relpath(prefix), source, skip)
     extra = {_check_relpath(p): data for p, data in (extra_files or {}).items()}
     found = [f for f in found if f.rel not in extra]
     sizes = [(f.rel, f.stat.st_size) for f in found] + [(p, len(d)) for p, d in extra.items()]

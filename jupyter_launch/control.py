@@ -54,6 +54,19 @@ def progress(value: float, total: float | None = None, description: str | None =
     _emit({"type": "progress", "value": _clean(value), "total": _clean(total), "description": description})
 
 
+def cell_name(cell: dict[str, Any] | None) -> str:
+    """How every message and view names a notebook's code cell: as Jupyter shows it, ``In [n]`` where ``n`` is the
+    execution count it ran with, then its place among the notebook's code cells (from 1) and its id:
+    ``In [2] (code cell 3, id 5f1c9a2e)``. ``cell`` is the ``cell`` of a runner's progress record
+    (``execution_count``, ``index``, ``id``); a missing part is left out."""
+    if not isinstance(cell, dict):
+        return "a cell"
+    count, index, cell_id = cell.get("execution_count"), cell.get("index"), cell.get("id")
+    where = ([f"code cell {index}"] if isinstance(index, int) else []) + ([f"id {cell_id}"] if cell_id else [])
+    prompt = f"In [{count if isinstance(count, int) else ' '}]"
+    return f"{prompt} ({', '.join(where)})" if where else prompt
+
+
 def output_dir() -> Path:
     """The folder whose files come back as the job's outputs (the working folder outside a job)."""
     path = Path(os.environ.get(OUTPUT_DIR_ENV) or ".")

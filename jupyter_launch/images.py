@@ -1,9 +1,11 @@
 """Job images: pulled when named, built once from an artifact's environment lock on a base image, pushed for nodes.
 
 A job that names no image runs in ``jupyter-launch-env:<hash12>``, where the hash covers the base image (its id,
-not just its name), the parts of the lock that reach the build, the artifact's ``requirements.txt``, the build
-settings, the CA bundle and the jupyter_launch sources copied in. While that hash holds, the image is reused
-without a build. :class:`ImageService` is the one image pipeline of the Docker and Kubernetes backends (pull with a
+not just its name), the lock (by default every distribution the notebook's kernel had, at its version, with the
+sources of local ones), the artifact's ``requirements.txt``, the build settings, the CA bundle and the
+jupyter_launch sources copied in. While that hash holds, the image is reused without a build; a new lock installs
+with pip's cache kept in a Docker volume, on top of the image of the closest lock built before (see
+:class:`BuildPlan`). :class:`ImageService` is the one image pipeline of the Docker and Kubernetes backends (pull with a
 stall timeout and the registry's credentials, build under a lock per hash, push to a queue's registry), reporting
 its progress to the job; it talks to a ``docker.APIClient``.
 """
@@ -33,8 +35,15 @@ if TYPE_CHECKING:
 from .errors import LaunchError
 
 IMAGE_REPOSITORY = "jupyter-launch-env"
+PREP_REPOSITORY = "jupyter-launch-prep"
+DEPS_REPOSITORY = "jupyter-launch-deps"
 HASH_LABEL = "jupyter-launch.env-hash"
-BUILDER_VERSION = "1"  # bump when the Dockerfile's shape changes, so old images are not reused
+PREP_LABEL = "jupyter-launch.prep"
+FAMILY_LABEL = "jupyter-launch.deps-family"
+PINS_LABEL = "jupyter-launch.deps-pins"
+DEPTH_LABEL = "jupyter-launch.deps-depth"
+PIP_CACHE_VOLUME = "jupyter-launch-pip-cache"
+BUILDER_VERSION = "2"  # bump when the images' shape changes, so old images are not reused
 MACHINE_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 VENV = "/opt/jupyter-launch-venv"
 PACKAGE_DIR = "/opt/jupyter-launch"
@@ -61,7 +70,11 @@ class BuildConfig(BaseModel):
     base_image: str | None = None
     ca_bundle: str | None = None  # extra CA bundle copied into builds (corporate proxies, this machine)
     pip_args: list[str] = Field(default_factory=list)
-    lock: Literal["minimal", "full"] = "minimal"  # full: pin every package of the captured environment
+    # full: every distribution the notebook's kernel could import when it was submitted, at the same versions (with
+    # the sources of local ones); minimal: only the runner, the notebook's %pip lines and requirements.txt.
+    lock: Literal["minimal", "full"] = "full"
+    # The Docker volume that keeps pip's download and wheel cache between builds (null: no cache).
+    pip_cache: str | None = PIP_CACHE_VOLUME
 
 
 @dataclass
@@ -71,13 +84,14 @@ class BuildSettings:
     base_image: str
     ca_bundle: str | None = None  # None: the machine's bundle when it exists
     pip_args: list[str] = field(default_factory=list)
-    lock: str = "minimal"  # "full" pins every package of environment["packages"]
+    lock: str = "full"
+    pip_cache: str | None = PIP_CACHE_VOLUME
 
     @classmethod
     def from_config(cls, build: BuildConfig | dict[str, Any] | None, default_base: str) -> BuildSettings:
         build = build if isinstance(build, BuildConfig) else BuildConfig.model_validate(build or {})
         return cls(base_image=build.base_image or default_base, ca_bundle=build.ca_bundle,
-                   pip_args=list(build.pip_args), lock=build.lock)
+                   pip_args=list(build.pip_args), lock=build.lock, pip_cache=build.pip_cache)
 
     def ca_bundle_path(self) -> Path | None:
         path = Path(self.ca_bundle or MACHINE_CA_BUNDLE)
@@ -123,12 +137,19 @@ def pip_install_args(lines: Iterable[Any]) -> list[str]:
 
 
 def pinned_packages(packages: Any) -> list[str]:
-    """``environment["packages"]`` as ``name==version`` pins (a mapping or a list of pins)."""
+    """``environment["packages"]`` as pins (a mapping or a list of pins), less pip itself: the image's venv has its
+    own, and a pip replacing itself mid-install is the one install that can break the build."""
     if isinstance(packages, dict):
-        return [f"{name}=={version}" for name, version in sorted(packages.items()) if version]
-    if isinstance(packages, list):
-        return sorted(str(p) for p in packages if isinstance(p, str) and p)
-    return []
+        pins = [f"{name}=={version}" for name, version in sorted(packages.items()) if version]
+    elif isinstance(packages, list):
+        pins = sorted(str(p) for p in packages if isinstance(p, str) and p)
+    else:
+        pins = []
+    return [p for p in pins if _pin_name(p) != "pip"]
+
+
+def _pin_name(pin: str) -> str:
+    return re.sub(r"[-_.]+", "-", re.split(r"[\s=<>!~;@\[]", pin, maxsplit=1)[0]).lower()
 
 
 def package_source() -> Path:
@@ -150,83 +171,217 @@ def package_digest() -> str:
     return h.hexdigest()
 
 
+def _tree_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+
+
+def _tree_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in _tree_files(path):
+        h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _tar(files: dict[str, bytes | Path]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            if isinstance(data, Path):
+                info = tar.gettarinfo(str(data), arcname=name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with data.open("rb") as f:
+                    tar.addfile(info, f)
+            else:
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+# Run in the deps container before the lock installs: pins made on another Python minor version do not install.
+_PYTHON_CHECK = """import platform, sys
+want, base = sys.argv[1], sys.argv[2]
+have = platform.python_version()
+if want.split(".")[:2] != have.split(".")[:2]:
+    print(f"the notebook's kernel runs Python {want} and the base image {base} has Python {have}: its "
+          f"packages cannot be installed there at their versions. Set the queue's build.base_image to an image "
+          f"with Python {'.'.join(want.split('.')[:2])}, or build.lock: minimal")
+    sys.exit(3)
+"""
+
+
+def _digest(doc: Any) -> str:
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class BuildPlan:
-    """One image to build: its hash, tag, and the inputs that went into the hash."""
+    """One environment image to build, in three stages, each an image of its own:
+
+    ``prep`` (the base with the CA bundle and an empty venv: a plain build), ``deps`` (the lock installed into that
+    venv by a container with pip's cache volume mounted, then committed; a lock close to one built before starts
+    from that image and installs only the difference) and the image itself (``deps`` plus the jupyter_launch sources,
+    labelled with the hash of everything). A change to jupyter_launch rebuilds only the last stage; a one-package
+    change to the lock installs one package.
+    """
 
     settings: BuildSettings
     base_id: str
-    installs: list[str]
-    requirements: str | None
+    installs: list[str]  # the notebook's %pip arguments
+    requirements: str | None  # the folder's requirements.txt
     ca_digest: str | None
     package_digest: str
+    pins: list[str] = field(default_factory=list)  # the lock (build.lock: full)
+    sources: dict[str, Path] = field(default_factory=dict)  # local distributions: {name: folder or file}
+    sources_digest: str | None = None
+    kernel: str | None = None  # the notebook's kernel, installed under its own name when it is not python3
+    python: str | None = None  # the kernel's Python version, which the image's must match to major.minor
+
+    @property
+    def prep_key(self) -> str:
+        return _digest({"v": BUILDER_VERSION, "base_id": self.base_id, "ca": self.ca_digest})
+
+    @property
+    def family(self) -> str:
+        """Deps images that can start from each other: the same prep image and pip arguments."""
+        return _digest({"prep": self.prep_key, "pip_args": self.settings.pip_args})[:16]
+
+    @property
+    def deps_key(self) -> str:
+        return _digest({"family": self.family, "pins": self.pins, "installs": self.installs,
+                        "requirements": self.requirements, "sources": self.sources_digest, "kernel": self.kernel,
+                        "python": self.python, "runner": RUNNER_REQUIREMENTS})
 
     @property
     def hash(self) -> str:
-        doc = {"v": BUILDER_VERSION, "base": self.settings.base_image, "base_id": self.base_id,
-               "installs": self.installs, "requirements": self.requirements, "pip_args": self.settings.pip_args,
-               "lock": self.settings.lock, "ca": self.ca_digest, "package": self.package_digest}
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+        return _digest({"v": BUILDER_VERSION, "base": self.settings.base_image, "deps": self.deps_key,
+                        "lock": self.settings.lock, "package": self.package_digest})
 
     @property
     def tag(self) -> str:
         return f"{IMAGE_REPOSITORY}:{self.hash[:12]}"
 
-    def dockerfile(self) -> str:
-        pip = f"{VENV}/bin/pip install " + " ".join(shlex.quote(a) for a in self.settings.pip_args)
+    @property
+    def prep_tag(self) -> str:
+        return f"{PREP_REPOSITORY}:{self.prep_key[:12]}"
+
+    @property
+    def deps_tag(self) -> str:
+        return f"{DEPS_REPOSITORY}:{self.deps_key[:12]}"
+
+    def prep_dockerfile(self) -> str:
         lines = [f"FROM {self.settings.base_image}"]
-        env = ["PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_NO_CACHE_DIR=1", "PIP_ROOT_USER_ACTION=ignore"]
+        env = ["PIP_DISABLE_PIP_VERSION_CHECK=1", "PIP_ROOT_USER_ACTION=ignore"]
         if self.ca_digest:
             lines.append("COPY ca.crt /etc/ssl/certs/jupyter-launch-build-ca.crt")
             env.append("PIP_CERT=/etc/ssl/certs/jupyter-launch-build-ca.crt")
         lines.append("ENV " + " ".join(env))
-        # The runner's dependencies first: their layer stays in the build cache when only the lock changes.
-        lines.append(f"RUN python3 -m venv {VENV} && {pip} " + " ".join(shlex.quote(r) for r in RUNNER_REQUIREMENTS))
-        if self.requirements is not None:
-            lines.append("COPY requirements.txt /tmp/jupyter-launch-requirements.txt")
-            lines.append(f"RUN {pip} -r /tmp/jupyter-launch-requirements.txt")
-        if self.installs:
-            lines.append(f"RUN {pip} " + " ".join(shlex.quote(a) for a in self.installs))
-        lines.append(f"COPY jupyter_launch {PACKAGE_DIR}/jupyter_launch")
-        lines.append(f"ENV PATH={VENV}/bin:$PATH PYTHONPATH={PACKAGE_DIR} PYTHONUNBUFFERED=1")
-        lines.append(f"LABEL {HASH_LABEL}={self.hash}")
+        lines.append(f"RUN python3 -m venv {VENV}")
+        lines.append(f"LABEL {PREP_LABEL}={self.prep_key}")
         return "\n".join(lines) + "\n"
 
-    def context_tar(self) -> bytes:
-        """The build context (Dockerfile, CA bundle, requirements, the jupyter_launch sources) as a tar."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            def add(name: str, data: bytes) -> None:
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
+    def prep_context(self) -> bytes:
+        files: dict[str, bytes | Path] = {"Dockerfile": self.prep_dockerfile().encode()}
+        ca = self.settings.ca_bundle_path()
+        if ca is not None:
+            files["ca.crt"] = ca.read_bytes()
+        return _tar(files)
 
-            add("Dockerfile", self.dockerfile().encode())
-            ca = self.settings.ca_bundle_path()
-            if ca is not None:
-                add("ca.crt", ca.read_bytes())
-            if self.requirements is not None:
-                add("requirements.txt", self.requirements.encode())
-            root = package_source()
-            for path in _package_files():
-                add("jupyter_launch/" + path.relative_to(root).as_posix(), path.read_bytes())
-        return buf.getvalue()
+    def install_script(self, remove: list[str]) -> str:
+        """The shell script the deps container runs in ``/tmp/jl-build`` (what :meth:`install_files` puts there)."""
+        pip = f"{VENV}/bin/pip install --progress-bar off " + " ".join(shlex.quote(a) for a in self.settings.pip_args)
+        lines = ["set -e", "cd /tmp/jl-build"]
+        if remove:
+            lines.append(f"{VENV}/bin/pip uninstall -y -r remove.txt")
+        if self.pins:
+            if self.python:
+                lines.append(f"{VENV}/bin/python - {shlex.quote(self.python)} "
+                             f"{shlex.quote(self.settings.base_image)} <<'EOF'\n{_PYTHON_CHECK}EOF")
+            # The lock is whole (every distribution the kernel had), so no resolving: each pin as it was. The
+            # Python is the same major.minor (checked above); a pin whose Requires-Python names a later patch
+            # release (>=3.11.5 where the image has 3.11.2) is installed as it ran in the kernel.
+            lines.append(f"{pip} --no-deps --ignore-requires-python -r lock.txt")
+        rest = [shlex.quote(r) for r in RUNNER_REQUIREMENTS]
+        if self.requirements is not None:
+            rest.append("-r requirements.txt")
+        rest += [shlex.quote(a) for a in self.installs]
+        rest += [shlex.quote(f"./sources/{name}/{path.name}" if path.is_file() else f"./sources/{name}")
+                 for name, path in sorted(self.sources.items())]
+        lines.append(f"{pip} " + " ".join(rest))
+        if self.kernel:
+            name = shlex.quote(self.kernel)
+            lines.append(f"{VENV}/bin/python -m ipykernel install --sys-prefix --name {name} --display-name {name}")
+        lines.append("cd / && rm -rf /tmp/jl-build")
+        return "\n".join(lines) + "\n"
+
+    def install_files(self, remove: list[str]) -> bytes:
+        files: dict[str, bytes | Path] = {"jl-build/install.sh": self.install_script(remove).encode(),
+                                          "jl-build/lock.txt": "".join(p + "\n" for p in self.pins).encode(),
+                                          "jl-build/remove.txt": "".join(r + "\n" for r in remove).encode()}
+        if self.requirements is not None:
+            files["jl-build/requirements.txt"] = self.requirements.encode()
+        for name, path in self.sources.items():
+            for f in _tree_files(path):
+                rel = f.name if path.is_file() else f.relative_to(path).as_posix()
+                files[f"jl-build/sources/{name}/{rel}"] = f
+        return _tar(files)
+
+    def dockerfile(self) -> str:
+        return "\n".join([
+            f"FROM {self.deps_tag}",
+            f"COPY jupyter_launch {PACKAGE_DIR}/jupyter_launch",
+            f"ENV PATH={VENV}/bin:$PATH PYTHONPATH={PACKAGE_DIR} PYTHONUNBUFFERED=1",
+            f"LABEL {HASH_LABEL}={self.hash}",
+        ]) + "\n"
+
+    def context_tar(self) -> bytes:
+        """The last stage's build context: its Dockerfile and the jupyter_launch sources."""
+        root = package_source()
+        files: dict[str, bytes | Path] = {"Dockerfile": self.dockerfile().encode()}
+        for path in _package_files():
+            files["jupyter_launch/" + path.relative_to(root).as_posix()] = path.read_bytes()
+        return _tar(files)
 
 
 def plan_build(settings: BuildSettings, base_id: str, environment: dict[str, Any], workdir: Path | None) -> BuildPlan:
     installs = pip_install_args(environment.get("pip_installs") or [])
+    pins: list[str] = []
+    sources: dict[str, Path] = {}
+    kernel = environment.get("kernel") if isinstance(environment.get("kernel"), str) else None
+    kernel = None if kernel in ("python3", "python") else kernel  # ipykernel's own kernel is in every image
     if settings.lock == "full":
-        installs = pinned_packages(environment.get("packages")) + installs
+        pins = pinned_packages(environment.get("packages"))
+        for dist in environment.get("local") or []:
+            if not isinstance(dist, dict):
+                continue
+            name, source = str(dist.get("name")), dist.get("source")
+            where = (workdir / source) if workdir is not None and isinstance(source, str) else None
+            if where is None or not where.exists() or dist.get("missing"):
+                why = dist.get("missing") or "its source is not in the job's folder"
+                raise ImageBuildError(
+                    f"distribution {name} {dist.get('version')} cannot be installed in the job's image: it was "
+                    f"installed on the submitting machine from a local folder ({why}) and no package index can "
+                    "serve it. Reinstall it from its source folder (pip install -e DIR) and submit again, or set "
+                    "the queue's build.lock: minimal")
+            sources[re.sub(r"[^A-Za-z0-9._-]", "_", name)] = where
     requirements = None
     if workdir is not None and (workdir / "requirements.txt").is_file():
         requirements = (workdir / "requirements.txt").read_text(encoding="utf-8", errors="replace")
     ca = settings.ca_bundle_path()
     ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca else None
-    return BuildPlan(settings, base_id, installs, requirements, ca_digest, package_digest())
+    sources_digest = _digest({n: _tree_digest(p) for n, p in sorted(sources.items())}) if sources else None
+    python = environment.get("python") if pins and isinstance(environment.get("python"), str) else None
+    return BuildPlan(settings, base_id, installs, requirements, ca_digest, package_digest(), pins=pins,
+                     sources=sources, sources_digest=sources_digest, kernel=kernel, python=python)
 
 
 class ImageBuilder:
     """Builds and caches job images on one Docker engine (a ``docker.APIClient``). Blocking: call from a thread."""
+
+    max_depth = 8  # deps images stacked on each other before one starts from the prep image again
 
     def __init__(self, api: Any):
         self.api = api
@@ -239,22 +394,33 @@ class ImageBuilder:
         except docker.errors.ImageNotFound:
             return None
 
-    def cached(self, plan: BuildPlan) -> bool:
+    def _labels(self, ref: str) -> dict[str, str] | None:
         import docker.errors
 
         try:
-            labels = self.api.inspect_image(plan.tag)["Config"].get("Labels") or {}
+            return self.api.inspect_image(ref)["Config"].get("Labels") or {}
         except docker.errors.ImageNotFound:
-            return False
-        return labels.get(HASH_LABEL) == plan.hash
+            return None
 
-    def build(self, plan: BuildPlan, on_output: Callable[[str], None]) -> str:
+    def cached(self, plan: Any) -> bool:
+        labels = self._labels(plan.tag)
+        return labels is not None and labels.get(HASH_LABEL) == plan.hash
+
+    def build(self, plan: Any, on_output: Callable[[str], None]) -> str:
         """Build ``plan.tag``, sending the build's output to ``on_output`` line by line; returns the tag."""
+        if isinstance(plan, BuildPlan):
+            if self._labels(plan.prep_tag) is None:
+                self._classic(plan.prep_tag, plan.prep_context(), on_output, plan.settings.base_image)
+            if self._labels(plan.deps_tag) is None:
+                self._install(plan, on_output)
+        return self._classic(plan.tag, plan.context_tar(), on_output, plan.settings.base_image)
+
+    def _classic(self, tag: str, context: bytes, on_output: Callable[[str], None], base: str) -> str:
         import docker.errors
 
         tail: list[str] = []
         try:
-            for event in self.api.build(fileobj=io.BytesIO(plan.context_tar()), custom_context=True, tag=plan.tag,
+            for event in self.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag,
                                         rm=True, forcerm=True, decode=True):
                 text = event.get("stream") or event.get("status") or ""
                 if text:
@@ -262,11 +428,77 @@ class ImageBuilder:
                     tail = (tail + text.splitlines())[-20:]
                 if "error" in event:
                     detail = (event.get("errorDetail") or {}).get("message") or event["error"]
-                    raise ImageBuildError(f"building {plan.tag} on {plan.settings.base_image} failed: "
-                                          f"{detail.strip()}", "\n".join(tail))
+                    raise ImageBuildError(f"building {tag} on {base} failed: {detail.strip()}", "\n".join(tail))
         except docker.errors.APIError as exc:
-            raise ImageBuildError(f"building {plan.tag} failed: {exc.explanation or exc}", "\n".join(tail)) from None
-        return plan.tag
+            raise ImageBuildError(f"building {tag} failed: {exc.explanation or exc}", "\n".join(tail)) from None
+        return tag
+
+    def nearest(self, plan: BuildPlan) -> tuple[str, list[str], int]:
+        """The image the deps stage starts from: the deps image of this family whose lock is closest to the plan's
+        (if it is close), else the prep image; with the pins to remove and the new image's depth."""
+        wanted = {_pin_name(p): p for p in plan.pins}
+        best: tuple[int, str, list[str], int] | None = None
+        for image in self.api.images(filters={"label": f"{FAMILY_LABEL}={plan.family}"}):
+            labels = image.get("Labels") or {}
+            try:
+                pins = json.loads(labels.get(PINS_LABEL, ""))
+                depth = int(labels.get(DEPTH_LABEL, ""))
+            except ValueError:
+                continue
+            if depth >= self.max_depth or not image.get("RepoTags"):
+                continue
+            have = {_pin_name(p): p for p in pins}
+            changed = sum(1 for n, p in wanted.items() if have.get(n) != p)
+            removed = sorted(n for n in have if n not in wanted)
+            cost = changed + len(removed)
+            if best is None or cost < best[0]:
+                best = (cost, image["RepoTags"][0], removed, depth + 1)
+        if best is not None and best[0] <= max(3, len(wanted) // 4):
+            return best[1], best[2], best[3]
+        return plan.prep_tag, [], 1
+
+    def _install(self, plan: BuildPlan, on_output: Callable[[str], None]) -> None:
+        """The deps stage: a container from the nearest image runs pip with the cache volume, then is committed."""
+        import docker.errors
+
+        parent, remove, depth = self.nearest(plan)
+        on_output(f"installing the environment ({len(plan.pins)} pinned distributions) on "
+                  f"{'the image of a close lock, ' + parent if parent != plan.prep_tag else parent}\n")
+        binds = {plan.settings.pip_cache: {"bind": "/root/.cache/pip", "mode": "rw"}} if plan.settings.pip_cache \
+            else {}
+        env = [] if plan.settings.pip_cache else ["PIP_NO_CACHE_DIR=1"]
+        api = self.api
+        container = None
+        tail: list[str] = []
+        try:
+            container = api.create_container(parent, command=["sh", "/tmp/jl-build/install.sh"], environment=env,
+                                             host_config=api.create_host_config(binds=binds),
+                                             labels={"jupyter-launch.build": plan.deps_tag})["Id"]
+            api.put_archive(container, "/tmp", plan.install_files(remove))
+            api.start(container)
+            for chunk in api.logs(container, stream=True, follow=True):
+                text = chunk.decode("utf-8", "replace")
+                on_output(text)
+                tail = (tail + text.splitlines())[-20:]
+            status = api.wait(container).get("StatusCode", 1)
+            if status != 0:
+                raise ImageBuildError(f"installing the environment for {plan.tag} on {plan.settings.base_image} "
+                                      f"failed (exit code {status}): {(tail or ['no output'])[-1].strip()}",
+                                      "\n".join(tail))
+            repository, _, tag = plan.deps_tag.partition(":")
+            changes = [f"LABEL {FAMILY_LABEL}={plan.family}", f"LABEL {DEPTH_LABEL}={depth}",
+                       f"LABEL {PINS_LABEL}={json.dumps(json.dumps(plan.pins))}", 'CMD ["python3"]',
+                       "ENV PIP_NO_CACHE_DIR=1"]
+            api.commit(container, repository=repository, tag=tag, changes=changes)
+        except docker.errors.APIError as exc:
+            raise ImageBuildError(f"installing the environment for {plan.tag} failed: {exc.explanation or exc}",
+                                  "\n".join(tail)) from None
+        finally:
+            if container is not None:
+                try:
+                    api.remove_container(container, force=True)
+                except docker.errors.APIError:
+                    pass
 
 
 def registry_of(image: str) -> str:

@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -214,6 +215,11 @@ class LaunchMagics(Magics):
             else:
                 path, root = self._notebook_path(args)
                 prepared = prepare_job(_job_options(args, notebook=path, root=root), source=magic)
+                current = find_notebook(self.shell)
+                if current is not None and current.resolve() == path.resolve():
+                    # This kernel's own notebook: what this kernel can import travels. Another notebook file
+                    # carries its own kernelspec's environment, as from the CLI.
+                    prepared.interpreter = sys.executable
                 job = client.submit_prepared(prepared, queue=args.queue, include=args.include)
         except LocatedError as exc:  # a spec or a folder to package that is refused
             raise UsageError(_spec_message(exc, magic)) from None
@@ -240,6 +246,7 @@ class LaunchMagics(Magics):
         options.extra = {"setup": setup_cells(notebook) if notebook else [], "push": push, "pull": pull,
                          "name": f"{notebook.stem}: cell" if notebook else "cell"}
         prepared = prepare_job(options, source=magic)
+        prepared.interpreter = sys.executable  # the cell runs in this kernel's environment
         if notebook is not None:
             # The cell runs in this notebook's environment: its kernel and %pip lines travel with the job.
             with contextlib.suppress(SpecError):

@@ -43,11 +43,15 @@ class JobOptions:
 
 @dataclass
 class PreparedJob:
-    """The job spec, the folder to package, and the notebook (parsed) whose environment the job carries."""
+    """The job spec, the folder to package, and the notebook (parsed) whose environment the job carries.
+
+    ``interpreter`` is the kernel's Python when the face knows it (a magic runs in the kernel; the server asks the
+    notebook's live kernel); None: the Python of the notebook's kernelspec on this machine."""
 
     spec: JobSpec
     folder: Path
     notebook: dict[str, Any] | None = None
+    interpreter: str | None = None
 
 
 def param_value(text: str) -> Any:

@@ -8,10 +8,13 @@ What the user's code prints goes to this process's stdout and stderr as it arriv
 (:mod:`jupyter_launch.control`) report each code cell's start as progress, and exactly one ``result`` record at the end,
 flushed once the executed notebook and HTML report are in the output folder and before the kernel is shut down: from
 that record on, the job's log and files are complete, and what is left is only this process ending.
-Messages name a cell by its index in the executed notebook, from 0, markdown cells included.
+Progress and messages name a cell as :func:`control.cell_name` does: ``In [n]`` as Jupyter shows it, its place among
+the code cells (from 1) and its id.
 
-A cell that raises ``SystemExit`` with a clean status (``sys.exit()``, ``sys.exit(0)``) ends the run early as a
-success, as it would end a script; any other status fails the job like an error.
+The returned notebook is the one nbclient writes: outputs as the kernel sent them (no merging of streams, ``\r``
+kept), widget state in ``metadata.widgets``. A cell that raises ``SystemExit`` with a clean status (``sys.exit()``,
+``sys.exit(0)``) ends the run early as a success, as papermill has it, its output kept in the cell; any other status
+fails the job like an error.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from queue import Empty  # noqa: E402
 from typing import Any  # noqa: E402
 
 import nbformat  # noqa: E402
+from jupyter_client.channels import AsyncZMQSocketChannel  # noqa: E402
 from jupyter_client.kernelspec import NoSuchKernel  # noqa: E402
 from jupyter_client.manager import AsyncKernelManager  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
@@ -58,6 +62,8 @@ from .errors import LaunchError  # noqa: E402
 DEFAULT_KERNEL = "python3"
 DEFAULT_OUTPUT_DIR = "outputs"
 STARTUP_TIMEOUT = 60.0
+# The longest a wait for a kernel message blocks before looking at the socket again (see SlicedChannel).
+POLL_SLICE = 0.1
 PR_SET_PDEATHSIG = 1
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -103,10 +109,6 @@ try:
     _jupyter_launch_pull({names}, {path})
 finally:
     del _jupyter_launch_pull
-"""
-
-_QUIET_EXIT_CODE = """\
-__import__("warnings").filterwarnings("ignore", message="To exit: use 'exit'", category=UserWarning)
 """
 
 _ENTER_CODE = """\
@@ -240,6 +242,7 @@ def read_notebook(path: Path) -> NotebookNode:
     try:
         nb = nbformat.reads(text, as_version=4)
         _check_runnable(nb)
+        nb.setdefault("nbformat_minor", 0)  # nbconvert runs a notebook that lacks it; so do we
         if nb.nbformat_minor < 5:
             nb = nbformat.v4.upgrade(nb, from_version=4, from_minor=nb.nbformat_minor)  # cell ids, for injected cells
     except Exception as exc:  # nbformat raises many kinds on bad input (NotJSONError, ValidationError, KeyError...)
@@ -250,16 +253,20 @@ def read_notebook(path: Path) -> NotebookNode:
 
 def _check_runnable(nb: NotebookNode) -> None:
     """What running needs, which ``nbformat.reads`` only logs when it is missing (it does not refuse an invalid
-    notebook, and Jupyter opens many that fail its schema in small ways)."""
+    notebook, and Jupyter opens many that fail its schema in small ways). Like nbclient, the runner passes over
+    cells that are not code whatever they hold (a markdown cell without source, a cell type of a later nbformat)."""
     kernelspec = nb.get("metadata", {}).get("kernelspec", {}) if isinstance(nb.get("metadata"), dict) else None
     if not isinstance(kernelspec, dict) or not isinstance(kernelspec.get("name", ""), str):
         raise ValueError("its metadata.kernelspec is not a mapping with a kernel name")
-    if not isinstance(nb.get("nbformat_minor"), int):
+    if not isinstance(nb.get("nbformat_minor", 0), int):
         raise ValueError("nbformat_minor is not a number")
+    total = len(nb.cells)
     for index, cell in enumerate(nb.cells):
-        if not (isinstance(cell, dict) and cell.get("cell_type") in ("code", "markdown", "raw")
-                and isinstance(cell.get("source"), str) and isinstance(cell.get("metadata"), dict)):
-            raise ValueError(f"cell {index} lacks a cell_type, a source or metadata")
+        if not (isinstance(cell, dict) and isinstance(cell.get("cell_type"), str)
+                and isinstance(cell.get("metadata"), dict)):
+            raise ValueError(f"its cell {index + 1} of {total} lacks a cell_type or metadata")
+        if cell.cell_type == "code" and not isinstance(cell.get("source"), str):
+            raise ValueError(f"its cell {index + 1} of {total} is a code cell without source")
 
 
 def cell_notebook(job: JobFile) -> NotebookNode:
@@ -325,6 +332,28 @@ def die_with_parent() -> Callable[[], None]:
     return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
+class SlicedChannel(AsyncZMQSocketChannel):
+    """A kernel channel whose waits never block on the socket for more than :data:`POLL_SLICE` seconds at a time.
+
+    nbclient waits for a cell's ``execute_reply`` with ``get_msg(timeout=None)``. While it waits, its mimic of the
+    Output widget sends ``comm_msg`` updates to the kernel (one for each output captured by a ``with out:`` block),
+    and the wait sometimes misses the wake-up for a reply already in the socket: the run hangs with the reply unread
+    (jupyter/nbclient#312; docs/fidelity.md has the measurements). A wait cut into slices looks at the socket again
+    after each slice, so a missed wake-up costs at most one slice.
+    """
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            left = POLL_SLICE if deadline is None else min(POLL_SLICE, max(deadline - loop.time(), 0.0))
+            try:
+                return await super().get_msg(timeout=left)
+            except Empty:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+
+
 class Kernel:
     """A kernel this runner started, and a client connected to it.
 
@@ -336,7 +365,7 @@ class Kernel:
     def __init__(self, name: str, manager: AsyncKernelManager):
         self.name = name
         self.manager = manager
-        self.client = manager.client()
+        self.client = manager.client(shell_channel_class=SlicedChannel, iopub_channel_class=SlicedChannel)
         self.info: dict[str, Any] = {}  # the kernel_info reply's content
 
     @classmethod
@@ -365,9 +394,6 @@ class Kernel:
             await kernel.shutdown(now=True)
             raise JobError("kernel_start_failed", f"the {name!r} kernel did not start: {exc}") from None
         kernel.client.allow_stdin = False
-        if ipykernel:
-            # IPython warns on SystemExit in a cell; here sys.exit() is how a notebook ends early, not a mistake.
-            await kernel.run_silently(_QUIET_EXIT_CODE)
         return kernel
 
     async def wait_for_ready(self, timeout: float) -> None:
@@ -480,8 +506,6 @@ class StreamingClient(NotebookClient):
             summary = data.get("text/plain") or "[" + ", ".join(sorted(data)) + "]"
             _write(sys.stdout, summary if summary.endswith("\n") else summary + "\n")
         elif msg_type == "error":
-            if is_clean_exit(content.get("ename"), content.get("evalue")):
-                return None  # not an error: the run ends here as a success
             _write(sys.stderr, _ANSI.sub("", "\n".join(content.get("traceback", []))) + "\n")
         return super().output(outs, msg, display_id, cell_index)
 
@@ -500,28 +524,41 @@ async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kerne
                         cancelled: Callable[[], bool] = lambda: False) -> Outcome:
     """Run the code cells in order, reporting progress before each; stop at the first failure or clean exit.
 
+    Each progress record carries the cell about to run (``execution_count``, ``index`` among the code cells from 1,
+    ``id``) and names it (:func:`control.cell_name`) as its description; so do the result's messages. The widget
+    state is stored in the notebook's metadata however the run ends, as nbclient stores it.
+
     ``cancelled`` is asked before each cell: a cancel that lands just as a cell ends can be lost inside nbclient (its
     ``asyncio.wait_for`` on the cell's last output returns the output, and drops the cancellation, when both are due
     at once), and the next cell would then run as if nothing had been asked.
     """
-    code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+    numbered = enumerate((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), start=1)
+    # The cells nbclient runs: not empty, not tagged skip-execution.
+    code_cells = [(number, i) for number, i in numbered if nb.cells[i].source.strip()
+                  and client.skip_cells_with_tag not in nb.cells[i].metadata.get("tags", [])]
     total = len(code_cells)
-    for number, index in enumerate(code_cells):
-        if cancelled():
-            raise asyncio.CancelledError
-        _emit({"type": "progress", "value": number, "total": total, "description": f"cell {number + 1}/{total}"})
-        try:
-            await client.async_execute_cell(nb.cells[index], index, execution_count=client.code_cells_executed + 1)
-        except CellExecutionError as exc:
-            if is_clean_exit(exc.ename, exc.evalue):
-                return Outcome("succeeded", "completed", f"stopped early at cell {index}: SystemExit({exc.evalue})")
-            return Outcome("failed", "cell_error", f"cell {index}: {exc.ename}: {exc.evalue}")
-        except CellTimeoutError:
-            return Outcome("failed", "timeout", f"cell {index} ran past its timeout of {client.timeout} s")
-        except DeadKernelError:
-            return Outcome("failed", "kernel_died",
-                           f"the kernel died while running cell {index} ({await kernel.how_it_ended()})")
-    _emit({"type": "progress", "value": total, "total": total, "description": "done"})
+    try:
+        for done, (number, index) in enumerate(code_cells):
+            if cancelled():
+                raise asyncio.CancelledError
+            count = client.code_cells_executed + 1  # the prompt nbclient gives it, In [count]
+            cell = {"execution_count": count, "index": number, "id": nb.cells[index].get("id")}
+            name = control.cell_name(cell)
+            _emit({"type": "progress", "value": done, "total": total, "description": name, "cell": cell})
+            try:
+                await client.async_execute_cell(nb.cells[index], index, execution_count=count)
+            except CellExecutionError as exc:
+                if is_clean_exit(exc.ename, exc.evalue):
+                    return Outcome("succeeded", "completed", f"stopped early at {name}: SystemExit({exc.evalue})")
+                return Outcome("failed", "cell_error", f"{name}: {exc.ename}: {exc.evalue}")
+            except CellTimeoutError:
+                return Outcome("failed", "timeout", f"{name} ran past its timeout of {client.timeout} s")
+            except DeadKernelError:
+                return Outcome("failed", "kernel_died",
+                               f"the kernel died while running {name} ({await kernel.how_it_ended()})")
+    finally:
+        client.set_widgets_metadata()
+    _emit({"type": "progress", "value": total, "total": total, "description": "done", "cell": None})
     return Outcome("succeeded", "completed")
 
 
@@ -609,7 +646,7 @@ class Runner:
         if spec is not None and "kernelspec" not in nb.metadata:  # a cell job's notebook opens with its kernel
             nb.metadata["kernelspec"] = {"name": kernel_name, "display_name": spec.display_name,
                                          "language": spec.language}
-        client = StreamingClient(nb, km=kernel.manager, coalesce_streams=True,
+        client = StreamingClient(nb, km=kernel.manager,
                                  timeout=math.ceil(job.timeout_per_cell) if job.timeout_per_cell else None,
                                  resources={"metadata": {"path": str(Path.cwd())}})
         client.kc = kernel.client

@@ -55,16 +55,18 @@ def package(prepared: PreparedJob, blobs: Any, *, hash_cache: HashCache | None =
             max_size: int | None = None) -> Artifact:
     """The job's folder and environment as a content-addressed artifact in ``blobs`` (only missing blobs written).
 
-    The environment is captured from the notebook the job runs (its kernel, its ``%pip`` lines), so every face that
-    submits the same notebook and folder produces the same artifact.
+    The environment is captured from the Python the notebook's kernel runs (with its ``%pip`` lines and the sources
+    of its local distributions), so every face that submits the same notebook and folder produces the same artifact.
     """
-    from .artifact import DEFAULT_MAX_SIZE, build_artifact, capture_environment
+    from .artifact import DEFAULT_MAX_SIZE, build_artifact
+    from .environment import capture
 
     spec = prepared.spec
-    environment = capture_environment(prepared.notebook, spec.kernel)
+    environment, sources = capture(prepared.notebook, spec.kernel, interpreter=prepared.interpreter)
     return build_artifact(prepared.folder, blobs, include=include, environment=environment,
                           entrypoint=spec.notebook or (" ".join(spec.command or []) or None),
-                          max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=hash_cache, extra_files=extra_files)
+                          max_size=max_size or DEFAULT_MAX_SIZE, hash_cache=hash_cache, extra_files=extra_files,
+                          sources=sources)
 
 
 class LaunchService:

@@ -1,16 +1,13 @@
-"""Artifacts: content addressing, ignore rules, the hash cache, environment capture, and refusing unsafe unpacking."""
+"""Artifacts: content addressing, ignore rules, the hash cache, and refusing unsafe unpacking."""
 
 from __future__ import annotations
 
 import gzip
-import importlib.metadata
 import io
 import json
 import os
-import platform
 import shutil
 import stat
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -24,7 +21,6 @@ from jupyter_launch.artifact import (
     HashCache,
     build_artifact,
     canonical_json,
-    capture_environment,
     load_manifest,
     materialize,
     safe_extract_tar,
@@ -256,73 +252,6 @@ def test_report_says_how_much_and_what_dominates():
                    largest=[("a.csv", 1_000_000), ("b.py", 2_500), ("c", 12), ("d", 1)])
     assert art.report() == "12 files, 1.3 MB (largest: a.csv 1.0 MB, b.py 2.5 kB, c 12 B)"
     assert Artifact("sha256:" + "0" * 64, {}, 1, 5, [("x", 5)]).report() == "1 file, 5 B (largest: x 5 B)"
-
-
-# ---------------------------------------------------------------- environment
-
-
-def _fake_dist(site: Path, name: str, version: str, direct_url: dict | None = None) -> None:
-    info = site / f"{name}-{version}.dist-info"
-    write(info / "METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    if direct_url is not None:
-        write(info / "direct_url.json", json.dumps(direct_url))
-
-
-def test_environment_has_python_packages_and_leaves_out_local_installs(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch):
-    first, later = tmp_path / "site1", tmp_path / "site2"
-    _fake_dist(first, "fake-regular", "2.0")
-    _fake_dist(first, "fake-editable", "1.0", {"url": "file:///src/fake", "dir_info": {"editable": True}})
-    _fake_dist(first, "fake-localdir", "1.0", {"url": "file:///src/local", "dir_info": {}})
-    _fake_dist(first, "fake-from-index", "3.0", {"url": "https://files.example/x.whl", "archive_info": {}})
-    _fake_dist(later, "Fake_Regular", "1.0")  # shadowed: the first on sys.path wins, as for import
-    monkeypatch.syspath_prepend(str(later))
-    monkeypatch.syspath_prepend(str(first))
-
-    env = capture_environment()
-    assert env["python"] == platform.python_version() == ".".join(map(str, sys.version_info[:3]))
-    assert env["platform"] and env["kernel"] is None and env["pip_installs"] == []
-    packages = env["packages"]
-    assert f"pytest=={importlib.metadata.version('pytest')}" in packages
-    assert "fake-regular==2.0" in packages and "fake-from-index==3.0" in packages
-    assert not any(p.lower().startswith(("fake-editable", "fake-localdir", "fake_regular==1.0")) for p in packages)
-    names = [p.split("==")[0].lower().replace("_", "-") for p in packages]
-    assert names == sorted(set(names))
-
-
-def test_environment_rescans_after_an_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    assert not any(p.startswith("fake-late") for p in capture_environment()["packages"])
-    _fake_dist(site, "fake-late", "1.0")  # what `%pip install` in the kernel does
-    os.utime(site, ns=(time.time_ns() + 10**9,) * 2)  # a coarse-mtime file system may not have moved it
-    assert "fake-late==1.0" in capture_environment()["packages"]
-
-
-def test_environment_capture_is_fast_when_warm():
-    capture_environment()
-    start = time.perf_counter()
-    capture_environment({"cells": [{"cell_type": "code", "source": "%pip install numpy\n" * 200}]})
-    assert time.perf_counter() - start < 0.05
-
-
-def test_pip_install_lines_and_kernel_come_from_the_notebook():
-    notebook = {
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
-        "cells": [
-            {"cell_type": "code", "source": ["%pip install numpy scipy\n", "import numpy\n"]},
-            {"cell_type": "code", "source": "!pip install -q 'pandas<3'  # for the report\n"},
-            {"cell_type": "code", "source": "  !python -m pip install --upgrade torch\n!pip3 install rich"},
-            {"cell_type": "code", "source": "!{sys.executable} -m pip install polars \\\n  duckdb\n"},
-            {"cell_type": "code", "source": "# %pip install commented-out\nprint('pip install nothing')\n"},
-            {"cell_type": "markdown", "source": "%pip install in-markdown\n"},
-        ],
-    }
-    env = capture_environment(notebook)
-    assert env["pip_installs"] == ["numpy scipy", "-q 'pandas<3'", "--upgrade torch", "rich", "polars    duckdb"]
-    assert env["kernel"] == "python3"
-    assert capture_environment(notebook, kernel_name="julia-1.10")["kernel"] == "julia-1.10"
 
 
 # ---------------------------------------------------------------- unpacking

@@ -34,7 +34,7 @@ from jupyter_launch.images import BuildSettings, pip_install_args, plan_build
 from jupyter_launch.spec import QueueConfig
 
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
-BUILD = {"base_image": BASE_IMAGE}
+BUILD = {"base_image": BASE_IMAGE, "lock": "minimal"}  # the runner only: these tests are about the backend
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,24 @@ def test_timeout_stops_the_job(client, tmp_path):
     assert time.monotonic() - t0 < 30
 
 
+def test_a_notebook_past_its_timeout_is_told_which_cell_was_running(client, tmp_path):
+    """The job's timeout (not a cell's) stops the runner from outside; the reason still names the cell as Jupyter
+    shows it: In [n], its place among the code cells, its id."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    cells = [new_markdown_cell("# hangs"), new_code_cell("print('one')"), new_code_cell(""),
+             new_code_cell("import time\ntime.sleep(120)", id="sleeper")]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                      "language": "python"}}), folder / "hang.ipynb")
+    job = client.submit(folder / "hang.ipynb", timeout=8)
+    rec, = run_jobs(client, [job])
+    assert (rec.state, rec.reason) == ("failed", "timeout")
+    assert rec.message == "ran past its timeout of 8s while running In [2] (code cell 3, id sleeper)"
+
+
 def test_cancel_sends_sigterm_then_sigkill_after_grace(client, tmp_path):
     client.create_queue(QueueConfig(queue_name="q", provider={"type": "local", "grace_period": "1s"}))
     folder = tmp_path / "src"

@@ -18,6 +18,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+from fidelity import cells_compared, run_nbclient, widget_models
 from processes import child_pids, running
 
 from jupyter_launch import control
@@ -25,6 +26,7 @@ from jupyter_launch.runner import INJECTED_TAG, JobError, inject_parameters, par
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
+PUBLIC = NOTEBOOKS / "public"
 MALICIOUS = "'; import os; os.system('x')#"
 KERNEL_WAIT = 60
 
@@ -150,8 +152,12 @@ def check_failing(run: Run) -> None:
 
 
 def check_sysexit(run: Run) -> None:
-    assert run.stdout.startswith("before exit") and "never" not in run.stdout and "To exit" not in run.stderr
-    assert not any(o.output_type == "error" for c in run.stored("sysexit").cells for o in c.get("outputs", []))
+    # As papermill keeps it: the SystemExit output and IPython's warning stay in the cell, and the job succeeds.
+    assert run.stdout.startswith("before exit") and "never" not in run.stdout and "To exit" in run.stderr
+    outputs = run.stored("sysexit").cells[1].outputs
+    assert [(o.output_type, o.get("ename"), o.get("evalue"), o.get("name")) for o in outputs] == [
+        ("error", "SystemExit", "0", None), ("stream", None, None, "stderr")]
+    assert "To exit: use 'exit'" in outputs[1].text
 
 
 def check_rich(run: Run) -> None:
@@ -190,16 +196,17 @@ def check_kernel_dies(run: Run) -> None:
 
 @pytest.mark.parametrize(("name", "state", "reason", "message", "check"), [
     pytest.param("trivial", "succeeded", "completed", None, check_trivial, id="trivial"),
-    pytest.param("failing", "failed", "cell_error", "cell 2: ZeroDivisionError: division by zero", check_failing,
-                 id="failing"),
-    pytest.param("sysexit", "succeeded", "completed", "stopped early at cell 1: SystemExit(0)", check_sysexit,
-                 id="sysexit"),
+    pytest.param("failing", "failed", "cell_error", "In [2] (code cell 2, id c008): ZeroDivisionError: division by zero",
+                 check_failing, id="failing"),
+    pytest.param("sysexit", "succeeded", "completed", "stopped early at In [2] (code cell 2, id c011): SystemExit(0)",
+                 check_sysexit, id="sysexit"),
     pytest.param("rich", "succeeded", "completed", None, check_rich, id="rich"),
     pytest.param("unicode", "succeeded", "completed", None, check_unicode, id="unicode"),
     pytest.param("bigoutput", "succeeded", "completed", None, check_bigoutput, id="bigoutput"),
     pytest.param("metrics", "succeeded", "completed", None, check_metrics, id="metrics"),
-    pytest.param("kernel_dies", "failed", "kernel_died", "the kernel died while running cell 1 (exit code 1)",
-                 check_kernel_dies, id="kernel_dies"),
+    pytest.param("kernel_dies", "failed", "kernel_died",
+                 "the kernel died while running In [2] (code cell 2, id c021) (exit code 1)", check_kernel_dies,
+                 id="kernel_dies"),
 ])
 def test_notebook(tmp_path: Path, name: str, state: str, reason: str, message: str | None,
                   check: Callable[[Run], None]) -> None:
@@ -207,9 +214,11 @@ def test_notebook(tmp_path: Path, name: str, state: str, reason: str, message: s
     assert run.result == {"type": "result", "state": state, "reason": reason, "message": message}, run.stderr
     assert run.returncode == (0 if state == "succeeded" else 1)
     cells = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4).cells
-    total = sum(c.cell_type == "code" for c in cells)
+    code = [c for c in cells if c.cell_type == "code"]
     progress = [r for r in run.records if r["type"] == "progress"]
-    assert progress[0] == {"type": "progress", "value": 0, "total": total, "description": f"cell 1/{total}"}
+    first = {"execution_count": 1, "index": 1, "id": code[0].id}
+    assert progress[0] == {"type": "progress", "value": 0, "total": len(code), "cell": first,
+                           "description": f"In [1] (code cell 1, id {code[0].id})"}
     assert len(run.stored(name).cells) == len(cells)
     assert (run.out_dir / f"{name}.html").read_text("utf-8").startswith("<!DOCTYPE html>")
     check(run)
@@ -237,6 +246,27 @@ def test_invalid_notebook(tmp_path: Path, content: bytes) -> None:
     assert "broken.ipynb" in run.result["message"] and "\n" not in run.result["message"]
 
 
+def test_invalid_notebooks_that_nbconvert_runs_are_run(tmp_path: Path) -> None:
+    """nbformat's own test files: a markdown cell without source, a cell type from a later nbformat, no
+    nbformat_minor. nbclient passes over cells that are not code, and so does the runner."""
+    work = job_folder(tmp_path, kind="notebook", notebook="odd.ipynb")
+    (work / "odd.ipynb").write_text(json.dumps({"nbformat": 4, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}}, {"cell_type": "future cell", "metadata": {}, "key": "value"},
+        {"cell_type": "code", "metadata": {}, "source": "print('ran')", "outputs": [], "execution_count": None}]}))
+    run = run_runner(work)
+    assert run.result["state"] == "succeeded", run.result
+    assert run.stdout == "ran\n" and run.stored("odd").cells[2].outputs[0].text == "ran\n"
+
+
+def test_a_code_cell_without_source_is_refused_naming_it(tmp_path: Path) -> None:
+    work = job_folder(tmp_path, kind="notebook", notebook="odd.ipynb")
+    (work / "odd.ipynb").write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "# title"}, {"cell_type": "code", "metadata": {}}]}))
+    run = run_runner(work)
+    assert run.result["reason"] == "invalid_notebook"
+    assert run.result["message"].endswith("is not a valid notebook: its cell 2 of 2 is a code cell without source")
+
+
 @pytest.mark.parametrize(("job", "reason", "message"), [
     ({"kind": "command", "command": ["true"]}, "invalid_job", "the runner runs notebook and cell jobs, not 'command'"),
     ({"kind": "cell"}, "invalid_job", "a cell job needs its 'code'"),
@@ -252,16 +282,18 @@ def test_jobs_the_runner_refuses(tmp_path: Path, job: dict[str, Any], reason: st
 
 
 def test_cell_timeout(tmp_path: Path) -> None:
-    run = run_runner(job_folder(tmp_path, code_notebook("print('started')", "import time\ntime.sleep(60)"),
-                                timeout_per_cell=1))
-    assert run.result["reason"] == "timeout" and run.result["message"] == "cell 1 ran past its timeout of 1 s"
+    nb = code_notebook("print('started')", "import time\ntime.sleep(60)")
+    run = run_runner(job_folder(tmp_path, nb, timeout_per_cell=1))
+    assert run.result["reason"] == "timeout"
+    assert run.result["message"] == f"In [2] (code cell 2, id {nb.cells[1].id}) ran past its timeout of 1 s"
     assert run.stdout == "started\n"
 
 
 def test_kernel_killed_by_a_signal(tmp_path: Path) -> None:
-    run = run_runner(job_folder(tmp_path, code_notebook("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")))
-    assert run.result == {"type": "result", "state": "failed", "reason": "kernel_died",
-                          "message": "the kernel died while running cell 0 (killed by SIGKILL)"}
+    nb = code_notebook("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    run = run_runner(job_folder(tmp_path, nb))
+    assert run.result == {"type": "result", "state": "failed", "reason": "kernel_died", "message":
+                          f"the kernel died while running In [1] (code cell 1, id {nb.cells[0].id}) (killed by SIGKILL)"}
 
 
 def test_fd_level_output_is_logged_once(tmp_path: Path) -> None:
@@ -271,6 +303,101 @@ def test_fd_level_output_is_logged_once(tmp_path: Path) -> None:
         "subprocess.run([sys.executable, '-c', 'print(\"from child\")'])")))
     assert run.result["state"] == "succeeded", run.stderr
     assert run.stdout.count("from fd\n") == 1 and run.stdout.count("from child\n") == 1
+
+
+# ------------------------------------------------------------------ fidelity: the notebook nbclient would return
+
+
+def test_outputs_are_the_ones_nbclient_writes(tmp_path: Path) -> None:
+    """No merged streams, stdout and stderr in the order written, a \\r progress line kept whole, a clear_output
+    honoured: output for output what nbclient (nbconvert, papermill) stores."""
+    nb = code_notebook(
+        "print('a')\ndisplay('shown')\nprint('b')",
+        "import sys\nfor i in range(3):\n    print('out', i, flush=True)\n    print('err', i, file=sys.stderr, flush=True)",
+        "for i in range(3):\n    print(f'\\r{i}/3', end='', flush=True)\nprint()",
+        "from IPython.display import clear_output\nprint('gone', flush=True)\nclear_output(wait=True)\nprint('kept')")
+    run = run_runner(job_folder(tmp_path, nb))
+    assert run.result["state"] == "succeeded", run.stderr
+    nbformat.write(nb, tmp_path / "direct.ipynb")
+    direct, ended = run_nbclient(tmp_path / "direct.ipynb", tmp_path)
+    assert ended == "ok"
+    stored = run.stored("built")
+    assert cells_compared(stored, direct) == []
+    first = stored.cells[0].outputs
+    assert [(o.output_type, o.get("text")) for o in first] == [("stream", "a\n"), ("display_data", None),
+                                                                ("stream", "b\n")]
+    assert "".join(o.text for o in stored.cells[2].outputs) == "\r0/3\r1/3\r2/3\n"
+    assert [o.text for o in stored.cells[3].outputs] == ["kept\n"]
+
+
+def test_widget_state_is_saved_as_nbclient_saves_it(tmp_path: Path) -> None:
+    nb = code_notebook("import ipywidgets as w\nslider = w.IntSlider(value=3, description='n')\nslider",
+                       "out = w.Output()\nwith out:\n    print('inside')\nout", "slider.value = 7")
+    run = run_runner(job_folder(tmp_path, nb))
+    assert run.result["state"] == "succeeded", run.stderr
+    stored = run.stored("built")
+    shown, saved = widget_models(stored)
+    assert len(shown) == 2 and shown <= saved  # every widget the outputs show can be rendered from the notebook
+    state = stored.metadata.widgets["application/vnd.jupyter.widget-state+json"]
+    assert (state["version_major"], state["version_minor"]) == (2, 0)
+    models = {m["model_name"]: m["state"] for m in state["state"].values()}
+    assert models["IntSliderModel"]["value"] == 7 and models["IntSliderModel"]["description"] == "n"
+    assert models["OutputModel"]["outputs"] == [{"name": "stdout", "output_type": "stream", "text": "inside\n"}]
+    nbformat.write(nb, tmp_path / "direct.ipynb")
+    direct, _ = run_nbclient(tmp_path / "direct.ipynb", tmp_path)
+    direct_state = direct.metadata.widgets["application/vnd.jupyter.widget-state+json"]["state"]
+    assert sorted(m["model_name"] for m in direct_state.values()) == sorted(
+        m["model_name"] for m in state["state"].values())
+
+
+def test_sys_exit_1_fails_and_keeps_ipythons_warning(tmp_path: Path) -> None:
+    nb = code_notebook("print('before')", "import sys\nsys.exit(1)", "print('never')")
+    run = run_runner(job_folder(tmp_path, nb))
+    assert (run.returncode, run.result["reason"]) == (1, "cell_error")
+    assert run.result["message"] == f"In [2] (code cell 2, id {nb.cells[1].id}): SystemExit: 1"
+    outputs = run.stored("built").cells[1].outputs
+    assert [(o.output_type, o.get("ename"), o.get("name")) for o in outputs] == [
+        ("error", "SystemExit", None), ("stream", None, "stderr")]
+    assert "UserWarning: To exit: use 'exit', 'quit', or Ctrl-D." in outputs[1].text
+    assert "To exit: use 'exit'" in run.stderr
+
+
+def test_a_cell_is_named_as_jupyter_shows_it(tmp_path: Path) -> None:
+    """Markdown cells do not count; an empty code cell, or one tagged skip-execution, counts as a code cell but does
+    not run (no In [n])."""
+    nb = code_notebook("x = 1", "", "print('skipped')", "1/0")
+    nb.cells[2].metadata["tags"] = ["skip-execution"]
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# title"))
+    nb.cells.insert(4, nbformat.v4.new_markdown_cell("divides by zero"))
+    run = run_runner(job_folder(tmp_path, nb))
+    failing = nb.cells[5]
+    assert run.result["message"] == f"In [2] (code cell 4, id {failing.id}): ZeroDivisionError: division by zero"
+    progress = [r for r in run.records if r["type"] == "progress"]
+    assert [(p["value"], p["total"], p["description"]) for p in progress] == [
+        (0, 2, f"In [1] (code cell 1, id {nb.cells[1].id})"), (1, 2, f"In [2] (code cell 4, id {failing.id})")]
+    assert run.stored("built").cells[5].execution_count == 2  # what Jupyter shows as In [2]
+    assert "skipped" not in run.stdout
+
+
+def test_cell_name_leaves_out_what_it_does_not_know() -> None:
+    assert control.cell_name({"execution_count": 4, "index": 5, "id": "ab"}) == "In [4] (code cell 5, id ab)"
+    assert control.cell_name({"execution_count": None, "index": 2}) == "In [ ] (code cell 2)"
+    assert control.cell_name({}) == "In [ ]" and control.cell_name(None) == "a cell"
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_the_output_widget_notebook_does_not_hang(tmp_path: Path, attempt: int) -> None:
+    """nbclient's own Output widget notebook (its tests/files/Output.ipynb): the runner used to hang on it (1 run in
+    4 here), the execute_reply unread while nbclient's Output mimic sent its comm_msg updates; see SlicedChannel."""
+    work = tmp_path / "job"
+    work.mkdir()
+    (work / "Output.ipynb").write_bytes((PUBLIC / "nbclient" / "Output.ipynb").read_bytes())
+    (work / "job.json").write_text(json.dumps({"kind": "notebook", "notebook": "Output.ipynb",
+                                               "timeout_per_cell": 30}))
+    run = run_runner(work)
+    assert run.result["state"] == "succeeded", run.result
+    shown, saved = widget_models(run.stored("Output"))
+    assert shown and shown <= saved
 
 
 # ------------------------------------------------------------------ cell jobs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +121,38 @@ def venv_variables(root: Path, layer: Layer, env: dict[str, str]) -> dict[str, s
     jupyter = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     env["JUPYTER_PATH"] = os.pathsep.join(jupyter + [p for p in layer.jupyter_path if p not in jupyter])
     return env
+
+
+def kernel_overlay(control: Path, kernel_name: str | None, agent: Layer) -> Path | None:
+    """For a notebook whose kernelspec runs another Python than the agent's (a kernel installed from its own
+    virtual environment): a job environment layered over that Python (``control/kernel-env``) and a kernelspec of
+    the same name that runs it, in the folder returned, to put first on the job's ``JUPYTER_PATH``; ``%pip`` in
+    that kernel then installs into the job, not into the kernel's environment. None when the kernel is not found
+    here, is not Python, or is the agent's own Python (the job's environment already covers it)."""
+    if not kernel_name:
+        return None
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel:
+        return None
+    argv = list(spec.argv or [])
+    if not argv or not any("ipykernel" in a for a in argv[1:]):
+        return None
+    if not os.path.isabs(argv[0]):
+        return None  # "python" on the job's PATH: the job's own environment, first there
+    layer = describe_interpreter(argv[0])
+    if (layer.executable, layer.entries) == (agent.executable, agent.entries):
+        return None
+    env_dir = control / "kernel-env"
+    if not env_dir.exists():
+        make_job_venv(env_dir, layer)
+    overlay = control / "kernels-overlay"
+    target = overlay / "kernels" / kernel_name
+    if not target.exists():
+        shutil.copytree(spec.resource_dir, target, symlinks=True)
+        data = json.loads((target / "kernel.json").read_text(encoding="utf-8"))
+        data["argv"] = [str(env_dir / "bin" / "python")] + list(data.get("argv") or argv)[1:]
+        (target / "kernel.json").write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return overlay

@@ -32,11 +32,13 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from traitlets import Float, Integer, List, Unicode
 
+from ..images import load_environment
 from ..spec import ProviderConfig
 from ..control import OUTPUT_DIR_ENV
 from .base import (JOB_VARIABLES, Backend, BackendError, JobContext, RankLog, Result, base_variables,
                    job_environment, rank_variables)
-from .job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
+from .job_venv import (JobEnvironmentError, Layer, describe_interpreter, kernel_overlay, make_job_venv,
+                       venv_variables)
 
 READ_SIZE = 256 * 1024
 PYTHON_NAMES = ("python", "python3")
@@ -334,7 +336,17 @@ class LocalBackend(Backend):
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
+        layer = await self.layer(ctx.queue_config)
+        overlay = None
         if ctx.spec.kind != "command":
+            kernel = ctx.spec.kernel or load_environment(ctx.workdir).get("kernel")
+            try:
+                overlay = await asyncio.to_thread(kernel_overlay, ctx.workdir / ".jupyter-launch",
+                                                  kernel if isinstance(kernel, str) else None, layer)
+            except (OSError, ValueError, JobEnvironmentError) as exc:
+                raise BackendError("environment_failed", f"cannot make an environment for kernel {kernel!r}: "
+                                                         f"{exc}") from None
+        if ctx.spec.kind != "command" and overlay is None and ctx.spec.resources.nodes == 1:
             pool = self._pools.get(ctx.queue)
             taken = pool.take() if pool else None
             if taken is not None:
@@ -346,7 +358,6 @@ class LocalBackend(Backend):
                 await proc.stdin.drain()  # type: ignore[union-attr]
                 proc.stdin.close()  # type: ignore[union-attr]
                 return LocalHandle(proc, pipes, warm=True, runner=True, venv=venv)
-        layer = await self.layer(ctx.queue_config)
         venv = ctx.workdir / ".jupyter-launch" / "env"
         try:
             await asyncio.to_thread(make_job_venv, venv, layer)
@@ -363,6 +374,8 @@ class LocalBackend(Backend):
         else:
             argv = [python] + ctx.runner_command[1:]
         env = venv_variables(venv, layer, self.job_env(ctx))
+        if overlay is not None:  # the notebook's kernel, layered like the job's own environment
+            env["JUPYTER_PATH"] = os.pathsep.join([str(overlay), env["JUPYTER_PATH"]])
         if ctx.spec.resources.nodes > 1:
             return await self._start_ranks(ctx, argv, env)
         pipes = Pipes(self.read_size)

@@ -320,12 +320,14 @@ class JobsHandler(LaunchHandler):
                                      "its path is packaged from the server's files)")
         root = self._root()
         path = self._root_path(root, notebook)
+        interpreter = await self._live_kernel_interpreter(root, path)
         from ..errors import LocatedError
         from ..options import JobOptions, prepare_job
 
         def prepare_and_submit() -> Any:
             try:
                 prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
+                prepared.interpreter = interpreter
                 job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
                 grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
                 return job
@@ -338,6 +340,26 @@ class JobsHandler(LaunchHandler):
             return await self.store_call(prepare_and_submit)
         except LocatedError as exc:  # a folder past the size limit, a file that cannot be read
             raise web.HTTPError(422, _escape(str(exc))) from None
+
+    async def _live_kernel_interpreter(self, root: str, path: str) -> str | None:
+        """The Python of the kernel this notebook runs in now (its session's kernel: the one the user may have
+        switched to since the file was saved); None when it has no live kernel here."""
+        sessions = self.settings.get("session_manager")
+        if sessions is None:
+            return None
+        try:
+            live = await sessions.list_sessions()
+        except Exception:  # a session store that fails is no reason to refuse the job: the kernelspec decides
+            return None
+        for session in live:
+            kernel = session.get("kernel") or {}
+            name = kernel.get("name")
+            if name and isinstance(session.get("path"), str) \
+                    and os.path.realpath(os.path.join(root, session["path"])) == os.path.realpath(path):
+                from ..environment import kernel_interpreter
+
+                return await asyncio.to_thread(kernel_interpreter, name)
+        return None
 
     def _root(self) -> str:
         return os.path.realpath(self.settings.get("server_root_dir") or os.getcwd())
