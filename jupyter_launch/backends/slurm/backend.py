@@ -78,10 +78,9 @@ else
   env -i "${keep[@]}" "${vars[@]}" "${argv[@]}" &
 fi
 child=$!
-while kill -0 "$child" 2>/dev/null; do
-  wait "$child"  # returns early, 143, when this script is sent SIGTERM
-done
-wait "$child"  # the child's own status
+# Polled, not waited on: a wait that SIGTERM interrupts can lose the child's status (bash then answered -1).
+while kill -0 "$child" 2>/dev/null; do sleep 0.2; done
+wait "$child"
 code=$?
 # srun answers for the ranks it stopped; the job's status is the rank's that failed first.
 for failed in $(ls -tr "$control"/rank-*.exit-"$restart" 2>/dev/null); do
