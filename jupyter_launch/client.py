@@ -94,8 +94,17 @@ class Client:
         return self.store.get_job(job_id)
 
     def jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-             before: int | None = None) -> list[JobRecord]:
-        return self.store.list_jobs(queue=queue, state=state, limit=limit, before=before)
+             before: int | None = None, **filters: Any) -> list[JobRecord]:
+        """Jobs newest first; ``filters`` are those of ``Store.list_jobs`` (owner, job_type, q, submitted_after,
+        submitted_before, archived, sort, offset)."""
+        return self.store.list_jobs(queue=queue, state=state, limit=limit, before=before, **filters)
+
+    def delete(self, job_id: str) -> list[str]:
+        """Delete an ended job with its log, metrics and outputs; the output blobs released."""
+        return self.store.delete_job(job_id)
+
+    def archive(self, job_id: str, archived: bool = True) -> JobRecord:
+        return self.store.archive_job(job_id, archived)
 
     def cancel(self, job_id: str) -> JobRecord:
         raise NotImplementedError
@@ -222,6 +231,9 @@ class LaunchClient(Client):
 
     def cancel(self, job_id: str) -> JobRecord:
         return self.service.cancel(job_id)
+
+    def delete(self, job_id: str) -> list[str]:
+        return self.service.delete_job(job_id)
 
     def rerun(self, job_id: str) -> Job:
         record = self.service.rerun(job_id, owner=self.owner)

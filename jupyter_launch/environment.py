@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,8 @@ _PIP_LINE = re.compile(
 )
 _TRAILING_COMMENT = re.compile(r"\s+#.*$")
 
-# Run by another interpreter (any Python >= 3.8, standard library only): prints what it can import, as JSON.
+# What an interpreter can import: run in this process, or by another interpreter (any Python >= 3.8, standard
+# library only) that prints it as JSON.
 _PROBE = r"""
 import importlib.metadata, json, platform, sys, sysconfig
 dists = []
@@ -49,9 +48,10 @@ for dist in importlib.metadata.distributions():
                       "direct_url": dist.read_text("direct_url.json")})
     except Exception:
         continue
-json.dump({"python": platform.python_version(), "platform": sysconfig.get_platform(),
-           "path": [p for p in sys.path], "dists": dists}, sys.stdout)
+result = {"python": platform.python_version(), "platform": sysconfig.get_platform(),
+          "path": [p for p in sys.path], "dists": dists}
 """
+_PROBE_PRINT = _PROBE + "json.dump(result, sys.stdout)\n"
 
 
 class CaptureError(LocatedError):
@@ -125,23 +125,15 @@ def _stamps(paths: list[str]) -> tuple[Any, ...]:
 
 
 def _probe_here() -> dict[str, Any]:
-    import importlib.metadata
-
-    dists = []
-    for dist in importlib.metadata.distributions():
-        try:
-            meta = dist.metadata
-            dists.append({"name": meta["Name"], "version": meta["Version"],
-                          "direct_url": dist.read_text("direct_url.json")})
-        except Exception:
-            continue
-    return {"python": platform.python_version(), "platform": sysconfig.get_platform(), "path": list(sys.path),
-            "dists": dists}
+    """The same probe, run in this process (no subprocess: a magic's or the CLI's own interpreter)."""
+    namespace: dict[str, Any] = {"__name__": "jupyter_launch_probe"}
+    exec(_PROBE, namespace)
+    return namespace["result"]
 
 
 def _probe_there(exe: str) -> dict[str, Any]:
     try:
-        proc = subprocess.run([exe, "-I", "-c", _PROBE], capture_output=True, text=True, timeout=_CAPTURE_TIMEOUT,
+        proc = subprocess.run([exe, "-I", "-c", _PROBE_PRINT], capture_output=True, text=True, timeout=_CAPTURE_TIMEOUT,
                               stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise CaptureError(f"cannot ask the kernel's Python {exe} what it has installed: {exc}") from None

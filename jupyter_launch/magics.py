@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from IPython.core.error import StdinNotImplementedError, UsageError
+from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments
 from IPython.display import display
@@ -52,6 +52,14 @@ _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memo
            "resources.nodes": "--nodes",
            "timeout": "--timeout", "retries": "--retries", "job_type": "--job-type", "env": "--env",
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
+
+
+class JobInterrupted(KeyboardInterrupt):
+    """The kernel was interrupted during ``--wait``: the job was cancelled (or, with ``--detach-on-interrupt``, left
+    running). Shown as its one line: the job's view above tells the rest, the magic's frames nothing."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self}"]
 
 
 class JobFailed(LaunchError):
@@ -179,7 +187,9 @@ class LaunchMagics(Magics):
     @argument("--retries", type=int, help="attempts after a lost agent")
     @argument("--kernel", help="the kernel that runs the job (default: python3)")
     @argument("--wait", action="store_true",
-              help="block until the job ends; interrupting asks, then cancels the job")
+              help="block until the job ends; interrupting the kernel cancels the job")
+    @argument("--detach-on-interrupt", action="store_true",
+              help="with --wait: interrupting the kernel stops waiting and leaves the job running")
     @argument("--push", action="append", metavar="A,B", help="%%%%launch: variables sent with the job")
     @argument("--pull", action="append", metavar="C,D", help="%%%%launch: variables brought back when it succeeds")
     @argument("--root", help="the folder packaged with the job (default: this kernel's working folder, or the "
@@ -227,7 +237,7 @@ class LaunchMagics(Magics):
             raise UsageError(f"{magic}: {exc}") from None
         launched = self._show(job, args)
         if args.wait:
-            self._wait(launched)
+            self._wait(launched, detach=args.detach_on_interrupt)
             record = launched.refresh()
             if record.state != "succeeded":
                 raise JobFailed(launched, f"job {job.id} {record.state}: {reason_text(record)}")
@@ -243,8 +253,12 @@ class LaunchMagics(Magics):
         push, pull = _names(args.push, "--push"), _names(args.pull, "--pull")
         notebook = find_notebook(self.shell)
         options = _job_options(args, code=cell, root=args.root)
+        # Named as the notebook shows the cell (`train.ipynb · In [4]`), so a history of cell jobs reads. The running
+        # cell's number is its result's (ipykernel 7 has moved shell.execution_count on by then).
+        running = getattr(getattr(self.shell, "displayhook", None), "exec_result", None)
+        cell_name = f"In [{getattr(running, 'execution_count', None) or self.shell.execution_count}]"
         options.extra = {"setup": setup_cells(notebook) if notebook else [], "push": push, "pull": pull,
-                         "name": f"{notebook.stem}: cell" if notebook else "cell"}
+                         "name": f"{notebook.name} · {cell_name}" if notebook else cell_name}
         prepared = prepare_job(options, source=magic)
         prepared.interpreter = sys.executable  # the cell runs in this kernel's environment
         if notebook is not None:
@@ -329,23 +343,26 @@ class LaunchMagics(Magics):
         launched.pulled = values
         return f"pulled {', '.join(values)} into this kernel"
 
-    def _wait(self, launched: LaunchedJob) -> None:
+    def _wait(self, launched: LaunchedJob, *, detach: bool = False) -> None:
+        """Block until the job's view shows its end. An interrupt cancels the job at once, no question asked (a prompt
+        left the job running until answered), and waits a little for it to end, unless ``detach``: then the job goes
+        on and the view keeps following it. Either way the cell ends with one line, not a traceback."""
         watcher = launched.watcher
         assert watcher is not None
         try:
             while not watcher.settled.wait(0.1):
                 pass
         except KeyboardInterrupt:
-            if _confirm_cancel(launched.id):
-                launched.cancel()
-                launched.view.add_note("interrupted: cancel requested")
-                try:
-                    watcher.settled.wait(CANCEL_WAIT)
-                except KeyboardInterrupt:
-                    pass
-            else:
+            if detach:
                 launched.view.add_note("interrupted: the job goes on; this view keeps following it")
-            raise
+                raise JobInterrupted(f"stopped waiting; job {launched.id} goes on (jupyter launch cancel "
+                                     f"{launched.id} stops it)") from None
+            launched.cancel()
+            launched.view.add_note("interrupted: job cancelled")
+            with contextlib.suppress(KeyboardInterrupt):  # a second interrupt stops waiting for the end
+                watcher.settled.wait(CANCEL_WAIT)
+            raise JobInterrupted(f"job {launched.id} cancelled (--detach-on-interrupt leaves a job running)") \
+                from None
 
     def _inside_job(self, cell: str | None) -> None:
         """In a running job the magic is already where the work runs: a cell runs here, a notebook not again."""
@@ -390,15 +407,6 @@ async def _call_in_thread(func: Any) -> Any:
     import asyncio
 
     return await asyncio.to_thread(func)
-
-
-def _confirm_cancel(job_id: str) -> bool:
-    """Ask whether to cancel; where no one can answer (nbclient, no stdin), interrupting means cancel."""
-    try:
-        answer = input(f"Interrupted. Cancel job {job_id}? [Y/n] ")
-    except (StdinNotImplementedError, EOFError, KeyboardInterrupt, RuntimeError):
-        return True
-    return answer.strip().lower() not in ("n", "no")
 
 
 # ------------------------------------------------------------------ arguments

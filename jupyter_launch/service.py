@@ -108,15 +108,18 @@ class LaunchService:
         finally:
             self._hash_cache.save()
 
-    def submit(self, prepared: PreparedJob, *, queue: str, owner: str | None, **options: Any) -> tuple[JobRecord, Artifact]:
+    def submit(self, prepared: PreparedJob, *, queue: str, owner: str | None, owner_name: str | None = None,
+               **options: Any) -> tuple[JobRecord, Artifact]:
         """Package the prepared job, enqueue it and wake the agents; returns the job and what was packaged."""
         self.store.get_queue(queue)  # an unknown queue fails before anything is packaged
         artifact = self.package(prepared, **options)
-        return self.enqueue(prepared.spec, queue=queue, artifact=artifact.digest, owner=owner), artifact
+        return self.enqueue(prepared.spec, queue=queue, artifact=artifact.digest, owner=owner,
+                            owner_name=owner_name), artifact
 
-    def enqueue(self, spec: JobSpec, *, queue: str, artifact: str | None, owner: str | None) -> JobRecord:
+    def enqueue(self, spec: JobSpec, *, queue: str, artifact: str | None, owner: str | None,
+                owner_name: str | None = None) -> JobRecord:
         """Enqueue a job whose artifact is already in the blob store (a client packaged and uploaded it)."""
-        record = self.store.enqueue(queue, spec, artifact=artifact, owner=owner)
+        record = self.store.enqueue(queue, spec, artifact=artifact, owner=owner, owner_name=owner_name)
         self.wake()
         return record
 
@@ -130,8 +133,9 @@ class LaunchService:
         return job
 
     def list_jobs(self, *, caller: Caller | None = None, owner: str | None = None, **filters: Any) -> list[JobRecord]:
-        """Jobs newest first (``filters``: queue, state, limit, before), only ``owner``'s when given. A caller who is
-        not an admin gets only their own: the store's query is filtered, so a page is never short of theirs."""
+        """Jobs as the store lists them (``filters``: those of ``Store.list_jobs``), only ``owner``'s when given. A
+        caller who is not an admin gets only their own: the store's query is filtered, so a page is never short of
+        theirs."""
         if caller is not None and not caller.admin:
             if owner is not None and owner != caller.name:
                 return []
@@ -145,13 +149,47 @@ class LaunchService:
         self.wake()
         return record
 
-    def rerun(self, job_id: str, *, owner: str | None, caller: Caller | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None, owner_name: str | None = None,
+              caller: Caller | None = None) -> JobRecord:
         """A new job with the old one's spec and artifact, owned by ``owner`` (who asked)."""
         if caller is not None:
             self.get_job(job_id, caller=caller)
-        record = self.store.rerun(job_id, owner=owner)
+        record = self.store.rerun(job_id, owner=owner, owner_name=owner_name)
         self.wake()
         return record
+
+    def delete_job(self, job_id: str, *, caller: Caller | None = None) -> list[str]:
+        """Delete an ended job with its log, metrics and outputs, and remove from the blob store the output blobs
+        nothing else uses: no other job's output, no artifact and no file an artifact lists (an output can be
+        byte for byte an input of another job). Returns the digests removed."""
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
+        candidates = set(self.store.delete_job(job_id))
+        if candidates:
+            candidates -= self._artifact_files(candidates)
+            for digest in sorted(candidates):
+                self.blobs.remove(digest)
+        return sorted(candidates)
+
+    def _artifact_files(self, digests: set[str]) -> set[str]:
+        """Those of ``digests`` that a remaining job's artifact lists as one of its files."""
+        from .artifact import ArtifactError, load_manifest
+
+        listed: set[str] = set()
+        for artifact in self.store.artifact_digests():
+            try:
+                files = load_manifest(artifact, self.blobs)["files"]
+            except (ArtifactError, OSError):
+                continue  # an artifact whose manifest is gone lists nothing that can still be used
+            listed.update(entry["digest"] for entry in files.values() if entry.get("digest") in digests)
+            if listed == digests:
+                break
+        return listed
+
+    def archive_job(self, job_id: str, archived: bool = True, *, caller: Caller | None = None) -> JobRecord:
+        if caller is not None:
+            self.get_job(job_id, caller=caller)
+        return self.store.archive_job(job_id, archived)
 
     def live_agents(self, queue: str) -> list[str]:
         return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]

@@ -101,10 +101,14 @@ def metrics_svg(series: dict[str, list[tuple[float, float]]], width: int = 260, 
         label = html.escape(f"{name}  {points[-1][1]:.4g}")
         panels.append(
             f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'style="border:1px solid #d0d7de;border-radius:4px;background:#fff">'
-            f'<text x="6" y="13" font-size="11" font-family="sans-serif" fill="#24292f">{label}</text>'
-            f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{coords}"/>'
-            f'<text x="6" y="{height - 4}" font-size="9" font-family="sans-serif" fill="#6e7781">'
+            f'style="border:1px solid var(--jp-border-color2, #d0d7de);border-radius:4px;'
+            f'background:var(--jp-layout-color1, #fff)">'
+            f'<text x="6" y="13" font-size="11" font-family="sans-serif" '
+            f'style="fill:var(--jp-ui-font-color1, #24292f)">{label}</text>'
+            f'<polyline fill="none" stroke-width="1.5" points="{coords}" '
+            f'style="stroke:var(--jp-brand-color1, #1f6feb)"/>'
+            f'<text x="6" y="{height - 4}" font-size="9" font-family="sans-serif" '
+            f'style="fill:var(--jp-ui-font-color2, #6e7781)">'
             f'{html.escape(f"step {x0:g}–{x1:g}   {y0:.3g} … {y1:.3g}")}</text></svg>')
     return '<div style="display:flex;flex-wrap:wrap;gap:6px">' + "".join(panels) + "</div>"
 
@@ -219,8 +223,12 @@ class JobView(W.VBox):
         self.progress_bar = W.FloatProgress(value=0, min=0, max=1, _dom_classes=["jl-progress"],
                                         layout=W.Layout(display="none", width="60%"))
         self.progress_label = W.Label("", _dom_classes=["jl-progress-label"])
+        # A reversed column keeps the box scrolled to its end as lines arrive (the browser anchors it there), unless
+        # the reader scrolled up; a plain box stayed at its first line.
         self.log_output = W.Output(_dom_classes=["jl-log"],
-                            layout=W.Layout(max_height="22em", overflow="auto", border="1px solid #d0d7de"))
+                                   layout=W.Layout(max_height="22em", overflow="auto", display="flex",
+                                                   flex_flow="column-reverse",
+                                                   border="1px solid var(--jp-border-color2, #d0d7de)"))
         self.metrics_label = W.Label("", _dom_classes=["jl-metrics"])
         self.plot_html = W.HTML("", _dom_classes=["jl-plot"])
         self.metrics_box = W.VBox([self.metrics_label, self.plot_html], layout=W.Layout(display="none"))
@@ -285,9 +293,9 @@ class JobView(W.VBox):
             self.progress_bar.bar_style = BAR_STYLE.get(record.state, "")
             if record.state == "succeeded" and self.progress_bar.layout.display is None:
                 self.progress_bar.value = self.progress_bar.max
-        with self.cancel_button.hold_sync():
+        with self.cancel_button.hold_sync():  # it said "Succeeded" in red: an ended job has nothing to cancel
             self.cancel_button.disabled = True
-            self.cancel_button.description = record.state.capitalize()
+            self.cancel_button.layout.display = "none"
         links = [f'<a href="{html.escape(self.output_url(o.path))}" target="_blank" rel="noopener">'
                  f"{html.escape(o.path)}</a> <small>({_size(o.size)})</small>" for o in outputs]
         self.outputs_html.value = ("outputs: " + " · ".join(links)) if links else ""

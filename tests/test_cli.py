@@ -27,6 +27,9 @@ def test_main_job_hello_notebook_follows_with_an_in_process_agent(cli, launch_ho
     assert "hello, world!" in proc.stdout
     assert "running one in this process" in proc.stderr
     job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    # It says how to fetch what it wrote, not a path in its folder, which goes when the job ends.
+    assert f"wrote greeting.txt, an output: jupyter launch outputs {job_id} --to DIR\n" in proc.stdout
+    assert proc.stderr.rstrip().splitlines()[-1] == f"outputs: jupyter launch outputs {job_id} --to DIR"
     show = cli("show", job_id, "--json", check=True)
     rec = json.loads(show.stdout)
     assert (rec["state"], rec["exit_code"], rec["reason"]) == ("succeeded", 0, "completed")
@@ -140,6 +143,51 @@ def test_jobs_listing_and_rerun(cli, launch_home, tmp_path):
     listing = cli("jobs", check=True).stdout
     assert listing.count("echo-job") == 2 and "succeeded" in listing
     assert cli("jobs", "--status", "queued", check=True).stdout.count("\n") == 1  # header only
+
+
+def test_jobs_are_filtered_and_sorted_by_the_store_and_deleted_with_the_blobs_no_one_else_uses(cli, launch_home,
+                                                                                                 tmp_path):
+    (tmp_path / "data.txt").write_text("an input another job still has\n")
+    script = ("import os, shutil; out = os.environ['JUPYTER_LAUNCH_OUTPUT_DIR']; "
+              "shutil.copy('data.txt', os.path.join(out, 'copy.txt')); "
+              "open(os.path.join(out, 'own.txt'), 'w').write(os.environ['JUPYTER_LAUNCH_JOB_ID'])")
+    ids = {}
+    for name in ("alpha-train", "beta-eval", "Alpha-sweep"):
+        (tmp_path / "job.yaml").write_text(json.dumps({"name": name, "command": ["python", "-c", script]}))
+        proc = cli("submit", "--config", str(tmp_path / "job.yaml"), "--follow")
+        assert proc.returncode == 0, proc.stderr
+        ids[name] = proc.stderr.split("submitted job ")[1].split()[0]
+
+    def listed(*args: str) -> list[str]:
+        return [j["name"] for j in json.loads(cli("list", "--json", *args, check=True).stdout)]
+
+    assert listed("--search", "ALPHA", "--sort", "name") == ["Alpha-sweep", "alpha-train"]
+    assert listed("--since", "1h", "--status", "succeeded", "--sort=-name", "--limit", "2") == \
+        ["beta-eval", "alpha-train"]
+    assert listed("--until", "2000-01-01") == []
+    bad = cli("list", "--since", "yesterday")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "jupyter launch: error: --since: 'yesterday' is not a date (2026-12-01), a date and time "
+        "(2026-12-01T14:30) or a span ago (90m, 2d, 1w)"]
+    bad = cli("list", "--sort", "colour")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "'sort' must be one of" in bad.stderr
+
+    outputs = dict(sqlite3.connect(launch_home / "launch.db").execute(
+        "select path, digest from outputs where job_id = ?", (ids["beta-eval"],)).fetchall())
+    blob = launch_home / "blobs" / "sha256" / outputs["own.txt"][7:9] / outputs["own.txt"][9:]
+    copy = launch_home / "blobs" / "sha256" / outputs["copy.txt"][7:9] / outputs["copy.txt"][9:]
+    assert blob.exists() and copy.exists()
+    deleted = cli("delete", ids["beta-eval"], check=True).stdout
+    assert "1 output blob released" in deleted, deleted
+    assert not blob.exists() and copy.exists()  # copy.txt is data.txt, a file the other jobs' artifact lists
+    assert "unknown job" in cli("show", ids["beta-eval"]).stderr
+    shown = cli("show", ids["alpha-train"], check=True).stdout
+    assert any(line.startswith("owner      ") and line.split()[1] for line in shown.splitlines()), shown
+
+    cli("archive", ids["alpha-train"], check=True)
+    assert listed() == ["Alpha-sweep"] and listed("--archived", "only") == ["alpha-train"]
+    cli("archive", "--undo", ids["alpha-train"], check=True)
+    assert listed() == ["Alpha-sweep", "alpha-train"]
 
 
 def test_size_limit_lists_the_largest_files(cli, launch_home, tmp_path):

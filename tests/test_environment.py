@@ -112,8 +112,9 @@ def test_pins_follow_import_order_and_local_installs_travel_as_source(tmp_path: 
     blobs = BlobStore(tmp_path / "blobs")
     art = build_artifact(job, blobs, environment=lock, sources=sources)
     files = sorted(load_manifest(art.digest, blobs)["files"])
-    assert files == [f"{SOURCES_DIR}/fake-editable/.gitignore", f"{SOURCES_DIR}/fake-editable/fake_editable/__init__.py",
-                     f"{SOURCES_DIR}/fake-editable/pyproject.toml", "run.py"]
+    source = f"{SOURCES_DIR}/fake-editable"
+    assert files == [f"{source}/.gitignore", f"{source}/fake_editable/__init__.py", f"{source}/pyproject.toml",
+                     "run.py"]
 
 
 def test_an_install_in_the_kernel_is_seen_by_the_next_capture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

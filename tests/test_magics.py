@@ -158,6 +158,11 @@ def widget_parts(nb: nbformat.NotebookNode, cell: int) -> dict[str, dict[str, An
     return parts
 
 
+def layout_of(nb: nbformat.NotebookNode, part: dict[str, Any]) -> dict[str, Any]:
+    """The state of a widget part's layout."""
+    return nb.metadata.widgets[WIDGET_STATE]["state"][part["layout"].removeprefix("IPY_MODEL_")]["state"]
+
+
 def log_text(part: dict[str, Any]) -> str:
     return "".join(o["text"] for o in part["outputs"] if o["output_type"] == "stream")
 
@@ -175,6 +180,8 @@ def test_cell_job_runs_setup_pushes_and_pulls(served):
     result = json.loads(stream_text(nb.cells[4]))
     assert result == {"id": result["id"], "state": "succeeded", "c": 42, "d": [0, 2, 4, 6, 8], "pulled": ["c", "d"]}
     served.check_ran_on_server(result["id"], "succeeded")
+    # Named as the notebook shows the cell that launched it.
+    assert served.client.get_job(result["id"]).name == f"magics_cell.ipynb · In [{nb.cells[3].execution_count}]"
 
     view = widget_parts(nb, 3)
     assert "succeeded" in view["jl-state"]["value"]
@@ -186,6 +193,12 @@ def test_cell_job_runs_setup_pushes_and_pulls(served):
     assert view["jl-progress"]["bar_style"] == "success"
     assert view["jl-progress"]["value"] == view["jl-progress"]["max"]
     assert view["jl-cancel"]["disabled"] is True
+    # The ended job's Cancel button is gone, not turned into a red "Succeeded" button.
+    assert layout_of(nb, view["jl-cancel"])["display"] == "none" and view["jl-cancel"]["description"] == "Cancel"
+    # The log box follows its last line (a reversed column is anchored at its end); the plot follows the theme.
+    log_layout = layout_of(nb, view["jl-log"])
+    assert (log_layout["display"], log_layout["flex_flow"]) == ("flex", "column-reverse")
+    assert "#fff" not in view["jl-plot"]["value"].replace("var(--jp-layout-color1, #fff)", "")
     link = f"/launch/api/jobs/{result['id']}/outputs/result.txt"
     assert (f'href="{served.server.url}{link}"' if served.kind == "server" else link) in view["jl-outputs"]["value"]
     assert "pulled c, d into this kernel" in view["jl-note"]["value"]
@@ -249,6 +262,8 @@ def test_cancel_button_cancels_the_job(served):
     view = widget_parts(nb, 1)
     assert "cancelled" in view["jl-state"]["value"]
     assert view["jl-cancel"]["disabled"] is True
+    # The ended job's Cancel button is gone (it used to turn into a red button naming the state).
+    assert layout_of(nb, view["jl-cancel"])["display"] == "none"
     assert log_text(view["jl-log"]).startswith("started\n")
     assert "not reached" not in log_text(view["jl-log"])
     job, = served.jobs()
@@ -350,37 +365,32 @@ def test_launch_refuses_a_notebook_with_unsaved_changes(target):
 # ------------------------------------------------------------------ --wait and interrupts
 
 
-def _execute(kc: Any, code: str, *, allow_stdin: bool, answer: str | None, interrupt: Any) -> dict[str, Any]:
-    """Run ``code``; call ``interrupt()`` when it returns true, answer the prompt that follows; the execute reply."""
-    msg_id = kc.execute(code, allow_stdin=allow_stdin)
-    interrupted = False
+def _execute(kc: Any, code: str, *, interrupt: Any) -> tuple[dict[str, Any], float | None]:
+    """Run ``code`` with stdin allowed, call ``interrupt()`` until it returns true; the execute reply and the seconds
+    from the interrupt to the reply. A prompt for input fails the test: an interrupt must not ask anything."""
+    msg_id = kc.execute(code, allow_stdin=True)
+    interrupted_at = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        if not interrupted and interrupt():
-            interrupted = True
-        if allow_stdin:
-            try:
-                request = kc.get_stdin_msg(timeout=0.05)
-            except queue.Empty:
-                pass
-            else:
-                assert request["content"]["prompt"].startswith("Interrupted. Cancel job ")
-                kc.input(answer)
+        if interrupted_at is None and interrupt():
+            interrupted_at = time.monotonic()
+        try:
+            request = kc.get_stdin_msg(timeout=0.05)
+        except queue.Empty:
+            pass
+        else:
+            raise AssertionError(f"the interrupt asked: {request['content']['prompt']!r}")
         try:
             reply = kc.get_shell_msg(timeout=0.05)
         except queue.Empty:
             continue
         if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"]
+            return reply["content"], (time.monotonic() - interrupted_at if interrupted_at else None)
     raise AssertionError("no reply")
 
 
-@pytest.mark.parametrize("allow_stdin, answer, state", [
-    (True, "y", "cancelled"),
-    (True, "n", "running"),
-    (False, None, "cancelled"),  # nobody to ask (nbclient, a job): interrupting means cancel
-])
-def test_interrupting_wait_asks_then_cancels(served, allow_stdin, answer, state):
+@pytest.mark.parametrize("detach", [False, True])
+def test_interrupting_wait_cancels_the_job_at_once_in_one_line(served, detach):
     from jupyter_client.manager import start_new_kernel
 
     client = served.client
@@ -395,13 +405,21 @@ def test_interrupting_wait_asks_then_cancels(served, allow_stdin, answer, state)
                 return True
             return False
 
-        reply = _execute(kc, "%%launch --wait\nimport time\nprint('started', flush=True)\ntime.sleep(120)",
-                         allow_stdin=allow_stdin, answer=answer, interrupt=started)
-        assert (reply["status"], reply["ename"]) == ("error", "KeyboardInterrupt")
+        flags = "--wait --detach-on-interrupt" if detach else "--wait"
+        reply, took = _execute(kc, f"%%launch {flags}\nimport time\nprint('started', flush=True)\ntime.sleep(120)",
+                               interrupt=started)
         job, = served.jobs()
-        if state == "running":
+        assert (reply["status"], reply["ename"]) == ("error", "JobInterrupted")
+        if detach:
+            assert reply["traceback"] == [f"KeyboardInterrupt: stopped waiting; job {job.id} goes on (jupyter launch "
+                                          f"cancel {job.id} stops it)"]
             assert client.job(job.id).status == "running"
             client.cancel(job.id)
+        else:
+            assert reply["traceback"] == [f"KeyboardInterrupt: job {job.id} cancelled (--detach-on-interrupt leaves a "
+                                          "job running)"]
+            assert client.get_job(job.id).state == "cancelled"  # ended by the time the cell did
+            print(f"interrupt to the cell's end: {took:.2f} s")
         assert client.job(job.id).wait(timeout=60).state == "cancelled"
         served.check_ran_on_server(job.id, "cancelled")
     finally:

@@ -161,6 +161,71 @@ def test_list_jobs_filters_by_owner_in_the_query(store):
         assert store.list_jobs(queue=name, owner=owner + "-else") == []
 
 
+def test_list_jobs_filters_by_state_type_name_and_time_and_sorts_in_the_query(store):
+    name = new_queue(store)
+    jobs = []
+    for job_name, job_type in (("Train ResNet", "gpu"), ("eval", "cpu"), ("train_small", "gpu"), ("50% done", None)):
+        jobs.append(store.enqueue(name, spec(name=job_name, job_type=job_type), artifact=None))
+        time.sleep(0.01)  # distinct submission times
+    resnet, evaluation, small, half = jobs
+    store.request_cancel(evaluation.id)
+
+    def ids(**filters: Any) -> list[str]:
+        return [j.id for j in store.list_jobs(queue=name, **filters)]
+
+    assert ids(state="cancelled") == [evaluation.id]
+    assert ids(state="queued", job_type="gpu") == [small.id, resnet.id]
+    assert ids(q="TRAIN") == [small.id, resnet.id]  # any case
+    assert ids(q="_") == [small.id] and ids(q="%") == [half.id]  # LIKE's wildcards are plain text
+    assert ids(q=resnet.id[:10]) == [resnet.id]  # the start of an id
+    assert ids(submitted_after=evaluation.submitted_at, submitted_before=half.submitted_at) == [small.id, evaluation.id]
+    assert ids(sort="name") == [half.id, resnet.id, evaluation.id, small.id]  # "50% done" < "Train" < "eval"
+    assert ids(sort="-name", limit=2, offset=1) == [evaluation.id, resnet.id]
+    assert ids(sort="state")[0] == evaluation.id and ids(sort="submitted") == [j.id for j in jobs]
+    assert ids(sort="-finished")[0] == evaluation.id  # the only one finished; the rest after it, newest first
+    for field, bad in (("state", {"state": "done"}), ("sort", {"sort": "-colour"}), ("q", {"q": "x" * 201}),
+                       ("submitted_after", {"submitted_after": float("nan")}), ("offset", {"offset": -1})):
+        with pytest.raises(ValueError, match=field):
+            store.list_jobs(queue=name, **bad)
+
+
+def test_an_archived_job_is_listed_only_when_asked_for(store):
+    name = new_queue(store)
+    old, live = (store.enqueue(name, spec(), artifact=None) for _ in range(2))
+    with pytest.raises(StoreError, match="cancel it first"):
+        store.archive_job(live.id)
+    store.request_cancel(old.id)
+    archived = store.archive_job(old.id)
+    assert archived.archived_at is not None and archived.state == CANCELLED
+    assert [j.id for j in store.list_jobs(queue=name)] == [live.id]
+    assert [j.id for j in store.list_jobs(queue=name, archived=True)] == [old.id]
+    assert [j.id for j in store.list_jobs(queue=name, archived=None)] == [live.id, old.id]
+    assert store.archive_job(old.id, False).archived_at is None
+    assert [j.id for j in store.list_jobs(queue=name)] == [live.id, old.id]
+
+
+def test_deleting_an_ended_job_removes_its_rows_and_names_the_output_blobs_no_one_else_holds(store, output_blob):
+    job, fence = claimed(store)
+    other, other_fence = claimed(store)
+    mine, shared = output_blob(b"only mine " + secrets.token_bytes(8)), output_blob(b"shared " + secrets.token_bytes(8))
+    store.append_logs(job.id, fence, [("stdout", b"hello\n")])
+    store.add_metrics(job.id, fence, [{"step": 1, "time": 1.0, "data": {"loss": 1.0}}])
+    store.add_outputs(job.id, fence, [OutputRecord("model.bin", mine, 18), OutputRecord("common.txt", shared, 15)])
+    store.add_outputs(other.id, other_fence, [OutputRecord("common.txt", shared, 15)])
+    with pytest.raises(StoreError, match="cancel it first"):
+        store.delete_job(job.id)
+    assert store.finish(job.id, fence, SUCCEEDED, exit_code=0)
+    assert store.delete_job(job.id) == [mine]
+    with pytest.raises(NotFound):
+        store.get_job(job.id)
+    assert store.list_jobs(queue=job.queue) == []
+    if isinstance(store, SQLStore):  # the server answers 404 for the log and metrics of a job it does not have
+        assert store.read_metrics(job.id) == [] and store.read_log(job.id)[0] == []
+    assert store.list_outputs(other.id) == [OutputRecord("common.txt", shared, 15)]
+    with pytest.raises(NotFound):
+        store.delete_job(job.id)
+
+
 def test_enqueue_refuses_an_unknown_queue_and_a_job_type_the_queue_does_not_take(store):
     with pytest.raises(NotFound, match="unknown queue"):
         store.enqueue(f"nope-{secrets.token_hex(3)}", spec(), artifact=None)

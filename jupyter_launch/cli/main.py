@@ -24,6 +24,7 @@ from ..errors import LaunchError, LocatedError
 from ..remote.discovery import client_for
 from ..remote.http import SERVER_ENV, TOKEN_ENV
 from ..client import FINAL, Client, JobRecord, StoreError
+from ..store import JOB_SORTS
 from .config import LaunchCommand, config_words
 from ..options import JobOptions, prepare_job, split_param_args
 from ..spec import format_memory
@@ -242,14 +243,55 @@ def _wait_final(client: Client, job_id: str, timeout: float) -> JobRecord:
         time.sleep(0.1)
 
 
+AGO_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_when(text: str, flag: str, *, now: float | None = None) -> float:
+    """A time a person types, as epoch seconds: a date (``2026-12-01``, local midnight), a date and time
+    (``2026-12-01T14:30``, local unless it says its zone), or a span ago (``90m``, ``2d``, ``1w``)."""
+    text = text.strip()
+    if len(text) > 1 and text[-1] in AGO_UNITS and text[:-1].isdigit():
+        return (time.time() if now is None else now) - int(text[:-1]) * AGO_UNITS[text[-1]]
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise UsageError(f"{flag}: {text[:40]!r} is not a date (2026-12-01), a date and time (2026-12-01T14:30) "
+                         "or a span ago (90m, 2d, 1w)") from None
+
+
 def cmd_jobs(args: argparse.Namespace) -> int:
-    jobs = _client(args).jobs(queue=args.queue, state=args.status, limit=args.limit)
+    archived = {"only": True, "with": None}.get(args.archived, False)
+    try:
+        jobs = _client(args).jobs(
+            queue=args.queue, state=args.status, limit=args.limit, owner=args.owner, job_type=args.type,
+            q=args.search, submitted_after=parse_when(args.since, "--since") if args.since else None,
+            submitted_before=parse_when(args.until, "--until") if args.until else None,
+            archived=archived, sort=args.sort, offset=args.offset)
+    except ValueError as exc:  # a filter the store refuses (the embedded store's, or the server's 400)
+        raise UsageError(str(exc)) from None
     if args.json:
         print(json.dumps([j.to_dict() for j in jobs], indent=1, default=str))
         return 0
     rows = [[j.id, j.queue, j.state, j.reason or "", j.job_type or "", j.name or j.kind,
-             _fmt_time(j.submitted_at), _fmt_duration(j.duration)] for j in jobs]
-    print(_table(rows, ["JOB", "QUEUE", "STATE", "REASON", "TYPE", "NAME", "SUBMITTED", "DURATION"]))
+             j.owner_name or j.owner or "", _fmt_time(j.submitted_at), _fmt_duration(j.duration)] for j in jobs]
+    print(_table(rows, ["JOB", "QUEUE", "STATE", "REASON", "TYPE", "NAME", "OWNER", "SUBMITTED", "DURATION"]))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for job_id in args.job_ids:
+        released = client.delete(job_id)
+        print(f"job {job_id}: deleted with its log, metrics and outputs ({len(released)} output blob"
+              f"{'' if len(released) == 1 else 's'} released)")
+    return 0
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for job_id in args.job_ids:
+        client.archive(job_id, not args.undo)
+        print(f"job {job_id}: {'back in the list' if args.undo else 'archived (jupyter launch jobs --archived only)'}")
     return 0
 
 
@@ -264,6 +306,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"job        {j.id}" + (f" (rerun of {j.rerun_of})" if j.rerun_of else ""),
         f"queue      {j.queue}" + (f"   job type {j.job_type}" if j.job_type else ""),
         f"kind       {j.kind}" + (f"   {j.name}" if j.name else ""),
+        f"owner      {j.owner_name or j.owner or '-'}" + (
+            f" ({j.owner})" if j.owner_name and j.owner and j.owner_name != j.owner else ""),
         f"state      {j.state}" + (f" ({j.reason})" if j.reason else ""),
         f"reason     {j.message or '-'}",
         f"attempt    {j.attempt} of {j.retries + 1}",
@@ -471,12 +515,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--follow", "-f", action="store_true", help="stream the log until the job ends")
     s.set_defaults(func=cmd_submit)
 
-    j = sub.add_parser("jobs", help="list jobs, newest first", parents=[server_options])
+    j = sub.add_parser("jobs", aliases=["list"], help="list jobs, newest first, filtered and sorted on the store",
+                       parents=[server_options])
     j.add_argument("--queue", "-q")
-    j.add_argument("--status", "-s", help="state(s), comma-separated")
+    j.add_argument("--status", "--state", "-s", help="state(s), comma-separated")
+    j.add_argument("--owner", help="only this owner's jobs")
+    j.add_argument("--type", help="only jobs of this job type")
+    j.add_argument("--search", help="text found in the job's name (any case), or the start of its id")
+    j.add_argument("--since", help="submitted at or after: 2026-12-01, 2026-12-01T14:30, or a span ago (2d, 90m)")
+    j.add_argument("--until", help="submitted before (same forms as --since)")
+    j.add_argument("--sort", default="-submitted",
+                   help=f"one of {', '.join(JOB_SORTS)}; '-' in front for descending, as --sort=-name (default -submitted)")
+    j.add_argument("--archived", choices=["only", "with"], help="list only archived jobs, or them with the rest")
     j.add_argument("--limit", "-n", type=int, default=50)
+    j.add_argument("--offset", type=int, default=0, help="skip this many jobs (the next page)")
     j.add_argument("--json", action="store_true")
     j.set_defaults(func=cmd_jobs)
+
+    d = sub.add_parser("delete", help="delete ended jobs with their logs, metrics and outputs",
+                       parents=[server_options])
+    d.add_argument("job_ids", nargs="+", metavar="JOB")
+    d.set_defaults(func=cmd_delete)
+
+    ar = sub.add_parser("archive", help="hide ended jobs from `jobs` (kept, and listed with --archived)",
+                        parents=[server_options])
+    ar.add_argument("job_ids", nargs="+", metavar="JOB")
+    ar.add_argument("--undo", action="store_true", help="bring archived jobs back into the list")
+    ar.set_defaults(func=cmd_archive)
 
     for name, func, helptext in (("show", cmd_show, "a job's state, reason, attempt, exit code and times"),
                                  ("cancel", cmd_cancel, "cancel a job"),

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..store import (
-    BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim,
+    ARCHIVED_CHOICES, BlobStore, Claim, Heartbeat, JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, StaleClaim,
     sha256_file,
 )
 from ..store.tokens import AgentToken, token_id
@@ -108,7 +108,8 @@ class HttpStore:
 
     # ------------------------------------------------------------ jobs, as a user sees them
 
-    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None) -> JobRecord:
+    def enqueue(self, queue: str, spec: Any, *, artifact: str | None, owner: str | None = None,
+                owner_name: str | None = None) -> JobRecord:
         if artifact and self.blobs is not None:
             self.blobs.sync()
         return job_record(self._user("POST", "jobs", {"queue": queue, "spec": spec.model_dump(mode="json"),
@@ -118,15 +119,27 @@ class HttpStore:
         return job_record(self._user("GET", f"jobs/{_q(job_id)}"))
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
-        data = self._user("GET", "jobs", params={"queue": queue, "state": state, "limit": limit, "before": before,
-                                                 "owner": owner})
+                  before: int | None = None, owner: str | None = None, job_type: str | None = None,
+                  q: str | None = None, submitted_after: float | None = None,
+                  submitted_before: float | None = None, archived: bool | None = False,
+                  sort: str = "-submitted", offset: int = 0) -> list[JobRecord]:
+        shown = {value: name for name, value in ARCHIVED_CHOICES.items()}[archived]
+        data = self._user("GET", "jobs", params={
+            "queue": queue, "state": state, "limit": limit, "before": before, "owner": owner, "job_type": job_type,
+            "q": q, "submitted_after": submitted_after, "submitted_before": submitted_before, "archived": shown,
+            "sort": sort, "offset": offset or None})
         return [job_record(j) for j in data["jobs"]]
+
+    def delete_job(self, job_id: str) -> list[str]:
+        return self._user("DELETE", f"jobs/{_q(job_id)}")["released"]
+
+    def archive_job(self, job_id: str, archived: bool = True) -> JobRecord:
+        return job_record(self._user("POST", f"jobs/{_q(job_id)}/{'archive' if archived else 'unarchive'}"))
 
     def request_cancel(self, job_id: str) -> JobRecord:
         return job_record(self._user("POST", f"jobs/{_q(job_id)}/cancel"))
 
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None = None, owner_name: str | None = None) -> JobRecord:
         return job_record(self._user("POST", f"jobs/{_q(job_id)}/rerun"))
 
     def requeue_expired(self) -> list[tuple[str, str]]:

@@ -40,8 +40,8 @@ from ..remote.http import STALE_CLAIM
 from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
-    ACTIVE, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError, StoreUnusable, check_number,
-    check_output_path, is_disk_full,
+    ACTIVE, ARCHIVED_CHOICES, DEFAULT_JOB_SORT, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError,
+    StoreUnusable, check_number, check_output_path, is_disk_full,
 )
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
@@ -156,10 +156,29 @@ class LaunchHandler(APIHandler):
                                              f"not {raw[:40]!r}"))
         return value
 
+    def float_arg(self, name: str) -> float | None:
+        """A query argument that is a number (epoch seconds, say), or None when not given; 400 naming it if not."""
+        raw = self.get_argument(name, None)
+        if raw is None or raw == "":
+            return None
+        try:
+            return float(raw)
+        except ValueError:
+            raise web.HTTPError(400, _escape(f"{name} must be a number (seconds since the epoch), "
+                                             f"not {raw[:40]!r}")) from None
+
     def reply(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
+
+    def submitter(self) -> dict[str, str | None]:
+        """Who submits: ``owner``, the identity's username (what ownership checks compare), and ``owner_name``, the
+        name people know them by (jupyter_server's anonymous users have a 32-hex username and a readable name)."""
+        user = self.current_user
+        if not user:
+            return {"owner": None, "owner_name": None}
+        return {"owner": user.username, "owner_name": user.display_name or user.name or None}
 
     async def job(self, job_id: str) -> Any:
         """The job this request is about, if its caller may reach it (else 404, as for an unknown job)."""
@@ -255,13 +274,23 @@ class JobsHandler(LaunchHandler):
     async def get(self) -> None:
         limit = self.int_arg("limit", 50, minimum=1, maximum=MAX_PAGE)
         before = self.int_arg("before", None, minimum=1)
-        queue = self.get_argument("queue", None) or None
-        state = self.get_argument("state", None) or None
-        owner = self.get_argument("owner", None) or None
-        jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), owner=owner,
-                                     queue=queue, state=state, limit=limit, before=before)
+        offset = self.int_arg("offset", 0)
+        archived_arg = self.get_argument("archived", "false") or "false"
+        if archived_arg not in ARCHIVED_CHOICES:
+            raise web.HTTPError(400, _escape(f"archived must be one of {', '.join(ARCHIVED_CHOICES)}, "
+                                             f"not {archived_arg[:40]!r}"))
+        filters = {name: self.get_argument(name, None) or None
+                   for name in ("queue", "state", "owner", "job_type", "q")}
+        filters["sort"] = self.get_argument("sort", None) or DEFAULT_JOB_SORT
+        for name in ("submitted_after", "submitted_before"):
+            filters[name] = self.float_arg(name)
+        jobs = await self.store_call(self.launch.service.list_jobs, caller=await job_caller(self), limit=limit,
+                                     before=before, offset=offset, archived=ARCHIVED_CHOICES[archived_arg],
+                                     **filters)
+        full = len(jobs) == limit
         self.reply({"jobs": [j.to_dict() for j in jobs],
-                    "next_before": jobs[-1].seq if len(jobs) == limit else None})
+                    "next_before": jobs[-1].seq if full and filters["sort"] == DEFAULT_JOB_SORT else None,
+                    "next_offset": offset + limit if full else None})
 
     @web.authenticated
     @authorized
@@ -270,9 +299,9 @@ class JobsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "'queue' must be a queue name")
-        owner = self.current_user.username if self.current_user else None
+        who = self.submitter()
         if "notebook" in data:
-            job = await self._submit_notebook(data, queue, owner)
+            job = await self._submit_notebook(data, queue, who)
             self.set_header("Location", _job_url(self.base_url, job.id))
             self.reply(job.to_dict(), 201)
             return
@@ -294,14 +323,14 @@ class JobsHandler(LaunchHandler):
             if not self.launch.blobs.has(artifact):
                 raise web.HTTPError(409, f"artifact {artifact} is not on the server; upload its blobs first "
                                          f"(POST {API}/artifacts/missing, then PUT {API}/artifacts/blobs/DIGEST)")
-        job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, owner=owner)
+        job = await self.store_call(self.launch.service.enqueue, spec, queue=queue, artifact=artifact, **who)
         if artifact is not None:  # the queue's agents may read it from now on (claims grant it too)
             await self.store_call(grant_artifact, self.launch, artifact, job.queue)
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
 
-    async def _submit_notebook(self, data: dict[str, Any], queue: str, owner: str | None) -> Any:
+    async def _submit_notebook(self, data: dict[str, Any], queue: str, who: dict[str, str | None]) -> Any:
         """A notebook under the server's root, packaged here as the CLI packages it (its folder, ignore files, the
         size limit, its environment): what the panel submits, so the job is the one any other face would make."""
         notebook = data["notebook"]
@@ -328,7 +357,7 @@ class JobsHandler(LaunchHandler):
             try:
                 prepared = prepare_job(JobOptions(notebook=path, extra=dict(options)))
                 prepared.interpreter = interpreter
-                job, artifact = self.launch.service.submit(prepared, queue=queue, owner=owner)
+                job, artifact = self.launch.service.submit(prepared, queue=queue, **who)
                 grant_artifact(self.launch, artifact.digest, job.queue)  # the queue's agents may read it
                 return job
             except LocatedError as exc:  # named as the user knows it: its path under the root, not the server's
@@ -389,6 +418,22 @@ class JobHandler(LaunchHandler):
         job = await self.job(job_id)
         self.reply(job.to_dict())
 
+    @web.authenticated
+    @authorized
+    async def delete(self, job_id: str) -> None:
+        """Delete an ended job with its log, metrics and outputs; its output blobs nothing else uses are released."""
+        released = await self.store_call(self.launch.service.delete_job, job_id, caller=await job_caller(self))
+        self.reply({"job_id": job_id, "released": released})
+
+
+class JobArchiveHandler(LaunchHandler):
+    @web.authenticated
+    @authorized
+    async def post(self, job_id: str, action: str) -> None:
+        job = await self.store_call(self.launch.service.archive_job, job_id, action == "archive",
+                                    caller=await job_caller(self))
+        self.reply(job.to_dict())
+
 
 class JobCancelHandler(LaunchHandler):
     @web.authenticated
@@ -402,8 +447,8 @@ class JobRerunHandler(LaunchHandler):
     @web.authenticated
     @authorized
     async def post(self, job_id: str) -> None:
-        owner = self.current_user.username if self.current_user else None
-        job = await self.store_call(self.launch.service.rerun, job_id, owner=owner, caller=await job_caller(self))
+        job = await self.store_call(self.launch.service.rerun, job_id, caller=await job_caller(self),
+                                    **self.submitter())
         self.set_header("Location", _job_url(self.base_url, job.id))
         self.reply(job.to_dict(), 201)
 
@@ -1078,6 +1123,7 @@ default_handlers = [
     (rf"{API}/jobs/{JOB_ID}", JobHandler),
     (rf"{API}/jobs/{JOB_ID}/cancel", JobCancelHandler),
     (rf"{API}/jobs/{JOB_ID}/rerun", JobRerunHandler),
+    (rf"{API}/jobs/{JOB_ID}/(?P<action>archive|unarchive)", JobArchiveHandler),
     (rf"{API}/jobs/{JOB_ID}/logs", JobLogsHandler),
     (rf"{API}/jobs/{JOB_ID}/metrics", JobMetricsHandler),
     (rf"{API}/jobs/{JOB_ID}/outputs", JobOutputsHandler),

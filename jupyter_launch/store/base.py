@@ -174,6 +174,8 @@ class JobRecord:
     finished_at: float | None
     progress: dict[str, Any] | None
     claim_token: str | None = None  # the agent token holding the claim (LOCAL_CLAIM: an agent on the store itself)
+    archived_at: float | None = None  # when it was archived (hidden from the history unless asked for)
+    owner_name: str | None = None  # the owner's display name (``owner`` is the identity's username)
 
     @property
     def done(self) -> bool:
@@ -264,6 +266,34 @@ def check_number(name: str, value: Any, minimum: float, maximum: float, *, integ
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
         raise ValueError(f"'{name}' must be {kind} from {minimum:g} to {maximum:g}, not {shown}")
     return value
+
+
+JOB_SORTS = ("submitted", "name", "state", "queue", "owner", "job_type", "started", "finished")
+DEFAULT_JOB_SORT = "-submitted"  # newest first; ``before`` pages through it
+MAX_SEARCH = 200  # characters of a name search (a job name is at most 200)
+ARCHIVED_CHOICES = {"false": False, "true": True, "all": None}
+
+
+def check_job_query(*, state: str | None = None, q: str | None = None, sort: str = DEFAULT_JOB_SORT,
+                    submitted_after: float | None = None, submitted_before: float | None = None,
+                    offset: int = 0) -> tuple[list[str], str, bool]:
+    """A job listing's filters checked, each error naming its field: the states asked for, the sort column and
+    whether it is descending. ``sort`` is one of ``JOB_SORTS``, ``-`` in front for descending."""
+    states = [s for s in (state or "").split(",") if s]
+    unknown = [s for s in states if s not in STATES]
+    if unknown:
+        raise ValueError(f"'state' must be one of {', '.join(STATES)} (commas for several), not {unknown[0][:40]!r}")
+    if q is not None and (not isinstance(q, str) or len(q) > MAX_SEARCH):
+        raise ValueError(f"'q' must be a text of at most {MAX_SEARCH} characters")
+    column = sort[1:] if isinstance(sort, str) and sort.startswith("-") else sort
+    if column not in JOB_SORTS:
+        raise ValueError(f"'sort' must be one of {', '.join(JOB_SORTS)}, '-' in front for descending, not "
+                         f"{str(sort)[:40]!r}")
+    for name, value in (("submitted_after", submitted_after), ("submitted_before", submitted_before)):
+        if value is not None:
+            check_number(name, value, 0, MAX_COUNT)
+    check_number("offset", offset, 0, MAX_COUNT, integer=True)
+    return states, column, sort.startswith("-")
 
 
 def check_output_path(path: Any) -> str:

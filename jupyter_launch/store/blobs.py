@@ -115,6 +115,14 @@ class BlobStore:
             if os.path.exists(tmp):
                 os.unlink(tmp)
 
+    def remove(self, digest: str) -> bool:
+        """Remove a blob nothing uses any more; false when it was not there."""
+        try:
+            self.path(digest).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def read_bytes(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()
 

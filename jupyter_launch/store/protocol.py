@@ -20,7 +20,8 @@ The server itself always holds a ``SQLStore`` and uses a few more of its methods
 ``migrate``, ``release_agent_leases`` (on shutdown), ``touch_agent_token`` (an agent registering), the ``token_id``
 that binds an agent id to the agent token that registered it (``register_agent``, ``agent_seen``,
 ``unregister_agent``, ``check_agent_id``), ``hand_back`` (a claim whose answer could not be sent) and the blob grants
-that scope an agent token's blob reads to its queues (``grant_blobs``, ``granted_blobs``); tests and benchmarks fill
+that scope an agent token's blob reads to its queues (``grant_blobs``, ``granted_blobs``); the service deleting a
+job reads ``artifact_digests`` to keep every blob an artifact lists; tests and benchmarks fill
 and count a SQL store directly (``enqueue_many``, ``count_jobs``).
 """
 
@@ -59,21 +60,39 @@ class Store(Protocol):
 
     # ------------------------------------------------------------ jobs, as a user sees them
 
-    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None) -> JobRecord:
-        """Queue a job (its artifact's blobs already stored); ``owner`` is who submits it."""
+    def enqueue(self, queue: str, spec: JobSpec, *, artifact: str | None, owner: str | None = None,
+                owner_name: str | None = None) -> JobRecord:
+        """Queue a job (its artifact's blobs already stored); ``owner`` is who submits it, ``owner_name`` how people
+        know them (through a server, both come from the caller's identity)."""
 
     def get_job(self, job_id: str) -> JobRecord:
         """One job; a queued one carries the reason it is waiting, derived now."""
 
     def list_jobs(self, *, queue: str | None = None, state: str | None = None, limit: int = 50,
-                  before: int | None = None, owner: str | None = None) -> list[JobRecord]:
-        """Jobs newest first; ``state`` may list states with commas; page with ``before`` = the last ``seq``; only
-        ``owner``'s jobs when given (through a server, a user who is not an admin gets only their own anyway)."""
+                  before: int | None = None, owner: str | None = None, job_type: str | None = None,
+                  q: str | None = None, submitted_after: float | None = None,
+                  submitted_before: float | None = None, archived: bool | None = False,
+                  sort: str = "-submitted", offset: int = 0) -> list[JobRecord]:
+        """Jobs matching every filter given: ``state`` may list states with commas; ``q`` is found in the name (any
+        case) or starts the id; ``submitted_after`` (inclusive) and ``submitted_before`` are epoch seconds;
+        ``archived`` False hides archived jobs, True lists only them, None both. ``sort`` is one of ``JOB_SORTS``
+        (``-`` in front: descending; jobs without the value last, ties newest first), newest first by default. Page
+        with ``before`` = the last ``seq`` (the default sort) or ``offset`` (any sort). Only ``owner``'s jobs when
+        given (through a server, a user who is not an admin gets only their own anyway). A bad filter is a
+        ``ValueError`` naming it."""
+
+    def delete_job(self, job_id: str) -> list[str]:
+        """Delete an ended job (``StoreError`` for one not ended) with its log, metrics and outputs; the digests of
+        its outputs nothing else in the store names, for the blob store to release (through a server: those it
+        released)."""
+
+    def archive_job(self, job_id: str, archived: bool = True) -> JobRecord:
+        """Archive an ended job, hiding it from listings unless asked for (``archived=False``: bring it back)."""
 
     def request_cancel(self, job_id: str) -> JobRecord:
         """Cancel a queued job at once, or flag an active one for its agent to stop."""
 
-    def rerun(self, job_id: str, *, owner: str | None = None) -> JobRecord:
+    def rerun(self, job_id: str, *, owner: str | None = None, owner_name: str | None = None) -> JobRecord:
         """Queue a new job with the same spec and artifact (``rerun_of`` names the old one)."""
 
     def requeue_expired(self) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ jobs = Table(
     Column("spec", JSON, nullable=False),
     Column("artifact", String(80)),
     Column("owner", String(255)),
+    Column("owner_name", String(255)),  # the owner's display name, as the identity provider gave it at submission
     Column("attempt", Integer, nullable=False, default=1),
     Column("retries", Integer, nullable=False, default=0),
     Column("fence", Integer, nullable=False, default=0),
@@ -47,9 +48,11 @@ jobs = Table(
     Column("finished_at", Float),
     Column("progress", JSON),
     Column("claim_token", String(16)),  # the agent token that holds the claim; "@local": an agent in a store's process
+    Column("archived_at", Float),  # hidden from the history unless asked for; NULL: not archived
     Index("ix_jobs_queue_state_seq", "queue", "state", "seq"),
     Index("ix_jobs_state_lease", "state", "lease_expires"),
     Index("ix_jobs_queue_seq", "queue", "seq"),
+    Index("ix_jobs_owner_seq", "owner", "seq"),
 )
 
 agents = Table(

@@ -38,6 +38,32 @@ export interface IJobPage {
   jobs: IJob[];
   /** The `before` cursor for the next (older) page, or null at the end. */
   next: Schemas['JobPage']['next_before'];
+  /** The `offset` of the next page in any sort, or null at the end. */
+  nextOffset: Schemas['JobPage']['next_offset'];
+}
+
+/** The sort columns the server takes (`-` in front: descending). */
+export const JOB_SORTS = ['submitted', 'name', 'state', 'queue', 'owner', 'job_type', 'started', 'finished'] as const;
+export type JobSortColumn = (typeof JOB_SORTS)[number];
+
+/**
+ * What `GET /jobs` filters on, all on the server (so the CLI's `jupyter launch list` takes the same): `state` may list
+ * states with commas; `q` is found in the name (any case) or starts the id; times are epoch seconds.
+ */
+export interface IJobQuery {
+  queue?: string;
+  state?: string;
+  owner?: string;
+  job_type?: string;
+  q?: string;
+  submitted_after?: number | null;
+  submitted_before?: number | null;
+  archived?: 'false' | 'true' | 'all';
+  /** A column of JOB_SORTS, `-` in front for descending; newest first by default. */
+  sort?: string;
+  limit?: number;
+  before?: number | null;
+  offset?: number;
 }
 
 /** A piece of the log as exact bytes (the page's base64 or text `data`, or a WebSocket frame's payload). */
@@ -86,6 +112,11 @@ export class LaunchAPIError extends Error {
   }
 }
 
+/** A server that does not answer (the network, or a 5xx while it stops or starts): retry quietly, do not alarm. */
+export function isDisconnected(err: unknown): boolean {
+  return err instanceof LaunchAPIError && (err.status === 0 || err.status >= 500);
+}
+
 const API = 'launch/api';
 
 function encodePath(path: string): string {
@@ -95,7 +126,7 @@ function encodePath(path: string): string {
     .join('/');
 }
 
-function query(params: Record<string, string | number | null | undefined>): string {
+function query(params: Record<string, string | number | boolean | null | undefined>): string {
   const parts = Object.entries(params)
     .filter(([, v]) => v !== undefined && v !== null && v !== '')
     .map(([k, v]) => `${encodeURIComponent(k)}=${encodeURIComponent(String(v))}`);
@@ -232,10 +263,11 @@ export class LaunchAPI {
     return normalizeQueue(await this.requestJSON(`queues/${encodeURIComponent(name)}`));
   }
 
-  async listJobs(options: { queue?: string; state?: string; limit?: number; before?: number | null } = {}): Promise<IJobPage> {
+  async listJobs(options: IJobQuery = {}): Promise<IJobPage> {
     const limit = options.limit ?? 50;
+    const { offset, ...filters } = options;
     const raw = await this.requestJSON<Answer<'/launch/api/jobs'>>(
-      `jobs${query({ queue: options.queue, state: options.state, limit, before: options.before })}`
+      `jobs${query({ ...filters, limit, offset: offset || null })}`
     );
     const jobs: IJob[] = Array.isArray(raw) ? raw : raw.jobs || [];
     let next: number | null;
@@ -244,7 +276,41 @@ export class LaunchAPI {
     } else {
       next = jobs.length >= limit ? jobs[jobs.length - 1].seq : null;
     }
-    return { jobs, next };
+    const nextOffset = !Array.isArray(raw) && raw.next_offset !== undefined ? raw.next_offset : null;
+    return { jobs, next, nextOffset };
+  }
+
+  /** Delete an ended job with its log, metrics and outputs; the blob digests the server released. */
+  async deleteJob(id: string): Promise<string[]> {
+    const raw = await this.requestJSON(`jobs/${encodeURIComponent(id)}`, { method: 'DELETE' });
+    return raw?.released ?? [];
+  }
+
+  /** Archive an ended job (hidden from the history unless asked for), or bring it back. */
+  async archiveJob(id: string, archived = true): Promise<IJob> {
+    const action = archived ? 'archive' : 'unarchive';
+    return unwrapJob(await this.requestJSON(`jobs/${encodeURIComponent(id)}/${action}`, { method: 'POST' }));
+  }
+
+  /** The job's whole log as it is now, page after page, as text (for a download). */
+  async logText(id: string): Promise<string> {
+    const parts: Uint8Array[] = [];
+    let offset = 0;
+    for (;;) {
+      const page = await this.readLog(id, offset);
+      if (!page.chunks.length || page.next <= offset) {
+        break;
+      }
+      parts.push(...page.chunks.map(c => c.bytes));
+      offset = page.next;
+    }
+    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    return new TextDecoder().decode(all);
   }
 
   async getJob(id: string): Promise<IJob> {

@@ -7,13 +7,13 @@ import { Widget } from '@lumino/widgets';
 import { ISeries, MetricsModel } from './models';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const WIDTH = 320;
-const HEIGHT = 120;
-const PAD = { left: 44, right: 8, top: 8, bottom: 18 };
+export const WIDTH = 320;
+export const HEIGHT = 120;
+export const PAD = { left: 44, right: 8, top: 8, bottom: 18 };
 /** Points drawn per series at most; longer series are thinned evenly (the last point always kept). */
 const MAX_POINTS = 600;
 
-function niceNumber(v: number): string {
+export function niceNumber(v: number): string {
   if (v === 0) {
     return '0';
   }
@@ -24,8 +24,30 @@ function niceNumber(v: number): string {
   return Number(v.toPrecision(3)).toString();
 }
 
-/** The polyline points for a series in the chart's box. */
-export function seriesPath(points: ReadonlyArray<[number, number]>): {
+/** The ranges a chart's box spans. */
+export interface IBounds {
+  min: number;
+  max: number;
+  xmin: number;
+  xmax: number;
+}
+
+/** The ranges spanning all these series, so several can share one box. */
+export function boundsOf(series: ReadonlyArray<ReadonlyArray<[number, number]>>): IBounds {
+  const b = { min: Infinity, max: -Infinity, xmin: Infinity, xmax: -Infinity };
+  for (const points of series) {
+    for (const [x, y] of points) {
+      b.min = Math.min(b.min, y);
+      b.max = Math.max(b.max, y);
+      b.xmin = Math.min(b.xmin, x);
+      b.xmax = Math.max(b.xmax, x);
+    }
+  }
+  return b;
+}
+
+/** The polyline points for a series in the chart's box (scaled to ``bounds`` when given, else to its own). */
+export function seriesPath(points: ReadonlyArray<[number, number]>, bounds?: IBounds): {
   path: string;
   min: number;
   max: number;
@@ -40,16 +62,7 @@ export function seriesPath(points: ReadonlyArray<[number, number]>): {
   if (points.length && shown[shown.length - 1] !== points[points.length - 1]) {
     shown.push(points[points.length - 1]);
   }
-  let min = Infinity;
-  let max = -Infinity;
-  let xmin = Infinity;
-  let xmax = -Infinity;
-  for (const [x, y] of points) {
-    min = Math.min(min, y);
-    max = Math.max(max, y);
-    xmin = Math.min(xmin, x);
-    xmax = Math.max(xmax, x);
-  }
+  const { min, max, xmin, xmax } = bounds ?? boundsOf([points]);
   const w = WIDTH - PAD.left - PAD.right;
   const h = HEIGHT - PAD.top - PAD.bottom;
   const dx = xmax - xmin || 1;

@@ -4,7 +4,7 @@
  */
 
 import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { ICommandPalette, ToolbarButton, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, ICommandPalette, Notification, ToolbarButton, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { IDocumentManager } from '@jupyterlab/docmanager';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
@@ -12,14 +12,19 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { Contents, ServerConnection } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { IJob, ITransport, LaunchAPI } from './api';
+import { FINAL_STATES, IJob, ITransport, LaunchAPI } from './api';
 import { SubmitDialog, SubmitForm } from './dialog';
+import { CompareView } from './compare';
+import { HistoryView } from './history';
+import { JobEndNotifier } from './notifier';
 import { JobView } from './jobview';
 import { PANEL_ID, LaunchPanel } from './panel';
+import { jobTitle } from './models';
 import { INotebookCellLike, parseParametersCell, parametersCellSource } from './params';
 
 export const CommandIDs = {
   submit: 'jupyter-launch:submit',
+  submitFile: 'jupyter-launch:submit-file',
   openJob: 'jupyter-launch:open-job',
   openPanel: 'jupyter-launch:open-panel'
 };
@@ -78,6 +83,35 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const contents = app.serviceManager.contents;
     const views = new Map<string, JobView>();
 
+    /** Each of the user's jobs that ends, in Lab's notification center: "Open", and the executed notebook. */
+    const notifyEnded = async (job: IJob): Promise<void> => {
+      const actions: Notification.IAction[] = [{ label: 'Open', callback: () => void openJob(job.id, job) }];
+      if (job.state === 'succeeded' && job.kind !== 'command') {
+        try {
+          const executed = (await api.outputs(job.id)).find(o => o.path.endsWith('.ipynb'));
+          if (executed) {
+            actions.push({
+              label: 'Open executed notebook',
+              callback: () => void openNotebook(job.id, executed.path).catch(err => showErrorMessage('Launch', err))
+            });
+          }
+        } catch {
+          // the outputs could not be read now: the job's view lists them
+        }
+      }
+      const message = `${jobTitle(job)} ${job.state}${job.state === 'succeeded' || !job.message ? '' : `: ${job.message}`}`;
+      const options = { autoClose: job.state === 'succeeded' ? (5000 as const) : (false as const), actions };
+      if (job.state === 'succeeded') {
+        Notification.success(message, options);
+      } else if (job.state === 'failed') {
+        Notification.error(message, options);
+      } else {
+        Notification.info(message, options);
+      }
+    };
+    const notifier = new JobEndNotifier({ api, onEnded: job => void notifyEnded(job) });
+    notifier.start();
+
     const openNotebook = async (jobId: string, path: string): Promise<void> => {
       const blob = await api.outputBlob(jobId, path);
       const content = JSON.parse(await blob.text());
@@ -100,14 +134,27 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
 
+    /**
+     * One tab per job: opening a job again shows its tab, and a rerun takes over the tab of the job it reruns (if
+     * open) instead of adding one, so rerunning keeps one tab for the line of runs.
+     */
     const openJob = (id: string, job?: IJob): JobView => {
+      if (job && !FINAL_STATES.includes(job.state)) {
+        notifier.watch(id); // submitted or rerun here: told when it ends, however soon
+      }
       let view = views.get(id);
       if (!view || view.isDisposed) {
-        view = new JobView({ api, jobId: id, job, openJob: jid => void openJob(jid), openNotebook });
+        view = new JobView({ api, jobId: id, job, openJob: (jid, j) => void openJob(jid, j), openNotebook });
         view.title.icon = launchIcon;
         views.set(id, view);
         view.disposed.connect(() => views.delete(id));
-        app.shell.add(view, 'main');
+        const replaced = job?.rerun_of ? views.get(job.rerun_of) : undefined;
+        if (replaced && !replaced.isDisposed && replaced.isAttached) {
+          app.shell.add(view, 'main', { ref: replaced.id, mode: 'tab-after' });
+          replaced.close();
+        } else {
+          app.shell.add(view, 'main');
+        }
       }
       app.shell.activateById(view.id);
       return view;
@@ -200,6 +247,21 @@ const plugin: JupyterFrontEndPlugin<void> = {
         await submitNotebook(path);
       }
     });
+    // The file browser's menu submits the file right-clicked (its selection), never the notebook in the active tab.
+    app.commands.addCommand(CommandIDs.submitFile, {
+      label: 'Launch Notebook on a Queue…',
+      caption: 'Submit this notebook to a jupyter-launch queue',
+      icon: launchIcon,
+      isVisible: () => Boolean(fileBrowser),
+      execute: async () => {
+        const item = fileBrowser ? Array.from(fileBrowser.selectedItems()).find(i => i.type === 'notebook') : undefined;
+        if (!item) {
+          await showErrorMessage('Launch', 'Select a notebook in the file browser first.');
+          return;
+        }
+        await submitNotebook(item.path);
+      }
+    });
     app.commands.addCommand(CommandIDs.openJob, {
       label: 'Open Launch Job',
       execute: args => {
@@ -217,7 +279,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     }
 
     app.contextMenu.addItem({
-      command: CommandIDs.submit,
+      command: CommandIDs.submitFile,
       selector: '.jp-DirListing-item[data-file-type="notebook"]',
       rank: 10
     });
@@ -243,6 +305,30 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openJob: (id, job) => void openJob(id, job),
       submit: () => void app.commands.execute(CommandIDs.submit)
     });
+    let compareView: CompareView | null = null;
+    const history = new HistoryView({
+      api,
+      openJob: (id, job) => void openJob(id, job),
+      compare: jobs => {
+        if (!compareView || compareView.isDisposed) {
+          compareView = new CompareView(api);
+          compareView.title.icon = launchIcon;
+          app.shell.add(compareView, 'main');
+        }
+        app.shell.activateById(compareView.id);
+        void compareView.compare(jobs);
+      },
+      queues: () => panel.queues,
+      confirmDelete: async job => {
+        const answer = await showDialog({
+          title: 'Delete job',
+          body: `Delete ${jobTitle(job)} (${job.id}) with its log, metrics and outputs? This cannot be undone; Archive hides a job and keeps it.`,
+          buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+        });
+        return answer.button.accept;
+      }
+    });
+    panel.addView({ id: 'history', label: 'History', widget: history, refresh: () => history.refresh() });
     panel.title.icon = launchIcon;
     app.shell.add(panel, 'left', { rank: 900 });
     restorer?.add(panel, PANEL_ID);

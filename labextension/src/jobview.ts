@@ -9,13 +9,25 @@ import { PanelLayout, Widget } from '@lumino/widgets';
 import { IJob, IOutput, LaunchAPI, cliCommand } from './api';
 import { MetricsView } from './charts';
 import { LogView } from './logview';
-import { LogFollower, MetricsModel, formatAgo, formatBytes, formatDuration, isFinal, jobDuration, jobTitle } from './models';
+import {
+  LogFollower,
+  MetricsModel,
+  formatAgo,
+  formatBytes,
+  formatDuration,
+  isFinal,
+  jobDuration,
+  jobTitle,
+  ownerName,
+  resourcesText
+} from './models';
 
 export interface IJobViewOptions {
   api: LaunchAPI;
   jobId: string;
   job?: IJob;
-  openJob: (id: string) => void;
+  /** Opens a job's view; a rerun's record names the job it reruns, whose tab it takes over. */
+  openJob: (id: string, job?: IJob) => void;
   openNotebook: (jobId: string, path: string) => Promise<void>;
   /** Job state poll interval while it is not finished, ms. */
   pollInterval?: number;
@@ -31,6 +43,18 @@ function button(label: string, title: string, cls: string, onClick: () => void):
   b.title = title;
   b.addEventListener('click', onClick);
   return b;
+}
+
+/** Hand a blob to the browser as a download named `name`. */
+function saveBlob(blob: Blob, name: string): void {
+  const url = URL.createObjectURL(blob);
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 10_000);
 }
 
 export class JobView extends Widget {
@@ -72,7 +96,10 @@ export class JobView extends Widget {
       Clipboard.copyToSystem(this._job ? cliCommand(this._job) : `jupyter launch logs ${this.jobId} -f`);
       Notification.info('Command copied', { autoClose: 2000 });
     });
-    actions.append(this._cancelButton, this._rerunButton, copyId, copyCli);
+    const downloadLog = button('Download log', 'Download the whole log as text', 'jp-LaunchJob-downloadLog', () =>
+      void this.downloadLog()
+    );
+    actions.append(this._cancelButton, this._rerunButton, downloadLog, copyId, copyCli);
 
     const titleRow = document.createElement('div');
     titleRow.className = 'jp-LaunchJob-titleRow';
@@ -180,7 +207,7 @@ export class JobView extends Widget {
   async rerun(): Promise<void> {
     try {
       const job = await this._api.rerun(this.jobId);
-      this._options.openJob(job.id);
+      this._options.openJob(job.id, job);
     } catch (err) {
       this._showError(err);
     }
@@ -282,7 +309,9 @@ export class JobView extends Widget {
       ['Job id', job.id],
       ['Queue', job.queue],
       ['Job type', job.job_type || '—'],
-      ['Owner', job.owner || '—'],
+      ['Owner', ownerName(job) || '—'],
+      ['Resources', resourcesText(job) || 'none asked for'],
+      ['Ran on', job.agent_id || (job.state === 'queued' ? 'not yet' : '—')],
       ['Submitted', formatAgo(job.submitted_at)],
       ['Duration', formatDuration(jobDuration(job))],
       ['Attempt', `${job.attempt}${job.retries ? ` of ${job.retries + 1}` : ''}`]
@@ -341,17 +370,19 @@ export class JobView extends Widget {
     this._outputs.replaceChildren(list);
   }
 
+  /** The whole log as the server has it now (not only the lines drawn), saved as `JOB_ID.log`. */
+  async downloadLog(): Promise<void> {
+    try {
+      const text = await this._api.logText(this.jobId);
+      saveBlob(new Blob([text], { type: 'text/plain;charset=utf-8' }), `${this.jobId}.log`);
+    } catch (err) {
+      this._showError(err);
+    }
+  }
+
   private async _download(path: string): Promise<void> {
     try {
-      const blob = await this._api.outputBlob(this.jobId, path);
-      const url = URL.createObjectURL(blob);
-      const a = document.createElement('a');
-      a.href = url;
-      a.download = path.split('/').pop() || path;
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      saveBlob(await this._api.outputBlob(this.jobId, path), path.split('/').pop() || path);
     } catch (err) {
       this._showError(err);
     }

@@ -74,6 +74,27 @@ export function jobTitle(job: IJob): string {
   return job.name || job.spec?.notebook || job.id;
 }
 
+/** Who submitted the job, as people know them: the identity's display name, else its username. */
+export function ownerName(job: Pick<IJob, 'owner' | 'owner_name'>): string {
+  return job.owner_name || job.owner || '';
+}
+
+/** The resources the job asked for, as a short line: `2 CPUs · 1 GPU · 8Gi`; '' when it asked for none. */
+export function resourcesText(job: Pick<IJob, 'spec'>): string {
+  const r = (job.spec?.resources || {}) as { cpu?: number | string | null; gpu?: number | null; memory?: string | null };
+  const parts: string[] = [];
+  if (r.cpu) {
+    parts.push(`${r.cpu} CPU${Number(r.cpu) === 1 ? '' : 's'}`);
+  }
+  if (r.gpu) {
+    parts.push(`${r.gpu} GPU${r.gpu === 1 ? '' : 's'}`);
+  }
+  if (r.memory) {
+    parts.push(String(r.memory));
+  }
+  return parts.join(' · ');
+}
+
 // ------------------------------------------------------------------ job list
 
 /**

@@ -1,14 +1,28 @@
 /**
- * The "Launch" side panel: queues (backend, running and queued against max_instances, agents serving each), each
- * expandable to its jobs newest first, paged, and kept current by polling while the panel is visible.
+ * The "Launch" side panel: a header, a row of view tabs, and the views. Its own view lists the queues (backend,
+ * running and queued against max_instances, agents serving each), each expandable to its jobs newest first, paged;
+ * other views (the history, and any a later feature adds with `addView`) sit beside it. The visible view is kept
+ * current by polling while the panel is visible; when the server stops answering the panel says it is disconnected
+ * and retries, more slowly, until it answers again.
  */
 
-import { Widget } from '@lumino/widgets';
+import { Panel, Widget } from '@lumino/widgets';
 
-import { IJob, IQueue, LaunchAPI } from './api';
-import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle } from './models';
+import { IJob, IQueue, LaunchAPI, isDisconnected } from './api';
+import { JobListModel, formatAgo, formatDuration, jobDuration, jobTitle, ownerName, resourcesText } from './models';
 
 export const PANEL_ID = 'jupyter-launch-panel';
+export const QUEUES_VIEW = 'queues';
+
+/** A view the panel shows under its tabs: its widget, and how to read its data again while it is shown. */
+export interface ILaunchPanelView {
+  /** Unique among the panel's views; also the tab's `data-view`. */
+  id: string;
+  label: string;
+  widget: Widget;
+  /** Called on each poll while the view is shown; a rejection marks the panel disconnected. */
+  refresh?: () => Promise<void>;
+}
 
 export interface ILaunchPanelOptions {
   api: LaunchAPI;
@@ -19,7 +33,7 @@ export interface ILaunchPanelOptions {
   interval?: number;
 }
 
-export class LaunchPanel extends Widget {
+export class LaunchPanel extends Panel {
   constructor(options: ILaunchPanelOptions) {
     super();
     this._api = options.api;
@@ -52,31 +66,153 @@ export class LaunchPanel extends Widget {
     }
     header.appendChild(refresh);
 
+    this._connection = document.createElement('p');
+    this._connection.className = 'jp-LaunchPanel-connection';
+    this._connection.setAttribute('role', 'status');
+    this._connection.hidden = true;
+    this._tabs = document.createElement('div');
+    this._tabs.className = 'jp-LaunchPanel-tabs';
+    this._tabs.setAttribute('role', 'tablist');
+    this._tabs.setAttribute('aria-label', 'Launch views');
+    const chrome = new Widget();
+    chrome.addClass('jp-LaunchPanel-chrome');
+    chrome.node.append(header, this._connection, this._tabs);
+    this.addWidget(chrome);
+
+    const queuesView = new Widget();
+    queuesView.addClass('jp-LaunchPanel-queuesView');
     this._status = document.createElement('p');
     this._status.className = 'jp-LaunchPanel-status';
     this._status.setAttribute('role', 'status');
     this._list = document.createElement('ul');
     this._list.className = 'jp-LaunchPanel-queues';
     this._list.setAttribute('aria-label', 'Queues');
-    this.node.append(header, this._status, this._list);
+    queuesView.node.append(this._status, this._list);
+    this.addView({ id: QUEUES_VIEW, label: 'Queues', widget: queuesView, refresh: () => this._refreshQueues() });
   }
 
   get queues(): ReadonlyArray<IQueue> {
     return this._queues;
   }
 
-  /** Read queues and the expanded queues' jobs now. */
+  /** The view shown now. */
+  get currentView(): string {
+    return this._current;
+  }
+
+  /** True while the server does not answer (the panel retries on its own). */
+  get disconnected(): boolean {
+    return this._disconnected;
+  }
+
+  /** Add a view with a tab of its own; the first view added is shown first. */
+  addView(view: ILaunchPanelView): void {
+    if (this._views.has(view.id)) {
+      throw new Error(`a Launch panel view named ${view.id} exists already`);
+    }
+    this._views.set(view.id, view);
+    view.widget.addClass('jp-LaunchPanel-view');
+    view.widget.node.setAttribute('role', 'tabpanel');
+    view.widget.node.id = `${PANEL_ID}-view-${view.id}`;
+    this.addWidget(view.widget);
+    if (!this._current) {
+      this._current = view.id;
+    }
+    this._renderTabs();
+  }
+
+  /** Show a view, and read its data now. */
+  showView(id: string): void {
+    if (!this._views.has(id)) {
+      return;
+    }
+    this._current = id;
+    this._renderTabs();
+    void this.refresh();
+  }
+
+  /** Read the shown view's data now (for the queues view: the queues and the expanded queues' jobs). */
   async refresh(): Promise<void> {
+    const view = this._views.get(this._current);
+    try {
+      await view?.refresh?.();
+      this._setDisconnected(false);
+    } catch (err) {
+      // A view shows its own errors; only a server that does not answer is the panel's to say.
+      this._setDisconnected(isDisconnected(err));
+      if (!isDisconnected(err)) {
+        console.error('jupyter-launch: refreshing the panel failed', err);
+      }
+    }
+  }
+
+  /** The queues view: queues, then the expanded queues' jobs. A server that does not answer rejects. */
+  private async _refreshQueues(): Promise<void> {
+    let failure: unknown = null;
     try {
       this._queues = await this._api.listQueues();
       this._status.textContent = this._queues.length ? '' : 'No queues yet. Create one with `jupyter launch queue create FILE`.';
       this._status.classList.remove('jp-mod-error');
     } catch (err) {
-      this._status.textContent = (err as Error).message;
-      this._status.classList.add('jp-mod-error');
+      if (isDisconnected(err)) {
+        failure = err; // the rows stay as they were last read; the panel says it is retrying
+      } else {
+        this._status.textContent = (err as Error).message;
+        this._status.classList.add('jp-mod-error');
+      }
     }
-    await Promise.all(Array.from(this._expanded.values()).map(m => m.refresh()));
+    if (!failure) {
+      await Promise.all(Array.from(this._expanded.values()).map(m => m.refresh()));
+    }
     this._render();
+    if (failure) {
+      throw failure;
+    }
+  }
+
+  private _setDisconnected(disconnected: boolean): void {
+    this._disconnected = disconnected;
+    this._connection.hidden = !disconnected;
+    this._connection.textContent = disconnected ? 'Disconnected from the Jupyter server; retrying…' : '';
+    this.node.classList.toggle('jp-mod-disconnected', disconnected);
+  }
+
+  private _renderTabs(): void {
+    const tabs = Array.from(this._views.values()).map(view => {
+      const tab = document.createElement('button');
+      tab.type = 'button';
+      tab.className = 'jp-LaunchPanel-tab';
+      tab.dataset.view = view.id;
+      tab.textContent = view.label;
+      tab.setAttribute('role', 'tab');
+      tab.setAttribute('aria-controls', view.widget.node.id);
+      const selected = view.id === this._current;
+      tab.setAttribute('aria-selected', String(selected));
+      tab.tabIndex = selected ? 0 : -1;
+      tab.addEventListener('click', () => this.showView(view.id));
+      tab.addEventListener('keydown', e => this._onTabKey(e));
+      if (selected) {
+        view.widget.show();
+      } else {
+        view.widget.hide();
+      }
+      return tab;
+    });
+    this._tabs.replaceChildren(...tabs);
+    this._tabs.hidden = tabs.length < 2;
+  }
+
+  /** Left and right arrows move between tabs, as in a WAI-ARIA tab list. */
+  private _onTabKey(e: KeyboardEvent): void {
+    if (e.key !== 'ArrowLeft' && e.key !== 'ArrowRight') {
+      return;
+    }
+    const ids = Array.from(this._views.keys());
+    const at = ids.indexOf(this._current);
+    const next = ids[(at + (e.key === 'ArrowRight' ? 1 : ids.length - 1)) % ids.length];
+    this.showView(next);
+    (this._tabs.querySelector(`[data-view="${CSS.escape(next)}"]`) as HTMLElement | null)?.focus();
+    e.preventDefault();
   }
 
   expand(queue: string, expanded = true): void {
@@ -129,7 +265,8 @@ export class LaunchPanel extends Widget {
       }
       await this.refresh();
       if (this._running) {
-        this._timer = setTimeout(() => void tick(), document.hidden ? this._interval * 5 : this._interval);
+        const slow = document.hidden || this._disconnected;
+        this._timer = setTimeout(() => void tick(), slow ? this._interval * 5 : this._interval);
       }
     };
     void tick();
@@ -257,7 +394,8 @@ export class LaunchPanel extends Widget {
     meta.className = 'jp-LaunchJobRow-meta';
     const parts = [
       job.job_type || job.kind,
-      job.owner || '',
+      ownerName(job),
+      resourcesText(job),
       formatAgo(job.submitted_at, now),
       job.started_at ? formatDuration(jobDuration(job, now)) : ''
     ].filter(Boolean);
@@ -281,4 +419,9 @@ export class LaunchPanel extends Widget {
   private _timer: ReturnType<typeof setTimeout> | null = null;
   private _status: HTMLParagraphElement;
   private _list: HTMLUListElement;
+  private _connection: HTMLParagraphElement;
+  private _tabs: HTMLDivElement;
+  private _views = new Map<string, ILaunchPanelView>();
+  private _current = '';
+  private _disconnected = false;
 }

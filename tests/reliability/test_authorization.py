@@ -194,10 +194,13 @@ def test_another_users_job_is_unknown_to_read_follow_cancel_and_rerun(split: Spl
     code, _, body = request(server, "GET", f"/launch/api/jobs/{alice_job}/logs/events", headers=headers)
     assert code == 404 and b"alice's own line" not in body
     before = {j["id"] for j in server.api("GET", "jobs?limit=500")[1]["jobs"]}
-    for action, job_id in (("cancel", held), ("rerun", alice_job)):
+    for action, job_id in (("cancel", held), ("rerun", alice_job), ("archive", alice_job)):
         status, answer = call(server, "bob", "POST", f"jobs/{job_id}/{action}")
         assert status == 404 and answer["message"] == f"unknown job {job_id!r}", (action, status, answer)
+    status, answer = call(server, "bob", "DELETE", f"jobs/{alice_job}")
+    assert status == 404 and answer["message"] == f"unknown job {alice_job!r}", (status, answer)
     assert call(server, "alice", "GET", f"jobs/{held}")[1]["state"] == "queued"
+    assert call(server, "alice", "GET", f"jobs/{alice_job}")[1]["archived_at"] is None  # neither archived nor gone
     assert {j["id"] for j in server.api("GET", "jobs?limit=500")[1]["jobs"]} == before  # no rerun was made
     # An identity allowed only `read` on launch_admin sees alice's job but may not act on it.
     code, _, body = request(server, "GET", f"/launch/api/jobs/{alice_job}/outputs/a.txt",
@@ -207,7 +210,8 @@ def test_another_users_job_is_unknown_to_read_follow_cancel_and_rerun(split: Spl
         server, f"/launch/api/jobs/{alice_job}/logs/ws", {"Authorization": f"token {TOKENS['audrey']}"}))
     assert code == 101 and any(b"alice's own line" in f for f in frames), (code, frames)
     assert call(server, "audrey", "POST", f"jobs/{held}/cancel")[0] == 404
-    record_figure("another user's job", reads=len(reads) + 2, actions=2, answered_as_unknown=len(reads) + 4)
+    assert call(server, "audrey", "DELETE", f"jobs/{alice_job}")[0] == 404
+    record_figure("another user's job", reads=len(reads) + 2, actions=4, answered_as_unknown=len(reads) + 6)
 
 
 def test_an_owner_and_an_admin_act_on_jobs(split: Split):

@@ -73,6 +73,49 @@ async def test_list_filter_page_cancel_rerun(api):
     assert status == 400 and "limit must be an integer" in err["message"]
 
 
+async def test_history_filters_are_query_arguments_and_a_bad_one_is_a_400_naming_it(api, launch_app):
+    await api("POST", "queues", body={"queue_name": "history"})
+    ids = []
+    for name in ("train-a", "eval-b", "train-c"):
+        status, job = await api("POST", "jobs", body={"queue": "history", "spec": command_spec("1", name=name)})
+        ids.append(job["id"])
+    await api("POST", "jobs", ids[1], "cancel")
+    # Owners by the name the identity provider gives (jupyter_server's token login: an anonymous user whose username
+    # is 32 hex characters and whose name reads "Anonymous Io").
+    job = launch_app.store.get_job(ids[0])
+    assert job.owner_name and job.owner_name != job.owner and len(job.owner) == 32, job
+    status, again = await api("POST", "jobs", ids[0], "rerun")
+    assert again["owner_name"] and again["owner"] != job.owner  # the rerun is who asked for it
+    await api("POST", "jobs", again["id"], "cancel")
+    await api("DELETE", "jobs", again["id"])
+    status, page = await api("GET", "jobs", params={"queue": "history", "q": "TRAIN", "sort": "name", "limit": 1})
+    assert status == 200 and [j["name"] for j in page["jobs"]] == ["train-a"]
+    assert page["next_before"] is None and page["next_offset"] == 1  # sorted by name: page on with offset
+    status, page = await api("GET", "jobs", params={"queue": "history", "q": "train", "sort": "name", "offset": 1})
+    assert [j["name"] for j in page["jobs"]] == ["train-c"] and page["next_offset"] is None
+    status, page = await api("GET", "jobs", params={"queue": "history", "state": "queued,cancelled",
+                                                    "submitted_after": 0, "submitted_before": 4e9})
+    assert [j["id"] for j in page["jobs"]] == ids[::-1]
+    for params, field in (({"state": "done"}, "'state' must be one of"), ({"sort": "size"}, "'sort' must be one of"),
+                          ({"submitted_after": "monday"}, "submitted_after must be a number"),
+                          ({"submitted_before": "nan"}, "'submitted_before' must be a number"),
+                          ({"archived": "maybe"}, "archived must be one of"), ({"offset": "-1"}, "offset must be"),
+                          ({"q": "x" * 201}, "'q' must be a text")):
+        status, err = await api("GET", "jobs", params=params)
+        assert status == 400 and field in err["message"], (params, status, err)
+
+    status, err = await api("DELETE", "jobs", ids[0])
+    assert status == 409 and "cancel it first" in err["message"]
+    status, job = await api("POST", "jobs", ids[1], "archive")
+    assert status == 200 and job["archived_at"]
+    status, page = await api("GET", "jobs", params={"queue": "history", "archived": "true"})
+    assert [j["id"] for j in page["jobs"]] == [ids[1]]
+    status, body = await api("DELETE", "jobs", ids[1])
+    assert (status, body) == (200, {"job_id": ids[1], "released": []})
+    status, err = await api("GET", "jobs", ids[1])
+    assert status == 404 and launch_app.store.list_jobs(queue="history", archived=None)[-1].id == ids[0]
+
+
 async def test_bad_requests_say_what_to_do(api):
     status, err = await api("POST", "jobs", body={"queue": "nope", "spec": command_spec("1")})
     assert status == 404 and "unknown queue 'nope'" in err["message"]

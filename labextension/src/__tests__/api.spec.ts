@@ -58,6 +58,32 @@ describe('LaunchAPI', () => {
     expect(page.jobs[0].id).toBe('a');
   });
 
+  it('reads the whole log page after page for a download, as text', async () => {
+    const pages: Record<number, any> = {
+      0: { chunks: [{ offset: 0, stream: 'stdout', data: btoa('line 1\n') }], next_offset: 7, encoding: 'base64' },
+      7: { chunks: [{ offset: 7, stream: 'stderr', data: btoa('\xc3\xa9t\xc3\xa9\n') }], next_offset: 12, encoding: 'base64' },
+      12: { chunks: [], next_offset: 12, encoding: 'base64', done: true }
+    };
+    const { transport, calls } = fakeTransport(call => ({ body: pages[Number(/offset=(\d+)/.exec(call.path)?.[1] ?? 0)] }));
+    expect(await new LaunchAPI(transport).logText('j1')).toBe('line 1\nété\n');
+    expect(calls).toHaveLength(3);
+  });
+
+  it('deletes and archives a job by its id', async () => {
+    const { transport, calls } = fakeTransport(call =>
+      call.init?.method === 'DELETE' ? { body: { job_id: 'j 1', released: ['sha256:x'] } } : { body: { id: 'j 1', archived_at: 5 } }
+    );
+    const api = new LaunchAPI(transport);
+    expect(await api.deleteJob('j 1')).toEqual(['sha256:x']);
+    expect((await api.archiveJob('j 1')).archived_at).toBe(5);
+    await api.archiveJob('j 1', false);
+    expect(calls.map(c => [c.init?.method, c.path])).toEqual([
+      ['DELETE', 'launch/api/jobs/j%201'],
+      ['POST', 'launch/api/jobs/j%201/archive'],
+      ['POST', 'launch/api/jobs/j%201/unarchive']
+    ]);
+  });
+
   it('says there is no next page when next_before is null', async () => {
     const { transport } = fakeTransport(() => ({ body: { jobs: [{ id: 'a', seq: 9 }], next_before: null } }));
     expect((await new LaunchAPI(transport).listJobs({ limit: 1 })).next).toBeNull();
