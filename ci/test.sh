@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian machine (as root), then run the whole suite.
-# Docker engine, PostgreSQL, Chromium, a local single-node Kubernetes (built once, cached in
+# Docker engine, PostgreSQL, Chromium, a single-node Slurm, a local single-node Kubernetes (built once, cached in
 # /var/cache/launch-k8s), the local Python base image, the venv with the package and test tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +25,9 @@ bash ci/docker.sh
 bash ci/python-base.sh >"$log/python-base.log" 2>&1 &
 base_image=$!
 
+step "Slurm: munged, slurmctld, slurmd on this machine (installs slurm-wlm and munge when missing)"
+bash ci/slurm.sh
+
 step "venv with jupyter-launch[test]"
 bash ci/setup.sh test
 .venv/bin/python -m pip install -q playwright >/dev/null
@@ -44,4 +47,5 @@ rc=$?
 set -e
 step "done (pytest exit $rc)"
 bash ci/k8s-stop.sh >/dev/null 2>&1 || true
+bash ci/slurm-stop.sh >/dev/null 2>&1 || true
 exit $rc

@@ -49,8 +49,8 @@ JOB_ID_ENV = "JUPYTER_LAUNCH_JOB_ID"  # set inside a running job
 CANCEL_WAIT = 60.0  # how long an interrupted --wait waits for the cancelled job to end
 # Spec fields as the options that set them, for error messages.
 _OPTION = {"resources.cpu": "--cpus", "resources.gpu": "--gpus", "resources.memory": "--memory",
-           "timeout": "--timeout", "retries": "--retries", "priority": "--priority", "job_type": "--job-type",
-           "env": "--env",
+           "resources.nodes": "--nodes", "timeout": "--timeout", "retries": "--retries", "priority": "--priority",
+           "job_type": "--job-type", "env": "--env",
            "secrets": "--secret", "parameters": "--param", "image": "--image", "name": "--name"}
 
 
@@ -173,6 +173,7 @@ class LaunchMagics(Magics):
     @argument("--gpus", type=int, help="GPUs the job needs")
     @argument("--cpus", help="CPU cores (2, 0.5, 500m)")
     @argument("--memory", help="memory (8Gi, 512Mi)")
+    @argument("--nodes", type=int, help="ranks of a distributed job, one per node (RANK, WORLD_SIZE, MASTER_ADDR...)")
     @argument("--image", help="container image for docker and kubernetes queues")
     @argument("--job-type", "-t", help="job type, matched by the queue's agents")
     @argument("--name", help="the job's name (default: the notebook's)")
@@ -454,7 +455,7 @@ def _job_options(args: Any, **target: Any) -> JobOptions:
     """The magic's options as every face gives them (``jupyter_launch.options``)."""
     return JobOptions(name=args.name, job_type=args.job_type, image=args.image, kernel=args.kernel,
                       timeout=args.timeout, retries=args.retries, priority=args.priority, cpus=args.cpus,
-                      gpus=args.gpus, memory=args.memory,
+                      gpus=args.gpus, memory=args.memory, nodes=args.nodes,
                       env=args.env or (), secrets=args.secret or (), params=args.param or (), **target)
 
 

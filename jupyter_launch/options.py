@@ -35,6 +35,7 @@ class JobOptions:
     cpus: str | float | None = None
     gpus: int | None = None
     memory: str | None = None
+    nodes: int | None = None  # ranks of a distributed job, one per node
     env: Sequence[str] = ()  # KEY=VALUE
     secrets: Sequence[str] = ()
     params: Sequence[Sequence[str] | str] = ()  # ("NAME", "VALUE"), ("NAME=VALUE",) or "NAME=VALUE"
@@ -154,7 +155,7 @@ def _merge(data: dict[str, Any], opts: JobOptions) -> dict[str, Any]:
     """Fields merged into the file's: resources, env, secrets and parameters add to or replace its values."""
     data.update(_overrides(opts))
     resources = dict(data.get("resources") or {})
-    for key, value in (("cpu", opts.cpus), ("gpu", opts.gpus), ("memory", opts.memory)):
+    for key, value in (("cpu", opts.cpus), ("gpu", opts.gpus), ("memory", opts.memory), ("nodes", opts.nodes)):
         if value is not None:
             resources[key] = value
     if resources:

@@ -31,6 +31,7 @@ MAX_GPUS = 1024  # per job; also keeps the count inside the store's integer colu
 # Bounds on a YAML document or a parameter value: deeper or (through aliases) larger input is refused, not expanded.
 MAX_DEPTH = 100
 MAX_JOB_NAME = 200  # characters in a job name
+MAX_NODES = 1024  # ranks of one job
 MAX_VALUES = 100_000
 
 
@@ -181,9 +182,12 @@ class Strict(BaseModel):
 
 
 class Resources(Strict):
-    cpu: float | None = None
-    gpu: int = 0
-    memory: int | None = None  # bytes
+    cpu: float | None = None  # per rank
+    gpu: int = 0  # per rank
+    memory: int | None = None  # bytes, per rank
+    # Ranks of a distributed job, one per node: each runs the same command or notebook with RANK, WORLD_SIZE,
+    # LOCAL_RANK, MASTER_ADDR and MASTER_PORT set (backends.base.rank_variables).
+    nodes: int = Field(default=1, ge=1, le=MAX_NODES)
 
     @field_validator("cpu", mode="before")
     @classmethod

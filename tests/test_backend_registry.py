@@ -51,7 +51,7 @@ out = {}
 config = load_queue_config(folder / "echo.yaml")
 out["provider"] = type(config.provider).__name__
 for name, text in [("misspelt", "queue_name: q\\nprovider:\\n  type: echo\\n  greeting: hi\\n  colour: red\\n"),
-                   ("unknown", "queue_name: q\\nprovider:\\n  type: slurm\\n")]:
+                   ("unknown", "queue_name: q\\nprovider:\\n  type: pbs\\n")]:
     try:
         parse_queue_config(text, "q.yaml")
     except SpecError as exc:
@@ -105,6 +105,6 @@ def test_a_backend_installed_through_the_entry_point_is_configured_validated_and
     assert out["provider"] == "EchoProvider"
     assert out["misspelt"] == "q.yaml:5: provider.colour: unknown field"
     assert out["unknown"].startswith("q.yaml:3: provider.type: unknown provider type; supported providers are ")
-    assert "echo" in out["unknown"] and "local, docker, kubernetes" in out["unknown"]
+    assert "echo" in out["unknown"] and "slurm" in out["unknown"] and "local, docker, kubernetes" in out["unknown"]
     assert (out["backend"], out["state"]) == ("EchoBackend", "succeeded"), out
     assert out["log"] == "hello from the queue\n"

@@ -425,3 +425,17 @@ def test_agent_help_all_lists_the_backends_options(cli):
     proc = cli("agent", "--help-all", check=True)
     for option in ("--Agent.max_jobs", "--LocalBackend.", "--DockerBackend.", "--KubernetesBackend."):
         assert option in proc.stdout
+
+
+def test_nodes_runs_a_distributed_job_of_that_many_ranks(cli, launch_home, tmp_path):
+    folder = tmp_path / "dist"
+    shutil.copytree(Path(__file__).resolve().parent / "distributed", folder)
+    (folder / "job.yaml").write_text("kind: command\ncommand: [python, allreduce.py]\n")
+    proc = cli("submit", "--config", str(folder / "job.yaml"), "--nodes", "2", "--follow")
+    assert proc.returncode == 0, proc.stderr
+    assert "[rank 0] rank 0 of 2" in proc.stdout and "[rank 1] rank 1 of 2" in proc.stdout, proc.stdout
+    job_id = proc.stderr.split("submitted job ")[1].split()[0]
+    assert json.loads(cli("show", job_id, "--json", check=True).stdout)["spec"]["resources"]["nodes"] == 2
+    bad = cli("submit", "--config", str(folder / "job.yaml"), "--nodes", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().endswith("resources.nodes: Input should be greater than or "
+                                                               "equal to 1"), bad.stderr

@@ -772,3 +772,15 @@ def test_losing_the_engine_mid_job_fails_the_job_with_a_reason(client, tmp_path,
         for c in job_containers(docker_api, job.id):
             docker_api.remove_container(c["Id"], force=True)
         gc.collect()  # those refused sockets are reported here, under this test's filter, not at session end
+
+
+def test_a_job_of_several_nodes_fails_at_once_on_a_backend_that_runs_one_rank(client, tmp_path, docker_api):
+    # Before: the Docker backend ran such a job as one container, and its ranks never found each other.
+    queue = docker_queue(client, image="launch-python:bookworm")
+    job = command_job(client, tmp_path, "print('ran')", queue, resources={"nodes": 2})
+    run_jobs(client, [job])
+    rec = job.refresh()
+    assert (rec.state, rec.reason) == ("failed", "nodes_unsupported"), rec
+    assert rec.message == ("the job asks for 2 nodes, and the docker backend runs a job as one rank: submit it to a "
+                           "local or slurm queue, or with --nodes 1")
+    assert "ran" not in job.logs() and not job_containers(docker_api, job.id)

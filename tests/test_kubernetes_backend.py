@@ -338,6 +338,28 @@ def test_manifests_are_accepted_by_the_api_server_and_valid_for_newer_clusters(t
             kubernetes_validate.validate(manifest, version, strict=True)
 
 
+def test_a_kueue_local_queue_is_a_label_and_the_job_manifest_with_it_is_accepted(tmp_path, k8s):
+    """docs/kubernetes.md, "Kueue": the queue's labels carry kueue.x-k8s.io/queue-name to the Job; Kueue's webhook
+    suspends the Job itself. v1.20 (this cluster) has no spec.suspend: its API server drops the field, while the
+    schemas of the clusters Kueue runs on (1.22+) accept it."""
+    import kubernetes_validate
+    from kubernetes_validate.utils import all_versions
+
+    ctx = _full_context(tmp_path)
+    ctx.queue_config = ctx.queue_config.model_copy(update={"labels": {"kueue.x-k8s.io/queue-name": "team-a"}})
+    job = build_manifests(ctx, "registry.example.com/ml/train:1.0", b"\x1f\x8b" + b"\0" * 100)["job"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    batch, _ = k8s
+    created = batch.create_namespaced_job(NAMESPACE, job, dry_run="All")
+    assert created.metadata.labels["kueue.x-k8s.io/queue-name"] == "team-a"
+    suspended = json.loads(json.dumps(job))
+    suspended["spec"]["suspend"] = True  # what Kueue's webhook adds on a cluster that has it
+    answer = json.loads(batch.create_namespaced_job(NAMESPACE, suspended, dry_run="All", _preload_content=False).data)
+    assert "suspend" not in answer["spec"]  # v1.20: accepted, the unknown field dropped
+    for version in sorted(set(all_versions())):
+        kubernetes_validate.validate(suspended, version, strict=True)
+
+
 def test_an_invalid_pod_template_is_refused_with_the_api_servers_message(launch, tmp_path, k8s):
     launch.create_queue(QueueConfig(queue_name="bad", provider={
         "type": "kubernetes", "kubeconfig": str(K8S_RUN / "admin.kubeconfig"), "image": "busybox:local",

@@ -441,3 +441,38 @@ def test_gpu_slots_are_handed_out_as_cuda_visible_devices(client, tmp_path):
     rec, = run_jobs(client, [job], gpus=[0, 1, 2])
     assert rec.state == "succeeded"
     assert job.logs().strip() == "0,1"
+
+
+# ---------------------------------------------------------------- distributed jobs: ranks on this machine
+
+DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
+
+
+def test_a_distributed_job_runs_its_ranks_which_all_reduce_over_tcp(client, tmp_path):
+    job = client.submit(spec={"kind": "command", "command": ["python", "allreduce.py"],
+                              "resources": {"nodes": 3}}, root=DISTRIBUTED)
+    rec, = run_jobs(client, [job])
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    for rank in range(3):  # each rank got the sum of all three: 1+2+3, 10+20+30, 100+200+300
+        assert f"[rank {rank}] rank {rank} of 3 (local rank {rank}, host " in logs, logs
+    assert logs.count("sum [6, 60, 600]") == 3, logs
+    assert [m["data"] for m in job.metrics] == [{"rank": 0, "sum0": 6}]  # metrics from rank 0 only
+    assert [o.path for o in job.outputs] == ["rank-0.json"]  # outputs from rank 0 only
+
+
+def test_one_rank_failing_fails_the_job_and_stops_the_others(client, tmp_path):
+    job = client.submit(spec={"kind": "command", "command": ["python", "-c", (
+        "import os, sys, time\n"
+        "rank = int(os.environ['RANK'])\n"
+        "print('up', flush=True)\n"
+        "if rank == 1:\n"
+        "    time.sleep(1)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)\n")], "resources": {"nodes": 3}}, root=DISTRIBUTED)
+    rec, = run_jobs(client, [job])  # within the helper's 120 s: ranks 0 and 2 did not sleep their 600 s
+    logs = job.logs()
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)
+    assert "[jupyter-launch] rank 1 exited with code 3; stopping the other 2 rank(s)" in logs, logs
+    assert sorted(line for line in logs.splitlines() if line.endswith("up")) == [
+        "[rank 0] up", "[rank 1] up", "[rank 2] up"]

@@ -219,6 +219,7 @@ ERRORS = [  # the cells of magics_errors.ipynb, in order, and what their one lin
     "UsageError: argument --gpus: invalid int value: 'lots'",
     "UsageError: %%launch --memory: expected a memory size like '8Gi' or '512Mi', got 'lots'",
     "UsageError: %%launch --timeout: expected a duration like 3600, '90s', '45m' or '1h', got 'soon'",
+    "UsageError: %%launch --nodes: Input should be greater than or equal to 1",
     "UsageError: unrecognized arguments: --no-such-option",
     "UsageError: %%launch: unknown queue 'no-such-queue' (queues: default); create it with "
     "`jupyter launch queue create FILE`",

@@ -94,7 +94,7 @@ def test_job_errors_name_file_line_field(text, where):
 
 @pytest.mark.parametrize("text,where", [
     ("queue_name: q\nprovider:\n  type: local\n  bogus: 1\n", "q.yaml:4: provider.bogus: unknown field"),
-    ("queue_name: q\nprovider:\n  type: slurm\n", "q.yaml:3: provider.type: unknown provider type"),
+    ("queue_name: q\nprovider:\n  type: pbs\n", "q.yaml:3: provider.type: unknown provider type"),
     ("queue_name: q\nprovider:\n  type: docker\n  max_instances: 0\n", "q.yaml:4: provider.max_instances:"),
     ("provider:\n  type: local\n", "q.yaml:1: queue_name: required field is missing"),
     ("queue_name: 'bad name!'\n", "q.yaml:1: queue_name:"),

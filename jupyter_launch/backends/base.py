@@ -62,6 +62,43 @@ def job_environment(ctx: JobContext, base: Mapping[str, str] | None = None, *, e
     return env
 
 
+def rank_variables(rank: int, world_size: int, local_rank: int, master_addr: str, master_port: int) -> dict[str, str]:
+    """What one rank of a distributed job is told (what ``torch.distributed`` and ``torchrun`` read)."""
+    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(local_rank),
+            "MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port)}
+
+
+class RankLog:
+    """One rank's output as lines of the job's log: each line prefixed ``[rank N] ``; control records (metrics,
+    progress, the runner's result) only from rank 0, unprefixed, so the job's metrics are rank 0's. A line is
+    written once it is complete (:meth:`flush` writes what is left at the end)."""
+
+    def __init__(self, log: Callable[[str, bytes], None], rank: int):
+        self._log = log
+        self.rank = rank
+        self._prefix = f"[rank {rank}] ".encode()
+        self._partial: dict[str, bytes] = {}
+
+    def write(self, stream: str, data: bytes) -> None:
+        lines = (self._partial.pop(stream, b"") + data).split(b"\n")
+        if lines[-1]:
+            self._partial[stream] = lines[-1]
+        out = [self._line(line + b"\n") for line in lines[:-1]]
+        text = b"".join(out)
+        if text:
+            self._log(stream, text)
+
+    def _line(self, line: bytes) -> bytes:
+        if line.startswith(b"\x1e"):
+            return line if self.rank == 0 else b""
+        return self._prefix + line
+
+    def flush(self) -> None:
+        for stream, rest in list(self._partial.items()):
+            self._log(stream, self._line(rest + b"\n"))
+        self._partial.clear()
+
+
 @dataclass
 class JobContext:
     """Everything a backend needs for one attempt of one job, and the calls it reports through."""
@@ -149,7 +186,9 @@ class Backend(LoggingConfigurable):
     def supported_features(cls) -> dict[str, bool]:
         """What the UI and agent may rely on, instead of guessing from the backend's name."""
         # local_gpus: the agent hands out this machine's GPU ids (local, docker); a cluster schedules its own.
-        return {"gpus": False, "local_gpus": False, "warm_pool": False, "images": False, "reattach": False}
+        # ranks: runs a distributed job's ``resources.nodes`` ranks (local, slurm).
+        return {"gpus": False, "local_gpus": False, "warm_pool": False, "images": False, "reattach": False,
+                "ranks": False}
 
     async def reap(self, queue: str, config: ProviderConfig, live: Liveness) -> list[str]:
         """Remove what ended jobs (or jobs' earlier attempts) of ``queue`` left running: containers, cluster objects.
@@ -181,6 +220,11 @@ class Backend(LoggingConfigurable):
         """Ask the job to stop (SIGTERM or the equivalent), then force it after ``grace`` seconds."""
         raise NotImplementedError
 
+    def mark_running(self, handle: Any, ctx: JobContext) -> None:
+        """Called once the job has started: report it running. A backend whose jobs may wait in a scheduler of its
+        own after ``start`` (a Slurm queue) reports it from ``wait`` instead, when the job really runs."""
+        ctx.mark_running()
+
     def finishes_at_result(self, handle: Any) -> bool:
         """Whether this job ends at the runner's result record rather than at its process's exit: true where the
         runner writes the outputs straight into ``ctx.output_dir`` (a local process), so nothing is left to collect
@@ -200,6 +244,11 @@ class Backend(LoggingConfigurable):
         return float(ctx.queue_config.grace_period)
 
     async def run(self, ctx: JobContext) -> Result:
+        nodes = ctx.spec.resources.nodes
+        if nodes > 1 and not self.supported_features().get("ranks", False):
+            return Result("failed", reason="nodes_unsupported", message=(
+                f"the job asks for {nodes} nodes, and the {self.name} backend runs a job as one rank: submit it to a "
+                "local or slurm queue, or with --nodes 1"))
         try:
             await self.prepare(ctx)
         except BackendError as exc:
@@ -213,7 +262,7 @@ class Backend(LoggingConfigurable):
         result = Result("failed", reason="agent_error")
         tasks: list[asyncio.Task[Any]] = []
         try:
-            ctx.mark_running()
+            self.mark_running(handle, ctx)
             streaming = asyncio.create_task(self.stream(handle, ctx))
             waiting = asyncio.create_task(self.wait(handle))
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())

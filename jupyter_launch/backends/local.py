@@ -20,11 +20,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -33,7 +34,9 @@ from traitlets import Float, Integer, List, Unicode
 
 from ..images import load_environment
 from ..spec import ProviderConfig
-from .base import JOB_VARIABLES, Backend, BackendError, JobContext, Result, base_variables, job_environment
+from ..control import OUTPUT_DIR_ENV
+from .base import (JOB_VARIABLES, Backend, BackendError, JobContext, RankLog, Result, base_variables,
+                   job_environment, rank_variables)
 from .job_venv import (JobEnvironmentError, Layer, describe_interpreter, kernel_overlay, make_job_venv,
                        venv_variables)
 
@@ -173,6 +176,13 @@ class LocalHandle:
     warm: bool = False
     runner: bool = False  # a notebook or cell job: it ends at the runner's result record
     venv: Path | None = None  # a warm runner's environment, made outside the job's folder: removed at its end
+    ranks: list[tuple[asyncio.subprocess.Process, Pipes]] = field(default_factory=list)  # a distributed job's
+    note: Callable[[bytes], None] = lambda data: None  # a line of ours in the job's log (stderr)
+
+    @property
+    def processes(self) -> list[tuple[asyncio.subprocess.Process, Pipes]]:
+        """Every process of the job: its ranks, or its one process."""
+        return self.ranks or [(self.proc, self.pipes)]
 
 
 class WarmPool:
@@ -249,6 +259,10 @@ class WarmPool:
             await self._discard(*self._ready.popleft())
 
 
+def _status(code: int) -> int:
+    return code if code >= 0 else 128 - code  # killed by signal N -> 128 + N, as a shell reports it
+
+
 def remove_venv(venv: Path) -> None:
     """Remove a warm runner's environment and the temporary folder made for it."""
     shutil.rmtree(venv.parent, ignore_errors=True)
@@ -264,6 +278,8 @@ class LocalBackend(Backend):
     linger = Float(10.0, config=True, help=(
         "Seconds a runner may take to end on its own after its result record (shutting its kernel down); then its "
         "process group is killed."))
+    rank_grace = Float(10.0, config=True, help=(
+        "Seconds the other ranks of a distributed job get to end after SIGTERM when one rank failed; then SIGKILL."))
     pass_env = List(Unicode(), config=True, help=(
         "More variables of the agent's environment that its jobs get, by name or glob (CUDA_*, HTTPS_PROXY). "
         "Always passed: PATH, HOME, USER, LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TMPDIR, TERM, LD_LIBRARY_PATH; "
@@ -276,7 +292,7 @@ class LocalBackend(Backend):
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
-        return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False}
+        return {"gpus": True, "local_gpus": True, "warm_pool": True, "images": False, "reattach": False, "ranks": True}
 
     def python(self, config: LocalProvider) -> str:
         return config.python or sys.executable
@@ -330,7 +346,7 @@ class LocalBackend(Backend):
             except (OSError, ValueError, JobEnvironmentError) as exc:
                 raise BackendError("environment_failed", f"cannot make an environment for kernel {kernel!r}: "
                                                          f"{exc}") from None
-        if ctx.spec.kind != "command" and overlay is None:
+        if ctx.spec.kind != "command" and overlay is None and ctx.spec.resources.nodes == 1:
             pool = self._pools.get(ctx.queue)
             taken = pool.take() if pool else None
             if taken is not None:
@@ -360,22 +376,74 @@ class LocalBackend(Backend):
         env = venv_variables(venv, layer, self.job_env(ctx))
         if overlay is not None:  # the notebook's kernel, layered like the job's own environment
             env["JUPYTER_PATH"] = os.pathsep.join([str(overlay), env["JUPYTER_PATH"]])
+        if ctx.spec.resources.nodes > 1:
+            return await self._start_ranks(ctx, argv, env)
         pipes = Pipes(self.read_size)
         out, err = pipes.child_ends
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=ctx.workdir, env=env,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                preexec_fn=_set_pdeathsig)
-        except (FileNotFoundError, PermissionError) as exc:
+            proc = await self._spawn(argv, ctx.workdir, env, out, err)
+        except BaseException:
             pipes.close()
-            raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
+            raise
         pipes.started()
         return LocalHandle(proc, pipes, runner=ctx.spec.kind != "command")
 
+    async def _spawn(self, argv: list[str], cwd: Path, env: dict[str, str], out: int,
+                     err: int) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, preexec_fn=_set_pdeathsig)
+        except (FileNotFoundError, PermissionError) as exc:
+            raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
+
+    async def _start_ranks(self, ctx: JobContext, argv: list[str], env: dict[str, str]) -> LocalHandle:
+        """A distributed job on this machine: one process per rank, all started or none. Rank 0 listens on a free
+        port of 127.0.0.1 (MASTER_PORT); ranks past 0 write their outputs where they are not collected, so the
+        job's outputs are rank 0's."""
+        nodes = ctx.spec.resources.nodes
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        ranks: list[tuple[asyncio.subprocess.Process, Pipes]] = []
+        try:
+            for rank in range(nodes):
+                rank_env = {**env, **rank_variables(rank, nodes, rank, "127.0.0.1", port)}
+                if rank:
+                    outputs = ctx.workdir / ".jupyter-launch" / "ranks" / str(rank) / "outputs"
+                    outputs.mkdir(parents=True)
+                    rank_env[OUTPUT_DIR_ENV] = str(outputs)
+                pipes = Pipes(self.read_size)
+                out, err = pipes.child_ends
+                try:
+                    proc = await self._spawn(argv, ctx.workdir, rank_env, out, err)
+                except BaseException:
+                    pipes.close()
+                    raise
+                pipes.started()
+                ranks.append((proc, pipes))
+        except BaseException:
+            for proc, pipes in ranks:  # all ranks or none
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+                pipes.close()
+            raise
+        return LocalHandle(ranks[0][0], ranks[0][1], ranks=ranks, note=lambda data: ctx.log("stderr", data))
+
     async def stream(self, handle: LocalHandle, ctx: JobContext) -> None:
-        handle.pipes.attach(ctx.log)
-        await handle.pipes.ended()
+        if not handle.ranks:
+            handle.pipes.attach(ctx.log)
+            await handle.pipes.ended()
+            return
+        logs = [RankLog(ctx.log, rank) for rank in range(len(handle.ranks))]
+        for (_, pipes), log in zip(handle.ranks, logs):
+            pipes.attach(log.write)
+        try:
+            await asyncio.gather(*(pipes.ended() for _, pipes in handle.ranks))
+        finally:
+            for log in logs:
+                log.flush()
 
     def finishes_at_result(self, handle: LocalHandle) -> bool:
         return handle.runner
@@ -384,18 +452,38 @@ class LocalBackend(Backend):
         handle.pipes.drain()
 
     async def wait(self, handle: LocalHandle) -> int:
-        code = await handle.proc.wait()
-        return code if code >= 0 else 128 - code  # killed by signal N -> 128 + N, as a shell reports it
+        if not handle.ranks:
+            return _status(await handle.proc.wait())
+        # One rank failing fails the job: the others are stopped (SIGTERM, then SIGKILL after a grace period).
+        waits = {asyncio.ensure_future(proc.wait()): rank for rank, (proc, _) in enumerate(handle.ranks)}
+        pending = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            failed = sorted((waits[t], _status(t.result())) for t in done if t.result() != 0)
+            if failed:
+                rank, code = failed[0]
+                if pending:
+                    handle.note(f"[jupyter-launch] rank {rank} exited with code {code}; stopping the other "
+                                f"{len(pending)} rank(s)\n".encode())
+                    await self._signal_ranks(handle, self.rank_grace)
+                    await asyncio.gather(*pending)
+                return code
+        return 0
+
+    async def _signal_ranks(self, handle: LocalHandle, grace: float) -> None:
+        """SIGTERM to every process group of the job, SIGKILL to those still there after ``grace`` seconds."""
+        for proc, _ in handle.processes:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(proc.wait() for proc, _ in handle.processes)), grace)
+        except asyncio.TimeoutError:
+            for proc, _ in handle.processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
 
     async def stop(self, handle: LocalHandle, grace: float) -> None:
-        proc = handle.proc
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), grace)
-        except asyncio.TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        await self._signal_ranks(handle, grace)
 
     async def cleanup(self, handle: LocalHandle, ctx: JobContext, result: Result) -> None:
         if handle.proc.returncode is None and result.finished_at_result:
@@ -411,11 +499,12 @@ class LocalBackend(Backend):
         if linger:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(handle.proc.wait(), linger)
-        # A job's leftover children (a kernel it started, a background process) end with it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(handle.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(handle.proc.wait(), 5)
-        handle.pipes.close()
+        for proc, pipes in handle.processes:
+            # A job's leftover children (a kernel it started, a background process) end with it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+            pipes.close()
         if handle.venv is not None:
             await asyncio.to_thread(remove_venv, handle.venv)

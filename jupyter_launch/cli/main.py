@@ -156,7 +156,8 @@ def job_options(args: argparse.Namespace) -> JobOptions:
     return JobOptions(notebook=args.notebook, config=config, root=args.root, name=args.name,
                       job_type=args.job_type, image=args.image, kernel=args.kernel, timeout=args.timeout,
                       retries=args.retries, priority=args.priority, cpus=args.cpus, gpus=args.gpus,
-                      memory=args.memory, env=args.env or (), secrets=args.secret or (), params=args.param or ())
+                      memory=args.memory, nodes=args.nodes,
+                      env=args.env or (), secrets=args.secret or (), params=args.param or ())
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -663,6 +664,8 @@ def _add_job_options(p: argparse.ArgumentParser, *, job_file: bool = True) -> No
     p.add_argument("--cpus", help="CPU cores (2, 0.5, 500m)")
     p.add_argument("--gpus", type=int)
     p.add_argument("--memory", help="memory (8Gi, 512Mi)")
+    p.add_argument("--nodes", type=int, help="ranks of a distributed job, one per node; each gets RANK, WORLD_SIZE, "
+                                             "LOCAL_RANK, MASTER_ADDR, MASTER_PORT")
     p.add_argument("--image")
     p.add_argument("--kernel")
     p.add_argument("--env", action="append", metavar="KEY=VALUE")

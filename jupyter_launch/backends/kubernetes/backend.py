@@ -87,7 +87,8 @@ class KubernetesBackend(Backend):
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
-        return {"gpus": True, "local_gpus": False, "warm_pool": False, "images": True, "reattach": True}
+        return {"gpus": True, "local_gpus": False, "warm_pool": False, "images": True, "reattach": True,
+                "ranks": False}
 
 
     # ------------------------------------------------------------ plumbing
