@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...errors import LaunchError
 from ...images import load_environment, pip_install_args
 from ..job_venv import Layer, make_job_venv
 
@@ -78,8 +79,8 @@ def ensure_environment(root: Path, plan: EnvironmentPlan, log: Callable[[bytes],
     return env, True
 
 
-class EnvironmentBuildError(Exception):
-    pass
+class EnvironmentBuildError(LaunchError):
+    """pip could not build a lock's environment on the shared filesystem; the message holds pip's last lines."""
 
 
 def _pip_install(env: Path, args: list[str], log: Callable[[bytes], None]) -> None:
