@@ -129,8 +129,8 @@ class Scheduler(LoggingConfigurable):
             yield batch
 
     async def run(self) -> None:
-        """Tick at each whole second (``tick_interval``) until :meth:`stop`."""
-        self._stopping.clear()
+        """Tick at each whole second (``tick_interval``) until :meth:`stop`, also one that came before the first tick
+        (an agent stopped as soon as it started)."""
         while not self._stopping.is_set():
             try:
                 await asyncio.to_thread(self.tick)

@@ -201,6 +201,22 @@ def test_a_stopped_scheduler_gives_the_lease_up_at_once(tmp_path, store):
     close(a, b)
 
 
+def test_a_scheduler_stopped_before_its_first_tick_does_not_tick(tmp_path, store):
+    """An agent stopped right after its start stops its scheduler before the scheduler's task has run once."""
+    import asyncio
+
+    scheduler = scheduler_on(tmp_path, Clock(time.time()), "a")
+
+    async def start_then_stop() -> None:
+        task = asyncio.create_task(scheduler.run())
+        await scheduler.stop()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(start_then_stop())
+    assert not scheduler.holds
+    close(scheduler)
+
+
 @pytest.mark.parametrize("policy, jobs", [("once", 1), ("skip", 0)])
 def test_times_missed_while_nothing_ran_fire_once_on_return_or_not_at_all(tmp_path, store, policy, jobs):
     schedule = store.create_schedule("q", command(), cron="*/10 * * * *", artifact=None, name="tenly")
