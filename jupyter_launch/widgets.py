@@ -75,6 +75,18 @@ def progress_text(progress: dict[str, Any]) -> str:
     return f"{progress.get('description') or ''} {text}".strip()
 
 
+def end_notice(job_id: str, record: Any, outputs: list[Any]) -> str:
+    """The line a view adds when its job ends: when, how, and how to fetch what it left (for a job left running in
+    the background, this is the notice that it is done)."""
+    at = time.strftime("%H:%M:%S", time.localtime(record.finished_at or time.time()))
+    how = {"succeeded": "succeeded", "failed": "failed", "cancelled": "was cancelled"}.get(record.state, record.state)
+    text = f"{at}: job {job_id} {how} ({elapsed_text(record)})"
+    if outputs:
+        text += (f"; its {len(outputs)} output{'s' if len(outputs) != 1 else ''}: jupyter launch outputs {job_id} "
+                 f"--to DIR")
+    return text
+
+
 def _numeric(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -299,6 +311,7 @@ class JobView(W.VBox):
         links = [f'<a href="{html.escape(self.output_url(o.path))}" target="_blank" rel="noopener">'
                  f"{html.escape(o.path)}</a> <small>({_size(o.size)})</small>" for o in outputs]
         self.outputs_html.value = ("outputs: " + " · ".join(links)) if links else ""
+        self.add_note(end_notice(self.job_id, record, outputs))
 
     def output_url(self, path: str) -> str:
         return f"{self.output_base.rstrip('/')}/launch/api/jobs/{quote(self.job_id)}/outputs/{quote(path)}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import queue
 import shutil
 import signal
@@ -202,6 +203,9 @@ def test_cell_job_runs_setup_pushes_and_pulls(served):
     link = f"/launch/api/jobs/{result['id']}/outputs/result.txt"
     assert (f'href="{served.server.url}{link}"' if served.kind == "server" else link) in view["jl-outputs"]["value"]
     assert "pulled c, d into this kernel" in view["jl-note"]["value"]
+    # The widget's notice that the job ended, and how to fetch what it left.
+    assert re.search(rf"\d\d:\d\d:\d\d: job {result['id']} succeeded \(took [^)]+\); its \d+ outputs?: "
+                     rf"jupyter launch outputs {result['id']} --to DIR", html.unescape(view["jl-note"]["value"])), view
     assert served.client.read_output(result["id"], "result.txt") == b"42"
     # Where widgets are not rendered, the display's plain text tells how it ended.
     plain = next(o.data["text/plain"] for o in nb.cells[3].outputs if o.output_type == "display_data")
