@@ -54,7 +54,7 @@ from .conftest import record_figure
 
 VERBS = ("get", "post", "put", "delete", "patch")
 SAMPLES = {"job_id": "0123456789abcd", "queue": "no-such-queue", "digest": "sha256:" + "0" * 64, "path": "out.txt",
-           "token_id": "0123456789ab"}
+           "token_id": "0123456789ab", "schedule_id": "0123456789abcdef01", "sweep_id": "0123456789abcdef01"}
 GROUP = re.compile(r"\(\?P<(\w+)>((?:[^()]|\([^()]*\))+)\)")  # a named group, one level of nested groups inside
 DENIED_TOKEN = "denied-" + secrets.token_hex(8)
 DOCKER_QUEUE = "sec-docker"
