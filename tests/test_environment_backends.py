@@ -19,7 +19,7 @@ import pytest
 from data_kernel import KERNEL, data_kernel, freeze
 from docker_engine import BASE_IMAGE
 from launch_server import ROOT, LaunchServer, isolated_env
-from test_kubernetes_backend import NAMESPACE, kubeconfig  # noqa: F401,F811  (the session's cluster)
+from test_kubernetes_backend import HELPER_IMAGE, NAMESPACE, kubeconfig  # noqa: F401,F811  (the session's cluster)
 
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.artifact import load_manifest
@@ -108,7 +108,7 @@ def test_a_data_notebook_gives_equal_results_on_every_backend_from_every_face(tm
     client.create_queue(QueueConfig(queue_name="local", provider={"type": "local"}))
     client.create_queue(QueueConfig(queue_name="docker", provider={"type": "docker", "build": build}))
     client.create_queue(QueueConfig(queue_name="k8s", provider={
-        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image_pull_policy": "Never",
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image_pull_policy": "Never",
         "grace_period": 2, "build": build}))
     jobs: dict[str, str] = {}
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 K8S_RUN = Path(os.environ.get("K8S_RUN", "/tmp/launch-k8s"))
 NAMESPACE = "default"
+HELPER_IMAGE = "busybox:local"  # ci/k8s-start.sh makes it (no registry here); the queues' default is busybox:1.36
 CANARY = "canary-" + hashlib.sha256(os.urandom(16)).hexdigest()[:24]
 
 
@@ -91,7 +92,7 @@ def launch(tmp_path: Path, kubeconfig: str, image: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(tmp_path / "home"))
     client = LaunchClient(home=tmp_path / "home")
     client.create_queue(QueueConfig(queue_name="k8s", provider={
-        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
         "image_pull_policy": "Never", "grace_period": 2, "labels": {"team": "tests"}}))
     yield client
     client.close()
@@ -288,7 +289,7 @@ def _full_context(tmp_path: Path):
     spec = JobSpec(kind="notebook", notebook="train.ipynb", resources={"cpu": "500m", "memory": "1Gi", "gpu": 2},
                    timeout="1h", retries=2, env={"LR": "0.1"}, secrets=["API_TOKEN"])
     cfg = QueueConfig(queue_name="gpu-training-queue", provider={
-        "type": "kubernetes", "namespace": "default", "service_account": "default",
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "namespace": "default", "service_account": "default",
         "node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "image_pull_secrets": ["regcred"], "labels": {"team": "ml"}, "image_pull_policy": "IfNotPresent",
@@ -329,7 +330,11 @@ def test_manifests_are_accepted_by_the_api_server_and_valid_for_newer_clusters(t
     baked = build_manifests(ctx, "jupyter-launch-job:0123456789ab", None, "IfNotPresent")
     baked_pod = baked["job"]["spec"]["template"]["spec"]
     assert set(baked) == {"job", "secret"}
-    assert [v["name"] for v in baked_pod["volumes"]] == ["jl-work"]
+    assert [v["name"] for v in baked_pod["volumes"]] == ["jl-work", "jl-tools"]
+    init, = pod["initContainers"]
+    assert (init["image"], init["imagePullPolicy"]) == (HELPER_IMAGE, "IfNotPresent")
+    assert {m["mountPath"] for m in init["volumeMounts"]} == {"/jl/artifact", "/jl/work", "/jl/bin"}
+    assert container["command"][:3] == ["/jl/bin/busybox", "sh", "-c"]
     assert baked_pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
     batch.create_namespaced_job(NAMESPACE, baked["job"], dry_run="All")
     # And the schemas of the clusters people run today (EKS/GKE 1.25+) accept them, strictly.
@@ -362,7 +367,7 @@ def test_a_kueue_local_queue_is_a_label_and_the_job_manifest_with_it_is_accepted
 
 def test_an_invalid_pod_template_is_refused_with_the_api_servers_message(launch, tmp_path, k8s):
     launch.create_queue(QueueConfig(queue_name="bad", provider={
-        "type": "kubernetes", "kubeconfig": str(K8S_RUN / "admin.kubeconfig"), "image": "busybox:local",
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": str(K8S_RUN / "admin.kubeconfig"), "image": "busybox:local",
         "image_pull_policy": "Never", "pod_template": {"spec": {"restartPolicy": "Sometimes"}}}))
     job = enqueue(launch, "bad", command=["true"])
     rec, = run_agent(launch, [job])
@@ -477,6 +482,57 @@ def test_failing_command_reports_its_exit_code(launch, k8s):
     assert job.logs().startswith("bye\n")
 
 
+@pytest.fixture(scope="session")
+def bare_image() -> str:
+    """An image with one program and nothing else: no shell, no tar, no Python (busybox's binary as /usr/bin/cat)."""
+    tag = "jupyter-launch-test-bare:1"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode != 0:
+        import io
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add("/bin/busybox", arcname="usr/bin/cat")
+        subprocess.run(["docker", "import", "-c", "ENV PATH=/usr/bin", "-", tag], input=buf.getvalue(), check=True,
+                       capture_output=True)
+    return tag
+
+
+def test_a_command_job_runs_on_an_image_with_nothing_of_ours(launch, tmp_path, k8s, bare_image):
+    """The init container unpacks the folder and lends the job's container a busybox: the job's own image needs no
+    Python (busybox), not even a shell or tar (an image of one program); a command it lacks is exit code 127."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "data.txt").write_text("42\n")
+    bare = launch.submit(spec={"kind": "command", "command": ["cat", "data.txt"], "image": bare_image},
+                         queue="k8s", root=folder)
+    shell = launch.submit(spec={"kind": "command", "image": "busybox:local", "command": [
+        "sh", "-c", "echo read $(cat data.txt); echo made > $JUPYTER_LAUNCH_OUTPUT_DIR/made.txt"]},
+        queue="k8s", root=folder)
+    missing = launch.submit(spec={"kind": "command", "command": ["python", "-c", "1"], "image": bare_image},
+                            queue="k8s", root=folder)
+    recs = {r.id: r for r in run_agent(launch, [bare, shell, missing])}
+    assert (recs[bare.id].state, recs[bare.id].exit_code) == ("succeeded", 0), (recs[bare.id], bare.logs())
+    assert bare.logs() == "42\n"
+    assert (recs[shell.id].state, shell.logs()) == ("succeeded", "read 42\n"), (recs[shell.id], shell.logs())
+    assert [o.path for o in shell.outputs] == ["made.txt"] and launch.read_output(shell.id, "made.txt") == b"made\n"
+    assert (recs[missing.id].state, recs[missing.id].exit_code) == ("failed", 127), recs[missing.id]
+    assert "jupyter-launch: cannot start 'python': not found in the job's image (PATH=/usr/bin)" in missing.logs()
+    for job in (bare, shell, missing):
+        assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_a_helper_image_that_cannot_be_pulled_is_named(launch, kubeconfig, k8s):
+    launch.create_queue(QueueConfig(queue_name="nohelper", provider={
+        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": "busybox:local",
+        "helper_image": "jupyter-launch-no-such-helper:404", "image_pull_policy": "Never"}))
+    job = enqueue(launch, "nohelper", command=["true"])
+    rec, = run_agent(launch, [job], timeout=60)
+    assert (rec.state, rec.reason) == ("failed", "image_pull_failed"), rec
+    assert "jupyter-launch-no-such-helper:404" in rec.message, rec.message
+    assert not any(wait_gone(k8s, job.id).values())
+
+
 def test_gpu_job_waits_as_unschedulable_with_the_schedulers_message(launch, k8s):
     job = enqueue(launch, command=["nvidia-smi"], resources={"gpu": 1})
 
@@ -537,7 +593,7 @@ def test_a_folder_too_big_for_a_configmap_is_built_into_the_jobs_image(launch, t
 
 def test_a_queue_without_an_image_builds_one_from_the_jobs_environment(launch, tmp_path, k8s, kubeconfig):
     launch.create_queue(QueueConfig(queue_name="built", provider={
-        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE,
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "namespace": NAMESPACE,
         "build": {"base_image": os.environ.get("LAUNCH_PYTHON_IMAGE", "launch-python:bookworm")}}))
     folder = tmp_path / "env"
     folder.mkdir()
@@ -571,7 +627,7 @@ def test_image_pull_backoff_is_shown_then_fails(launch, kubeconfig, k8s):
     from traitlets.config import Config
 
     launch.create_queue(QueueConfig(queue_name="pull", provider={
-        "type": "kubernetes", "kubeconfig": kubeconfig, "image_pull_policy": "Always"}))
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "image_pull_policy": "Always"}))
     job = enqueue(launch, "pull", command=["true"], image="registry.invalid/jupyter-launch/nothing:1")
 
     async def see_reason(agent):
@@ -596,7 +652,7 @@ def test_quota_holds_a_job_as_pending_quota(launch, kubeconfig, k8s):
     core.create_namespaced_resource_quota(namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}) \
         if not core.list_namespaced_resource_quota(namespace).items else None
     launch.create_queue(QueueConfig(queue_name="quota", provider={
-        "type": "kubernetes", "kubeconfig": kubeconfig, "namespace": namespace, "image": "busybox:local",
+        "type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "namespace": namespace, "image": "busybox:local",
         "image_pull_policy": "Never"}))
     job = enqueue(launch, "quota", command=["true"])
 
@@ -691,7 +747,7 @@ def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_f
     from jupyter_launch.store import BlobStore, SQLStore
 
     queue = "k8s-shared"
-    provider = {"type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
+    provider = {"type": "kubernetes", "helper_image": HELPER_IMAGE, "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
                 "image_pull_policy": "Never", "grace_period": 2}
     server = LaunchServer(tmp_path / "server", agent_queues=[]).start()
     store = SQLStore(f"sqlite:///{server.home / 'launch.db'}")

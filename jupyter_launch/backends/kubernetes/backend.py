@@ -28,7 +28,7 @@ from .bootstrap import JobImagePlan, OutputsSplitter, extract_outputs, pack_work
 from .config import KubernetesProvider
 from .manifests import (ATTEMPT_LABEL, CONTAINER, JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, build_manifests, job_name,
                         label_value)
-from .pods import KubernetesHandle, PodLogs, exit_code, never_started, waiting_state
+from .pods import KubernetesHandle, PodLogs, exit_code, init_failure, never_started, waiting_container
 
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and base64 in the request.
 CONFIGMAP_LIMIT = 900 * 1024
@@ -354,6 +354,9 @@ class KubernetesBackend(Backend):
             handle.pods = sorted(pods.items, key=lambda p: p.metadata.creation_timestamp)
             handle.changed.set()
             failed_pods = [p for p in handle.pods if p.status.phase == "Failed"]
+            for pod in failed_pods:
+                if (broken := init_failure(pod)) is not None:  # the job never ran: nothing to retry it for
+                    raise BackendError("backend_error", broken)
             for pod in handle.pods:
                 code = exit_code(pod)
                 if pod.status.phase == "Succeeded":
@@ -384,18 +387,19 @@ class KubernetesBackend(Backend):
                     last_events = now
                     await self._explain_from_events(handle, ctx)
             else:
-                waiting = waiting_state(pod)
+                waiting, waiting_image = waiting_container(pod)
                 sched = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
                 if sched is not None and sched.status == "False" and sched.reason == "Unschedulable":
                     self._reason(handle, ctx, "unschedulable", f"the cluster cannot schedule the job's pod: "
                                                                f"{sched.message}")
                 elif waiting is not None and waiting.reason in IMAGE_PULL_FATAL:
-                    raise BackendError("image_pull_failed", f"image {handle.image!r} cannot be used: "
+                    raise BackendError("image_pull_failed", f"image {waiting_image or handle.image!r} cannot be used: "
                                                             f"{waiting.reason}: {waiting.message or ''}".strip()
                                        + _unpushed_hint(handle))
                 elif waiting is not None and waiting.reason in IMAGE_PULL_RETRYING:
                     pull_failing_since = pull_failing_since or now
-                    message = (f"pulling image {handle.image!r} failed ({waiting.reason}: {waiting.message or ''})"
+                    message = (f"pulling image {waiting_image or handle.image!r} failed ({waiting.reason}: "
+                               f"{waiting.message or ''})"
                                + _unpushed_hint(handle))
                     if now - pull_failing_since >= self.image_pull_grace:
                         raise BackendError("image_pull_failed", message)

@@ -1,6 +1,7 @@
-"""How a job's folder reaches its pod and its outputs come back: the bootstrap the pod runs (unpack the folder, run
-the job, print the outputs as marker lines), the packed folder (a ConfigMap's content, or an image built on top of the
-job's environment image), and the splitter that takes the outputs back out of the pod's log."""
+"""How a job's folder reaches its pod and its outputs come back: the init container (a static busybox copied into the
+pod, the folder unpacked), the launcher the job's container runs with that busybox (run the job, print the outputs
+as marker lines), the packed folder (a ConfigMap's content, or an image built on top of the job's environment
+image), and the splitter that takes the outputs back out of the pod's log."""
 
 from __future__ import annotations
 
@@ -20,56 +21,72 @@ ARTIFACT_KEY = "artifact.tar.gz"
 OUTPUTS_MARK = b"\x1ejupyter-launch-outputs"
 JOB_IMAGE_REPOSITORY = "jupyter-launch-job"
 
-# Runs in the pod (any Python >= 3.8 in the image): unpack the job's folder from the ConfigMap, run the job,
-# forward SIGTERM to it, then print the output folder as base64 lines (each < PIPE_BUF, so a stray writer cannot
-# split one) and exit with the job's code. argv: the job's command.
-BOOTSTRAP = r'''
-import base64, hashlib, io, os, signal, subprocess, sys, tarfile
-work, out = os.getcwd(), os.environ["JUPYTER_LAUNCH_OUTPUT_DIR"]
-mark = "\x1ejupyter-launch-outputs"
-with tarfile.open("/jl/artifact/artifact.tar.gz") as tar:
-    for m in tar.getmembers():
-        parts = m.name.split("/")
-        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in parts:
-            sys.exit("jupyter-launch: refusing unsafe artifact member %r" % m.name)
-    if hasattr(tarfile, "data_filter"):
-        tar.extractall(work, filter="data")
-    else:
-        tar.extractall(work)
-os.makedirs(out, exist_ok=True)
-argv = sys.argv[1:]
-if argv[0] in ("python", "python3"):
-    argv[0] = sys.executable
-try:
-    proc = subprocess.Popen(argv)
-except OSError as exc:
-    print("jupyter-launch: cannot start %r: %s" % (argv[0], exc.strerror), file=sys.stderr, flush=True)
-    code = 127
-else:
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, lambda n, f: proc.send_signal(n))
-    code = proc.wait()
-    code = code if code >= 0 else 128 - code
-buf = io.BytesIO()
-with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-    for root, dirs, files in os.walk(out):
-        dirs.sort()
-        for name in sorted(files):
-            path = os.path.join(root, name)
-            if os.path.isfile(path) and not os.path.islink(path):
-                tar.add(path, arcname=os.path.relpath(path, out), recursive=False)
-data = buf.getvalue()
-text = base64.b64encode(data).decode()
-sys.stdout.flush()
-for i in range(0, len(text), 3000):
-    os.write(1, ("%s %s\n" % (mark, text[i:i + 3000])).encode())
-os.write(1, ("%s-end %s %d\n" % (mark, hashlib.sha256(data).hexdigest(), len(data))).encode())
-sys.exit(code)
-'''
-# Find a Python in the image (``python3`` first, as Debian has no ``python``), then run the bootstrap.
-LAUNCHER = ('p=$(command -v python3 || command -v python) || { echo "jupyter-launch: the image has no python3 '
-            'or python; the kubernetes backend needs one to unpack the job" >&2; exit 127; }; exec "$p" -c "$0" "$@"')
+TOOLS_DIR = "/jl/bin"  # an emptyDir: the init container leaves a static busybox here for the job's container
+BUSYBOX = f"{TOOLS_DIR}/busybox"
+UNPACKED = f"{TOOLS_DIR}/unpacked"  # the init container unpacked the folder (from the ConfigMap)
 
+# The init container, in the queue's helper image (a static busybox at /bin/busybox, as in the official busybox
+# image): copy that one binary into the pod and unpack the job's folder from the ConfigMap when there is one. A job
+# image carries its folder itself at the same path, out of the helper's sight: the job's container unpacks it then.
+INIT = (f"set -e -o pipefail; /bin/busybox cp /bin/busybox {BUSYBOX}; "
+        f"if [ -f {ARTIFACT_DIR}/{ARTIFACT_KEY} ]; then "
+        f"/bin/busybox gzip -dc {ARTIFACT_DIR}/{ARTIFACT_KEY} | /bin/busybox tar -xf - -C {WORK_DIR}; "
+        f"/bin/busybox touch {UNPACKED}; fi")
+
+# The job's container runs this with the copied busybox's sh, so its own image needs no shell, tar or Python: unpack
+# the folder if the init container could not, run the job (its argv, found on the image's own PATH), forward SIGTERM
+# to it, then print the output folder as base64 marker lines (each < PIPE_BUF, so a stray writer cannot split one)
+# and exit with the job's code. $0 is a name; "$@" the job's command.
+LAUNCHER = r"""
+unset SHLVL  # the launcher's shell's own, not the job's
+set -o pipefail
+B=/jl/bin/busybox
+M=$(printf '\036jupyter-launch-outputs')
+out=$JUPYTER_LAUNCH_OUTPUT_DIR
+if [ ! -e /jl/bin/unpacked ] && [ -f /jl/artifact/artifact.tar.gz ]; then
+  # (busybox's tar -z would look for a gzip program on the image's PATH: its own gzip instead)
+  $B gzip -dc /jl/artifact/artifact.tar.gz | $B tar -xf - -C /jl/work \
+    || { echo "jupyter-launch: cannot unpack the job's folder" >&2; exit 1; }
+fi
+$B mkdir -p "$out"
+# The image's own program, not a busybox applet of the same name: look it up on PATH ourselves.
+find_cmd() {
+  case $1 in */*) [ -x "$1" ] && echo "$1"; return;; esac
+  old_ifs=$IFS; IFS=:
+  for d in ${PATH:-/usr/local/bin:/usr/bin:/bin}; do
+    if [ -x "${d:-.}/$1" ] && [ ! -d "${d:-.}/$1" ]; then IFS=$old_ifs; echo "${d:-.}/$1"; return 0; fi
+  done
+  IFS=$old_ifs; return 1
+}
+prog=$(find_cmd "$1")
+if [ -z "$prog" ]; then
+  case $1 in python) prog=$(find_cmd python3);; python3) prog=$(find_cmd python);; esac
+fi
+if [ -z "$prog" ]; then
+  echo "jupyter-launch: cannot start '$1': not found in the job's image (PATH=$PATH)" >&2
+  code=127
+else
+  shift
+  "$prog" "$@" &
+  pid=$!
+  trap '$B kill -TERM $pid 2>/dev/null' TERM INT
+  while :; do
+    wait $pid; code=$?
+    $B kill -0 $pid 2>/dev/null || break  # a trapped signal ended the wait, not the job: wait again
+  done
+fi
+trap - TERM INT
+$B find "$out" ! -type f ! -type d -exec $B rm -f {} \; 2>/dev/null
+tgz=/jl/bin/outputs.tar.gz
+(cd "$out" && $B tar -cf - . | $B gzip -c > "$tgz") || { echo "jupyter-launch: cannot pack the outputs" >&2; exit $code; }
+sum=$($B sha256sum "$tgz" | $B cut -d' ' -f1)
+size=$(( $($B wc -c < "$tgz") ))
+$B base64 -w 3000 "$tgz" | while IFS= read -r line || [ -n "$line" ]; do
+  [ -n "$line" ] && printf '%s %s\n' "$M" "$line"
+done
+printf '%s-end %s %d\n' "$M" "$sum" "$size"
+exit $code
+"""
 
 
 def _workdir_entries(workdir: Path) -> list[Path]:

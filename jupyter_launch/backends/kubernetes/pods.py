@@ -152,6 +152,24 @@ def never_started(pod: Any) -> bool:
     return not (status and status.state and (status.state.running or status.state.terminated))
 
 
-def waiting_state(pod: Any) -> Any:
-    status = next((s for s in pod.status.container_statuses or [] if s.name == CONTAINER), None)
-    return status.state.waiting if status and status.state and status.state.waiting else None
+def waiting_container(pod: Any) -> tuple[Any, str | None]:
+    """Why the pod's containers wait, and the image of the one that waits: its init container's reason while that one
+    waits (an image pull), else the job container's (``PodInitializing`` while the init container runs says
+    nothing); ``(None, None)`` when none waits."""
+    for status in [*(pod.status.init_container_statuses or []),
+                   *(s for s in pod.status.container_statuses or [] if s.name == CONTAINER)]:
+        waiting = status.state.waiting if status.state else None
+        if waiting is not None and waiting.reason != "PodInitializing":
+            return waiting, status.image
+    return None, None
+
+
+def init_failure(pod: Any) -> str | None:
+    """A sentence when the pod's init container (the folder's unpacking) failed, else None."""
+    for status in pod.status.init_container_statuses or []:
+        done = status.state.terminated if status.state else None
+        if done is not None and done.exit_code != 0:
+            detail = "; ".join(filter(None, [done.reason, (done.message or "").strip()]))
+            return (f"the pod's init container ({status.image}) could not unpack the job: exit code {done.exit_code}"
+                    + (f" ({detail})" if detail else ""))
+    return None
