@@ -113,8 +113,9 @@ async def bench(args: argparse.Namespace) -> None:
     folder = home / "project"
     folder.mkdir()
     client = LaunchClient(home=home / "home")
-    provider = {"type": "kubernetes", "kubeconfig": kubeconfig, "namespace": NAMESPACE, "image": image,
-                "image_pull_policy": "Never"}
+    # The init container's image: ci/k8s-start.sh's local busybox (no registry here).
+    provider = {"type": "kubernetes", "helper_image": "busybox:local", "kubeconfig": kubeconfig, "namespace": NAMESPACE,
+                "image": image, "image_pull_policy": "Never"}
     client.create_queue(QueueConfig(queue_name="latency", provider=provider))
     client.create_queue(QueueConfig(queue_name="capped", provider={**provider, "max_instances": 5}))
     client.create_queue(QueueConfig(queue_name="pull", provider={**provider, "image_pull_policy": "IfNotPresent"}))
