@@ -3,6 +3,8 @@ the panel's schedules list (next run, pause, resume, delete), and the dialog's e
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from pathlib import Path
 
@@ -21,6 +23,13 @@ def schedules(lab) -> list[dict]:
     return body["schedules"]
 
 
+def saved_parameters(path: Path) -> dict:
+    """The values the notebook's saved ``parameters`` cell assigns."""
+    cells = json.loads(path.read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse("".join(cell["source"])).body}
+
+
 def test_run_on_a_schedule_from_the_dialog_then_pause_resume_and_delete_it_in_the_panel(page, lab):
     before = {s["id"] for s in schedules(lab)}
     notebook = open_notebook(page, "params.ipynb")
@@ -37,7 +46,9 @@ def test_run_on_a_schedule_from_the_dialog_then_pause_resume_and_delete_it_in_th
     [created] = [s for s in schedules(lab) if s["id"] not in before]
     assert (created["name"], created["cron"], created["tz"], created["spec"]["priority"]) == (
         "params", "0 6 * * mon-fri", "Europe/Berlin", 4)
-    assert created["spec"]["parameters"] == {"greeting": "hello", "count": 3}
+    # The notebook's own parameters cell as saved (the dialog tests before this one edit and save it).
+    assert created["spec"]["parameters"] == saved_parameters(lab.root / "params.ipynb")
+    assert set(created["spec"]["parameters"]) == {"greeting", "count"}
 
     panel = open_launch_panel(page)
     panel.locator(".jp-LaunchPanel-tab[data-view='schedules']").click()
