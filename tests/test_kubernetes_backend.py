@@ -330,16 +330,22 @@ def test_manifests_are_accepted_by_the_api_server_and_valid_for_newer_clusters(t
     baked = build_manifests(ctx, "jupyter-launch-job:0123456789ab", None, "IfNotPresent")
     baked_pod = baked["job"]["spec"]["template"]["spec"]
     assert set(baked) == {"job", "secret"}
-    assert [v["name"] for v in baked_pod["volumes"]] == ["jl-work", "jl-tools"]
-    init, = pod["initContainers"]
+    assert [v["name"] for v in baked_pod["volumes"]] == ["jl-work"]
+    # A notebook job's image has Python: no init container. A command job on an image it names gets one, which
+    # unpacks the folder and lends the job's container a busybox.
+    assert "initContainers" not in pod and container["command"][:2] == ["sh", "-c"]
+    helped = build_manifests(ctx, "busybox:1.36", b"\x1f\x8b" + b"\0" * 100, helper=True)["job"]
+    helped_pod = helped["spec"]["template"]["spec"]
+    init, = helped_pod["initContainers"]
     assert (init["image"], init["imagePullPolicy"]) == (HELPER_IMAGE, "IfNotPresent")
     assert {m["mountPath"] for m in init["volumeMounts"]} == {"/jl/artifact", "/jl/work", "/jl/bin"}
-    assert container["command"][:3] == ["/jl/bin/busybox", "sh", "-c"]
+    assert helped_pod["containers"][0]["command"][:3] == ["/jl/bin/busybox", "sh", "-c"]
+    batch.create_namespaced_job(NAMESPACE, helped, dry_run="All")
     assert baked_pod["containers"][0]["imagePullPolicy"] == "IfNotPresent"
     batch.create_namespaced_job(NAMESPACE, baked["job"], dry_run="All")
     # And the schemas of the clusters people run today (EKS/GKE 1.25+) accept them, strictly.
     for version in sorted(set(all_versions())):
-        for manifest in [*manifests.values(), baked["job"]]:
+        for manifest in [*manifests.values(), baked["job"], helped]:
             kubernetes_validate.validate(manifest, version, strict=True)
 
 

@@ -46,6 +46,7 @@ class PreparedImage:
     artifact_tar: bytes | None  # None: the image carries the folder
     pull_policy: str | None = None  # overrides the queue's
     unpushed: bool = False  # built on the agent's engine and pushed nowhere: only that engine's node has it
+    helper: bool = False  # an image the job names, which may lack Python: an init container unpacks the folder
 
 
 
@@ -209,8 +210,11 @@ class KubernetesBackend(Backend):
         artifact = await self._call(pack_workdir, ctx.workdir)
         image = ctx.spec.image or cfg.image
         fits = len(artifact) <= self.max_artifact_bytes
+        # A notebook or cell job's image has Python (the runner needs it), and so has an image built from the job's
+        # environment; a command job's own image may have nothing of ours.
+        helper = bool(image) and ctx.spec.kind == "command" and cfg.helper_image is not None
         if image and fits:
-            return PreparedImage(image, artifact)
+            return PreparedImage(image, artifact, helper=helper)
         images = await self._call(self.images)
         if not image:
             image = await images.environment_image(ctx, cfg.build, self.default_base_image)
@@ -223,10 +227,11 @@ class KubernetesBackend(Backend):
             plan = JobImagePlan(BuildSettings(base_image=image), base_id, digest, artifact)
             image = await images.build(plan, ctx, "this job's folder")
         if cfg.registry:
-            return PreparedImage(await images.push(image, cfg.registry, ctx), artifact if fits else None)
+            return PreparedImage(await images.push(image, cfg.registry, ctx), artifact if fits else None,
+                                 helper=helper)
         # Only the agent's engine has it: right for a node on that engine (a single-node or local cluster).
         policy = "Never" if cfg.image_pull_policy == "Never" else "IfNotPresent"
-        return PreparedImage(image, artifact if fits else None, policy, unpushed=True)
+        return PreparedImage(image, artifact if fits else None, policy, unpushed=True, helper=helper)
 
     def images(self) -> ImageService:
         """Blocking: the image service of the agent's Docker engine (``DOCKER_HOST`` or the local socket)."""
@@ -262,7 +267,8 @@ class KubernetesBackend(Backend):
         if prepared is None:  # prepare saw a Job to re-attach to, and it has gone since
             prepared = await self._prepare_image(ctx)
         handle.image, handle.unpushed = prepared.image, prepared.unpushed
-        manifests = build_manifests(ctx, prepared.image, prepared.artifact_tar, prepared.pull_policy)
+        manifests = build_manifests(ctx, prepared.image, prepared.artifact_tar, prepared.pull_policy,
+                                    helper=prepared.helper)
         created: list[tuple[Any, str]] = []
         try:
             if "configmap" in manifests:

@@ -21,10 +21,62 @@ ARTIFACT_KEY = "artifact.tar.gz"
 OUTPUTS_MARK = b"\x1ejupyter-launch-outputs"
 JOB_IMAGE_REPOSITORY = "jupyter-launch-job"
 
+# The fast path, for images known to have a Python (every notebook and cell job's, an image the agent built): no
+# init container. Runs in the pod (any Python >= 3.8 in the image): unpack the job's folder from the ConfigMap, run the job,
+# forward SIGTERM to it, then print the output folder as base64 lines (each < PIPE_BUF, so a stray writer cannot
+# split one) and exit with the job's code. argv: the job's command.
+PY_BOOTSTRAP = r'''
+import base64, hashlib, io, os, signal, subprocess, sys, tarfile
+work, out = os.getcwd(), os.environ["JUPYTER_LAUNCH_OUTPUT_DIR"]
+mark = "\x1ejupyter-launch-outputs"
+with tarfile.open("/jl/artifact/artifact.tar.gz") as tar:
+    for m in tar.getmembers():
+        parts = m.name.split("/")
+        if not (m.isfile() or m.isdir()) or m.name.startswith("/") or ".." in parts:
+            sys.exit("jupyter-launch: refusing unsafe artifact member %r" % m.name)
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(work, filter="data")
+    else:
+        tar.extractall(work)
+os.makedirs(out, exist_ok=True)
+argv = sys.argv[1:]
+if argv[0] in ("python", "python3"):
+    argv[0] = sys.executable
+try:
+    proc = subprocess.Popen(argv)
+except OSError as exc:
+    print("jupyter-launch: cannot start %r: %s" % (argv[0], exc.strerror), file=sys.stderr, flush=True)
+    code = 127
+else:
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda n, f: proc.send_signal(n))
+    code = proc.wait()
+    code = code if code >= 0 else 128 - code
+buf = io.BytesIO()
+with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+    for root, dirs, files in os.walk(out):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                tar.add(path, arcname=os.path.relpath(path, out), recursive=False)
+data = buf.getvalue()
+text = base64.b64encode(data).decode()
+sys.stdout.flush()
+for i in range(0, len(text), 3000):
+    os.write(1, ("%s %s\n" % (mark, text[i:i + 3000])).encode())
+os.write(1, ("%s-end %s %d\n" % (mark, hashlib.sha256(data).hexdigest(), len(data))).encode())
+sys.exit(code)
+'''
+# Find a Python in the image (``python3`` first, as Debian has no ``python``), then run the bootstrap.
+PY_LAUNCHER = ('p=$(command -v python3 || command -v python) || { echo "jupyter-launch: the image has no python3 '
+            'or python; the kubernetes backend needs one to unpack the job" >&2; exit 127; }; exec "$p" -c "$0" "$@"')
+
 TOOLS_DIR = "/jl/bin"  # an emptyDir: the init container leaves a static busybox here for the job's container
 BUSYBOX = f"{TOOLS_DIR}/busybox"
 UNPACKED = f"{TOOLS_DIR}/unpacked"  # the init container unpacked the folder (from the ConfigMap)
 
+# A command job on an image it names (which may have no Python, or not even a shell) gets an init container instead.
 # The init container, in the queue's helper image (a static busybox at /bin/busybox, as in the official busybox
 # image): copy that one binary into the pod and unpack the job's folder from the ConfigMap when there is one. A job
 # image carries its folder itself at the same path, out of the helper's sight: the job's container unpacks it then.

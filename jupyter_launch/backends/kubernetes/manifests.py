@@ -9,7 +9,8 @@ import re
 from typing import Any
 
 from ..base import JobContext, job_environment
-from .bootstrap import ARTIFACT_DIR, ARTIFACT_KEY, BUSYBOX, INIT, LAUNCHER, TOOLS_DIR, WORK_DIR
+from .bootstrap import (ARTIFACT_DIR, ARTIFACT_KEY, BUSYBOX, INIT, LAUNCHER, PY_BOOTSTRAP, PY_LAUNCHER, TOOLS_DIR,
+                        WORK_DIR)
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_ID_LABEL = "jupyter-launch/job-id"
@@ -63,14 +64,15 @@ def job_labels(ctx: JobContext) -> dict[str, str]:
 
 
 def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
-                    image_pull_policy: str | None = None) -> dict[str, dict[str, Any]]:
+                    image_pull_policy: str | None = None, *, helper: bool = False) -> dict[str, dict[str, Any]]:
     """The Job, the ConfigMap with the job's folder, and (when the job has secrets) the Secret, as API dicts. The
-    pod's init container (the queue's ``helper_image``) unpacks the folder and gives the job's container the busybox
-    its launcher runs with.
+    pod of a command job on an image it names gets an init container (the queue's ``helper_image``).
 
     ``artifact_tar`` None: the image carries the folder (a job image), so there is no ConfigMap. Secrets appear only
     in the Secret's ``stringData``; the Job refers to it with ``envFrom``. ``image_pull_policy`` overrides the
-    queue's (a built image that only exists on the agent's engine must not be pulled).
+    queue's (a built image that only exists on the agent's engine must not be pulled). ``helper``: the image may
+    lack Python (a command job's own image), so the folder is unpacked by an init container and the job's container
+    runs the busybox it lends; else the image's Python unpacks it (no init container: the pod starts about 1 s sooner).
     """
     cfg = ctx.queue_config
     name = job_name(ctx.job_id)
@@ -93,29 +95,35 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
         resources.setdefault("limits", {})["nvidia.com/gpu"] = str(spec.resources.gpu)
     container: dict[str, Any] = {
         "name": CONTAINER, "image": image,
-        "command": [BUSYBOX, "sh", "-c", LAUNCHER, "jupyter-launch", *argv],
+        "command": ([BUSYBOX, "sh", "-c", LAUNCHER, "jupyter-launch", *argv] if helper
+                    else ["sh", "-c", PY_LAUNCHER, PY_BOOTSTRAP, *argv]),
         "workingDir": WORK_DIR,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": resources,
-        "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}, {"name": "jl-tools", "mountPath": TOOLS_DIR}],
+        "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}]
+                        + ([{"name": "jl-tools", "mountPath": TOOLS_DIR}] if helper else []),
     }
-    # The init container: the queue's helper image copies its static busybox into the pod and unpacks the folder, so
-    # the job's own image needs nothing of ours (a CUDA runtime, busybox, a distroless image).
-    init: dict[str, Any] = {
-        "name": INIT_CONTAINER, "image": cfg.helper_image,
-        "command": ["/bin/busybox", "sh", "-c", INIT],
-        "workingDir": WORK_DIR,
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
-        "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}, {"name": "jl-tools", "mountPath": TOOLS_DIR}],
-    }
-    volumes: list[dict[str, Any]] = [{"name": "jl-work", "emptyDir": {}}, {"name": "jl-tools", "emptyDir": {}}]
+    volumes: list[dict[str, Any]] = [{"name": "jl-work", "emptyDir": {}}]
+    init: dict[str, Any] | None = None
+    if helper:
+        # The init container: the queue's helper image copies its static busybox into the pod and unpacks the
+        # folder, so the job's own image needs nothing of ours (a CUDA runtime, busybox, a distroless image).
+        init = {
+            "name": INIT_CONTAINER, "image": cfg.helper_image,
+            "command": ["/bin/busybox", "sh", "-c", INIT],
+            "workingDir": WORK_DIR,
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}},
+            "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}, {"name": "jl-tools", "mountPath": TOOLS_DIR}],
+            # A pinned tag: pulled once per node, whatever the queue does for its jobs' images (Never stays never).
+            "imagePullPolicy": "Never" if cfg.image_pull_policy == "Never" else "IfNotPresent",
+        }
+        volumes.append({"name": "jl-tools", "emptyDir": {}})
     if artifact_tar is not None:  # else the image has it at the same path
-        init["volumeMounts"].insert(0, {"name": "jl-artifact", "mountPath": ARTIFACT_DIR, "readOnly": True})
+        (init or container)["volumeMounts"].insert(0, {"name": "jl-artifact", "mountPath": ARTIFACT_DIR,
+                                                       "readOnly": True})
         volumes.insert(0, {"name": "jl-artifact", "configMap": {"name": f"{name}-artifact"}})
     if image_pull_policy or cfg.image_pull_policy:
         container["imagePullPolicy"] = image_pull_policy or cfg.image_pull_policy
-    # A pinned tag: pulled once per node, whatever the queue does for its jobs' images (Never stays never).
-    init["imagePullPolicy"] = "Never" if cfg.image_pull_policy == "Never" else "IfNotPresent"
     secret_name = f"{name}-secrets"
     if ctx.secrets:
         container["envFrom"] = [{"secretRef": {"name": secret_name}}]
@@ -123,7 +131,7 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": max(1, math.ceil(grace)),
         "enableServiceLinks": False,
-        "initContainers": [init],
+        **({"initContainers": [init]} if init else {}),
         "containers": [container],
         "volumes": volumes,
     }
