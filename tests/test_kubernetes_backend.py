@@ -269,6 +269,50 @@ def test_outputs_splitter_takes_marker_lines_out_across_any_chunking():
         assert splitter.outputs == payload
 
 
+def test_a_log_stream_that_ended_before_its_container_ran_is_read_again():
+    """A follow stream opened while the container was only being started can end empty before the job runs; a job of
+    milliseconds is over by the next look. Its log is read once more (it was lost: found with an init container)."""
+    import logging
+    from types import SimpleNamespace as NS
+
+    from jupyter_launch.backends.kubernetes.pods import KubernetesHandle, PodLogs
+
+    class Stream:
+        def __init__(self, data: bytes):
+            self.chunks = [data] if data else []
+
+        def read1(self, _n: int) -> bytes:
+            return self.chunks.pop(0) if self.chunks else b""
+
+        def release_conn(self) -> None:
+            pass
+
+    opened = []
+
+    class Core:
+        def read_namespaced_pod_log(self, pod, namespace, **kwargs):
+            opened.append(kwargs.get("follow", False))
+            return Stream(b"" if len(opened) == 1 else b"read 42\n")
+
+        def read_namespaced_pod(self, pod, namespace):
+            done = NS(name="job", state=NS(terminated=NS(exit_code=0), waiting=None, running=None), restart_count=0)
+            return NS(status=NS(phase="Succeeded", container_statuses=[done]))
+
+    async def call(fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    logged = []
+
+    async def follow() -> None:
+        ctx = NS(log=lambda stream, data: logged.append((stream, data)))
+        handle = KubernetesHandle(name="jl-x", namespace="default", api=None, ctx=ctx, loop=asyncio.get_running_loop())
+        await PodLogs(call, Core(), logging.getLogger("test")).follow(handle, ctx, "jl-x-pod")
+        await asyncio.sleep(0)  # the pump hands lines to the loop
+
+    asyncio.run(follow())
+    assert opened == [True, False] and logged == [("stdout", b"read 42\n")]
+
+
 def test_pod_template_merges_by_name():
     base = {"spec": {"containers": [{"name": "job", "image": "a", "env": [{"name": "X", "value": "1"}]}],
                      "nodeSelector": {"a": "b"}}}

@@ -4,6 +4,7 @@ and the pod's log read from its first byte to its container's end, across reconn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -81,8 +82,17 @@ class PodLogs:
             got = await self.call(self._pump, resp, handle, ctx, splitter, skip)
             fresh, skip = got > skip, max(skip, got)
             info = await self.state(core, handle, pod)
-            if info is None or info[1] is not None and info[2] == container_seen:
-                break  # this container ended and its stream with it
+            if info is None:
+                break
+            if info[1] is not None and info[2] == container_seen:  # this container ended and its stream with it
+                if not fresh:
+                    # A stream opened as the container was only being started can end, empty, before the container
+                    # runs; a job that takes milliseconds is over by now. Its whole log, once more, from where we are.
+                    with contextlib.suppress(ApiException):
+                        resp = await self.call(core.read_namespaced_pod_log, pod, handle.namespace,
+                                                container=CONTAINER, _preload_content=False)
+                        skip = max(skip, await self.call(self._pump, resp, handle, ctx, splitter, skip))
+                break
             if not fresh:
                 await asyncio.sleep(0.1)  # the container's status lags its end: look again shortly
         rest = splitter.flush()
