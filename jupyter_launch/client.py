@@ -21,7 +21,8 @@ from .options import JobOptions, PreparedJob, prepare_job, read_notebook
 from .paths import default_store_url, launch_home
 from .spec import JobSpec, QueueConfig, validate
 from .store import (
-    FINAL, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError, SweepRecord,
+    FINAL, JOB_SORTS, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError,
+    SweepRecord,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 # What a face needs of the records it is handed, so that it imports the client and never the store.
 __all__ = ["Client", "LaunchClient", "Job", "JobRecord", "LogChunk", "OutputRecord", "QueueRecord", "ScheduleRecord",
-           "SweepRecord", "StoreError", "FINAL"]
+           "SweepRecord", "StoreError", "FINAL", "JOB_SORTS"]
 
 class Client:
     """What a face can ask of jupyter-launch, embedded or through a server. Reads go to ``self.store`` (the SQL

@@ -23,8 +23,7 @@ from typing import Any
 from ..errors import LaunchError, LocatedError
 from ..remote.discovery import client_for
 from ..remote.http import SERVER_ENV, TOKEN_ENV
-from ..client import FINAL, Client, JobRecord, StoreError
-from ..store import JOB_SORTS
+from ..client import FINAL, JOB_SORTS, Client, JobRecord, StoreError
 from .config import LaunchCommand, config_words
 from ..options import JobOptions, prepare_job, split_param_args
 from ..spec import format_memory
