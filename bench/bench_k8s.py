@@ -6,6 +6,8 @@
    (``unschedulable``), a missing image with ``imagePullPolicy: Never`` (``image_pull_failed``, from
    ErrImageNeverPull) and an image from a registry that cannot be reached (``pulling_image`` with ErrImagePull).
 3. Many short jobs on a queue with max_instances 5: all complete, and the most Jobs that existed at once.
+4. A 2-rank job (one pod per rank, a TCP all-reduce) from submit to done, against the same two ranks as two Jobs made
+   directly (rank 0's, then rank 1's told rank 0's pod IP) until both pods have succeeded.
 
 Usage: PYTHONPATH=. .venv/bin/python bench/bench_k8s.py [--rounds 5] [--jobs 50]
 """
@@ -28,6 +30,31 @@ NAMESPACE = "default"
 PRINT_HELLO = ["python", "-c", "print('hello', flush=True)"]
 REASON_GOAL = 5.0  # seconds from submit to the job showing the cluster's waiting reason (the issue's goal)
 UNREACHABLE_IMAGE = "registry.invalid/jupyter-launch/nothing:1"
+# The same all-reduce as tests/distributed/allreduce.py, needing nothing but Python: the raw Jobs run it too.
+ALLREDUCE = """
+import json, os, socket, time
+rank, world, port = int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ['MASTER_PORT'])
+mine = [rank + 1, 10 * (rank + 1)]
+if rank == 0:
+    server = socket.create_server(('', port), backlog=world)
+    total, peers = list(mine), []
+    for _ in range(world - 1):
+        conn, _ = server.accept()
+        total = [a + b for a, b in zip(total, json.loads(conn.makefile().readline()))]
+        peers.append(conn)
+    for conn in peers:
+        conn.sendall(json.dumps(total).encode() + b'\\n')
+else:
+    while True:
+        try:
+            sock = socket.create_connection((os.environ['MASTER_ADDR'], port), timeout=10)
+            break
+        except OSError:
+            time.sleep(0.05)
+    sock.sendall(json.dumps(mine).encode() + b'\\n')
+    total = json.loads(sock.makefile().readline())
+print('rank', rank, 'sum', total, flush=True)
+"""
 
 
 def cluster_and_image() -> tuple[str, str]:
@@ -69,6 +96,45 @@ def raw_first_line(kubeconfig: str, image: str) -> float:
             time.sleep(0.05)
     finally:
         batch.delete_namespaced_job(name, NAMESPACE, propagation_policy="Background")
+        api.close()
+
+
+def raw_two_ranks(kubeconfig: str, image: str) -> float:
+    """Two Jobs made with the kubernetes client directly, as a user would for two ranks: rank 0's, then rank 1's
+    once rank 0's pod has an IP; seconds until both pods have succeeded."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(kubeconfig)
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    name = f"raw-{uuid.uuid4().hex[:8]}"
+
+    def rank_job(rank: int, addr: dict) -> dict:
+        env = [{"name": "RANK", "value": str(rank)}, {"name": "WORLD_SIZE", "value": "2"},
+               {"name": "MASTER_PORT", "value": "29500"}, {"name": "MASTER_ADDR", **addr}]
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"{name}-{rank}"},
+                "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [
+                    {"name": "job", "image": image, "imagePullPolicy": "Never", "env": env,
+                     "command": ["python3", "-c", ALLREDUCE]}]}}}}
+
+    t0 = time.perf_counter()
+    batch.create_namespaced_job(NAMESPACE, rank_job(0, {"valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}))
+    try:
+        while True:
+            pods = core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={name}-0").items
+            if pods and pods[0].status.pod_ip:
+                break
+            time.sleep(0.05)
+        batch.create_namespaced_job(NAMESPACE, rank_job(1, {"value": pods[0].status.pod_ip}))
+        while True:
+            phases = [p.status.phase for r in (0, 1)
+                      for p in core.list_namespaced_pod(NAMESPACE, label_selector=f"job-name={name}-{r}").items]
+            if phases == ["Succeeded", "Succeeded"]:
+                return time.perf_counter() - t0
+            assert "Failed" not in phases, phases
+            time.sleep(0.05)
+    finally:
+        for rank in (0, 1):
+            batch.delete_namespaced_job(f"{name}-{rank}", NAMESPACE, propagation_policy="Background")
         api.close()
 
 
@@ -176,6 +242,16 @@ async def bench(args: argparse.Namespace) -> None:
             waits["ErrImagePull"].append(await submit_to_reason(
                 "pull", ("pulling_image", "image_pull_failed"), "ErrImagePull", image=UNREACHABLE_IMAGE))
 
+        ranks_ours, ranks_raw = [], []
+        for _ in range(args.rounds):
+            ranks_raw.append(await asyncio.to_thread(raw_two_ranks, kubeconfig, image))
+            t0 = time.perf_counter()
+            job = await asyncio.to_thread(submit, "latency", ["python", "-c", ALLREDUCE], resources={"nodes": 2})
+            while not (await asyncio.to_thread(job.refresh)).done:
+                await asyncio.sleep(0.02)
+            ranks_ours.append(time.perf_counter() - t0)
+            assert job.record.state == "succeeded", (job.record, client.read_log(job.id, 0))
+
         counter = JobCounter(kubeconfig, "capped")
         t0 = time.perf_counter()
         jobs = [await asyncio.to_thread(submit, "capped", ["python", "-c", "import time; print('hi'); time.sleep(1)"])
@@ -200,6 +276,11 @@ async def bench(args: argparse.Namespace) -> None:
           for key, label in (("unschedulable", "reason unschedulable (GPU job)"),
                              ("image_pull_failed", "image_pull_failed (ErrImageNeverPull)"),
                              ("ErrImagePull", "ErrImagePull shown (pulling_image)"))],
+        ("2-rank job, submit → done, jupyter-launch (median)", f"{statistics.median(ranks_ours):.2f} s",
+         f"runs {', '.join(f'{x:.2f}' for x in ranks_ours)}"),
+        ("2 raw Jobs (rank 0, then rank 1 at its IP) → done (median)", f"{statistics.median(ranks_raw):.2f} s",
+         f"runs {', '.join(f'{x:.2f}' for x in ranks_raw)}"),
+        ("2-rank ratio", f"{statistics.median(ranks_ours) / statistics.median(ranks_raw):.2f}×", ""),
         (f"{args.jobs} jobs, max_instances 5: succeeded", f"{states.count('succeeded')}/{len(states)}", f"wall {wall:.1f} s, {len(states) / wall:.2f} jobs/s"),
         ("most Jobs at once (watch)", str(counter.most), "must be ≤ 5"),
     ]

@@ -782,5 +782,5 @@ def test_a_job_of_several_nodes_fails_at_once_on_a_backend_that_runs_one_rank(cl
     rec = job.refresh()
     assert (rec.state, rec.reason) == ("failed", "nodes_unsupported"), rec
     assert rec.message == ("the job asks for 2 nodes, and the docker backend runs a job as one rank: submit it to a "
-                           "local or slurm queue, or with --nodes 1")
+                           "local, kubernetes or slurm queue, or with --nodes 1")
     assert "ran" not in job.logs() and not job_containers(docker_api, job.id)

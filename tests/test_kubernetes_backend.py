@@ -306,7 +306,7 @@ def test_a_log_stream_that_ended_before_its_container_ran_is_read_again():
     async def follow() -> None:
         ctx = NS(log=lambda stream, data: logged.append((stream, data)))
         handle = KubernetesHandle(name="jl-x", namespace="default", api=None, ctx=ctx, loop=asyncio.get_running_loop())
-        await PodLogs(call, Core(), logging.getLogger("test")).follow(handle, ctx, "jl-x-pod")
+        await PodLogs(call, Core(), logging.getLogger("test")).follow(handle, ctx.log, "jl-x-pod")
         await asyncio.sleep(0)  # the pump hands lines to the loop
 
     asyncio.run(follow())
@@ -729,15 +729,15 @@ asyncio.run(main())
 """
 
 
-def kill_agent_once_job_printed_one(job: Any, home: Path) -> None:
-    """Run a real agent process on ``home`` until the job has printed `one`, then kill -9 it: the agent dies, and
-    its Job keeps running on the cluster."""
+def kill_agent_once_job_printed_one(job: Any, home: Path, marker: str = "one") -> None:
+    """Run a real agent process on ``home`` until the job has printed ``marker``, then kill -9 it: the agent dies,
+    and its Job keeps running on the cluster."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     first = subprocess.Popen([sys.executable, "-c", AGENT_SCRIPT, str(home)], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
-        while "one" not in job.logs():
+        while marker not in job.logs():
             assert time.monotonic() < deadline and first.poll() is None, job.refresh()
             time.sleep(0.1)
         first.send_signal(signal.SIGKILL)
@@ -856,3 +856,71 @@ def test_agents_and_a_remote_agent_leave_a_running_job_alone_and_delete_what_a_f
     finally:
         store.close()
         server.stop()
+
+
+# ---------------------------------------------------------------- distributed jobs: one pod per rank
+
+DISTRIBUTED = Path(__file__).resolve().parent / "distributed"
+
+
+def test_a_two_rank_job_runs_a_pod_per_rank_which_all_reduce_over_tcp(launch, k8s, kubeconfig):
+    recorder = ClusterRecorder(kubeconfig)
+    try:
+        job = launch.submit(spec={"kind": "command", "command": ["python", "allreduce.py"],
+                                  "resources": {"nodes": 2}}, queue="k8s", root=DISTRIBUTED)
+        rec, = run_agent(launch, [job])
+    finally:
+        recorder.close()
+    logs = job.logs()
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, logs)
+    hosts = set()
+    for rank in range(2):
+        line = next(x for x in logs.splitlines() if x.startswith(f"[rank {rank}] rank {rank} of 2 (local rank 0, host "))
+        hosts.add(line.split("host ")[1].split(")")[0])
+    assert len(hosts) == 2, logs  # two pods, each its own host
+    assert logs.count("sum [3, 30, 300]") == 2, logs  # each rank got 1+2, 10+20, 100+200 over the pods' network
+    assert [m["data"] for m in job.metrics] == [{"rank": 0, "sum0": 3}]  # metrics from rank 0 only
+    assert [o.path for o in job.outputs] == ["rank-0.json"]  # outputs from rank 0 only
+    jobs = {obj["metadata"]["name"]: obj for obj in jobs_seen(recorder, "Job", job.id)}
+    assert sorted(jobs) == [job_name(job.id), job_name(job.id) + "-r1"], sorted(jobs)
+    env = {name: {e["name"]: e for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+           for name, obj in jobs.items()}
+    assert env[job_name(job.id)]["MASTER_ADDR"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1",
+                                                                              "fieldPath": "status.podIP"}}
+    assert {e["RANK"]["value"] for e in env.values()} == {"0", "1"}
+    assert all(e["WORLD_SIZE"]["value"] == "2" and e["MASTER_PORT"]["value"] == "29500" for e in env.values())
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_one_rank_failing_fails_the_kubernetes_job_and_stops_the_other(launch, k8s):
+    job = launch.submit(spec={"kind": "command", "command": ["python", "-c", (
+        "import os, sys, time\n"
+        "print('up', flush=True)\n"
+        "if os.environ['RANK'] == '1':\n"
+        "    time.sleep(1)\n"
+        "    sys.exit(3)\n"
+        "time.sleep(600)\n")], "resources": {"nodes": 2}}, queue="k8s", root=DISTRIBUTED)
+    rec, = run_agent(launch, [job], timeout=120)  # rank 0 did not sleep its 600 s
+    logs = job.logs()
+    assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)
+    assert sorted(line for line in logs.splitlines() if line.endswith("] up")) == ["[rank 0] up", "[rank 1] up"]
+    assert f"[jupyter-launch] rank 1 (pod {job_name(job.id)}-r1-" in logs and \
+        ") exited with code 3; stopping the other ranks" in logs, logs
+    assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_a_restarted_agent_reattaches_to_every_ranks_job(launch, tmp_path, k8s):
+    job = launch.submit(spec={"kind": "command", "command": ["sh", "-c", "echo one; sleep 6; echo two"],
+                              "resources": {"nodes": 2}, "retries": 1}, queue="k8s", root=DISTRIBUTED)
+    kill_agent_once_job_printed_one(job, tmp_path / "home", marker="[rank 1] one")
+    uids = {name: k8s[0].read_namespaced_job(name, NAMESPACE).metadata.uid
+            for name in (job_name(job.id), job_name(job.id) + "-r1")}
+    rec, = run_agent(launch, [job])
+    logs = job.logs()
+    assert (rec.state, rec.exit_code, rec.attempt) == ("succeeded", 0, 2), (rec, logs)
+    assert "re-attached to Kubernetes Job" in logs, logs
+    assert "[rank 0] two" in logs and "[rank 1] two" in logs, logs
+    for name, uid in uids.items():  # one pod from each rank's one Job: nothing was created again
+        events = k8s[1].list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}")
+        assert len([e for e in events.items if e.reason == "SuccessfulCreate" and e.involved_object.uid == uid]) == 1
+    assert not any(wait_gone(k8s, job.id).values())

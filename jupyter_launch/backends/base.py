@@ -186,7 +186,7 @@ class Backend(LoggingConfigurable):
     def supported_features(cls) -> dict[str, bool]:
         """What the UI and agent may rely on, instead of guessing from the backend's name."""
         # local_gpus: the agent hands out this machine's GPU ids (local, docker); a cluster schedules its own.
-        # ranks: runs a distributed job's ``resources.nodes`` ranks (local, slurm).
+        # ranks: runs a distributed job's ``resources.nodes`` ranks (local, kubernetes, slurm).
         return {"gpus": False, "local_gpus": False, "warm_pool": False, "images": False, "reattach": False,
                 "ranks": False}
 
@@ -248,7 +248,7 @@ class Backend(LoggingConfigurable):
         if nodes > 1 and not self.supported_features().get("ranks", False):
             return Result("failed", reason="nodes_unsupported", message=(
                 f"the job asks for {nodes} nodes, and the {self.name} backend runs a job as one rank: submit it to a "
-                "local or slurm queue, or with --nodes 1"))
+                "local, kubernetes or slurm queue, or with --nodes 1"))
         try:
             await self.prepare(ctx)
         except BackendError as exc:

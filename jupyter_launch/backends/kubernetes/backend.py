@@ -23,11 +23,11 @@ from typing import Any, ClassVar
 from traitlets import Float, Integer, Unicode
 
 from ...images import BuildSettings, ImageService
-from ..base import Backend, BackendError, JobContext, Liveness, Result
+from ..base import Backend, BackendError, JobContext, Liveness, RankLog, Result
 from .bootstrap import JobImagePlan, OutputsSplitter, extract_outputs, pack_workdir, workdir_digest
 from .config import KubernetesProvider
-from .manifests import (ATTEMPT_LABEL, CONTAINER, JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, build_manifests, job_name,
-                        label_value)
+from .manifests import (ATTEMPT_LABEL, CONTAINER, JOB_ID_LABEL, MANAGED_BY, MASTER_PORT, QUEUE_LABEL, RANK_LABEL,
+                        build_manifests, job_name, label_value)
 from .pods import KubernetesHandle, PodLogs, exit_code, init_failure, never_started, waiting_container
 
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and base64 in the request.
@@ -89,7 +89,7 @@ class KubernetesBackend(Backend):
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
         return {"gpus": True, "local_gpus": False, "warm_pool": False, "images": True, "reattach": True,
-                "ranks": False}
+                "ranks": True}
 
 
     # ------------------------------------------------------------ plumbing
@@ -266,7 +266,7 @@ class KubernetesBackend(Backend):
             return handle
         if prepared is None:  # prepare saw a Job to re-attach to, and it has gone since
             prepared = await self._prepare_image(ctx)
-        handle.image, handle.unpushed = prepared.image, prepared.unpushed
+        handle.image, handle.unpushed, handle.prepared = prepared.image, prepared.unpushed, prepared
         manifests = build_manifests(ctx, prepared.image, prepared.artifact_tar, prepared.pull_policy,
                                     helper=prepared.helper)
         created: list[tuple[Any, str]] = []
@@ -311,13 +311,29 @@ class KubernetesBackend(Backend):
         return [j for j in await self._jobs_of(api, namespace, job_id) if not j.metadata.deletion_timestamp]
 
     async def _adopt(self, handle: KubernetesHandle, ctx: JobContext) -> bool:
-        """A Job for this job already there (an earlier attempt's agent went away): follow it instead."""
+        """A Job for this job already there (an earlier attempt's agent went away): follow it (and its other ranks'
+        Jobs) instead."""
+        from kubernetes.client.exceptions import ApiException
+
         for _ in range(120):
             jobs = await self._jobs_of(handle.api, handle.namespace, ctx.job_id)
             live = [j for j in jobs if not j.metadata.deletion_timestamp]
-            if live:
-                job = live[0]
+            job = next((j for j in live if (j.metadata.labels or {}).get(RANK_LABEL, "0") == "0"), None)
+            if job is None and live:
+                # Other ranks' Jobs without rank 0's: they cannot rendezvous. Remove them and start afresh.
+                batch, _ = self._apis(handle.api)
+                for orphan in live:
+                    with contextlib.suppress(ApiException):
+                        await self._call(batch.delete_namespaced_job, orphan.metadata.name, handle.namespace,
+                                         propagation_policy="Background")
+            if job is not None:
                 handle.name, handle.uid, handle.adopted = job.metadata.name, job.metadata.uid, True
+                for peer in live:
+                    rank = int((peer.metadata.labels or {}).get(RANK_LABEL, "0"))
+                    if rank:
+                        handle.peer(rank, peer.metadata.name, peer.metadata.uid)
+                if len(handle.peers) == ctx.spec.resources.nodes - 1:
+                    handle.peers_started.set()
                 handle.backoff_limit = job.spec.backoff_limit or 0
                 handle.image = job.spec.template.spec.containers[0].image
                 ctx.log("stderr", f"[jupyter-launch] re-attached to Kubernetes Job {handle.namespace}/{handle.name} "
@@ -342,11 +358,12 @@ class KubernetesBackend(Backend):
     async def _watch(self, handle: KubernetesHandle) -> int:
         from kubernetes.client.exceptions import ApiException
 
+        if handle.ctx.spec.resources.nodes > 1:
+            return await self._watch_ranks(handle)
         batch, core = self._apis(handle.api)
         ctx = handle.ctx
         started = time.monotonic()
-        pull_failing_since: float | None = None
-        config_failing_since: float | None = None
+        failing: dict[str, float] = {}
         last_events = 0.0
         while True:
             try:
@@ -370,9 +387,7 @@ class KubernetesBackend(Backend):
                     return handle.exit_code
             for cond in job.status.conditions or []:
                 if cond.type == "Failed" and cond.status == "True":
-                    if cond.reason == "DeadlineExceeded":
-                        raise BackendError("timeout", f"ran past its timeout (the Job's activeDeadlineSeconds): "
-                                                      f"{cond.message or ''}".strip())
+                    _raise_deadline(cond)
                     last = failed_pods[-1] if failed_pods else None
                     handle.final_pod = last.metadata.name if last else None
                     handle.exit_code = exit_code(last) if last else None
@@ -393,44 +408,137 @@ class KubernetesBackend(Backend):
                     last_events = now
                     await self._explain_from_events(handle, ctx)
             else:
-                waiting, waiting_image = waiting_container(pod)
-                sched = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
-                if sched is not None and sched.status == "False" and sched.reason == "Unschedulable":
-                    self._reason(handle, ctx, "unschedulable", f"the cluster cannot schedule the job's pod: "
-                                                               f"{sched.message}")
-                elif waiting is not None and waiting.reason in IMAGE_PULL_FATAL:
-                    raise BackendError("image_pull_failed", f"image {waiting_image or handle.image!r} cannot be used: "
-                                                            f"{waiting.reason}: {waiting.message or ''}".strip()
-                                       + _unpushed_hint(handle))
-                elif waiting is not None and waiting.reason in IMAGE_PULL_RETRYING:
-                    pull_failing_since = pull_failing_since or now
-                    message = (f"pulling image {waiting_image or handle.image!r} failed ({waiting.reason}: "
-                               f"{waiting.message or ''})"
-                               + _unpushed_hint(handle))
-                    if now - pull_failing_since >= self.image_pull_grace:
-                        raise BackendError("image_pull_failed", message)
-                    self._reason(handle, ctx, "pulling_image", message + "; retrying")
-                elif waiting is not None and waiting.reason in CONFIG_ERRORS:
-                    config_failing_since = config_failing_since or now
-                    message = f"the container cannot be created ({waiting.reason}: {waiting.message or ''})"
-                    if now - config_failing_since >= self.config_error_grace:
-                        raise BackendError("backend_error", message)
-                    self._reason(handle, ctx, "container_config_error", message)
-                else:
-                    pull_failing_since = config_failing_since = None
-                    if pod.status.phase == "Running":
-                        running = True
-                        self._reason(handle, ctx, "running", f"running in pod {pod.metadata.name} "
-                                                             f"on node {pod.spec.node_name}")
-                    elif waiting is not None and waiting.reason == "ContainerCreating":
-                        self._reason(handle, ctx, "container_creating",
-                                     f"pod {pod.metadata.name} is scheduled on node {pod.spec.node_name}; "
-                                     "its container is starting")
+                running = self._explain_pod(handle, pod, failing)
             handle.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(handle.changed.wait(),
                                        self.running_poll_interval if running and not handle.stream_ended
                                        else self.poll_interval)
+
+    async def _watch_ranks(self, handle: KubernetesHandle) -> int:
+        """``wait`` for a job of several ranks: rank 0's Job first; the others' once its pod has an IP (their
+        ``MASTER_ADDR``). It succeeds when every rank's pod has; the first rank to fail fails it, and the other
+        ranks' Jobs are deleted then (their pods get SIGTERM and the grace period), so none runs on alone."""
+        from kubernetes.client.exceptions import ApiException
+
+        batch, core = self._apis(handle.api)
+        ctx = handle.ctx
+        failing: dict[str, float] = {}
+        selector = f"{MANAGED_BY}=jupyter-launch,{JOB_ID_LABEL}={label_value(ctx.job_id)}"
+        while True:
+            try:
+                job = await self._call(batch.read_namespaced_job_status, handle.name, handle.namespace)
+            except ApiException as exc:
+                if exc.status == 404:  # deleted (cancel, or by someone else)
+                    return handle.exit_code if handle.exit_code is not None else 137
+                raise
+            listing = await self._call(core.list_namespaced_pod, handle.namespace, label_selector=selector)
+            for rank in handle.ranks():
+                rank.pods = sorted((p for p in listing.items
+                                    if (p.metadata.labels or {}).get("controller-uid") == rank.uid),
+                                   key=lambda p: p.metadata.creation_timestamp)
+            handle.changed.set()
+            if not handle.peers_started.is_set():
+                address = next((p.status.pod_ip for p in handle.pods if p.status.pod_ip), None)
+                if address:
+                    await self._start_peers(handle, address)
+            for rank in handle.ranks():
+                for pod in rank.pods:
+                    if (broken := init_failure(pod)) is not None:
+                        raise BackendError("backend_error", f"rank {rank.rank}: {broken}")
+            for cond in job.status.conditions or []:
+                if cond.type == "Failed" and cond.status == "True":
+                    _raise_deadline(cond)
+            failed = [(rank, pod) for rank in handle.ranks() for pod in rank.pods if pod.status.phase == "Failed"]
+            if failed:
+                rank, pod = failed[0]
+                code = exit_code(pod)
+                handle.exit_code = code if code is not None else 1
+                handle.final_pod = handle.pods[-1].metadata.name if handle.pods else None
+                ctx.log("stderr", f"[jupyter-launch] rank {rank.rank} (pod {pod.metadata.name}) exited with code "
+                                  f"{code if code is not None else '(none)'}; stopping the other ranks\n".encode())
+                await self._delete_jobs([r for r in handle.ranks() if r is not rank], self.grace_period(ctx))
+                return handle.exit_code
+            done = [next((p for p in rank.pods if p.status.phase == "Succeeded"), None) for rank in handle.ranks()]
+            if handle.peers_started.is_set() and all(done):
+                handle.exit_code, handle.final_pod = 0, done[0].metadata.name
+                return 0
+            # Why it waits: the lowest rank whose pod does not run yet.
+            running = handle.peers_started.is_set()
+            for rank in handle.ranks():
+                pod = next((p for p in reversed(rank.pods) if p.status.phase in ("Pending", "Running")), None)
+                if pod is not None and pod.status.phase != "Running":
+                    running = self._explain_pod(handle, pod, failing, f"rank {rank.rank}: ")
+                    break
+            handle.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.changed.wait(),
+                                       self.running_poll_interval if running and not handle.stream_ended
+                                       else self.poll_interval)
+
+    async def _start_peers(self, handle: KubernetesHandle, master_addr: str) -> None:
+        """Create the Jobs of ranks 1..N-1 that do not exist yet, told rank 0's pod IP."""
+        from kubernetes.client.exceptions import ApiException
+
+        ctx = handle.ctx
+        if handle.prepared is None:  # re-attached to rank 0's Job after an agent restart
+            handle.prepared = await self._prepare_image(ctx)
+        prepared = handle.prepared
+        batch, _ = self._apis(handle.api)
+        have = {peer.rank for peer in handle.peers}
+        for rank in range(1, ctx.spec.resources.nodes):
+            if rank in have:
+                continue
+            manifest = build_manifests(ctx, prepared.image, prepared.artifact_tar, prepared.pull_policy,
+                                       helper=prepared.helper, rank=rank, master_addr=master_addr)["job"]
+            try:
+                job = await self._call(batch.create_namespaced_job, handle.namespace, manifest)
+            except ApiException as exc:
+                raise BackendError("backend_error", f"the cluster refused the Job of rank {rank}: "
+                                                    f"{_api_message(exc)}") from None
+            handle.peer(rank, job.metadata.name, job.metadata.uid)
+        handle.peers_started.set()
+        handle.ctx.log("stderr", f"[jupyter-launch] {ctx.spec.resources.nodes} ranks: rank 0 listens at "
+                                 f"{master_addr}:{MASTER_PORT}\n".encode())
+
+    def _explain_pod(self, handle: KubernetesHandle, pod: Any, failing: dict[str, float], prefix: str = "") -> bool:
+        """Report why ``pod`` waits (a reason code and a sentence); raise when it cannot start. Returns whether it
+        runs. ``failing``: since when an image pull or a container's creation has been failing, across polls."""
+        ctx = handle.ctx
+        now = time.monotonic()
+        waiting, waiting_image = waiting_container(pod)
+        sched = next((c for c in pod.status.conditions or [] if c.type == "PodScheduled"), None)
+        if sched is not None and sched.status == "False" and sched.reason == "Unschedulable":
+            self._reason(handle, ctx, "unschedulable", f"{prefix}the cluster cannot schedule the job's pod: "
+                                                       f"{sched.message}")
+        elif waiting is not None and waiting.reason in IMAGE_PULL_FATAL:
+            raise BackendError("image_pull_failed", f"{prefix}image {waiting_image or handle.image!r} cannot be used: "
+                                                    f"{waiting.reason}: {waiting.message or ''}".strip()
+                               + _unpushed_hint(handle))
+        elif waiting is not None and waiting.reason in IMAGE_PULL_RETRYING:
+            since = failing.setdefault("pull", now)
+            message = (f"{prefix}pulling image {waiting_image or handle.image!r} failed ({waiting.reason}: "
+                       f"{waiting.message or ''})" + _unpushed_hint(handle))
+            if now - since >= self.image_pull_grace:
+                raise BackendError("image_pull_failed", message)
+            self._reason(handle, ctx, "pulling_image", message + "; retrying")
+        elif waiting is not None and waiting.reason in CONFIG_ERRORS:
+            since = failing.setdefault("config", now)
+            message = f"{prefix}the container cannot be created ({waiting.reason}: {waiting.message or ''})"
+            if now - since >= self.config_error_grace:
+                raise BackendError("backend_error", message)
+            self._reason(handle, ctx, "container_config_error", message)
+        else:
+            failing.clear()
+            if pod.status.phase == "Running":
+                self._reason(handle, ctx, "running", f"running in pod {pod.metadata.name} "
+                                                     f"on node {pod.spec.node_name}")
+                return True
+            if waiting is not None and waiting.reason == "ContainerCreating":
+                self._reason(handle, ctx, "container_creating",
+                             f"{prefix}pod {pod.metadata.name} is scheduled on node {pod.spec.node_name}; "
+                             "its container is starting")
+        return False
 
     def _reason(self, handle: KubernetesHandle, ctx: JobContext, reason: str, message: str) -> None:
         if handle.last_reason == (reason, message):
@@ -455,6 +563,26 @@ class KubernetesBackend(Backend):
     # ------------------------------------------------------------ stream: the pods' logs
 
     async def stream(self, handle: KubernetesHandle, ctx: JobContext) -> None:
+        if ctx.spec.resources.nodes == 1:
+            await self._stream_pods(handle, ctx.log)
+            return
+        # Every rank's log, each line prefixed with its rank; control records from rank 0 only (RankLog).
+        while not handle.peers_started.is_set() and not handle.done.is_set() and not handle.closed.is_set():
+            handle.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.changed.wait(), self.poll_interval)
+
+        async def follow_rank(rank: KubernetesHandle) -> None:
+            log = RankLog(ctx.log, rank.rank)
+            try:
+                await self._stream_pods(rank, log.write)
+            finally:
+                log.flush()
+
+        await asyncio.gather(*(follow_rank(rank) for rank in handle.ranks()))
+
+    async def _stream_pods(self, handle: KubernetesHandle, log: Any) -> None:
+        """One Job's pods' logs into ``log``, each pod from its first byte to its container's end."""
         followed: set[str] = set()
         while not handle.closed.is_set():
             pod = next((p for p in handle.pods if p.metadata.name not in followed
@@ -467,9 +595,9 @@ class KubernetesBackend(Backend):
                     await asyncio.wait_for(handle.changed.wait(), self.poll_interval)
                 continue
             if followed:
-                ctx.log("stderr", f"[jupyter-launch] the Job started a new pod {pod.metadata.name} "
-                                  "(an earlier one failed)\n".encode())
-            await PodLogs(self._call, self._apis(handle.api)[1], self.log).follow(handle, ctx, pod.metadata.name)
+                log("stderr", f"[jupyter-launch] the Job started a new pod {pod.metadata.name} "
+                              "(an earlier one failed)\n".encode())
+            await PodLogs(self._call, self._apis(handle.api)[1], self.log).follow(handle, log, pod.metadata.name)
             followed.add(pod.metadata.name)
             handle.stream_ended = True  # its container is ending: poll fast for the exit code
             handle.changed.set()  # wake wait(): the container has likely ended
@@ -477,27 +605,38 @@ class KubernetesBackend(Backend):
     # ------------------------------------------------------------ stop, outputs, cleanup
 
     async def stop(self, handle: KubernetesHandle, grace: float) -> None:
-        """Delete the Job in the foreground: its pods get SIGTERM, then SIGKILL after terminationGracePeriodSeconds."""
+        """Delete the Job (every rank's) in the foreground: its pods get SIGTERM, then SIGKILL after
+        terminationGracePeriodSeconds."""
+        handle.settled = True
+        await self._delete_jobs(list(handle.ranks()), grace)
+
+    async def _delete_jobs(self, handles: list[KubernetesHandle], grace: float) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        batch, core = self._apis(handle.api)
-        handle.settled = True
-        with contextlib.suppress(ApiException):
-            await self._call(batch.delete_namespaced_job, handle.name, handle.namespace,
-                             propagation_policy="Foreground")
-        deadline = time.monotonic() + grace + 15
-        while time.monotonic() < deadline:
-            try:
-                await self._call(batch.read_namespaced_job, handle.name, handle.namespace)
-            except ApiException as exc:
-                if exc.status == 404:
-                    return
-            await asyncio.sleep(0.2)
-        # Still there: a kubelet that does not answer. Force the pods away so the Job can go.
-        for pod in handle.pods:
+        if not handles:
+            return
+        batch, core = self._apis(handles[0].api)
+        namespace = handles[0].namespace
+        for handle in handles:
             with contextlib.suppress(ApiException):
-                await self._call(core.delete_namespaced_pod, pod.metadata.name, handle.namespace,
-                                 grace_period_seconds=0)
+                await self._call(batch.delete_namespaced_job, handle.name, namespace, propagation_policy="Foreground")
+        deadline = time.monotonic() + grace + 15
+        left = list(handles)
+        while left and time.monotonic() < deadline:
+            for handle in list(left):
+                try:
+                    await self._call(batch.read_namespaced_job, handle.name, namespace)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        left.remove(handle)
+            if left:
+                await asyncio.sleep(0.2)
+        # Still there: a kubelet that does not answer. Force the pods away so the Jobs can go.
+        for handle in left:
+            for pod in handle.pods:
+                with contextlib.suppress(ApiException):
+                    await self._call(core.delete_namespaced_pod, pod.metadata.name, namespace,
+                                     grace_period_seconds=0)
 
     async def collect_outputs(self, handle: KubernetesHandle, ctx: JobContext) -> None:
         splitter = handle.splitters.get(handle.final_pod or "")
@@ -526,19 +665,26 @@ class KubernetesBackend(Backend):
         from kubernetes.client.exceptions import ApiException
 
         batch, core = self._apis(handle.api)
-        with contextlib.suppress(ApiException):
-            await self._call(batch.delete_namespaced_job, handle.name, handle.namespace,
-                             propagation_policy="Background")
-        for pod in handle.pods:
-            if never_started(pod):
-                # Nothing ran in it; a kubelet can take a minute to let go of a pod stuck on its image.
-                with contextlib.suppress(ApiException):
-                    await self._call(core.delete_namespaced_pod, pod.metadata.name, handle.namespace,
-                                     grace_period_seconds=0)
+        for rank in handle.ranks():
+            with contextlib.suppress(ApiException):
+                await self._call(batch.delete_namespaced_job, rank.name, handle.namespace,
+                                 propagation_policy="Background")
+            for pod in rank.pods:
+                if never_started(pod):
+                    # Nothing ran in it; a kubelet can take a minute to let go of a pod stuck on its image.
+                    with contextlib.suppress(ApiException):
+                        await self._call(core.delete_namespaced_pod, pod.metadata.name, handle.namespace,
+                                         grace_period_seconds=0)
         for delete, name in ((core.delete_namespaced_config_map, f"{handle.name}-artifact"),
                              (core.delete_namespaced_secret, f"{handle.name}-secrets")):
             with contextlib.suppress(ApiException):
                 await self._call(delete, name, handle.namespace)
+
+
+def _raise_deadline(cond: Any) -> None:
+    if cond.reason == "DeadlineExceeded":
+        raise BackendError("timeout", f"ran past its timeout (the Job's activeDeadlineSeconds): "
+                                      f"{cond.message or ''}".strip())
 
 
 def _unpushed_hint(handle: KubernetesHandle) -> str:

@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any
 
-from ..base import JobContext, job_environment
+from ..base import JobContext, job_environment, rank_variables
 from .bootstrap import (ARTIFACT_DIR, ARTIFACT_KEY, BUSYBOX, INIT, LAUNCHER, PY_BOOTSTRAP, PY_LAUNCHER, TOOLS_DIR,
                         WORK_DIR)
 
@@ -16,6 +16,8 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 JOB_ID_LABEL = "jupyter-launch/job-id"
 QUEUE_LABEL = "jupyter-launch/queue"
 ATTEMPT_LABEL = "jupyter-launch/attempt"
+RANK_LABEL = "jupyter-launch/rank"  # on the Jobs and pods of a job of several ranks
+MASTER_PORT = 29500  # the rendezvous port of rank 0's pod (torch.distributed's default)
 CONTAINER = "job"
 INIT_CONTAINER = "jl-unpack"
 
@@ -23,6 +25,14 @@ INIT_CONTAINER = "jl-unpack"
 def job_name(job_id: str) -> str:
     """The Job's name (DNS-1123, at most 63): ``jl-<job id>``."""
     return ("jl-" + re.sub(r"[^a-z0-9-]", "-", job_id.lower()))[:63].rstrip("-")
+
+
+def rank_job_name(job_id: str, rank: int) -> str:
+    """The Job of one rank: rank 0's is the job's own (:func:`job_name`), the others' ``jl-<job id>-r<rank>``."""
+    if rank == 0:
+        return job_name(job_id)
+    suffix = f"-r{rank}"
+    return job_name(job_id)[:63 - len(suffix)].rstrip("-") + suffix
 
 
 def label_value(value: str) -> str:
@@ -64,7 +74,8 @@ def job_labels(ctx: JobContext) -> dict[str, str]:
 
 
 def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
-                    image_pull_policy: str | None = None, *, helper: bool = False) -> dict[str, dict[str, Any]]:
+                    image_pull_policy: str | None = None, *, helper: bool = False, rank: int = 0,
+                    master_addr: str | None = None) -> dict[str, dict[str, Any]]:
     """The Job, the ConfigMap with the job's folder, and (when the job has secrets) the Secret, as API dicts. The
     pod of a command job on an image it names gets an init container (the queue's ``helper_image``).
 
@@ -73,17 +84,29 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
     queue's (a built image that only exists on the agent's engine must not be pulled). ``helper``: the image may
     lack Python (a command job's own image), so the folder is unpacked by an init container and the job's container
     runs the busybox it lends; else the image's Python unpacks it (no init container: the pod starts about 1 s sooner).
+
+    A job of several ranks (``resources.nodes`` > 1) is one Job per rank, each told its ``RANK`` and where rank 0
+    listens: rank 0's own pod IP (the downward API) for rank 0, ``master_addr`` (that IP, once its pod has one) for
+    the others. Pod IPs need no cluster DNS or kube-proxy, and reach across nodes on any conformant cluster network.
+    Only rank 0's manifests carry the ConfigMap and the Secret; every rank's pod mounts the same ones. A rank is not
+    retried alone (``backoffLimit`` 0): it could not rejoin the others.
     """
     cfg = ctx.queue_config
-    name = job_name(ctx.job_id)
+    world = ctx.spec.resources.nodes
+    name = rank_job_name(ctx.job_id, rank)
+    shared = job_name(ctx.job_id)  # the ConfigMap and Secret every rank's pod mounts
     namespace = cfg.namespace
     labels = job_labels(ctx)
+    if world > 1:
+        labels[RANK_LABEL] = str(rank)
     meta = {"name": name, "namespace": namespace, "labels": labels}
     spec = ctx.spec
     grace = float(cfg.grace_period)
     argv = list(spec.command or []) if spec.kind == "command" else ctx.runner_command
     env = job_environment(ctx, secrets=False)  # over the image's own; the secrets come from the Secret
     env["JUPYTER_LAUNCH_OUTPUT_DIR"] = f"{WORK_DIR}/.jupyter-launch/outputs"
+    if world > 1:
+        env.update(rank_variables(rank, world, 0, master_addr or "", MASTER_PORT))
     resources: dict[str, dict[str, str]] = {}
     if spec.resources.cpu:
         resources.setdefault("requests", {})["cpu"] = quantity_cpu(spec.resources.cpu)
@@ -98,7 +121,9 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
         "command": ([BUSYBOX, "sh", "-c", LAUNCHER, "jupyter-launch", *argv] if helper
                     else ["sh", "-c", PY_LAUNCHER, PY_BOOTSTRAP, *argv]),
         "workingDir": WORK_DIR,
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "env": [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+                if world > 1 and rank == 0 and k == "MASTER_ADDR" else {"name": k, "value": v}
+                for k, v in sorted(env.items())],
         "resources": resources,
         "volumeMounts": [{"name": "jl-work", "mountPath": WORK_DIR}]
                         + ([{"name": "jl-tools", "mountPath": TOOLS_DIR}] if helper else []),
@@ -121,10 +146,10 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
     if artifact_tar is not None:  # else the image has it at the same path
         (init or container)["volumeMounts"].insert(0, {"name": "jl-artifact", "mountPath": ARTIFACT_DIR,
                                                        "readOnly": True})
-        volumes.insert(0, {"name": "jl-artifact", "configMap": {"name": f"{name}-artifact"}})
+        volumes.insert(0, {"name": "jl-artifact", "configMap": {"name": f"{shared}-artifact"}})
     if image_pull_policy or cfg.image_pull_policy:
         container["imagePullPolicy"] = image_pull_policy or cfg.image_pull_policy
-    secret_name = f"{name}-secrets"
+    secret_name = f"{shared}-secrets"
     if ctx.secrets:
         container["envFrom"] = [{"secretRef": {"name": secret_name}}]
     pod_spec: dict[str, Any] = {
@@ -152,7 +177,7 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
     if cfg.pod_template:
         template = merge_template(template, cfg.pod_template)
     job_spec: dict[str, Any] = {
-        "backoffLimit": spec.retries,
+        "backoffLimit": spec.retries if world == 1 else 0,
         "ttlSecondsAfterFinished": cfg.ttl_seconds_after_finished,
         "template": template,
     }
@@ -165,9 +190,11 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
         "job": {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {**meta, "annotations": annotations}, "spec": job_spec},
     }
+    if rank:
+        return manifests
     if artifact_tar is not None:
         manifests["configmap"] = {"apiVersion": "v1", "kind": "ConfigMap",
-                                  "metadata": {**meta, "name": f"{name}-artifact"},
+                                  "metadata": {**meta, "name": f"{shared}-artifact"},
                                   "binaryData": {ARTIFACT_KEY: base64.b64encode(artifact_tar).decode()}}
     if ctx.secrets:
         manifests["secret"] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,24 @@ class KubernetesHandle:
     last_reason: tuple[str, str] | None = None
     owning: asyncio.Task[None] | None = None
     stream_ended: bool = False
+    # A job of several ranks: this handle is rank 0's Job; ``peers`` the other ranks' (which share its events).
+    rank: int = 0
+    peers: list[KubernetesHandle] = field(default_factory=list)
+    peers_started: asyncio.Event = field(default_factory=asyncio.Event)  # every rank's Job exists
+    prepared: Any = None  # rank 0's PreparedImage, for the other ranks' Jobs
+
+    def ranks(self) -> Iterator[KubernetesHandle]:
+        """Rank 0's handle, then the other ranks' in rank order."""
+        yield self
+        yield from sorted(self.peers, key=lambda h: h.rank)
+
+    def peer(self, rank: int, name: str, uid: str) -> KubernetesHandle:
+        """A handle for another rank's Job, sharing this one's client, events and log context."""
+        handle = KubernetesHandle(name, self.namespace, self.api, self.ctx, self.loop, uid=uid, image=self.image,
+                                  unpushed=self.unpushed, rank=rank, done=self.done, changed=self.changed,
+                                  closed=self.closed)
+        self.peers.append(handle)
+        return handle
 
 
 
@@ -50,7 +68,7 @@ class PodLogs:
     def __init__(self, call: Callable[..., Awaitable[Any]], core: Any, log: logging.Logger | logging.LoggerAdapter):
         self.call, self.core, self.log = call, core, log  # call: a blocking client call on the backend's threads
 
-    async def follow(self, handle: KubernetesHandle, ctx: JobContext, pod: str) -> None:
+    async def follow(self, handle: KubernetesHandle, log: Callable[[str, bytes], None], pod: str) -> None:
         """Follow one pod's log from its first byte to its container's end, across reconnects and restarts."""
         from kubernetes.client.exceptions import ApiException
 
@@ -79,7 +97,7 @@ class PodLogs:
             if restarts != container_seen:
                 container_seen, skip = restarts, 0
                 splitter.reset()
-            got = await self.call(self._pump, resp, handle, ctx, splitter, skip)
+            got = await self.call(self._pump, resp, handle, log, splitter, skip)
             fresh, skip = got > skip, max(skip, got)
             info = await self.state(core, handle, pod)
             if info is None:
@@ -91,16 +109,16 @@ class PodLogs:
                     with contextlib.suppress(ApiException):
                         resp = await self.call(core.read_namespaced_pod_log, pod, handle.namespace,
                                                 container=CONTAINER, _preload_content=False)
-                        skip = max(skip, await self.call(self._pump, resp, handle, ctx, splitter, skip))
+                        skip = max(skip, await self.call(self._pump, resp, handle, log, splitter, skip))
                 break
             if not fresh:
                 await asyncio.sleep(0.1)  # the container's status lags its end: look again shortly
         rest = splitter.flush()
         if rest:
-            ctx.log("stdout", rest)
+            log("stdout", rest)
 
-    def _pump(self, resp: Any, handle: KubernetesHandle, ctx: JobContext, splitter: OutputsSplitter,
-              skip: int) -> int:
+    def _pump(self, resp: Any, handle: KubernetesHandle, log: Callable[[str, bytes], None],
+              splitter: OutputsSplitter, skip: int) -> int:
         """Blocking: read one log stream to its end; returns the bytes read (including the ``skip`` ones)."""
         loop = handle.loop
         seen = 0
@@ -116,7 +134,7 @@ class PodLogs:
                 seen += len(chunk)
                 plain = splitter.feed(fresh)
                 if plain:
-                    loop.call_soon_threadsafe(ctx.log, "stdout", plain)
+                    loop.call_soon_threadsafe(log, "stdout", plain)
         except Exception as exc:  # a dropped connection: the caller reconnects and skips what it has
             self.log.debug("log stream of %s ended: %s", handle.name, exc)
         finally:
