@@ -462,3 +462,53 @@ def test_a_job_slurm_refuses_fails_with_sbatchs_message_and_leaves_no_folder(lau
     assert rec.message.startswith("cannot submit the job to Slurm: sbatch exited 1: sbatch: error: "), rec.message
     assert "\n" not in rec.message
     assert not list((tmp_path / "shared" / "jobs").iterdir())  # before: its folder, variables and all, stayed
+
+
+def test_a_notebook_runs_on_its_kernels_packages_installed_from_its_lock(launch, tmp_path, monkeypatch):
+    """The notebook's kernel (``launch-data-test``: pandas, which the agent's interpreter lacks) is captured as the
+    lock; the Slurm environment installs what the queue's interpreter lacks, pinned, and the job's kernel of that
+    name runs in the job's own layer over it, not the submitting machine's kernelspec."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from data_kernel import KERNEL, data_kernel
+
+    python = data_kernel()
+    pandas_version = subprocess.run([str(python), "-c", "import pandas; print(pandas.__version__)"],
+                                    capture_output=True, text=True, check=True).stdout.strip()
+    folder = tmp_path / "src"
+    folder.mkdir()
+    path = notebook(folder, "data.ipynb", "import sys, pandas\nprint('pandas', pandas.__version__)\n"
+                                          "print('from', pandas.__file__)\nprint('kernel', sys.executable)")
+    nb = json.loads(path.read_text())
+    nb["metadata"]["kernelspec"] = {"name": KERNEL, "display_name": KERNEL, "language": "python"}
+    path.write_text(json.dumps(nb))
+    job = launch.submit(path, queue="hpc", root=folder)
+    rec, = run_agent(launch, [job], timeout=600)
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), (rec, job.logs()[-3000:])
+    executed = json.loads(launch.read_output(job.id, "data.ipynb"))
+    printed = "".join("".join(o["text"]) for c in executed["cells"] for o in c.get("outputs", []) if "text" in o)
+    envs = tmp_path / "shared" / "envs"
+    assert f"pandas {pandas_version}\n" in printed, printed
+    assert f"from {envs}" in printed, printed  # installed from the lock into the shared environment
+    assert f"kernel {tmp_path / 'shared' / 'jobs'}" in printed, printed  # the job's layer, not the data venv
+    env, = [p for p in envs.iterdir() if p.is_dir()]
+    pins = (env / "lock.txt").read_text().split()
+    assert f"pandas=={pandas_version}" in pins, pins
+    assert not any(p.startswith(("jupyter-launch==", "pip==")) for p in pins), pins
+    assert "pinned distributions of the notebook's kernel" in job.logs()
+
+
+def test_a_lock_of_another_python_is_refused_in_one_line(tmp_path):
+    from jupyter_launch.backends.job_venv import describe_interpreter
+    from jupyter_launch.backends.slurm.environment import EnvironmentBuildError, plan_environment
+
+    layer = describe_interpreter(sys.executable)
+    (tmp_path / ".jupyter-launch").mkdir()
+    (tmp_path / ".jupyter-launch" / "environment.json").write_text(json.dumps(
+        {"python": "3.7.1", "packages": ["numpy==1.21.0"], "kernel": "old"}))
+    with pytest.raises(EnvironmentBuildError) as err:
+        plan_environment(layer, tmp_path, "full", sys.executable)
+    assert str(err.value) == (
+        f"the notebook's kernel runs Python 3.7.1 and the queue's interpreter {sys.executable} has Python "
+        f"{layer.version}: its packages cannot be installed there at their versions. Set the queue's "
+        "provider.python to a Python 3.7, or provider.lock: minimal")
+    assert plan_environment(layer, tmp_path, "minimal", sys.executable).pins == ()

@@ -27,12 +27,13 @@ from typing import Any, ClassVar
 from traitlets import Float, List, Unicode
 
 from ...control import OUTPUT_DIR_ENV
+from ...environment import CaptureError
 from ..base import Backend, BackendError, JobContext, Liveness, RankLog, Result, base_variables, job_environment
 from ..job_venv import JobEnvironmentError, Layer, describe_interpreter, make_job_venv, venv_variables
 from . import commands
 from .commands import SQUEUE_FORMAT, QueueRow, describe_ask, parse_comment, parse_scontrol, parse_squeue
 from .config import SlurmProvider
-from .environment import EnvironmentBuildError, ensure_environment, plan_environment
+from .environment import EnvironmentBuildError, ensure_environment, plan_environment, register_kernel
 
 CONTROL = ".jupyter-launch/slurm"  # in the job's folder: the batch script's inputs, the job's output, its exit status
 PYTHON_NAMES = ("python", "python3")
@@ -226,22 +227,23 @@ class SlurmBackend(Backend):
             loop.call_soon_threadsafe(ctx.log, "stderr", data)
 
         try:
-            layer = await asyncio.to_thread(describe_interpreter, cfg.python or sys.executable)
-            plan = await asyncio.to_thread(plan_environment, layer, ctx.workdir)
+            python = cfg.python or sys.executable
+            layer = await asyncio.to_thread(describe_interpreter, python)
+            plan = await asyncio.to_thread(plan_environment, layer, ctx.workdir, cfg.lock, python)
             if not (shared / "envs" / plan.hash[:24]).exists():
                 ctx.set_reason("building_environment", f"building the job's Python environment "
                                                        f"{plan.hash[:24]} in {shared / 'envs'}")
-            env_dir, _ = await asyncio.to_thread(ensure_environment, shared / "envs", plan, log)
+            env_dir, _ = await asyncio.to_thread(ensure_environment, shared / "envs", plan, log, ctx.workdir)
             jobdir = shared / "jobs" / f"{ctx.job_id}-{ctx.attempt}"
-            await asyncio.to_thread(self._write_folder, ctx, jobdir, env_dir, layer)
-        except (JobEnvironmentError, EnvironmentBuildError) as exc:
+            await asyncio.to_thread(self._write_folder, ctx, jobdir, env_dir, layer, plan.kernel)
+        except (JobEnvironmentError, EnvironmentBuildError, CaptureError) as exc:
             raise BackendError("environment_failed", f"cannot build the job's environment: {exc}") from None
         except OSError as exc:
             raise BackendError("backend_error", f"cannot write the job's folder under shared_dir {shared}: "
                                                 f"{exc}") from None
         return jobdir
 
-    def _write_folder(self, ctx: JobContext, jobdir: Path, env_dir: Path, base: Layer) -> None:
+    def _write_folder(self, ctx: JobContext, jobdir: Path, env_dir: Path, base: Layer, kernel: str | None) -> None:
         """Blocking: the job's folder under shared_dir, its own environment over the lock's, and the batch script's
         inputs: the script, the job's variables (mode 600: secrets are among them) and its command."""
         if jobdir.exists():
@@ -260,6 +262,9 @@ class SlurmBackend(Backend):
         env = job_environment(ctx, os.environ, extra=self.pass_env)
         env[OUTPUT_DIR_ENV] = str(jobdir / ".jupyter-launch" / "outputs")
         env = venv_variables(venv, layer, env)
+        if kernel:
+            kernels = str(register_kernel(venv, kernel))
+            env["JUPYTER_PATH"] = os.pathsep.join([kernels, *(p for p in env["JUPYTER_PATH"].split(os.pathsep) if p)])
         python = str(venv / "bin" / "python")
         if ctx.spec.kind == "command":
             argv = [str(a) for a in ctx.spec.command or []]

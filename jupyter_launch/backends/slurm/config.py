@@ -24,6 +24,9 @@ class SlurmProvider(ProviderConfig):
     shared_dir: str
     sbatch_options: list[str] = Field(default_factory=list)  # more sbatch options, each one word: --constraint=a100
     python: str | None = None  # the interpreter job environments are layered over; default: the agent's own
+    # full: a job's environment has every distribution its notebook's kernel had (those the interpreter lacks at
+    # that version are installed, pinned); minimal: only its %pip lines and requirements.txt over the interpreter.
+    lock: Literal["minimal", "full"] = "full"
 
     @field_validator("shared_dir")
     @classmethod
