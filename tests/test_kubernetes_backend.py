@@ -924,3 +924,51 @@ def test_a_restarted_agent_reattaches_to_every_ranks_job(launch, tmp_path, k8s):
         events = k8s[1].list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={name}")
         assert len([e for e in events.items if e.reason == "SuccessfulCreate" and e.involved_object.uid == uid]) == 1
     assert not any(wait_gone(k8s, job.id).values())
+
+
+def test_command_jobs_on_an_image_with_python_skip_the_init_container_once_it_was_probed(launch, k8s, kubeconfig,
+                                                                                          image):
+    """The first command job on an image takes the init container (it works on any image) while a probe pod asks
+    the image for a shell and a Python; later jobs on an image that has them start without it. busybox (a shell, no
+    Python) keeps the init container, and its jobs still run."""
+    recorder = ClusterRecorder(kubeconfig)
+    ran: dict[str, list[bool]] = {image: [], "busybox:local": []}
+
+    def has_init(job) -> bool:
+        specs = [obj["spec"]["template"]["spec"] for obj in jobs_seen(recorder, "Job", job.id)]
+        return "initContainers" in specs[0]
+
+    def probes() -> list[str]:
+        return [p.metadata.name for p in k8s[1].list_namespaced_pod(
+            NAMESPACE, label_selector="jupyter-launch/probe").items]
+
+    async def wait_for_done(job):
+        while not (await asyncio.to_thread(job.refresh)).done:
+            await asyncio.sleep(0.05)
+
+    async def record(name, job):
+        await wait_for_done(job)
+        assert (job.record.state, job.logs()) == ("succeeded", "hi\n"), (job.record, job.logs())
+        ran[name].append(has_init(job))
+        while await asyncio.to_thread(probes):  # the image's probe has ended: the next job knows
+            await asyncio.sleep(0.1)
+
+    async def one_job_at_a_time(agent):
+        await record(image, first)
+        for name, command, tries in ((image, ["python", "-c", "print('hi')"], 5), ("busybox:local", ["echo", "hi"], 3)):
+            for _ in range(tries):
+                await record(name, await asyncio.to_thread(enqueue, launch, image=name, command=command))
+                if name == image and not ran[name][-1]:
+                    break
+
+    first = enqueue(launch, command=["python", "-c", "print('hi')"])  # the first job on the queue's image
+    try:
+        run_agent(launch, [first], while_running=one_job_at_a_time, timeout=300)
+    finally:
+        recorder.close()
+    assert ran[image][0] and ran[image][-1] is False, ran  # the init container, then none once probed
+    assert ran["busybox:local"] == [True, True, True], ran  # no Python: always the init container
+    probed = {json.loads(p)["spec"]["containers"][0]["image"] for p in recorder.seen["Pod"]
+              if "jupyter-launch/probe" in (json.loads(p)["metadata"].get("labels") or {})}
+    assert probed == {image, "busybox:local"}, probed  # each image asked once
+    assert not probes()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import math
 import os
 import threading
@@ -20,14 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from traitlets import Float, Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 from ...images import BuildSettings, ImageService
 from ..base import Backend, BackendError, JobContext, Liveness, RankLog, Result
 from .bootstrap import JobImagePlan, OutputsSplitter, extract_outputs, pack_workdir, workdir_digest
 from .config import KubernetesProvider
-from .manifests import (ATTEMPT_LABEL, CONTAINER, JOB_ID_LABEL, MANAGED_BY, MASTER_PORT, QUEUE_LABEL, RANK_LABEL,
-                        build_manifests, job_name, label_value)
+from .manifests import (ATTEMPT_LABEL, CONTAINER, JOB_ID_LABEL, MANAGED_BY, MASTER_PORT, PROBE_LABEL, QUEUE_LABEL,
+                        RANK_LABEL, build_manifests, job_name, label_value, probe_pod)
 from .pods import KubernetesHandle, PodLogs, exit_code, init_failure, never_started, waiting_container
 
 # A ConfigMap holds at most 1 MiB; leave room for its metadata and base64 in the request.
@@ -75,6 +76,11 @@ class KubernetesBackend(Backend):
         "Seconds between sweeps that delete the Jobs (and their ConfigMaps and Secrets) of jobs the store has as "
         "finished, after the one at the agent's start; 0: only at its start."))
     stream_threads = Integer(64, config=True, help="Threads for blocking API calls and log streams.")
+    probe_images = Bool(True, config=True, help=(
+        "Ask each image a command job names, once per agent, whether it has a shell and a Python (a small pod runs "
+        "`command -v python3` in it, beside the first job): later command jobs on an image that has them start "
+        "without the init container, about one kubelet status cycle (up to 1 s) sooner. False: every command job on "
+        "a named image gets the init container."))
 
 
     def __init__(self, **kwargs: Any):
@@ -85,6 +91,8 @@ class KubernetesBackend(Backend):
         self._docker: Any = None
         self._images: ImageService | None = None
         self._prepared: dict[tuple[str, int], PreparedImage] = {}
+        self._probed: dict[tuple[Any, ...], bool] = {}  # (kubeconfig, context, namespace, image) -> has sh and Python
+        self._probing: dict[tuple[Any, ...], asyncio.Task[None]] = {}
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -120,6 +128,10 @@ class KubernetesBackend(Backend):
             return self._clients[key]
 
     async def shutdown(self) -> None:
+        for task in list(self._probing.values()):
+            task.cancel()
+        if self._probing:
+            await asyncio.gather(*self._probing.values(), return_exceptions=True)
         for api in self._clients.values():
             with contextlib.suppress(Exception):
                 api.close()
@@ -160,6 +172,7 @@ class KubernetesBackend(Backend):
         except Exception as exc:  # an unreachable cluster must not stop the agent from starting
             self.log.warning("queue %s: cannot list its Kubernetes objects to reconcile: %s", queue, exc)
             return []
+        await self._reap_probes(core, namespace)
         by_job: dict[str, list[tuple[str, Any]]] = {}
         for kind, listing in zip(("job", "pod", "configmap", "secret"), listings):
             for obj in listing.items:
@@ -192,6 +205,21 @@ class KubernetesBackend(Backend):
             reaped.append(job_id)
         return reaped
 
+    async def _reap_probes(self, core: Any, namespace: str) -> None:
+        """Delete image probe pods an agent left (it died while one ran): ended, or older than their deadline."""
+        from kubernetes.client.exceptions import ApiException
+
+        with contextlib.suppress(ApiException):
+            pods = await self._call(core.list_namespaced_pod, namespace,
+                                    label_selector=f"{MANAGED_BY}=jupyter-launch,{PROBE_LABEL}", _request_timeout=30)
+            now = time.time()
+            for pod in pods.items:
+                age = now - pod.metadata.creation_timestamp.timestamp()
+                if pod.status.phase in ("Succeeded", "Failed") or age > 300:
+                    with contextlib.suppress(ApiException):
+                        await self._call(core.delete_namespaced_pod, pod.metadata.name, namespace,
+                                         grace_period_seconds=0)
+
     # ------------------------------------------------------------ prepare: the pod's image
 
     async def prepare(self, ctx: JobContext) -> None:
@@ -213,6 +241,8 @@ class KubernetesBackend(Backend):
         # A notebook or cell job's image has Python (the runner needs it), and so has an image built from the job's
         # environment; a command job's own image may have nothing of ours.
         helper = bool(image) and ctx.spec.kind == "command" and cfg.helper_image is not None
+        if helper and self.probe_images and self._has_python(cfg, image):
+            helper = False  # asked before: the fast path is safe on this image
         if image and fits:
             return PreparedImage(image, artifact, helper=helper)
         images = await self._call(self.images)
@@ -232,6 +262,47 @@ class KubernetesBackend(Backend):
         # Only the agent's engine has it: right for a node on that engine (a single-node or local cluster).
         policy = "Never" if cfg.image_pull_policy == "Never" else "IfNotPresent"
         return PreparedImage(image, artifact if fits else None, policy, unpushed=True, helper=helper)
+
+    def _has_python(self, cfg: KubernetesProvider, image: str) -> bool:
+        """Whether ``image`` is known to have a shell and a Python; when it was never asked, a probe pod asks it in
+        the background (this job takes the init container, which works on any image)."""
+        key = (cfg.kubeconfig, cfg.context, cfg.namespace, image)
+        if key in self._probed:
+            return self._probed[key]
+        if key not in self._probing:
+            self._probing[key] = asyncio.get_running_loop().create_task(self._probe(cfg, image, key))
+        return False
+
+    async def _probe(self, cfg: KubernetesProvider, image: str, key: tuple[Any, ...]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        name = f"jl-probe-{hashlib.sha256(image.encode()).hexdigest()[:10]}-{os.urandom(3).hex()}"
+        result, why = False, "it did not answer in 150 s"
+        core = None
+        try:
+            _, core = self._apis(await self._call(self.api_client, cfg))
+            await self._call(core.create_namespaced_pod, cfg.namespace, probe_pod(cfg, image, name))
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline:
+                pod = await self._call(core.read_namespaced_pod, name, cfg.namespace)
+                waiting, _ = waiting_container(pod)
+                if pod.status.phase in ("Succeeded", "Failed"):
+                    result, why = pod.status.phase == "Succeeded", "it has no shell or no Python"
+                    break
+                if waiting is not None and waiting.reason in IMAGE_PULL_FATAL + IMAGE_PULL_RETRYING:
+                    why = f"it cannot be pulled ({waiting.reason})"
+                    break
+                await asyncio.sleep(0.5)
+        except Exception as exc:  # the probe is an optimisation: any failure keeps the init container
+            why = f"the probe pod failed: {exc}"
+        finally:
+            if core is not None:
+                with contextlib.suppress(ApiException, RuntimeError):
+                    await self._call(core.delete_namespaced_pod, name, cfg.namespace, grace_period_seconds=0)
+            self._probed[key] = result
+            self._probing.pop(key, None)
+        self.log.info("image %s %s", image, "has a shell and a Python: its command jobs start without the init "
+                      "container" if result else f"keeps the init container for its command jobs: {why}")
 
     def images(self) -> ImageService:
         """Blocking: the image service of the agent's Docker engine (``DOCKER_HOST`` or the local socket)."""

@@ -17,6 +17,9 @@ JOB_ID_LABEL = "jupyter-launch/job-id"
 QUEUE_LABEL = "jupyter-launch/queue"
 ATTEMPT_LABEL = "jupyter-launch/attempt"
 RANK_LABEL = "jupyter-launch/rank"  # on the Jobs and pods of a job of several ranks
+PROBE_LABEL = "jupyter-launch/probe"  # on the pods that ask an image whether it has a shell and a Python
+# Exits 0 when the image has what the fast path needs: a ``sh`` (the container's command) and a Python on its PATH.
+PROBE_COMMAND = ["sh", "-c", "command -v python3 >/dev/null || command -v python >/dev/null"]
 MASTER_PORT = 29500  # the rendezvous port of rank 0's pod (torch.distributed's default)
 CONTAINER = "job"
 INIT_CONTAINER = "jl-unpack"
@@ -201,3 +204,29 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
                                "metadata": {**meta, "name": secret_name}, "stringData": dict(ctx.secrets)}
     return manifests
 
+
+
+def probe_pod(cfg: Any, image: str, name: str) -> dict[str, Any]:
+    """A pod that runs :data:`PROBE_COMMAND` in ``image``, placed and pulled as the queue's jobs are (its node
+    selector, tolerations, pull policy and secrets), with a deadline and tiny requests."""
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": 120,
+        "terminationGracePeriodSeconds": 0,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "probe", "image": image, "command": PROBE_COMMAND,
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+                        **({"imagePullPolicy": cfg.image_pull_policy} if cfg.image_pull_policy else {})}],
+    }
+    if cfg.node_selector:
+        pod_spec["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        pod_spec["tolerations"] = list(cfg.tolerations)
+    if cfg.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": cfg.namespace,
+                         "labels": {MANAGED_BY: "jupyter-launch", PROBE_LABEL: "python"}},
+            "spec": pod_spec}

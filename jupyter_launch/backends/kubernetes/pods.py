@@ -76,7 +76,6 @@ class PodLogs:
         splitter = handle.splitters.setdefault(pod, OutputsSplitter())
         container_seen = -1  # restartCount of the container whose log we read
         skip = 0  # bytes of this container's log already passed on (a reconnect reads it from the start)
-        delay = 0.05
         while not handle.closed.is_set():
             try:
                 resp = await self.call(core.read_namespaced_pod_log, pod, handle.namespace, container=CONTAINER,
@@ -90,8 +89,7 @@ class PodLogs:
                 info = await self.state(core, handle, pod)
                 if info is None or (info[0] in ("Failed", "Succeeded") and info[1] is None):
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
+                await self.until_started(handle, pod)
                 continue
             restarts = await self.call(self._restart_count, core, handle, pod)
             if restarts != container_seen:
@@ -116,6 +114,26 @@ class PodLogs:
         rest = splitter.flush()
         if rest:
             log("stdout", rest)
+
+    @staticmethod
+    async def until_started(handle: KubernetesHandle, pod: str, longest: float = 1.0) -> None:
+        """Wait until the backend's status polls (``handle.pods``, renewed at each ``handle.changed``) see the job's
+        container in ``pod`` started or ended, for at most ``longest`` seconds: the log is asked for again as soon
+        as the kubelet will serve it, with no API call of its own meanwhile (a backoff here cost up to 0.5 s of
+        every job's first line)."""
+        deadline = asyncio.get_running_loop().time() + longest
+        while True:
+            seen = next((p for p in handle.pods if p.metadata.name == pod), None)
+            status = next((s for s in (seen.status.container_statuses or []) if s.name == CONTAINER), None) \
+                if seen is not None else None
+            if status is not None and status.state and (status.state.running or status.state.terminated):
+                return
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            handle.changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.changed.wait(), left)
 
     def _pump(self, resp: Any, handle: KubernetesHandle, log: Callable[[str, bytes], None],
               splitter: OutputsSplitter, skip: int) -> int:
