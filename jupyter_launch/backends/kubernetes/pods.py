@@ -116,11 +116,12 @@ class PodLogs:
             log("stdout", rest)
 
     @staticmethod
-    async def until_started(handle: KubernetesHandle, pod: str, longest: float = 1.0) -> None:
+    async def until_started(handle: KubernetesHandle, pod: str, longest: float = 0.25) -> None:
         """Wait until the backend's status polls (``handle.pods``, renewed at each ``handle.changed``) see the job's
         container in ``pod`` started or ended, for at most ``longest`` seconds: the log is asked for again as soon
-        as the kubelet will serve it, with no API call of its own meanwhile (a backoff here cost up to 0.5 s of
-        every job's first line)."""
+        as the API server shows it started, and at least every ``longest`` seconds (the kubelet serves the log a
+        little before the API server has the new status). A backoff here cost up to 0.5 s of every job's first
+        line."""
         deadline = asyncio.get_running_loop().time() + longest
         while True:
             seen = next((p for p in handle.pods if p.metadata.name == pod), None)
