@@ -20,7 +20,7 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 
 from ..agent import Agent
 from ..scheduler import Scheduler
-from ..paths import default_store_url, launch_home
+from ..paths import default_store_url, launch_home, local_user
 from ..store import BlobStore, NotFound, SQLStore
 from ..store.sql import redact_url
 from ..service import LaunchService
@@ -57,6 +57,11 @@ class LaunchApp(ExtensionApp):
                              "kernel caps it at net.core.somaxconn). Connections arriving in a burst past it are "
                              "reset by the kernel before the API can answer 429; 0 leaves the server's own.")
     migrate = Bool(True, config=True, help="Bring the store's schema up to date at start.")
+    server_user = Unicode(config=True,
+                          help="The user the server's own token (and any login under jupyter_server's own token or "
+                               "password identity providers) acts as: the owner of what it submits, and the user "
+                               "whose jobs the in-process agent runs on private queues. Default: $JUPYTERHUB_USER, "
+                               "else the OS user running the server (the owner an embedded client here records).")
     scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
@@ -64,6 +69,10 @@ class LaunchApp(ExtensionApp):
     @default("store_url")
     def _default_store_url(self) -> str:
         return default_store_url()
+
+    @default("server_user")
+    def _default_server_user(self) -> str:
+        return local_user() or "server"
 
     @default("blob_dir")
     def _default_blob_dir(self) -> str:

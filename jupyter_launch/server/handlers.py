@@ -45,6 +45,7 @@ from ..store import (
 )
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
+from .identity import submitter
 
 JOBS_RESOURCE = "launch_jobs"  # submit; read queues and agents; read, follow, cancel, rerun one's own jobs
 QUEUES_RESOURCE = "launch_queues"  # create, change, delete queues; list, create, revoke agent tokens
@@ -174,13 +175,17 @@ class LaunchHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
+    def owner(self) -> str | None:
+        """The owner this request acts as (``identity.submitter``): what ownership checks compare."""
+        who = submitter(self, self.launch.server_user)
+        return who.name if who else None
+
     def submitter(self) -> dict[str, str | None]:
-        """Who submits: ``owner``, the identity's username (what ownership checks compare), and ``owner_name``, the
-        name people know them by (jupyter_server's anonymous users have a 32-hex username and a readable name)."""
-        user = self.current_user
-        if not user:
+        """Who submits: ``owner`` (what ownership checks compare) and ``owner_name``, the name people know them by."""
+        who = submitter(self, self.launch.server_user)
+        if who is None:
             return {"owner": None, "owner_name": None}
-        return {"owner": user.username, "owner_name": user.display_name or user.name or None}
+        return {"owner": who.name, "owner_name": who.display_name}
 
     async def job(self, job_id: str) -> Any:
         """The job this request is about, if its caller may reach it (else 404, as for an unknown job)."""
@@ -193,7 +198,7 @@ async def job_caller(handler: Any, action: str | None = None) -> Caller:
     user = handler.current_user
     action = action or HTTP_METHOD_TO_AUTH_ACTION[handler.request.method.upper()]
     admin = await ensure_async(handler.authorizer.is_authorized(handler, user, action, ADMIN_RESOURCE))
-    return Caller(user.username, bool(admin))
+    return Caller(submitter(handler, handler.settings["launch"].server_user).name, bool(admin))
 
 
 def _escape(message: str) -> str:
@@ -510,7 +515,7 @@ class SweepsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "queue: must be a queue name")
-        owner = self.current_user.username if self.current_user else None
+        owner = self.owner()
         if "runs" in data:  # a client expanded the sweep itself (HttpStore.create_sweep)
             runs, config = data["runs"], data.get("config") or {}
             if not isinstance(runs, list) or not isinstance(config, dict):
@@ -621,7 +626,7 @@ class SchedulesHandler(LaunchHandler):
         for field, value in (("tz", tz), ("name", name)):
             if value is not None and (not isinstance(value, str) or len(value) > MAX_SCHEDULE_TEXT):
                 raise web.HTTPError(400, f"{field}: must be a string of at most {MAX_SCHEDULE_TEXT} characters")
-        owner = self.current_user.username if self.current_user else None
+        owner = self.owner()
         service = self.launch.service
         if "notebook" in data:
             prepared = await self.prepare_notebook(data)
@@ -796,7 +801,7 @@ class TokensHandler(LaunchHandler):
         name, queues = data.get("name") or "remote-agent", data.get("queues")
         if not isinstance(name, str) or not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
             raise web.HTTPError(400, "give 'queues' (a list of queue names, or ['*']) and optionally a 'name'")
-        created_by = self.current_user.username if self.current_user else None
+        created_by = self.owner()
         token, record = await self.store_call(self.launch.store.create_agent_token, name, queues,
                                               created_by=created_by)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/tokens/{record.id}")
