@@ -311,10 +311,10 @@ class LaunchClient(Client):
         return self.service.follow(job_id, offset)
 
     def live_agents(self, queue: str) -> list[str]:
-        return self.service.live_agents(queue)
+        return self.service.live_agents(queue, owner=self.owner)
 
     async def ensure_agent(self, queue: str) -> bool:
-        return await self.service.ensure_agent(queue)
+        return await self.service.ensure_agent(queue, owner=self.owner)
 
     async def stop_agents(self) -> None:
         await self.service.stop_agents()

@@ -38,7 +38,8 @@ class LaunchApp(ExtensionApp):
                         "$JUPYTER_LAUNCH_HOME) or postgresql://user:pass@host/db to share queues across servers.")
     blob_dir = Unicode(config=True, help="Folder of the content-addressed blobs (artifacts, outputs).")
     agent_queues = List(Unicode(), default_value=["default"], config=True,
-                        help="Queues the in-process agent serves; empty runs no agent in the server.")
+                        help="Queues the in-process agent serves; empty runs no agent in the server. It serves as "
+                             "server_user: on private queues it runs only that user's jobs, on shared ones anyone's.")
     agent_job_types = List(Unicode(), config=True, help="Job types the in-process agent accepts; empty: any.")
     agent_class = Type(default_value=Agent, klass=Agent, config=True,
                        help="The agent class run in-process (configure it as c.Agent.* or its own name).")
@@ -127,7 +128,7 @@ class LaunchApp(ExtensionApp):
                                      "exists", exc)
             agent = self.agent_class(parent=self, store=self.store, blobs=self.blobs, queues=list(self.agent_queues),
                                      job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds,
-                                     run_schedules=False)
+                                     run_schedules=False, owner=self.server_user)
             await agent.start()
             self.agents.append(agent)
             self._tasks.append(asyncio.create_task(agent.run()))

@@ -65,6 +65,7 @@ LOG_READ_LIMIT = 1024 * 1024
 DISK_FULL = ("the server's store is out of disk space; nothing was changed by this request. Free space where the "
              "store lives, then retry")
 MAX_REASON, MAX_MESSAGE = 64, 64 * 1024  # the reason column; a state message a person reads
+MAX_OWNER = 255  # the jobs.owner column
 STATE_ARGUMENTS = ("self", "job_id", "fence", "state", "reason", "message")  # names a state's facts cannot take
 
 
@@ -1134,6 +1135,11 @@ class AgentClaimHandler(AgentHandler):
         wait = min(number(data, "wait", 0.0, 0, 24 * 3600), app.max_claim_wait)
         kwargs = dict(lease_seconds=number(data, "lease_seconds", 30.0, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
                       free_gpus=number(data, "free_gpus", None, 0, MAX_COUNT, integer=True))
+        owner = data.get("owner")
+        if owner is not None and not (isinstance(owner, str) and 0 < len(owner) <= MAX_OWNER):
+            raise web.HTTPError(400, f"'owner' must be the user the agent serves as (1 to {MAX_OWNER} characters), "
+                                     f"or null for every user")
+        kwargs["owner"] = owner
         job_types = string_list(data, "job_types") or None
         self.require_queues(queues)
         await self.store_call(store.check_agent_id, agent_id, self.agent_token.id)
