@@ -6,8 +6,9 @@ authorizer on three resources, the action being jupyter_server's for the HTTP ve
 ``launch_jobs`` to submit, to read queues and agents, and to read, follow, cancel and rerun one's own jobs;
 ``launch_queues`` to create, change and delete queues and to list, create and revoke agent tokens; ``launch_admin``
 to reach every user's jobs (read: see them, write: cancel and rerun them). A job of another owner is 404, as an
-unknown one, unless the caller is an admin (``LaunchService.get_job``). Agent endpoints take only an agent token
-(``Authorization: Bearer jla_...``), scoped to queues, and are authorized on ``launch_agent`` for the identity
+unknown one, unless the caller is an admin (``LaunchService.get_job``). The owner a request acts as is
+``identity.submitter``'s: the server's own token acts as ``LaunchApp.server_user``. Agent endpoints take only an agent
+token (``Authorization: Bearer jla_...``), scoped to queues, and are authorized on ``launch_agent`` for the identity
 ``agent:<token name>``. Every error is JSON with a message a person can act on.
 """
 
