@@ -188,6 +188,11 @@ class Agent(LoggingConfigurable):
 
     queues = List(Unicode(), config=True, help="Queues this agent takes jobs from.")
     job_types = List(Unicode(), config=True, help="Job types this agent accepts; empty accepts any.")
+    owner = Unicode(None, allow_none=True, config=True,
+                    help="The user this agent serves as: on private queues (local ones, unless marked shared) it "
+                         "claims only this user's jobs; on shared queues anyone's. None (the default for a "
+                         "standalone agent): it serves the team, claiming anyone's jobs on every queue it serves. A "
+                         "server's in-process agent serves as the server's user (LaunchApp.server_user).")
     lease_seconds = Float(30.0, config=True, help="How long a claim holds without a heartbeat.")
     heartbeat_interval = Float(0.0, config=True, help="Seconds between heartbeats; 0 means lease_seconds / 4.")
     poll_interval = Float(5.0, config=True, help="Fallback poll when no wake-up arrives.")
@@ -287,7 +292,8 @@ class Agent(LoggingConfigurable):
             self.backend(q.provider).supported_features().get("local_gpus", True) for q in providers.values())
         await asyncio.to_thread(self.store.register_agent, self.agent_id, self.queues, self.job_types,
                                 host=socket.gethostname(),
-                                info={"gpus": self._total_gpus if self._local_gpus else None, "pid": os.getpid()})
+                                info={"gpus": self._total_gpus if self._local_gpus else None, "pid": os.getpid(),
+                                      "owner": self.owner})
         if isinstance(self.store, LocalEvents):  # else woken by the wake socket, a long-polled claim, or the poll
             self._unsubscribe.append(self.store.subscribe("enqueued", lambda *_: self.wake()))
             self._unsubscribe.append(self.store.subscribe("cancel", self._on_cancel))
@@ -413,7 +419,7 @@ class Agent(LoggingConfigurable):
                     claim = await asyncio.to_thread(
                         self.store.claim_next_job, self.agent_id, self.queues, self.job_types or None,
                         lease_seconds=self.lease_seconds,
-                        free_gpus=len(self._free_gpus) if self._local_gpus else None)
+                        free_gpus=len(self._free_gpus) if self._local_gpus else None, owner=self.owner)
                     if claim is None:
                         break
                     if self._stopping.is_set():  # a long poll that outlived the stop: the job is not ours to run

@@ -9,7 +9,6 @@ always happens where the files are, on the client's side; the job then goes thro
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .options import JobOptions, PreparedJob, prepare_job, read_notebook
-from .paths import default_store_url, launch_home
+from .paths import default_store_url, launch_home, local_user
 from .spec import JobSpec, QueueConfig, validate
 from .store import (
     FINAL, JOB_SORTS, BlobStore, JobRecord, LogChunk, OutputRecord, QueueRecord, ScheduleRecord, SQLStore, StoreError,
@@ -270,7 +269,7 @@ class LaunchClient(Client):
         self.store = store or store_class(store_url or (f"sqlite:///{self.home / 'launch.db'}" if home
                                                         else default_store_url()))
         self.blobs = blobs or blob_store_class(self.home / "blobs")
-        self.owner = owner or os.environ.get("JUPYTERHUB_USER") or os.environ.get("USER") or None
+        self.owner = owner or local_user()
         self.store.ensure_default_queue()
         self.service = LaunchService(self.store, self.blobs, home=self.home)
 
@@ -312,10 +311,10 @@ class LaunchClient(Client):
         return self.service.follow(job_id, offset)
 
     def live_agents(self, queue: str) -> list[str]:
-        return self.service.live_agents(queue)
+        return self.service.live_agents(queue, owner=self.owner)
 
     async def ensure_agent(self, queue: str) -> bool:
-        return await self.service.ensure_agent(queue)
+        return await self.service.ensure_agent(queue, owner=self.owner)
 
     async def stop_agents(self) -> None:
         await self.service.stop_agents()

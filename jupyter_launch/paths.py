@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 
@@ -18,3 +19,13 @@ def launch_home() -> Path:
 
 def default_store_url() -> str:
     return os.environ.get("JUPYTER_LAUNCH_STORE_URL") or f"sqlite:///{launch_home() / 'launch.db'}"
+
+
+def local_user() -> str | None:
+    """The user this machine's jupyter-launch acts for when no login says otherwise: the Hub's user name in a
+    JupyterHub single-user server (``$JUPYTERHUB_USER``), else the OS user. The owner of what an embedded client
+    submits, and of what the server's own token submits, so both are one owner."""
+    try:
+        return os.environ.get("JUPYTERHUB_USER") or getpass.getuser() or None
+    except (KeyError, OSError):  # no login name and no passwd entry (a container run with an arbitrary uid)
+        return None

@@ -210,8 +210,13 @@ class LaunchService:
             self.get_job(job_id, caller=caller)
         return self.store.archive_job(job_id, archived)
 
-    def live_agents(self, queue: str) -> list[str]:
-        return [a["id"] for a in self.store.list_agents() if queue in a["queues"]]
+    def live_agents(self, queue: str, *, owner: str | None = None) -> list[str]:
+        """The ids of the live agents serving ``queue``; with ``owner``, only those that would run that user's jobs
+        there (on a private queue: agents serving as them, or as no user)."""
+        agents = [a for a in self.store.list_agents() if queue in a["queues"]]
+        if owner is not None and not self.store.get_queue(queue).shared:
+            agents = [a for a in agents if (a.get("info") or {}).get("owner") in (None, owner)]
+        return [a["id"] for a in agents]
 
     # ------------------------------------------------------------ sweeps
 
@@ -325,16 +330,18 @@ class LaunchService:
 
     # ------------------------------------------------------------ an agent here
 
-    async def ensure_agent(self, queue: str) -> bool:
+    async def ensure_agent(self, queue: str, *, owner: str | None = None) -> bool:
         """Start an agent in this process, on the running loop, for a queue no live agent serves; True if started.
+        It serves as ``owner`` (the client's user): on a private queue it runs only their jobs.
 
         It runs until :meth:`stop_agents` (the CLI stops it when the followed job ends, a kernel when it exits).
         """
-        if queue in self._agents or await self._run(self.live_agents, queue):
+        if queue in self._agents or await self._run(lambda: self.live_agents(queue, owner=owner)):
             return False
         from .agent import make_local_agent
 
-        agent = make_local_agent(self.store, [queue], blobs=self.blobs, home=self.home, wake_socket=False)
+        agent = make_local_agent(self.store, [queue], blobs=self.blobs, home=self.home, wake_socket=False,
+                                 owner=owner)
         await agent.start()
         self._agents[queue] = (agent, asyncio.create_task(agent.run()))
         return True

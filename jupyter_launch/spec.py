@@ -372,6 +372,9 @@ class QueueConfig(Strict):
     # Past either, the job is stopped and fails (log_too_large, output_too_large): one job cannot fill the store.
     max_log_size: ByteSize = DEFAULT_MAX_LOG_SIZE
     max_output_size: ByteSize = DEFAULT_MAX_OUTPUT_SIZE
+    # Whose jobs an agent that serves as a user claims here: on a private queue only its user's, on a shared one
+    # anyone's. Unset: private for a local queue, shared for the others (store.base.queue_is_shared).
+    shared: bool | None = None
 
     @field_validator("queue_name")
     @classmethod

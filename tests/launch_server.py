@@ -37,12 +37,13 @@ def isolated_env(base: Path) -> dict[str, str]:
 
 
 class LaunchServer:
-    """One `jupyter server` with jupyter_launch on ``base/launch-home``; ``start``, ``kill`` and ``stop`` may repeat."""
+    """One `jupyter server` with jupyter_launch on ``base/launch-home`` (or ``home``); ``start``, ``kill`` and ``stop``
+    may repeat."""
 
     def __init__(self, base: Path, *, agent_queues: list[str], token: str = "launch-test", extra_config: str = "",
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, home: Path | None = None):
         self.base = base
-        self.home = base / "launch-home"
+        self.home = home or base / "launch-home"  # another server's home: two servers on one store
         self.root = base / "root"
         for p in (self.home, self.root):
             p.mkdir(parents=True, exist_ok=True)

@@ -476,3 +476,33 @@ def test_one_rank_failing_fails_the_job_and_stops_the_others(client, tmp_path):
     assert "[jupyter-launch] rank 1 exited with code 3; stopping the other 2 rank(s)" in logs, logs
     assert sorted(line for line in logs.splitlines() if line.endswith("up")) == [
         "[rank 0] up", "[rank 1] up", "[rank 2] up"]
+
+
+def test_an_agent_started_for_a_client_serves_as_its_user_on_a_private_queue(launch_home, tmp_path):
+    """Two users on one store: bob's live agent on the private `default` queue never runs alice's job, so alice's
+    client starts an agent of its own, serving as alice; an agent serving as no user (the team's) would run it."""
+    alice = LaunchClient(owner="alice")
+    try:
+        alice.store.register_agent("bobs-agent", ["default"], [], host="bobs-box", info={"owner": "bob"})
+        assert alice.live_agents("default") == []
+
+        async def submit_and_follow():
+            job = command_job(alice, tmp_path, "print('mine')")
+            assert await alice.ensure_agent("default")
+            try:
+                deadline = time.monotonic() + 120
+                while not job.refresh().done:
+                    assert time.monotonic() < deadline, job.record
+                    await asyncio.sleep(0.05)
+                agents = {a["id"]: a["info"]["owner"] for a in alice.store.list_agents()}
+            finally:
+                await alice.stop_agents()
+            return job.record, agents
+
+        record, agents = asyncio.run(submit_and_follow())
+        assert (record.state, record.owner) == ("succeeded", "alice")
+        assert record.agent_id != "bobs-agent" and agents[record.agent_id] == "alice"
+        alice.store.register_agent("team-agent", ["default"], [], host="team-box", info={})
+        assert alice.live_agents("default") == ["team-agent"]
+    finally:
+        alice.close()

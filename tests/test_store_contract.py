@@ -252,6 +252,25 @@ def test_claims_are_fifo_leased_fenced_and_capped_by_max_instances(store):
     assert store.get_queue(name).counts == {QUEUED: 1, CLAIMED: 1}
 
 
+def test_an_agent_serving_as_a_user_claims_only_their_jobs_on_a_private_queue_and_anyones_on_a_shared_one(store):
+    private, shared, docker = (f"c-{secrets.token_hex(4)}" for _ in range(3))
+    store.create_queue(QueueConfig(queue_name=private))  # local: private unless marked shared
+    store.create_queue(QueueConfig(queue_name=shared, shared=True))
+    store.create_queue(QueueConfig(queue_name=docker, provider={"type": "docker"}))  # shared unless marked private
+    assert [store.get_queue(q).shared for q in (private, shared, docker)] == [False, True, True]
+    assert store.get_queue(private).to_dict()["shared"] is False
+    # A server records the user its token acts as, whatever owner is given; an embedded store records the one given.
+    mine = store.enqueue(private, spec(), artifact=None, owner="alice")
+    theirs = store.enqueue(shared, spec(), artifact=None, owner="alice")
+    me, other = mine.owner, f"not-{mine.owner}"
+    assert me and theirs.owner == me
+    assert store.claim_next_job(agent_id(), [private], owner=other) is None
+    assert store.claim_next_job(agent_id(), [private, shared], owner=other).job.id == theirs.id
+    assert store.claim_next_job(agent_id(), [private], owner=me).job.id == mine.id
+    again = store.enqueue(private, spec(), artifact=None, owner="alice")
+    assert store.claim_next_job(agent_id(), [private]).job.id == again.id  # serving as no user: the team's agent
+
+
 def test_heartbeat_renews_the_lease_and_reports_a_cancel_request(store):
     name = new_queue(store)
     job = store.enqueue(name, spec(), artifact=None)

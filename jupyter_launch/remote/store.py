@@ -208,11 +208,12 @@ class HttpStore:
         return list(self._agent("GET", f"agent/queues/{_q(queue)}/agents")[1]["agents"])
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
-                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
+                       lease_seconds: float = 30.0, free_gpus: int | None = None,
+                       owner: str | None = None) -> Claim | None:
         """Long-polls: the server holds the call up to ``claim_wait`` seconds until a job can be claimed."""
         status, data = self._agent("POST", "agent/claim", {
             "agent_id": agent_id, "queues": queues, "job_types": job_types, "lease_seconds": lease_seconds,
-            "free_gpus": free_gpus, "wait": self.claim_wait})
+            "free_gpus": free_gpus, "owner": owner, "wait": self.claim_wait})
         if status == 204 or not data:
             return None
         return Claim(job=job_record(data["job"]), fence=data["fence"])

@@ -20,7 +20,7 @@ from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 
 from ..agent import Agent
 from ..scheduler import Scheduler
-from ..paths import default_store_url, launch_home
+from ..paths import default_store_url, launch_home, local_user
 from ..store import BlobStore, NotFound, SQLStore
 from ..store.sql import redact_url
 from ..service import LaunchService
@@ -38,7 +38,8 @@ class LaunchApp(ExtensionApp):
                         "$JUPYTER_LAUNCH_HOME) or postgresql://user:pass@host/db to share queues across servers.")
     blob_dir = Unicode(config=True, help="Folder of the content-addressed blobs (artifacts, outputs).")
     agent_queues = List(Unicode(), default_value=["default"], config=True,
-                        help="Queues the in-process agent serves; empty runs no agent in the server.")
+                        help="Queues the in-process agent serves; empty runs no agent in the server. It serves as "
+                             "server_user: on private queues it runs only that user's jobs, on shared ones anyone's.")
     agent_job_types = List(Unicode(), config=True, help="Job types the in-process agent accepts; empty: any.")
     agent_class = Type(default_value=Agent, klass=Agent, config=True,
                        help="The agent class run in-process (configure it as c.Agent.* or its own name).")
@@ -57,6 +58,11 @@ class LaunchApp(ExtensionApp):
                              "kernel caps it at net.core.somaxconn). Connections arriving in a burst past it are "
                              "reset by the kernel before the API can answer 429; 0 leaves the server's own.")
     migrate = Bool(True, config=True, help="Bring the store's schema up to date at start.")
+    server_user = Unicode(config=True,
+                          help="The user the server's own token (and any login under jupyter_server's own token or "
+                               "password identity providers) acts as: the owner of what it submits, and the user "
+                               "whose jobs the in-process agent runs on private queues. Default: $JUPYTERHUB_USER, "
+                               "else the OS user running the server (the owner an embedded client here records).")
     scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
@@ -64,6 +70,10 @@ class LaunchApp(ExtensionApp):
     @default("store_url")
     def _default_store_url(self) -> str:
         return default_store_url()
+
+    @default("server_user")
+    def _default_server_user(self) -> str:
+        return local_user() or "server"
 
     @default("blob_dir")
     def _default_blob_dir(self) -> str:
@@ -118,7 +128,7 @@ class LaunchApp(ExtensionApp):
                                      "exists", exc)
             agent = self.agent_class(parent=self, store=self.store, blobs=self.blobs, queues=list(self.agent_queues),
                                      job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds,
-                                     run_schedules=False)
+                                     run_schedules=False, owner=self.server_user)
             await agent.start()
             self.agents.append(agent)
             self._tasks.append(asyncio.create_task(agent.run()))

@@ -6,8 +6,9 @@ authorizer on three resources, the action being jupyter_server's for the HTTP ve
 ``launch_jobs`` to submit, to read queues and agents, and to read, follow, cancel and rerun one's own jobs;
 ``launch_queues`` to create, change and delete queues and to list, create and revoke agent tokens; ``launch_admin``
 to reach every user's jobs (read: see them, write: cancel and rerun them). A job of another owner is 404, as an
-unknown one, unless the caller is an admin (``LaunchService.get_job``). Agent endpoints take only an agent token
-(``Authorization: Bearer jla_...``), scoped to queues, and are authorized on ``launch_agent`` for the identity
+unknown one, unless the caller is an admin (``LaunchService.get_job``). The owner a request acts as is
+``identity.submitter``'s: the server's own token acts as ``LaunchApp.server_user``. Agent endpoints take only an agent
+token (``Authorization: Bearer jla_...``), scoped to queues, and are authorized on ``launch_agent`` for the identity
 ``agent:<token name>``. Every error is JSON with a message a person can act on.
 """
 
@@ -45,6 +46,7 @@ from ..store import (
 )
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
+from .identity import submitter
 
 JOBS_RESOURCE = "launch_jobs"  # submit; read queues and agents; read, follow, cancel, rerun one's own jobs
 QUEUES_RESOURCE = "launch_queues"  # create, change, delete queues; list, create, revoke agent tokens
@@ -64,6 +66,7 @@ LOG_READ_LIMIT = 1024 * 1024
 DISK_FULL = ("the server's store is out of disk space; nothing was changed by this request. Free space where the "
              "store lives, then retry")
 MAX_REASON, MAX_MESSAGE = 64, 64 * 1024  # the reason column; a state message a person reads
+MAX_OWNER = 255  # the jobs.owner column
 STATE_ARGUMENTS = ("self", "job_id", "fence", "state", "reason", "message")  # names a state's facts cannot take
 
 
@@ -174,13 +177,17 @@ class LaunchHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
 
+    def owner(self) -> str | None:
+        """The owner this request acts as (``identity.submitter``): what ownership checks compare."""
+        who = submitter(self, self.launch.server_user)
+        return who.name if who else None
+
     def submitter(self) -> dict[str, str | None]:
-        """Who submits: ``owner``, the identity's username (what ownership checks compare), and ``owner_name``, the
-        name people know them by (jupyter_server's anonymous users have a 32-hex username and a readable name)."""
-        user = self.current_user
-        if not user:
+        """Who submits: ``owner`` (what ownership checks compare) and ``owner_name``, the name people know them by."""
+        who = submitter(self, self.launch.server_user)
+        if who is None:
             return {"owner": None, "owner_name": None}
-        return {"owner": user.username, "owner_name": user.display_name or user.name or None}
+        return {"owner": who.name, "owner_name": who.display_name}
 
     async def job(self, job_id: str) -> Any:
         """The job this request is about, if its caller may reach it (else 404, as for an unknown job)."""
@@ -193,7 +200,7 @@ async def job_caller(handler: Any, action: str | None = None) -> Caller:
     user = handler.current_user
     action = action or HTTP_METHOD_TO_AUTH_ACTION[handler.request.method.upper()]
     admin = await ensure_async(handler.authorizer.is_authorized(handler, user, action, ADMIN_RESOURCE))
-    return Caller(user.username, bool(admin))
+    return Caller(submitter(handler, handler.settings["launch"].server_user).name, bool(admin))
 
 
 def _escape(message: str) -> str:
@@ -510,7 +517,7 @@ class SweepsHandler(LaunchHandler):
         queue = data.get("queue") or "default"
         if not isinstance(queue, str):
             raise web.HTTPError(400, "queue: must be a queue name")
-        owner = self.current_user.username if self.current_user else None
+        owner = self.owner()
         if "runs" in data:  # a client expanded the sweep itself (HttpStore.create_sweep)
             runs, config = data["runs"], data.get("config") or {}
             if not isinstance(runs, list) or not isinstance(config, dict):
@@ -621,7 +628,7 @@ class SchedulesHandler(LaunchHandler):
         for field, value in (("tz", tz), ("name", name)):
             if value is not None and (not isinstance(value, str) or len(value) > MAX_SCHEDULE_TEXT):
                 raise web.HTTPError(400, f"{field}: must be a string of at most {MAX_SCHEDULE_TEXT} characters")
-        owner = self.current_user.username if self.current_user else None
+        owner = self.owner()
         service = self.launch.service
         if "notebook" in data:
             prepared = await self.prepare_notebook(data)
@@ -796,7 +803,7 @@ class TokensHandler(LaunchHandler):
         name, queues = data.get("name") or "remote-agent", data.get("queues")
         if not isinstance(name, str) or not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
             raise web.HTTPError(400, "give 'queues' (a list of queue names, or ['*']) and optionally a 'name'")
-        created_by = self.current_user.username if self.current_user else None
+        created_by = self.owner()
         token, record = await self.store_call(self.launch.store.create_agent_token, name, queues,
                                               created_by=created_by)
         self.set_header("Location", f"{self.base_url.rstrip('/')}{API}/tokens/{record.id}")
@@ -1129,6 +1136,11 @@ class AgentClaimHandler(AgentHandler):
         wait = min(number(data, "wait", 0.0, 0, 24 * 3600), app.max_claim_wait)
         kwargs = dict(lease_seconds=number(data, "lease_seconds", 30.0, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
                       free_gpus=number(data, "free_gpus", None, 0, MAX_COUNT, integer=True))
+        owner = data.get("owner")
+        if owner is not None and not (isinstance(owner, str) and 0 < len(owner) <= MAX_OWNER):
+            raise web.HTTPError(400, f"'owner' must be the user the agent serves as (1 to {MAX_OWNER} characters), "
+                                     f"or null for every user")
+        kwargs["owner"] = owner
         job_types = string_list(data, "job_types") or None
         self.require_queues(queues)
         await self.store_call(store.check_agent_id, agent_id, self.agent_token.id)

@@ -100,6 +100,22 @@ def describe(reason: str | None, **facts: Any) -> str:
         return template
 
 
+# Providers whose queues are private unless marked ``shared: true``: a local queue runs jobs as the user whose
+# machine (or server) its agent runs on, so another user's job must not run there. Docker, Kubernetes and Slurm queues
+# run jobs on the team's machines, as the team's agents do, and are shared unless marked ``shared: false``.
+PRIVATE_PROVIDERS = frozenset({"local"})
+
+
+def queue_is_shared(config: dict[str, Any]) -> bool:
+    """Whether a queue (its config as stored: the ``QueueConfig`` as JSON) is shared: any agent serving it may claim
+    anyone's jobs. A private queue's jobs are claimed only by agents serving as their owner, or by agents that serve
+    as no user (a team's own agents)."""
+    shared = config.get("shared")
+    if shared is not None:
+        return bool(shared)
+    return (config.get("provider") or {}).get("type", "local") not in PRIVATE_PROVIDERS
+
+
 @dataclass
 class QueueRecord:
     name: str
@@ -123,10 +139,16 @@ class QueueRecord:
     def job_types(self) -> list[str]:
         return self.config.get("job_types") or []
 
+    @property
+    def shared(self) -> bool:
+        """Anyone's jobs may run on any agent serving it; else each user's run only on agents serving as them."""
+        return queue_is_shared(self.config)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["max_instances"] = self.max_instances
         d["min_instances"] = self.min_instances
+        d["shared"] = self.shared
         return d
 
 

@@ -150,8 +150,11 @@ class Store(Protocol):
         """The ids of the agents serving ``queue`` now."""
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
-                       lease_seconds: float = 30.0, free_gpus: int | None = None) -> Claim | None:
-        """Take the oldest queued job this agent may run as a lease with a new fence; ``None`` when there is none."""
+                       lease_seconds: float = 30.0, free_gpus: int | None = None,
+                       owner: str | None = None) -> Claim | None:
+        """Take the oldest queued job this agent may run as a lease with a new fence; ``None`` when there is none.
+        An agent that serves as a user (``owner``) takes only that user's jobs on private queues, anyone's on shared
+        ones; with no ``owner``, anyone's everywhere."""
 
     def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
         """Renew the lease; ``ok`` is false when the fence is stale or the job ended."""

@@ -33,7 +33,7 @@ from .base import (
     MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS, QUEUED, RUNNING, STARTING, AgentIdTaken, Claim, Heartbeat,
     JobRecord, JobStatus, LogChunk, NotFound, OutputRecord, QueueRecord, ScheduleRecord, StaleClaim, StoreError,
     StoreUnusable, SweepRecord, check_job_query, check_metric_record, check_number, check_output_path,
-    check_progress, describe, is_disk_full,
+    check_progress, describe, is_disk_full, queue_is_shared,
 )
 from .blobs import _check as check_digest
 from .tokens import AgentTokenRows
@@ -473,15 +473,17 @@ class SQLStore(AgentTokenRows):
         if not jobs:
             return
         live = self._live_agents(c)
-        cache: dict[str, tuple[int | None, int]] = {}
+        cache: dict[str, tuple[int | None, int, bool]] = {}
         for job in jobs:
             if job.queue not in cache:
                 cfg = c.execute(select(t.queues.c.config).where(t.queues.c.name == job.queue)).scalar() or {}
                 running = c.execute(select(func.count()).select_from(t.jobs).where(
                     t.jobs.c.queue == job.queue, t.jobs.c.state.in_(ACTIVE))).scalar()
-                cache[job.queue] = ((cfg.get("provider") or {}).get("max_instances"), running)
-            max_instances, running = cache[job.queue]
-            serving = [a for a in live if job.queue in a.queues]
+                cache[job.queue] = ((cfg.get("provider") or {}).get("max_instances"), running, queue_is_shared(cfg))
+            max_instances, running, shared = cache[job.queue]
+            # On a private queue an agent serving as another user never claims this job (claim_next_job).
+            serving = [a for a in live if job.queue in a.queues
+                       and (shared or (a.info or {}).get("owner") in (None, job.owner))]
             facts: dict[str, Any] = dict(queue=job.queue, job_type=job.job_type, max_instances=max_instances,
                                          attempt=job.attempt)
             ahead = self._ahead(c, job, count_cap)
@@ -528,11 +530,12 @@ class SQLStore(AgentTokenRows):
                 "higher": f"{higher:,}+" if cap is not None and higher >= cap else higher}
 
     def claim_next_job(self, agent_id: str, queues: list[str], job_types: list[str] | None = None, *,
-                       lease_seconds: float = 30.0, free_gpus: int | None = None,
+                       lease_seconds: float = 30.0, free_gpus: int | None = None, owner: str | None = None,
                        token_id: str | None = None) -> Claim | None:
         """Take the queued job this agent may run that comes first (highest priority, then oldest), as a lease;
-        ``None`` when there is none. ``token_id``: the
-        agent token claiming (through a server); only that token may then report on the claim."""
+        ``None`` when there is none. ``owner``: the user the agent serves as; on private queues it takes only their
+        jobs (``queue_is_shared``). ``token_id``: the agent token claiming (through a server); only that token may
+        then report on the claim."""
         check_number("lease_seconds", lease_seconds, MIN_LEASE_SECONDS, MAX_LEASE_SECONDS)
         if free_gpus is not None:
             check_number("free_gpus", free_gpus, 0, MAX_COUNT, integer=True)
@@ -542,7 +545,7 @@ class SQLStore(AgentTokenRows):
             if not self.is_sqlite:  # serialise claims per queue so max_instances holds across servers
                 qsel = qsel.order_by(t.queues.c.name).with_for_update()
             qrows = c.execute(qsel).all()
-            open_queues = []
+            open_queues, private = [], []
             for qr in qrows:
                 cap = (qr.config.get("provider") or {}).get("max_instances")
                 if cap is not None:
@@ -551,9 +554,13 @@ class SQLStore(AgentTokenRows):
                     if running >= cap:
                         continue
                 open_queues.append(qr.name)
+                if owner is not None and not queue_is_shared(qr.config):
+                    private.append(qr.name)
             if not open_queues:
                 return None
             q = select(t.jobs).where(t.jobs.c.state == QUEUED, t.jobs.c.queue.in_(open_queues))
+            if private:
+                q = q.where(t.jobs.c.queue.not_in(private) | (t.jobs.c.owner == owner))
             if job_types:
                 q = q.where(t.jobs.c.job_type.in_(job_types))
             if free_gpus is not None:

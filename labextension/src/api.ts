@@ -182,6 +182,7 @@ function normalizeQueue(raw: any): IQueue {
     updated_at: raw.updated_at,
     max_instances: raw.max_instances ?? config.provider?.max_instances ?? null,
     min_instances: raw.min_instances ?? config.provider?.min_instances ?? 0,
+    shared: raw.shared ?? config.shared ?? (config.provider?.type || 'local') !== 'local',
     counts: raw.counts || {},
     agents: (raw.agents || []).map((a: any) => (typeof a === 'string' ? a : a.id)),
     job_types: raw.job_types || config.job_types || [],

@@ -100,6 +100,10 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Split]:
         server.start()
         status, body = call(server, "ada", "POST", "queues", {"queue_name": HELD})
         assert status == 201, body
+        # One server, several users: the in-process agent serves as the server's user, so a local queue it runs
+        # everyone's jobs on is one its administrator marks shared (else alice's job waits for her own agent).
+        status, body = call(server, "ada", "PUT", "queues/default", {"queue_name": "default", "shared": True})
+        assert status == 200 and body["shared"] is True, body
         secret_line = "alice's own line"
         finished = submit(server, "alice", "default", (
             "import json, os, pathlib\n"
