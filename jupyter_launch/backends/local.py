@@ -32,9 +32,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from traitlets import Float, Integer, List, Unicode
 
-from ..images import load_environment
-from ..spec import ProviderConfig
 from ..control import OUTPUT_DIR_ENV
+from ..images import load_environment
+from ..report import ReportRenderer
+from ..spec import ProviderConfig
 from .base import (JOB_VARIABLES, Backend, BackendError, JobContext, RankLog, Result, base_variables,
                    job_environment, rank_variables)
 from .job_venv import (JobEnvironmentError, Layer, describe_interpreter, kernel_overlay, make_job_venv,
@@ -212,7 +213,7 @@ class WarmPool:
             out, err = pipes.child_ends
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm",
+                    str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm", "--no-report",
                     stdin=asyncio.subprocess.PIPE, stdout=out, stderr=err,
                     env=venv_variables(venv, self.layer, self.env), start_new_session=True,
                     preexec_fn=_set_pdeathsig)
@@ -289,6 +290,8 @@ class LocalBackend(Backend):
         super().__init__(**kwargs)
         self._pools: dict[str, WarmPool] = {}
         self._ending: set[asyncio.Task[None]] = set()  # runners ending after their job did
+        self.reports = ReportRenderer()  # notebook jobs' HTML reports, rendered after the runner's result
+        self._reports_starting: asyncio.Task[None] | None = None
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -322,6 +325,33 @@ class LocalBackend(Backend):
             base = {**base_variables(os.environ, self.pass_env), **JOB_VARIABLES}
             self._pools[queue] = WarmPool(layer, config.min_instances, base)
             self._pools[queue].top_up()
+            self.start_reports()
+
+    def start_reports(self) -> None:
+        """Start the report renderer in the background (once), so that it is ready by the first job's result."""
+        if self._reports_starting is None:
+            self._reports_starting = asyncio.get_running_loop().create_task(self._start_reports())
+
+    async def _start_reports(self) -> None:
+        try:
+            await self.reports.start()
+        except (OSError, RuntimeError, ValueError) as exc:  # the first report starts it again, and says why not
+            self.log.warning("the report renderer did not start: %s", exc)
+
+    async def collect_outputs(self, handle: LocalHandle, ctx: JobContext) -> None:
+        """A notebook job's HTML report, rendered from the executed notebook its runner wrote (runners run with
+        ``--no-report``); a report that cannot be rendered is a warning in the job's log, not a failure."""
+        if not handle.runner or ctx.spec.kind != "notebook" or not ctx.spec.notebook:
+            return
+        stem = Path(ctx.spec.notebook).stem
+        executed = ctx.output_dir / f"{stem}.ipynb"
+        if not executed.is_file():
+            return
+        try:
+            await self.reports.render(executed, ctx.output_dir / f"{stem}.html")
+        except (OSError, RuntimeError, ValueError) as exc:
+            ctx.log("stderr", f"[jupyter-launch] warning: the HTML report was not written ({exc}); {stem}.ipynb has "
+                              "the outputs\n".encode())
 
     def warm_runners(self, queue: str) -> list[int]:
         """Pids of the runners waiting, kernel started, for this queue's next notebook job."""
@@ -332,10 +362,16 @@ class LocalBackend(Backend):
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        if self._reports_starting is not None:
+            await asyncio.gather(self._reports_starting, return_exceptions=True)
+            self._reports_starting = None
+        await self.reports.close()
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
+        if ctx.spec.kind == "notebook":
+            self.start_reports()
         layer = await self.layer(ctx.queue_config)
         overlay = None
         if ctx.spec.kind != "command":
@@ -372,7 +408,7 @@ class LocalBackend(Backend):
             if argv and argv[0] in PYTHON_NAMES:
                 argv[0] = python  # "python" in a job means its environment's interpreter, not the first on PATH
         else:
-            argv = [python] + ctx.runner_command[1:]
+            argv = [python] + ctx.runner_command[1:] + ["--no-report"]
         env = venv_variables(venv, layer, self.job_env(ctx))
         if overlay is not None:  # the notebook's kernel, layered like the job's own environment
             env["JUPYTER_PATH"] = os.pathsep.join([str(overlay), env["JUPYTER_PATH"]])
