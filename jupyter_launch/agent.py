@@ -245,6 +245,10 @@ class Agent(LoggingConfigurable):
         self._scheduler_task: asyncio.Task[None] | None = None
         self.refused: RemoteAuthError | None = None  # why the server stopped taking this agent's calls
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
+        # For backends sizing warm capacity (Backend.demand): each queue's count of queued jobs when last seen, and
+        # this agent's jobs on it that are claimed and not yet started.
+        self._queued: dict[str, int] = {}
+        self._unstarted: dict[str, int] = {}
 
     @classmethod
     def configurables(cls) -> list[type]:
@@ -509,6 +513,7 @@ class Agent(LoggingConfigurable):
             cancel.set()
 
         sink = LogSink(store, job.id, fence, on_record, on_log_failure)
+        started: Any = None  # set once the backend is known: tells it the job no longer waits to start
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
@@ -524,6 +529,21 @@ class Agent(LoggingConfigurable):
             queue = await asyncio.to_thread(store.get_queue, job.queue)
             sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)
+            provider = self.provider_config(backend, queue.config)
+            self._queued[job.queue] = queue.counts.get("queued", 0)
+            unstarted = self._unstarted
+            unstarted[job.queue] = unstarted.get(job.queue, 0) + 1
+
+            def started() -> None:
+                """The job has started (or will not): it no longer wants warm capacity."""
+                nonlocal started_once
+                if not started_once:
+                    started_once = True
+                    unstarted[job.queue] -= 1
+                    self._tell_demand(backend, job.queue, provider)
+
+            started_once = False
+            self._tell_demand(backend, job.queue, provider)
             if backend.supported_features().get("local_gpus", True):
                 if spec.resources.gpu > len(self._free_gpus):
                     result = Result(FAILED, reason="insufficient_gpus",
@@ -532,8 +552,7 @@ class Agent(LoggingConfigurable):
                 gpu_ids = [self._free_gpus.pop(0) for _ in range(spec.resources.gpu)]
             await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
             try:
-                ctx = await asyncio.to_thread(self._prepare, job, fence, spec,
-                                              self.provider_config(backend, queue.config), workdir, gpu_ids)
+                ctx = await asyncio.to_thread(self._prepare, job, fence, spec, provider, workdir, gpu_ids)
             except _JobSetupError as exc:
                 result = Result(FAILED, reason=exc.reason, message=str(exc))
                 return
@@ -543,8 +562,11 @@ class Agent(LoggingConfigurable):
             ctx.log = sink.write
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)
-            ctx.mark_running = lambda: updates.submit(
-                store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
+            def mark_running() -> None:
+                started()
+                updates.submit(store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
+
+            ctx.mark_running = mark_running
             metrics_task = asyncio.create_task(self._ship_metrics(job.id, fence, pending_metrics, lost))
             try:
                 run = asyncio.create_task(backend.run(ctx))
@@ -605,6 +627,8 @@ class Agent(LoggingConfigurable):
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
         finally:
             beat.cancel()
+            if started is not None:
+                started()
             if not sink._closed:
                 await sink.close()
             self._free_gpus.extend(gpu_ids)
@@ -625,6 +649,12 @@ class Agent(LoggingConfigurable):
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _tell_demand(self, backend: Backend, queue: str, provider: ProviderConfig) -> None:
+        """Tell the backend how many jobs want to start on ``queue``: those queued when last seen, and this agent's
+        claimed and not yet started (as many as it could run)."""
+        waiting = self._queued.get(queue, 0) + self._unstarted.get(queue, 0)
+        backend.demand(queue, provider, min(waiting, self.capacity))
 
     def _finish(self, job_id: str, fence: int, result: Result) -> None:
         """Record the job's end; on a disk too full for even that, free the store's reserve and record it then (a

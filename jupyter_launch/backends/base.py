@@ -199,6 +199,11 @@ class Backend(LoggingConfigurable):
     async def warm_up(self, queue: str, config: ProviderConfig, agent_id: str) -> None:
         """Get ``queue`` ready for its first job (warm pools of ``min_instances``); ``agent_id`` is the agent's."""
 
+    def demand(self, queue: str, config: ProviderConfig, waiting: int) -> None:
+        """``waiting`` jobs want to start on ``queue``: those queued, and those claimed and not yet started (as many
+        as this agent could run). A backend keeping capacity warm for the queue (a pool past ``min_instances``) sizes
+        it to them. The agent calls it at each claim, before the claimed job's ``start``, and as each starts."""
+
     async def shutdown(self) -> None:
         """Release what the backend holds across jobs (warm pools, clients); the agent calls it once, at its stop."""
 
