@@ -109,7 +109,7 @@ def bench_throughput(tmp: Path, n: int, min_instances: int = 0) -> list[list[str
                  "≥ 60 jobs/min"]]
     return [[f"(b) {n} notebook jobs, max_instances 2, min_instances {min_instances}",
              f"{n / took * 60:.0f} jobs/min ({ok}/{n} ok)", "-", "-", "≥ 150 jobs/min"],
-            [f"(b) same, submit → first job done", f"{first:.3f} s", "-", "-", "≤ 0.5 s"]]
+            ["(b) same, submit → first job done", f"{first:.3f} s", "-", "-", "≤ 0.5 s"]]
 
 
 def wait_warm(agent_pid: int, count: int, timeout: float = 120) -> None:

@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -513,7 +514,7 @@ class Agent(LoggingConfigurable):
             cancel.set()
 
         sink = LogSink(store, job.id, fence, on_record, on_log_failure)
-        started: Any = None  # set once the backend is known: tells it the job no longer waits to start
+        started: Callable[[], None] = lambda: None  # once the backend is known: tells it this job no longer waits
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
@@ -531,19 +532,7 @@ class Agent(LoggingConfigurable):
             backend = self.backend(queue.provider)
             provider = self.provider_config(backend, queue.config)
             self._queued[job.queue] = queue.counts.get("queued", 0)
-            unstarted = self._unstarted
-            unstarted[job.queue] = unstarted.get(job.queue, 0) + 1
-
-            def started() -> None:
-                """The job has started (or will not): it no longer wants warm capacity."""
-                nonlocal started_once
-                if not started_once:
-                    started_once = True
-                    unstarted[job.queue] -= 1
-                    self._tell_demand(backend, job.queue, provider)
-
-            started_once = False
-            self._tell_demand(backend, job.queue, provider)
+            started = self._waiting_to_start(backend, job.queue, provider)
             if backend.supported_features().get("local_gpus", True):
                 if spec.resources.gpu > len(self._free_gpus):
                     result = Result(FAILED, reason="insufficient_gpus",
@@ -627,8 +616,7 @@ class Agent(LoggingConfigurable):
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
         finally:
             beat.cancel()
-            if started is not None:
-                started()
+            started()
             if not sink._closed:
                 await sink.close()
             self._free_gpus.extend(gpu_ids)
@@ -649,6 +637,22 @@ class Agent(LoggingConfigurable):
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _waiting_to_start(self, backend: Backend, queue: str, provider: ProviderConfig) -> Callable[[], None]:
+        """Count a claimed job as waiting to start on ``queue`` and tell the backend; the call returned says it has
+        started (or never will), and tells the backend again (once, however often it is called)."""
+        self._unstarted[queue] = self._unstarted.get(queue, 0) + 1
+        self._tell_demand(backend, queue, provider)
+        done = False
+
+        def started() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._unstarted[queue] -= 1
+                self._tell_demand(backend, queue, provider)
+
+        return started
 
     def _tell_demand(self, backend: Backend, queue: str, provider: ProviderConfig) -> None:
         """Tell the backend how many jobs want to start on ``queue``: those queued when last seen, and this agent's
