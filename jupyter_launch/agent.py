@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,10 @@ class Agent(LoggingConfigurable):
         self._scheduler_task: asyncio.Task[None] | None = None
         self.refused: RemoteAuthError | None = None  # why the server stopped taking this agent's calls
         self.finished: asyncio.Queue[tuple[str, Result]] = asyncio.Queue()
+        # For backends sizing warm capacity (Backend.demand): each queue's count of queued jobs when last seen, and
+        # this agent's jobs on it that are claimed and not yet started.
+        self._queued: dict[str, int] = {}
+        self._unstarted: dict[str, int] = {}
 
     @classmethod
     def configurables(cls) -> list[type]:
@@ -515,6 +520,7 @@ class Agent(LoggingConfigurable):
             cancel.set()
 
         sink = LogSink(store, job.id, fence, on_record, on_log_failure)
+        started: Callable[[], None] = lambda: None  # once the backend is known: tells it this job no longer waits
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
         try:
@@ -530,6 +536,9 @@ class Agent(LoggingConfigurable):
             queue = await asyncio.to_thread(store.get_queue, job.queue)
             sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)
+            provider = self.provider_config(backend, queue.config)
+            self._queued[job.queue] = queue.counts.get("queued", 0)
+            started = self._waiting_to_start(backend, job.queue, provider)
             if backend.supported_features().get("local_gpus", True):
                 if spec.resources.gpu > len(self._free_gpus):
                     result = Result(FAILED, reason="insufficient_gpus",
@@ -538,8 +547,7 @@ class Agent(LoggingConfigurable):
                 gpu_ids = [self._free_gpus.pop(0) for _ in range(spec.resources.gpu)]
             await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
             try:
-                ctx = await asyncio.to_thread(self._prepare, job, fence, spec,
-                                              self.provider_config(backend, queue.config), workdir, gpu_ids)
+                ctx = await asyncio.to_thread(self._prepare, job, fence, spec, provider, workdir, gpu_ids)
             except _JobSetupError as exc:
                 result = Result(FAILED, reason=exc.reason, message=str(exc))
                 return
@@ -549,8 +557,11 @@ class Agent(LoggingConfigurable):
             ctx.log = sink.write
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)
-            ctx.mark_running = lambda: updates.submit(
-                store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
+            def mark_running() -> None:
+                started()
+                updates.submit(store.set_state, job.id, fence, RUNNING, "running", None, agent_id=self.agent_id)
+
+            ctx.mark_running = mark_running
             metrics_task = asyncio.create_task(self._ship_metrics(job.id, fence, pending_metrics, lost))
             try:
                 run = asyncio.create_task(backend.run(ctx))
@@ -611,6 +622,7 @@ class Agent(LoggingConfigurable):
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
         finally:
             beat.cancel()
+            started()
             if not sink._closed:
                 await sink.close()
             self._free_gpus.extend(gpu_ids)
@@ -631,6 +643,28 @@ class Agent(LoggingConfigurable):
             self._running.pop(job.id, None)
             self.finished.put_nowait((job.id, result))
             self._wake.set()
+
+    def _waiting_to_start(self, backend: Backend, queue: str, provider: ProviderConfig) -> Callable[[], None]:
+        """Count a claimed job as waiting to start on ``queue`` and tell the backend; the call returned says it has
+        started (or never will), and tells the backend again (once, however often it is called)."""
+        self._unstarted[queue] = self._unstarted.get(queue, 0) + 1
+        self._tell_demand(backend, queue, provider)
+        done = False
+
+        def started() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                self._unstarted[queue] -= 1
+                self._tell_demand(backend, queue, provider)
+
+        return started
+
+    def _tell_demand(self, backend: Backend, queue: str, provider: ProviderConfig) -> None:
+        """Tell the backend how many jobs want to start on ``queue``: those queued when last seen, and this agent's
+        claimed and not yet started (as many as it could run)."""
+        waiting = self._queued.get(queue, 0) + self._unstarted.get(queue, 0)
+        backend.demand(queue, provider, min(waiting, self.capacity))
 
     def _finish(self, job_id: str, fence: int, result: Result) -> None:
         """Record the job's end; on a disk too full for even that, free the store's reserve and record it then (a

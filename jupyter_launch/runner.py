@@ -3,11 +3,14 @@
 ``python -m jupyter_launch.runner JOBFILE`` runs one job and exits 0 (succeeded) or 1 (failed).
 ``python -m jupyter_launch.runner --warm [--kernel NAME]`` starts a kernel first, prints ``ready``, then reads one line
 ``{"job_file": ..., "cwd": ..., "env": {...}}`` from stdin and runs that job the same way, without waiting for a kernel.
+``--no-report`` leaves the HTML report to the backend (:mod:`jupyter_launch.report`): the runner then never loads
+nbconvert.
 
 What the user's code prints goes to this process's stdout and stderr as it arrives, unchanged. Control records
 (:mod:`jupyter_launch.control`) report each code cell's start as progress, and exactly one ``result`` record at the end,
-flushed once the executed notebook and HTML report are in the output folder and before the kernel is shut down: from
-that record on, the job's log and files are complete, and what is left is only this process ending.
+flushed once the executed notebook and HTML report (unless ``--no-report``) are in the output folder and before the
+kernel is shut down: from that record on, the job's log and files are complete, and what is left is only this process
+ending.
 Progress and messages name a cell as :func:`control.cell_name` does: ``In [n]`` as Jupyter shows it, its place among
 the code cells (from 1) and its id.
 
@@ -21,15 +24,10 @@ from __future__ import annotations
 
 import sys
 
-# jsonschema (imported by nbformat) imports these, when installed, for the string formats of its FormatChecker, which
-# nbformat never uses: rfc3987_syntax compiles a grammar at import (about 0.8 s of CPU), isoduration brings arrow and
-# dateutil (20 ms), and the rest 10 ms more. A notebook job's runner starts with the job: only it opts out.
-FORMAT_CHECK_MODULES = ("rfc3987_syntax", "rfc3987", "rfc3986_validator", "rfc3339_validator", "isoduration", "fqdn",
-                        "idna", "webcolors", "jsonpointer", "uri_template")
-
 if __name__ == "__main__":
-    for _name in FORMAT_CHECK_MODULES:
-        sys.modules.setdefault(_name, None)  # type: ignore[arg-type]
+    from jupyter_launch.report import skip_format_checkers
+
+    skip_format_checkers()  # before nbformat is imported: see there
 
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
@@ -58,6 +56,7 @@ from nbformat import NotebookNode  # noqa: E402
 
 from . import control  # noqa: E402
 from .errors import LaunchError  # noqa: E402
+from .report import html_exporter, write_report  # noqa: E402
 
 DEFAULT_KERNEL = "python3"
 DEFAULT_OUTPUT_DIR = "outputs"
@@ -274,23 +273,9 @@ def cell_notebook(job: JobFile) -> NotebookNode:
     return nbformat.v4.new_notebook(cells=cells)
 
 
-def html_exporter() -> Any:
-    """nbconvert's HTMLExporter, having rendered a sample once: importing nbconvert and compiling its templates take
-    about half a second, better spent while a kernel starts than after the job's result."""
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter()
-    outputs = [nbformat.v4.new_output("stream", name="stdout", text="0\n"),
-               nbformat.v4.new_output("execute_result", data={"text/plain": "0"}, execution_count=1)]
-    sample = nbformat.v4.new_notebook(
-        cells=[nbformat.v4.new_markdown_cell("# 0"), nbformat.v4.new_code_cell("0", outputs=outputs)],
-        metadata={"language_info": {"name": "python", "pygments_lexer": "ipython3"}})
-    exporter.from_notebook_node(sample)
-    return exporter
-
-
 async def write_outputs(nb: NotebookNode, out_dir: Path, stem: str, exporter: asyncio.Future[Any] | None) -> None:
-    """The executed notebook, then its HTML report; a failed report only warns: the notebook is the record."""
+    """The executed notebook, then its HTML report (unless ``exporter`` is None: the backend renders it); a failed
+    report only warns: the notebook is the record."""
     try:
         await asyncio.to_thread(nbformat.write, nb, str(out_dir / f"{stem}.ipynb"))
     except OSError as exc:
@@ -299,8 +284,7 @@ async def write_outputs(nb: NotebookNode, out_dir: Path, stem: str, exporter: as
     if exporter is None:
         return
     try:
-        body, _ = await asyncio.to_thread((await exporter).from_notebook_node, nb)
-        await asyncio.to_thread((out_dir / f"{stem}.html").write_text, body, encoding="utf-8")
+        await asyncio.to_thread(write_report, await exporter, nb, out_dir / f"{stem}.html")
     except Exception as exc:  # any exporter failure (templates, a broken output): keep the job's result
         _warn(f"the HTML report was not written ({type(exc).__name__}: {exc}); {stem}.ipynb has the outputs")
 
@@ -565,10 +549,12 @@ async def execute_cells(client: StreamingClient, nb: NotebookNode, kernel: Kerne
 class Runner:
     """Runs one job in this process's working folder, with a kernel it starts or one started before (warm)."""
 
-    def __init__(self, scratch: Path, kernel: Kernel | None = None, exporter: asyncio.Future[Any] | None = None):
+    def __init__(self, scratch: Path, kernel: Kernel | None = None, exporter: asyncio.Future[Any] | None = None,
+                 report: bool = True):
         self.scratch = scratch
         self.kernel = kernel
         self.exporter = exporter  # the HTML report's, made ahead
+        self.report = report  # False: the backend renders the report (:mod:`.report`), after the result record
         self.cancelled = False
 
     async def run(self, job_path: Path, kernel_env: dict[str, str] | None = None) -> int:
@@ -586,7 +572,8 @@ class Runner:
             if job.kind == "notebook":
                 stem = Path(job.notebook or "").stem
                 nb = read_notebook(Path(job.notebook or ""))
-                exporter = self.exporter or asyncio.ensure_future(asyncio.to_thread(html_exporter))
+                if self.report:
+                    exporter = self.exporter or asyncio.ensure_future(asyncio.to_thread(html_exporter))
             else:
                 nb = cell_notebook(job)
             inject_parameters(nb, job.parameters)
@@ -670,22 +657,23 @@ class Runner:
 # ------------------------------------------------------------------ entry points
 
 
-async def run_cold(job_path: Path) -> int:
+async def run_cold(job_path: Path, report: bool = True) -> int:
     with tempfile.TemporaryDirectory(prefix="jupyter-launch-") as scratch:
-        return await Runner(Path(scratch)).run(job_path)
+        return await Runner(Path(scratch), report=report).run(job_path)
 
 
-async def run_warm(kernel_name: str) -> int:
+async def run_warm(kernel_name: str, report: bool = True) -> int:
     """Start a kernel, say ``ready``, wait for one job on stdin, run it; a closed stdin ends quietly."""
     scratch = Path(tempfile.mkdtemp(prefix="jupyter-launch-"))
     try:
-        exporter = asyncio.ensure_future(asyncio.to_thread(html_exporter))
+        exporter = asyncio.ensure_future(asyncio.to_thread(html_exporter)) if report else None
         try:
             kernel = await Kernel.start(kernel_name, scratch, scratch)
         except JobError as exc:  # no job yet to report on: the pool sees no "ready"
             _warn(exc.message)
             return 1
-        await asyncio.wait([exporter])
+        if exporter is not None:
+            await asyncio.wait([exporter])
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         line = await asyncio.to_thread(sys.stdin.readline)
@@ -702,7 +690,7 @@ async def run_warm(kernel_name: str) -> int:
             await kernel.shutdown(now=True)
             return 1
         os.environ.update(env)
-        return await Runner(scratch, kernel, exporter).run(job_file, kernel_env=env)
+        return await Runner(scratch, kernel, exporter, report=report).run(job_file, kernel_env=env)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -712,13 +700,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_file", nargs="?", type=Path, help="the job's JSON file (.jupyter-launch/job.json)")
     parser.add_argument("--warm", action="store_true", help="start a kernel now, then read the job from stdin")
     parser.add_argument("--kernel", default=DEFAULT_KERNEL, help="the kernel a warm runner starts")
+    parser.add_argument("--no-report", dest="report", action="store_false",
+                        help="write no HTML report: the backend renders it from the executed notebook")
     args = parser.parse_args(argv)
     if not args.warm and args.job_file is None:
         parser.error("give a job file, or --warm")
     die_with_parent()()  # the agent that started us is gone: so is the job
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
-    return asyncio.run(run_warm(args.kernel) if args.warm else run_cold(args.job_file))
+    return asyncio.run(run_warm(args.kernel, args.report) if args.warm else run_cold(args.job_file, args.report))
 
 
 if __name__ == "__main__":

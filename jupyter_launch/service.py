@@ -38,6 +38,50 @@ class LogPage:
     next_offset: int
 
 
+class SharedPages:
+    """Log pages read from the store, shared by the followers of a job on one event loop.
+
+    Followers at the same offset of the same job get the one page: one store read and one copy in memory, whether
+    they ask while it is being read or after. A log is only appended to, so a page read once stays true (one read
+    while the log was shorter ends earlier, and its followers read on from there). At most ``keep`` pages per job
+    are kept, the ones read last; a job's pages go when its last follower leaves.
+    """
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._pages: dict[str, dict[int, asyncio.Future[tuple[list[LogChunk], int]]]] = {}  # by job, by offset
+        self._followers: dict[str, int] = {}
+
+    def join(self, job_id: str) -> None:
+        self._followers[job_id] = self._followers.get(job_id, 0) + 1
+
+    def leave(self, job_id: str) -> None:
+        left = self._followers.get(job_id, 1) - 1
+        if left:
+            self._followers[job_id] = left
+        else:
+            self._followers.pop(job_id, None)
+            self._pages.pop(job_id, None)
+
+    def kept(self, job_id: str) -> int:
+        """How many pages of the job are kept now (read, or being read)."""
+        return len(self._pages.get(job_id, ()))
+
+    async def read(self, job_id: str, offset: int, read: Callable[[], Awaitable[tuple[list[LogChunk], int]]]
+                   ) -> tuple[list[LogChunk], int]:
+        """The page at ``offset``: the one kept, or ``read()`` (once, for every follower asking meanwhile). An empty
+        or failed read is not kept: the next follower asking reads again."""
+        pages = self._pages.setdefault(job_id, {})
+        page = pages.get(offset)
+        if page is None or (page.done() and (page.cancelled() or page.exception() is not None
+                                             or not page.result()[0])):
+            page = asyncio.ensure_future(read())
+            pages[offset] = page
+            while len(pages) > self.keep:
+                del pages[next(iter(pages))]  # the oldest: followers behind it read the store again
+        return await asyncio.shield(page)  # a follower leaving does not cancel the read the others wait for
+
+
 @dataclass(frozen=True)
 class Caller:
     """Who asks the server for a job operation, as its authorizer answered: ``name`` is the identity that owns the
@@ -94,6 +138,7 @@ class LaunchService:
         self._run = run_blocking or asyncio.to_thread
         self._hash_cache: HashCache | None = None
         self._agents: dict[str, tuple[Agent, asyncio.Task[Any]]] = {}
+        self._pages: dict[asyncio.AbstractEventLoop, SharedPages] = {}  # its followers' log pages, per event loop
 
     # ------------------------------------------------------------ queues
 
@@ -298,7 +343,8 @@ class LaunchService:
     async def follow(self, job_id: str, offset: int = 0, *, page: int = PAGE, poll_min: float = POLL_MIN,
                      poll_max: float = 0.1) -> AsyncIterator[LogPage | JobRecord]:
         """The job's log from ``offset`` a page at a time, and its record whenever its state or reason changes, until
-        it has ended and its log is read to the end (the last record yielded is the final one).
+        it has ended and its log is read to the end (the last record yielded is the final one). Followers of one job
+        share the pages they read (:class:`SharedPages`): a page's chunks are the same objects for each.
 
         Woken by the store's in-process events where the writer shares this process; otherwise it polls, from
         ``poll_min`` doubling up to ``poll_max`` while nothing arrives (an agent in another process writing to the same
@@ -307,10 +353,14 @@ class LaunchService:
         event = self.events.watch(job_id)
         last: tuple[str, str | None] | None = None
         delay = poll_min
+        pages = self.shared_pages()
+        pages.join(job_id)
         try:
             while True:
                 event.clear()
-                chunks, nxt = await self._run(self.store.read_log, job_id, offset, limit=page)
+                at = offset
+                chunks, nxt = await pages.read(job_id, at, lambda: self._run(self.store.read_log, job_id, at,
+                                                                               limit=page))
                 if chunks:
                     yield LogPage(chunks, nxt)
                     offset, delay = nxt, poll_min
@@ -326,7 +376,17 @@ class LaunchService:
                 except asyncio.TimeoutError:
                     delay = min(delay * 2, poll_max)
         finally:
+            pages.leave(job_id)
             self.events.unwatch(job_id, event)
+
+    def shared_pages(self) -> SharedPages:
+        """The log pages the followers on the running event loop share."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._pages:
+            for closed in [other for other in self._pages if other.is_closed()]:
+                del self._pages[closed]
+            self._pages[loop] = SharedPages()
+        return self._pages[loop]
 
     # ------------------------------------------------------------ an agent here
 

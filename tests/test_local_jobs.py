@@ -184,7 +184,7 @@ def test_idle_agent_is_woken_by_submit_not_by_polling(client, tmp_path):
             # A second client, as another process would be: it wakes the agent through its socket.
             other = LaunchClient()
             job = other.submit(spec={"kind": "command", "command": ["true"]}, root=folder)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + 180
             while job.refresh().state == "queued":
                 assert time.monotonic() < deadline, "the idle agent was not woken by the submit"
                 await asyncio.sleep(0.01)
@@ -241,6 +241,66 @@ def test_min_instances_runs_a_notebook_job_on_a_kernel_started_before_it(client,
     # The kernel's parent is the runner the pool started before the job was submitted, not one started for it.
     assert warm == [runner]
     assert refill and runner not in refill
+
+
+def test_the_warm_pool_grows_with_the_queue_up_to_max_instances_and_shrinks_back(client, tmp_path):
+    """min_instances 1, max_instances 3: while three jobs run and three more wait, the pool holds three ready
+    runners (all started at once), never more; once the queue is empty it is back to one. The jobs that waited run on
+    warm runners (the kernel's parent), none cold."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    client.create_queue(QueueConfig(queue_name="burst", provider={"type": "local", "min_instances": 1,
+                                                                  "max_instances": 3}))
+    folder = tmp_path / "src"
+    folder.mkdir()
+    release = tmp_path / "release"
+    # The kernel's parent is its runner: a warm one was started with --warm, a cold one with the job's file.
+    nb = new_notebook(cells=[new_code_cell(f"import os, time\nwith open(f'/proc/{{os.getppid()}}/cmdline') as f:\n"
+                                           f"    print('warm' if '--warm' in f.read().split('\\0') else 'cold')\n"
+                                           f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.05)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, folder / "hold.ipynb")
+
+    async def scenario():
+        agent = make_local_agent(client.store, ["burst"], blobs=client.blobs, max_jobs=6)
+        await agent.start()
+        backend = agent.backend("local")
+        task = None
+        try:
+            deadline = time.monotonic() + 180
+            while not backend.warm_runners("burst"):
+                assert time.monotonic() < deadline, "the queue's warm runner never became ready"
+                await asyncio.sleep(0.05)
+            jobs = [client.submit(folder / "hold.ipynb", queue="burst") for _ in range(6)]
+            task = asyncio.create_task(agent.run())
+            most = 0
+            while len(backend.warm_runners("burst")) < 3:  # three run, three wait: one runner each, up to 3
+                assert time.monotonic() < deadline, (backend.warm_runners("burst"), [j.refresh().state for j in jobs])
+                most = max(most, len(backend.warm_runners("burst")))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)  # it stays at three: none past max_instances
+            most = max(most, len(backend.warm_runners("burst")))
+            release.touch()
+            while not all(j.refresh().done for j in jobs):
+                assert time.monotonic() < deadline, [j.refresh() for j in jobs]
+                most = max(most, len(backend.warm_runners("burst")))
+                await asyncio.sleep(0.02)
+            while len(backend.warm_runners("burst")) != 1 or backend._pools["burst"]._spawns:
+                assert time.monotonic() < deadline, backend.warm_runners("burst")
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            return jobs, most, backend.warm_runners("burst")
+        finally:
+            await agent.stop()
+            if task is not None:
+                task.cancel()
+
+    jobs, most, after = asyncio.run(scenario())
+    assert [j.record.state for j in jobs] == ["succeeded"] * 6, [j.logs() for j in jobs]
+    assert most == 3
+    assert len(after) == 1
+    assert [j.logs() for j in jobs] == ["warm\n"] * 6  # past the first, each took a runner started for it, none cold
 
 
 def test_pipes_drain_delivers_what_the_child_wrote_before_the_call():
@@ -391,7 +451,7 @@ def test_kill_9_agent_mid_job_requeues_and_runs_exactly_once(client, tmp_path, c
     agent_cmd = [sys.executable, "-m", "jupyter_launch.cli", "agent", "--queue", "default", "--lease", "1"]
     first = subprocess.Popen(agent_cmd, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while not (ledger.exists() and "start 1" in ledger.read_text()):
             assert time.monotonic() < deadline, "the first agent never started the job"
             time.sleep(0.02)

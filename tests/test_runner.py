@@ -526,3 +526,22 @@ def test_the_result_record_comes_after_the_outputs_are_written(tmp_path: Path) -
     finally:
         proc.kill()
         proc.communicate()
+
+
+@pytest.mark.parametrize("warm", [False, True])
+def test_with_no_report_the_runner_writes_the_notebook_and_never_loads_nbconvert(tmp_path: Path, warm: bool) -> None:
+    """The local backend renders reports in one process of its own (:mod:`jupyter_launch.report`): its runners,
+    cold or warm, write the executed notebook only, and never pay for loading nbconvert."""
+    work = job_folder(tmp_path, code_notebook("print('done')"))
+    out_dir = tmp_path / "outputs"
+    argv = [sys.executable, "-X", "importtime", "-m", "jupyter_launch.runner", "--no-report"]
+    proc = subprocess.Popen(argv + (["--warm"] if warm else ["job.json"]), cwd=work, env=runner_env(out_dir),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    request = {"job_file": str(work / "job.json"), "cwd": str(work), "env": {control.OUTPUT_DIR_ENV: str(out_dir)}}
+    stdout, stderr = proc.communicate(json.dumps(request).encode() + b"\n" if warm else b"", timeout=KERNEL_WAIT)
+    plain, records = split(stdout.removeprefix(b"ready\n"))
+    assert proc.returncode == 0 and records[-1]["state"] == "succeeded", stderr.decode()
+    assert plain == "done\n"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["built.ipynb"]
+    imported = [line.rsplit("|", 1)[-1].strip() for line in stderr.decode().splitlines() if "import time:" in line]
+    assert "nbformat" in imported and not [m for m in imported if m.startswith("nbconvert")]

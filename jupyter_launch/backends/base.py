@@ -199,6 +199,11 @@ class Backend(LoggingConfigurable):
     async def warm_up(self, queue: str, config: ProviderConfig, agent_id: str) -> None:
         """Get ``queue`` ready for its first job (warm pools of ``min_instances``); ``agent_id`` is the agent's."""
 
+    def demand(self, queue: str, config: ProviderConfig, waiting: int) -> None:
+        """``waiting`` jobs want to start on ``queue``: those queued, and those claimed and not yet started (as many
+        as this agent could run). A backend keeping capacity warm for the queue (a pool past ``min_instances``) sizes
+        it to them. The agent calls it at each claim, before the claimed job's ``start``, and as each starts."""
+
     async def shutdown(self) -> None:
         """Release what the backend holds across jobs (warm pools, clients); the agent calls it once, at its stop."""
 
@@ -235,7 +240,8 @@ class Backend(LoggingConfigurable):
         """Send ``ctx.log`` all the output the job wrote before now; called when it ends at its result record."""
 
     async def collect_outputs(self, handle: Any, ctx: JobContext) -> None:
-        """Make sure the job's output files are in ``ctx.output_dir`` (local backends write there directly)."""
+        """Make sure the job's output files are in ``ctx.output_dir`` (local backends write there directly); called
+        once the job has ended, or once its runner's result record is in (``finishes_at_result``)."""
 
     async def cleanup(self, handle: Any, ctx: JobContext, result: Result) -> None:
         """Release what the job held (containers, Kubernetes objects)."""
@@ -275,6 +281,7 @@ class Backend(LoggingConfigurable):
             done, _ = await asyncio.wait(ends, timeout=ctx.timeout, return_when=asyncio.FIRST_COMPLETED)
             if at_result and ctx.result_seen.is_set() and not done & {waiting, cancelling}:
                 await self.drain(handle, ctx)
+                await self.collect_outputs(handle, ctx)
                 result = Result("succeeded", 0, "completed", finished_at_result=True)  # the agent reads the record
                 return result
             stopped_by = None

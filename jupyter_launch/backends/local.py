@@ -32,9 +32,10 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 from traitlets import Float, Integer, List, Unicode
 
-from ..images import load_environment
-from ..spec import ProviderConfig
 from ..control import OUTPUT_DIR_ENV
+from ..images import load_environment
+from ..report import ReportRenderer
+from ..spec import ProviderConfig
 from .base import (JOB_VARIABLES, Backend, BackendError, JobContext, RankLog, Result, base_variables,
                    job_environment, rank_variables)
 from .job_venv import (JobEnvironmentError, Layer, describe_interpreter, kernel_overlay, make_job_venv,
@@ -185,47 +186,108 @@ class LocalHandle:
         return self.ranks or [(self.proc, self.pipes)]
 
 
-class WarmPool:
-    """Runners with a started kernel, waiting on stdin for a job: a notebook job then skips kernel start."""
+Runner = tuple[asyncio.subprocess.Process, Pipes, Path]  # a warm runner: its process, its pipes, its environment
 
-    def __init__(self, layer: Layer, size: int, env: dict[str, str]):
+
+class WarmPool:
+    """Runners with a started kernel, waiting on stdin for a job: a notebook job then skips kernel start.
+
+    The pool holds ``minimum`` runners (the queue's ``min_instances``) and, while jobs wait in the queue, one for each
+    of them up to ``limit`` (its ``max_instances``): what is ready and what is starting together, all starting at
+    once. When the queue empties it shrinks back to ``minimum``, ready runners past it ended. A job that finds no
+    runner ready waits for one already starting (which is further along than a cold start would be) as long as there
+    are more starting than jobs waiting; past that it starts cold.
+    """
+
+    def __init__(self, layer: Layer, size: int, env: dict[str, str], limit: int | None = None):
         self.layer = layer
-        self.size = size
+        self.minimum = size
+        self.limit = limit  # None: no bound but the demand the agent reports
+        self.wanted = 0  # jobs waiting in the queue, as the agent last saw it
         self.env = env  # the allowed base variables: the job's own come over stdin
-        self._ready: deque[tuple[asyncio.subprocess.Process, Pipes, Path]] = deque()
+        self._ready: deque[Runner] = deque()
         self._spawns: set[asyncio.Task[None]] = set()
+        self._waiters: deque[asyncio.Future[Runner | None]] = deque()
+        self._ending: set[asyncio.Task[None]] = set()  # runners past what the pool wants, being ended
         self._closed = False
 
+    @property
+    def size(self) -> int:
+        """How many runners the pool keeps, ready or starting."""
+        demand = self.wanted if self.limit is None else min(self.wanted, self.limit)
+        return max(self.minimum, demand)
+
+    def demand(self, waiting: int) -> None:
+        """``waiting`` jobs want to start: grow to one runner each (up to ``limit``), or shrink back."""
+        self.wanted = waiting
+        self.top_up()
+        while self._ready and self._held() > self.size:
+            proc, pipes, venv = self._ready.pop()  # the newest: its kernel is the least likely to be needed soon
+            self._end_later(proc, pipes, venv)
+
+    def _held(self) -> int:
+        """Runners ready, or starting for no job in particular (the first ones to be ready go to the jobs waiting)."""
+        return len(self._ready) + len(self._spawns) - len(self._waiters)
+
     def top_up(self) -> None:
-        while not self._closed and len(self._ready) + len(self._spawns) < self.size:
+        while not self._closed and self._held() < self.size:
             task = asyncio.get_running_loop().create_task(self._spawn())
             self._spawns.add(task)
-            task.add_done_callback(self._spawns.discard)
 
     async def _spawn(self) -> None:
         pipes = Pipes()
         # The runner's environment, made before its job: the job's folder does not exist yet.
         venv = Path(tempfile.mkdtemp(prefix="jupyter-launch-env-")) / "env"
         proc = None
+        ready = False
         try:
             await asyncio.to_thread(make_job_venv, venv, self.layer)
             out, err = pipes.child_ends
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm",
+                    str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm", "--no-report",
                     stdin=asyncio.subprocess.PIPE, stdout=out, stderr=err,
                     env=venv_variables(venv, self.layer, self.env), start_new_session=True,
                     preexec_fn=_set_pdeathsig)
             finally:
                 pipes.started()
-            line = await pipes.readline()
-            if line.strip() == b"ready" and not self._closed:
-                self._ready.append((proc, pipes, venv))
-                return
+            ready = (await pipes.readline()).strip() == b"ready" and not self._closed
         except BaseException:
+            self._spawns.discard(asyncio.current_task())  # type: ignore[arg-type]
             await self._discard(proc, pipes, venv)
+            self._serve_waiters()
             raise
-        await self._discard(proc, pipes, venv)
+        self._spawns.discard(asyncio.current_task())  # type: ignore[arg-type]
+        if ready:
+            self._add((proc, pipes, venv))  # type: ignore[arg-type]
+        else:
+            self._end_later(proc, pipes, venv)
+        self._serve_waiters()
+
+    def _add(self, runner: Runner) -> None:
+        """A runner ready: to the job waiting longest, or kept while the pool wants it, or ended."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(runner)
+                return
+        if self._held() < self.size:
+            self._ready.append(runner)
+        else:
+            self._end_later(*runner)
+
+    def _serve_waiters(self) -> None:
+        """Jobs waiting past the runners still starting get none (they start cold); the pool refills."""
+        while len(self._waiters) > len(self._spawns):
+            waiter = self._waiters.pop()
+            if not waiter.done():
+                waiter.set_result(None)
+        self.top_up()
+
+    def _end_later(self, proc: asyncio.subprocess.Process | None, pipes: Pipes, venv: Path) -> None:
+        task = asyncio.get_running_loop().create_task(self._discard(proc, pipes, venv))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
 
     @staticmethod
     async def _discard(proc: asyncio.subprocess.Process | None, pipes: Pipes, venv: Path) -> None:
@@ -239,7 +301,8 @@ class WarmPool:
     def ready_pids(self) -> list[int]:
         return [proc.pid for proc, _, _ in self._ready if proc.returncode is None]
 
-    def take(self) -> tuple[asyncio.subprocess.Process, Pipes, Path] | None:
+    async def take(self) -> Runner | None:
+        """A ready runner, or one still starting when there is one for this job; None: start the job cold."""
         while self._ready:
             proc, pipes, venv = self._ready.popleft()
             if proc.returncode is None:
@@ -247,14 +310,36 @@ class WarmPool:
                 return proc, pipes, venv
             pipes.close()
             remove_venv(venv)
+        if self._closed or len(self._spawns) <= len(self._waiters):
+            self.top_up()
+            return None
+        waiter: asyncio.Future[Runner | None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            runner = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
+                self._add(waiter.result())  # type: ignore[arg-type]
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            raise
         self.top_up()
-        return None
+        if runner is not None and runner[0].returncode is not None:
+            runner[1].close()
+            remove_venv(runner[2])
+            return None
+        return runner
 
     async def close(self) -> None:
         self._closed = True
-        for task in list(self._spawns):  # a runner still starting (a replacement) ends too
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        spawns = list(self._spawns)
+        for task in spawns:  # a runner still starting (a replacement) ends too
             task.cancel()
-        await asyncio.gather(*self._spawns, return_exceptions=True)
+        await asyncio.gather(*spawns, *self._ending, return_exceptions=True)
         while self._ready:
             await self._discard(*self._ready.popleft())
 
@@ -289,6 +374,8 @@ class LocalBackend(Backend):
         super().__init__(**kwargs)
         self._pools: dict[str, WarmPool] = {}
         self._ending: set[asyncio.Task[None]] = set()  # runners ending after their job did
+        self.reports = ReportRenderer()  # notebook jobs' HTML reports, rendered after the runner's result
+        self._reports_starting: asyncio.Task[None] | None = None
 
     @classmethod
     def supported_features(cls) -> dict[str, bool]:
@@ -320,8 +407,42 @@ class LocalBackend(Backend):
                 self.log.warning("queue %s: no warm runners: %s", queue, exc.message)
                 return
             base = {**base_variables(os.environ, self.pass_env), **JOB_VARIABLES}
-            self._pools[queue] = WarmPool(layer, config.min_instances, base)
+            self._pools[queue] = WarmPool(layer, config.min_instances, base, limit=config.max_instances)
             self._pools[queue].top_up()
+            self.start_reports()
+
+    def start_reports(self) -> None:
+        """Start the report renderer in the background (once), so that it is ready by the first job's result."""
+        if self._reports_starting is None:
+            self._reports_starting = asyncio.get_running_loop().create_task(self._start_reports())
+
+    async def _start_reports(self) -> None:
+        try:
+            await self.reports.start()
+        except (OSError, RuntimeError, ValueError) as exc:  # the first report starts it again, and says why not
+            self.log.warning("the report renderer did not start: %s", exc)
+
+    async def collect_outputs(self, handle: LocalHandle, ctx: JobContext) -> None:
+        """A notebook job's HTML report, rendered from the executed notebook its runner wrote (runners run with
+        ``--no-report``); a report that cannot be rendered is a warning in the job's log, not a failure."""
+        if not handle.runner or ctx.spec.kind != "notebook" or not ctx.spec.notebook:
+            return
+        stem = Path(ctx.spec.notebook).stem
+        executed = ctx.output_dir / f"{stem}.ipynb"
+        if not executed.is_file():
+            return
+        try:
+            await self.reports.render(executed, ctx.output_dir / f"{stem}.html")
+        except (OSError, RuntimeError, ValueError) as exc:
+            ctx.log("stderr", f"[jupyter-launch] warning: the HTML report was not written ({exc}); {stem}.ipynb has "
+                              "the outputs\n".encode())
+
+    def demand(self, queue: str, config: LocalProvider, waiting: int) -> None:
+        """Size the queue's warm pool to the jobs that want to start (up to ``max_instances``), or back to
+        ``min_instances``."""
+        pool = self._pools.get(queue)
+        if pool is not None:
+            pool.demand(waiting)
 
     def warm_runners(self, queue: str) -> list[int]:
         """Pids of the runners waiting, kernel started, for this queue's next notebook job."""
@@ -332,10 +453,16 @@ class LocalBackend(Backend):
         for pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        if self._reports_starting is not None:
+            await asyncio.gather(self._reports_starting, return_exceptions=True)
+            self._reports_starting = None
+        await self.reports.close()
         if self._ending:
             await asyncio.gather(*self._ending, return_exceptions=True)
 
     async def start(self, ctx: JobContext) -> LocalHandle:
+        if ctx.spec.kind == "notebook":
+            self.start_reports()
         layer = await self.layer(ctx.queue_config)
         overlay = None
         if ctx.spec.kind != "command":
@@ -348,7 +475,7 @@ class LocalBackend(Backend):
                                                          f"{exc}") from None
         if ctx.spec.kind != "command" and overlay is None and ctx.spec.resources.nodes == 1:
             pool = self._pools.get(ctx.queue)
-            taken = pool.take() if pool else None
+            taken = await pool.take() if pool else None
             if taken is not None:
                 proc, pipes, venv = taken
                 line = json.dumps({"job_file": str(ctx.workdir / ".jupyter-launch" / "job.json"),
@@ -372,7 +499,7 @@ class LocalBackend(Backend):
             if argv and argv[0] in PYTHON_NAMES:
                 argv[0] = python  # "python" in a job means its environment's interpreter, not the first on PATH
         else:
-            argv = [python] + ctx.runner_command[1:]
+            argv = [python] + ctx.runner_command[1:] + ["--no-report"]
         env = venv_variables(venv, layer, self.job_env(ctx))
         if overlay is not None:  # the notebook's kernel, layered like the job's own environment
             env["JUPYTER_PATH"] = os.pathsep.join([str(overlay), env["JUPYTER_PATH"]])

@@ -1,14 +1,15 @@
 """Live log streams: a WebSocket per follower, and server-sent events as the fallback.
 
-Followers do not share a buffer. Each reads the store from its own byte offset, a bounded page at a time, and only
-reads again once its page is written out (``LaunchService.follow``); the store's events just say "job X has more".
-So a slow follower delays no one (the job's writes go to the store, not to followers), and memory per follower is
-one page whatever the log's size.
+Each follower reads from its own byte offset, a bounded page at a time, and only reads again once its page is
+written out (``LaunchService.follow``); the store's events just say "job X has more". Followers at the same offset
+share the page (``service.SharedPages``: one store read, one copy, a few pages kept per job), and each sends it in
+frames of at most ``FRAME_BYTES``, so a follower's own memory is one frame. A slow follower delays no one (the job's
+writes go to the store, not to followers) and, past the pages kept, reads the store again itself.
 Resuming is by byte offset (``?offset=N``, or SSE's ``Last-Event-ID``): nothing is lost and nothing repeated.
 
-WebSocket frames: binary ``{"offset", "stream", "attempt"}`` JSON header, a newline, then the raw bytes; text
-frames ``{"event": "state" | "end", ...}``. SSE events: ``log`` (JSON with utf-8 ``text``; ``id`` is the offset to
-resume from), ``state`` and ``end``.
+WebSocket frames: binary ``{"offset", "stream", "attempt"}`` JSON header, a newline, then the raw bytes (at most
+``FRAME_BYTES`` of them: a long chunk comes in several frames); text frames ``{"event": "state" | "end", ...}``.
+SSE events: ``log`` (JSON with utf-8 ``text``; ``id`` is the offset to resume from), ``state`` and ``end``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ..store.base import MAX_COUNT
 from .handlers import API, JOB_ID, JOBS_RESOURCE, LaunchHandler, bounded_int, job_caller
 
 FALLBACK_POLL = 1.0  # seconds; covers logs written by another server sharing a PostgreSQL store
+FRAME_BYTES = 32 * 1024  # log bytes per WebSocket frame at most
 
 
 async def follow_log(app: Any, job_id: str, offset: int, send: Callable[[list[LogChunk], int], Awaitable[None]],
@@ -106,9 +108,13 @@ class LogSocketHandler(_FollowerLimit, JupyterHandler, websocket.WebSocketHandle
 
         async def send(chunks: list[LogChunk], nxt: int) -> None:
             for c in chunks:
-                header = json.dumps({"offset": c.offset, "stream": c.stream, "attempt": c.attempt}).encode()
-                # Awaiting the write is the back-pressure: a slow reader holds only its own page.
-                await self.write_message(header + b"\n" + c.data, binary=True)
+                data = memoryview(c.data)
+                # A frame is its header and a slice of the chunk: each follower copies at most FRAME_BYTES at a time
+                # (the page itself is shared by the job's followers). Awaiting the write is the back-pressure.
+                for start in range(0, len(data), FRAME_BYTES):
+                    header = json.dumps({"offset": c.offset + start, "stream": c.stream,
+                                         "attempt": c.attempt}).encode()
+                    await self.write_message(header + b"\n" + data[start:start + FRAME_BYTES], binary=True)
 
         async def send_state(job: Any) -> None:
             await self.write_message(json.dumps(_state_event(job, self.offset)))

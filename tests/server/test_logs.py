@@ -136,3 +136,30 @@ async def test_429_carries_retry_after_header(jp_fetch, launch_app):
         raise AssertionError("expected 429")
     launch_app.max_inflight_requests = 256
     assert await asyncio.to_thread(launch_app.store.count_jobs) == 0  # refused means nothing was enqueued
+
+
+async def test_a_large_write_reaches_every_follower_in_bounded_frames(api, jp_ws_fetch, start_launch):
+    """A follower's own memory is one frame: a 256 KiB chunk of the store goes out as several contiguous frames of at
+    most FRAME_BYTES, the same bytes to each follower."""
+    from jupyter_launch.server.ws import FRAME_BYTES
+
+    await start_launch()
+    code = "import sys\nsys.stdout.buffer.write(bytes(range(256)) * 4096)\nsys.stdout.flush()\n"  # 1 MiB at once
+    _, job = await api("POST", "jobs", body={"spec": command_spec(code)})
+    sockets = [await jp_ws_fetch("launch", "api", "jobs", job["id"], "logs", "ws") for _ in range(3)]
+    sizes: list[list[int]] = [[] for _ in sockets]
+
+    async def read(ws: Any, seen: list[int]) -> bytes:
+        data = []
+        while (msg := await ws.read_message()) is not None:
+            if isinstance(msg, bytes):
+                header, _, body = msg.partition(b"\n")
+                assert json.loads(header)["offset"] == sum(seen)  # contiguous
+                seen.append(len(body))
+                data.append(body)
+        ws.close()
+        return b"".join(data)
+
+    logs = await asyncio.gather(*(read(ws, seen) for ws, seen in zip(sockets, sizes)))
+    assert logs == [bytes(range(256)) * 4096] * 3
+    assert all(max(seen) <= FRAME_BYTES for seen in sizes) and all(len(seen) >= 16 for seen in sizes)
