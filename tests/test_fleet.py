@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from launch_server import LaunchServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,8 +37,11 @@ class Cli:
         self.env = dict(server.env, JUPYTER_LAUNCH_HOME=str(home), JUPYTER_LAUNCH_SERVER_URL=server.url,
                         JUPYTER_LAUNCH_TOKEN=server.token)
         self.home = home
+        self.upped: set[str] = set()  # queues to bring down after the test, whatever it did
 
     def run(self, *args: str, check: bool = True, timeout: float = 240) -> subprocess.CompletedProcess:
+        if args[:2] == ("queue", "up"):
+            self.upped.add(yaml.safe_load(Path(args[2]).read_text())["queue_name"])
         proc = subprocess.run([sys.executable, "-m", "jupyter_launch.cli", *args], env=self.env, cwd=ROOT,
                               capture_output=True, text=True, timeout=timeout)
         if check:
@@ -59,8 +63,11 @@ class Cli:
 
 
 @pytest.fixture
-def cli(server: LaunchServer, tmp_path: Path) -> Cli:
-    return Cli(server, tmp_path / "cli-home")
+def cli(server: LaunchServer, tmp_path: Path) -> Iterator[Cli]:
+    c = Cli(server, tmp_path / "cli-home")
+    yield c
+    for queue in c.upped:  # before the server stops: a failed test leaves no manager, agent or token running
+        c.run("queue", "down", queue, check=False)
 
 
 def wait_for(check: Callable[[], Any], what: str, diagnose: Callable[[], str] = lambda: "") -> Any:
@@ -140,6 +147,10 @@ def test_local_agents_run_a_job_and_down_leaves_no_process_or_token(cli: Cli, tm
     assert "hi fleet" in done.stdout
     (job,) = cli.json("jobs", "--queue", "loc")
     assert (job["state"], job["agent_id"]) == ("succeeded", agent["agent_id"])
+    # `up` again while it is up: the queue's config is updated, the same manager follows it.
+    again = cli.run("queue", "up", str(queue_file)).stdout
+    assert again.startswith("queue loc updated; its manager (pid ")
+    assert [a["agent_id"] for a in cli.status("loc")["agents"]] == [agent["agent_id"]]
 
     out = cli.run("queue", "down", "loc").stdout
     assert "queue loc down: 1 agent(s) stopped, 1 token(s) revoked" in out
@@ -234,3 +245,89 @@ def test_docker_agents_run_a_job_are_restarted_by_the_engine_and_down_leaves_not
     finally:
         for c in docker_api.containers(all=True, filters={"label": label}):
             docker_api.remove_container(c["Id"], force=True)
+
+
+# ------------------------------------------------------------------ kubernetes provider
+
+KUBECONFIG = Path(os.environ.get("K8S_RUN", "/tmp/launch-k8s")) / "admin.kubeconfig"
+HELPER_IMAGE = "busybox:local"  # ci/k8s-start.sh makes it (no registry here)
+
+
+@pytest.fixture
+def k8s() -> Iterator[tuple[Any, Any, Any]]:
+    """(AppsV1Api, CoreV1Api, RbacAuthorizationV1Api) of the local cluster (ci/k8s-start.sh), or a failure naming it."""
+    from kubernetes import client, config
+
+    try:
+        api = config.new_client_from_config(str(KUBECONFIG))
+        client.VersionApi(api).get_code(_request_timeout=5)
+    except Exception as exc:
+        pytest.fail(f"no Kubernetes cluster at {KUBECONFIG} ({exc}): run ci/k8s-start.sh", pytrace=False)
+    yield client.AppsV1Api(api), client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    api.close()
+
+
+def test_kubernetes_agents_run_a_job_with_a_scoped_role_and_down_leaves_nothing(
+        cli: Cli, k8s: Any, agent_image: str, tmp_path: Path):
+    from jupyter_launch.fleet.kubernetes import ROLE_RULES
+
+    apps, core, rbac = k8s
+    selector = "jupyter-launch.fleet=kube"
+    # The one-node test cluster has no kube-proxy: the agent pod uses the node's network, to reach the server on
+    # loopback and the API server at 127.0.0.1:6443 (its in-cluster Service address would not answer).
+    config_dir = tmp_path / "jupyter-config"
+    write(config_dir / "jupyter_launch_config.py",
+          "c.KubernetesSupervisor.host_network = True\n"
+          "c.KubernetesSupervisor.agent_env = {'KUBERNETES_SERVICE_HOST': '127.0.0.1', "
+          "'KUBERNETES_SERVICE_PORT': '6443'}\n")
+    cli.env.update(KUBECONFIG=str(KUBECONFIG), JUPYTER_CONFIG_DIR=str(config_dir))
+    queue_file = write(tmp_path / "q.yaml", "queue_name: kube\nprovider:\n  type: kubernetes\n  namespace: default\n"
+                       f"  min_instances: 1\n  max_instances: 1\n  helper_image: {HELPER_IMAGE}\n"
+                       f"  image_pull_policy: Never\nagent_image: {agent_image}\n")
+
+    def objects() -> dict[str, list[str]]:
+        return {"deployments": [d.metadata.name for d in apps.list_namespaced_deployment(
+                    "default", label_selector=selector).items],
+                "pods": [p.metadata.name for p in core.list_namespaced_pod("default", label_selector=selector).items],
+                "secrets": [s.metadata.name for s in core.list_namespaced_secret(
+                    "default", label_selector=selector).items],
+                "serviceaccounts": [s.metadata.name for s in core.list_namespaced_service_account(
+                    "default", label_selector=selector).items],
+                "roles": [r.metadata.name for r in rbac.list_namespaced_role("default", label_selector=selector).items],
+                "rolebindings": [r.metadata.name for r in rbac.list_namespaced_role_binding(
+                    "default", label_selector=selector).items]}
+
+    try:
+        cli.run("queue", "up", str(queue_file))
+        status = wait_for(lambda: (s := cli.status("kube")) and s["agents"] and s["agents"][0]["live"] and s,
+                          "the agent pod serves the queue", lambda: cli.manager_log("kube") + str(objects()))
+        (agent,) = status["agents"]
+        found = objects()
+        assert len(found["deployments"]) == len(found["secrets"]) == 1
+        assert found["serviceaccounts"] == found["roles"] == found["rolebindings"] == ["jupyter-launch-agent-kube"]
+        role = rbac.read_namespaced_role("jupyter-launch-agent-kube", "default")
+        assert [(r.api_groups, r.resources, r.verbs) for r in role.rules] == [
+            (r["apiGroups"], r["resources"], r["verbs"]) for r in ROLE_RULES]
+        (deployment,) = apps.list_namespaced_deployment("default", label_selector=selector).items
+        pod_spec = deployment.spec.template.spec
+        assert pod_spec.service_account_name == "jupyter-launch-agent-kube"
+        (container,) = pod_spec.containers
+        assert container.image == agent_image and not any("token" in w.lower() for w in container.command)
+        assert [e.value_from.secret_key_ref.name for e in container.env if e.name == "JUPYTER_LAUNCH_TOKEN"] == \
+            found["secrets"]
+
+        job_file = write(tmp_path / "job" / "job.yaml", f"kind: command\nimage: {HELPER_IMAGE}\n"
+                         "command: [sh, -c, 'echo hi from a pod the agent pod made']\n")
+        done = cli.run("submit", "--config", str(job_file), "--queue", "kube", "--follow")
+        assert "hi from a pod the agent pod made" in done.stdout
+        (job,) = cli.json("jobs", "--queue", "kube")
+        assert (job["state"], job["agent_id"]) == ("succeeded", agent["agent_id"])
+
+        out = cli.run("queue", "down", "kube").stdout
+        assert "queue kube down: 1 agent(s) stopped, 1 token(s) revoked" in out
+        wait_for(lambda: not any(objects().values()), "every object of the queue's agents is gone",
+                 lambda: str(objects()))
+        assert all(t["revoked_at"] for t in cli.tokens("kube"))
+    finally:
+        for d in apps.list_namespaced_deployment("default", label_selector=selector).items:
+            apps.delete_namespaced_deployment(d.metadata.name, "default")

@@ -73,9 +73,10 @@ class Supervisor(LoggingConfigurable):
 
 def supervisor_classes() -> dict[str, type[Supervisor]]:
     from .docker import DockerSupervisor
+    from .kubernetes import KubernetesSupervisor
     from .local import LocalSupervisor
 
-    return {"local": LocalSupervisor, "docker": DockerSupervisor}
+    return {"local": LocalSupervisor, "docker": DockerSupervisor, "kubernetes": KubernetesSupervisor}
 
 
 def supervisor_for(queue: QueueConfig, source: str | None = None,

@@ -29,7 +29,8 @@ DISTRIBUTION = "jupyter-launch"
 
 _INSTALL = f"""set -e
 python3 -m venv {PREFIX}
-{PREFIX}/bin/pip install --disable-pip-version-check --no-input --cert {MACHINE_CA_BUNDLE} -r /tmp/jl-agent/requirements.txt
+{PREFIX}/bin/pip install --disable-pip-version-check --no-input --cert {MACHINE_CA_BUNDLE} \\
+    -r /tmp/jl-agent/requirements.txt
 site=$({PREFIX}/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo {SOURCES} > "$site/jupyter-launch-src.pth"
 """
@@ -123,7 +124,7 @@ class AgentImageBuilder:
                                   "launch-python:bookworm; --base IMAGE names another)") from None
         ca = self.ca_bundle.read_bytes() if self.ca_bundle.is_file() else b""
         pins = requirements()
-        deps_hash = _digest(self.base_image, self.api.inspect_image(self.base_image)["Id"], *pins, ca)
+        deps_hash = _digest(self.base_image, self.api.inspect_image(self.base_image)["Id"], _INSTALL, *pins, ca)
         deps_tag = f"jupyter-launch-agent-deps:{deps_hash[:12]}"
         sources = _sources()
         image_hash = _digest(deps_hash, *(n.encode() + b"\0" + d for n, d in sorted(sources.items())))

@@ -127,9 +127,8 @@ def down(client: Any, name: str, words: list[str], *, timeout: float = 120.0) ->
         supervisor = classes[provider](name, config_doc, state.server_url if state else "", words)
         known = {a: e.where for a, e in (state.agents.items() if state else ())}
         rest = sorted(set(known) | set(supervisor.leftovers()))
-        if rest:
-            supervisor.stop(rest, known, 30.0)
-            report.stopped += rest
+        supervisor.stop(rest, known, 30.0)  # also with none left: what the agents shared (a Role) goes with them
+        report.stopped += rest
     for record in client.agent_tokens():
         if record.name.startswith(prefix) and not record.revoked:
             client.revoke_agent_token(record.id)

@@ -18,7 +18,7 @@ from typing import Any
 from traitlets import Dict, Float, Integer
 from traitlets.config import LoggingConfigurable
 
-from ..store import NotFound
+from ..store import NotFound, StoreError
 from .base import Supervisor, supervisor_classes
 from .state import AgentEntry, FleetState
 
@@ -87,17 +87,22 @@ class FleetManager:
         self.supervisor.stop(agent_ids, self.known(), self.grace)
         for agent_id in agent_ids:
             entry = self.state.agents.pop(agent_id)
-            self.client.revoke_agent_token(entry.token_id)
+            self.state.save()
             self.tokens.pop(agent_id, None)
             self.idle_since.pop(agent_id, None)
-            self.log.info("stopped agent %s and revoked its token %s", agent_id, entry.token_id)
-        self.state.save()
+            try:
+                self.client.revoke_agent_token(entry.token_id)
+            except StoreError as exc:  # the server is down: `queue down` revokes every active token of the queue
+                self.log.warning("stopped agent %s; its token %s is not revoked yet: %s", agent_id, entry.token_id, exc)
+            else:
+                self.log.info("stopped agent %s and revoked its token %s", agent_id, entry.token_id)
 
     def tick(self) -> None:
         """One look at the queue, and the agents started or stopped that it calls for."""
         queue = self.client.queue(self.state.queue)
         low, high = bounds(queue.config)
-        held = {j.agent_id for j in self.client.jobs(queue=queue.name, state=ACTIVE, limit=min(500, high + 100)) if j.agent_id}
+        active = self.client.jobs(queue=queue.name, state=ACTIVE, limit=min(500, high + 100))
+        held = {j.agent_id for j in active if j.agent_id}
         waiting = sum(1 for j in self.client.jobs(queue=queue.name, state="queued",
                                                   limit=min(high, self.policy.max_waiting_read))
                       if j.reason in WAITS_FOR_AN_AGENT)
@@ -129,7 +134,7 @@ class FleetManager:
                 try:
                     await asyncio.to_thread(self.tick)
                 except Exception as exc:  # a server restarting, an engine hiccup: try again next tick
-                    if isinstance(exc, NotFound) or getattr(exc, "status", None) == 404:  # the queue was deleted: nothing left to serve
+                    if isinstance(exc, NotFound) or getattr(exc, "status", None) == 404:  # the queue was deleted
                         self.log.warning("queue %s no longer exists; stopping its agents", self.state.queue)
                         return
                     self.log.warning("tick failed: %s: %s", type(exc).__name__, exc)
