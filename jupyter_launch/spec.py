@@ -479,6 +479,17 @@ def _load_with_lines(text: str) -> tuple[Any, dict[tuple, int]]:
     return data, lines
 
 
+def field_line(text: str, field: str) -> int | None:
+    """The line of ``field`` (dotted, ``provider.type``) in a YAML document, or of its nearest parent written there:
+    for refusals made after a document parsed (``check_runnable``, the queue manager's)."""
+    try:
+        _, lines = _load_with_lines(text)
+    except yaml.YAMLError:
+        return None
+    parts = tuple(field.split("."))
+    return next((lines[parts[:k]] for k in range(len(parts), 0, -1) if parts[:k] in lines), None)
+
+
 def _first_error(exc: ValidationError, lines: dict[tuple, int], source: str | None) -> SpecError:
     err = exc.errors()[0]
     loc = tuple(err["loc"])

@@ -1,4 +1,5 @@
-"""``jupyter launch ...``: queues, submit, schedules, sweeps, move, jobs, logs, cancel, rerun, outputs, agent, token.
+"""``jupyter launch ...``: queues, submit, schedules, sweeps, move, jobs, logs, cancel, rerun, outputs, agent, token
+(and, from cli/fleet.py and cli/tokens.py, queue up/down/status, agent-image, token).
 
 Bad input exits with code 2 and one line naming the file, the line and the field; so do a server that cannot be
 reached and a token it refuses. A followed job exits with 0 when it succeeded and 1 otherwise.
@@ -710,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     qd.add_argument("name")
     qd.add_argument("--force", action="store_true", help="cancel its queued and running jobs")
     qd.set_defaults(func=cmd_queue_delete)
+    from .fleet import add_fleet_commands
+
+    add_fleet_commands(qs, server_options, sub)
 
     s = sub.add_parser("submit", help="submit a notebook or a job YAML to a queue", parents=[server_options])
     _add_job_options(s)
@@ -852,6 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        args.config_words = config_args  # handed on to processes a command starts (the queue manager's)
         args.launch_config = LaunchCommand()
         try:
             args.launch_config.load(config_args)

@@ -18,7 +18,7 @@ import signal
 import time
 from typing import Any, ClassVar
 
-from traitlets import Bool, Float, Integer, Unicode
+from traitlets import Bool, Enum, Float, Integer, Unicode
 
 from ...images import ImageService
 from ..base import Backend, BackendError, JobContext, Liveness, Result
@@ -44,6 +44,10 @@ class DockerBackend(Backend):
         "Run mounted jobs as the agent's uid:gid, so the files they write in the output folder are the agent's."))
     engine_retry_seconds = Float(10.0, config=True, help=(
         "After the connection to the engine breaks mid-job, how long to wait for it to answer again."))
+    transfer = Enum(["mount", "copy"], default_value=None, allow_none=True, config=True, help=(
+        "How a job's folder reaches its container when the queue's provider.transfer does not say; unset: mount on a "
+        "local engine, copy to a remote one. An agent that runs in a container itself (the queue manager's) copies: "
+        "its folders are not on the engine's filesystem."))
     pull_timeout = Float(60.0, config=True, help=(
         "Seconds an image pull may go without progress from the engine before the job fails with "
         "image_pull_failed (a registry that accepts connections but stops answering)."))
@@ -98,7 +102,8 @@ class DockerBackend(Backend):
         return bool(url) and not url.startswith(("unix://", "npipe://", "/"))
 
     def copies(self, config: DockerProvider) -> bool:
-        return config.transfer == "copy" if config.transfer else self.is_remote(config)
+        transfer = config.transfer or self.transfer
+        return transfer == "copy" if transfer else self.is_remote(config)
 
     # ------------------------------------------------------------ agent hooks
 

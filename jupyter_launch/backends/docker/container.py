@@ -233,12 +233,18 @@ def fetch_outputs(api: Any, container: str, output_dir: Path) -> None:
             for m in tar.getmembers():
                 # The archive's top folder is "outputs/": the files under it are the job's outputs.
                 head, _, rest = m.name.partition("/")
-                if not rest or not (m.isfile() or m.isdir()):
+                if not rest or not (m.isfile() or m.isdir()) or rest.startswith("/") or ".." in rest.split("/"):
                     continue
                 m.name = rest
+                m.mode &= 0o755
                 members.append(m)
             output_dir.mkdir(parents=True, exist_ok=True)
-            tar.extractall(output_dir, members=members, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(output_dir, members=members, filter="data")
+            else:  # Python before 3.11.4 (Debian bookworm's 3.11.2, in the agent image): no extraction filters. The
+                # members are plain files and folders with relative names and no special bits, checked above: what
+                # the data filter lets through (as the Kubernetes bootstrap does for old Pythons in pods).
+                tar.extractall(output_dir, members=members)
 
 
 def remove(api: Any, cid: str) -> None:

@@ -210,7 +210,16 @@ class JobImagePlan:
 
 def extract_outputs(data: bytes, dest: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        # Python before 3.11.4 (Debian bookworm's 3.11.2, in the agent image) has no extraction filters: only plain
+        # files and folders with relative names and no special bits, what the data filter lets through unchanged.
+        members = [m for m in tar.getmembers() if (m.isfile() or m.isdir()) and not m.name.startswith("/")
+                   and ".." not in m.name.split("/")]
+        for m in members:
+            m.mode &= 0o755
+        tar.extractall(dest, members=members)
 
 
 class OutputsSplitter:
