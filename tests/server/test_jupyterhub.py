@@ -16,6 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from launch_server import ROOT, free_port, isolated_env
 
 USERS = ("alice", "bob")
 ADMIN = "ada"  # a Hub admin
-GRANTED = "carol"  # not a Hub admin: a Hub role grants her the scope the servers' HubAuthorizer takes for admins
+GRANTED = "carol"  # not a Hub admin: the README's Hub role grants her the scope its servers' config takes for admins
 ADMIN_SCOPE = "custom:launch:admin"
 EVERYONE = (*USERS, ADMIN, GRANTED)
 
@@ -67,12 +68,15 @@ class Hub:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-# The single-user servers' own config (the Hub's users' servers read it from $JUPYTER_CONFIG_DIR).
-SINGLEUSER_CONFIG = f"""
-c.HubAuthorizer.admin_scopes = ["admin:users", {ADMIN_SCOPE!r}]
-c.LaunchApp.reap_interval = 0.5
-c.Agent.poll_interval = 0.5
-"""
+def readme_block(marker: str) -> str:
+    """The README's Python block after ``<!-- marker: ... -->`` (its "JupyterHub" section), as written there."""
+    after = (ROOT / "README.md").read_text().split(f"<!-- {marker}:", 1)[1]
+    return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
+
+
+def singleuser_config() -> str:
+    """The users' servers' config (from $JUPYTER_CONFIG_DIR): the README's, and a quicker agent."""
+    return readme_block("singleuser-config") + "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\n"
 
 
 def missing_hub_parts() -> list[str]:
@@ -104,15 +108,14 @@ c.DummyAuthenticator.password = {secrets.token_hex(8)!r}
 c.Authenticator.allowed_users = {{*{USERS!r}, {GRANTED!r}}}
 c.Authenticator.admin_users = {{{ADMIN!r}}}
 c.JupyterHub.api_tokens = {{token: name for name, token in {tokens!r}.items()}}
-c.JupyterHub.custom_scopes = {{{ADMIN_SCOPE!r}: {{"description": "jupyter-launch admin: every user's jobs"}}}}
-c.JupyterHub.load_roles = [{{"name": "launch-admin", "scopes": [{ADMIN_SCOPE!r}], "users": [{GRANTED!r}]}}]
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = {str(base / 'homes' / '{username}')!r}
 c.Spawner.cmd = [{str(bin_dir / 'jupyterhub-singleuser')!r}]
 c.Spawner.args = ["--allow-root"]
-c.Spawner.environment = {env!r}
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
+""" + readme_block("jupyterhub-config") + f"""
+c.Spawner.environment = {env!r}  # the README's, with this test's store
 """
 
 
@@ -125,7 +128,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     ports = {name: free_port() for name in ("proxy", "hub", "proxy_api")}
     tokens = {name: secrets.token_hex(16) for name in EVERYONE}
     (base / "singleuser-config").mkdir()
-    (base / "singleuser-config" / "jupyter_server_config.py").write_text(SINGLEUSER_CONFIG)
+    (base / "singleuser-config" / "jupyter_server_config.py").write_text(singleuser_config())
     config = base / "jupyterhub_config.py"
     config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}"))
     log = base / "hub.log"
@@ -222,17 +225,20 @@ def test_each_hub_user_owns_sees_and_runs_only_their_own_jobs_and_the_hub_admin_
 
 def test_only_the_hub_admin_administers_the_teams_queues(hub):
     """The team's queues are on the shared store: a Hub user may read them but not create or change them; a Hub
-    admin may (and her shared queue is one every user's server lists)."""
+    admin may, and the README's team queue (Docker: shared) is one every user's server lists and submits to."""
     status, body = hub.launch("alice", "POST", "queues", {"queue_name": "alices"})
     assert status == 403, body
     status, body = hub.launch("bob", "PUT", "queues/default", {"queue_name": "default", "shared": True})
     assert status == 403, body
-    status, queue = hub.launch(ADMIN, "POST", "queues", {"queue_name": "team", "shared": True})
+    status, queue = hub.launch(ADMIN, "POST", "queues", {"queue_name": "gpu", "provider": {
+        "type": "docker", "image": "python:3.12"}})  # the README's team queue
     assert status == 201 and queue["shared"] is True, queue
     for name in USERS:
         status, queues = hub.launch(name, "GET", "queues")
         assert status == 200, queues
-        assert {q["name"]: q["shared"] for q in queues["queues"]}.get("team") is True, queues
+        assert {q["name"]: q["shared"] for q in queues["queues"]}.get("gpu") is True, queues
+        job = submit(hub, name, "gpu")  # no agent of the team serves it here: it waits for one
+        assert (job["state"], job["owner"]) == ("queued", name), job
 
 
 def test_a_hub_admin_is_an_admin_by_the_hubs_admin_flag_and_a_user_by_a_scope_granted_to_her(hub):
