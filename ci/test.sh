@@ -31,6 +31,11 @@ bash ci/slurm.sh
 step "venv with jupyter-launch[test]"
 bash ci/setup.sh test
 .venv/bin/python -m pip install -q playwright >/dev/null
+step "configurable-http-proxy from npm (the JupyterHub tests' proxy; jupyterhub itself is in the test extra)"
+if ! command -v configurable-http-proxy >/dev/null; then
+  command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+  npm install -g --no-audit --no-fund configurable-http-proxy >/dev/null
+fi
 
 wait $base_image || { echo "python base image failed; see $log/python-base.log" >&2; cat "$log/python-base.log" >&2; exit 1; }
 step "waiting for the Kubernetes build"

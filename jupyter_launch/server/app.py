@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
+from jupyter_server.auth.authorizer import AllowAllAuthorizer, Authorizer
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Integer, List, Type, Unicode, default
 
@@ -63,6 +65,13 @@ class LaunchApp(ExtensionApp):
                                "password identity providers) acts as: the owner of what it submits, and the user "
                                "whose jobs the in-process agent runs on private queues. Default: $JUPYTERHUB_USER, "
                                "else the OS user running the server (the owner an embedded client here records).")
+    hub_authorizer_class = Type(default_value="jupyter_launch.server.hub.HubAuthorizer", klass=Authorizer,
+                                allow_none=True, config=True,
+                                help="In a JupyterHub single-user server whose ServerApp.authorizer_class is left at "
+                                     "jupyter_server's default (which allows whoever reaches the server everything), "
+                                     "the server's authorizer: the Hub's admins are jupyter-launch's admins, other "
+                                     "users reach their own jobs (configure it as c.HubAuthorizer.*). None keeps "
+                                     "the default.")
     scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
@@ -99,6 +108,7 @@ class LaunchApp(ExtensionApp):
         self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
         self.inflight = 0
         self.settings["launch"] = self
+        self._install_hub_authorizer()
         self.log.info("jupyter-launch store: %s", redact_url(self.store_url))
 
     def initialize_handlers(self) -> None:
@@ -166,6 +176,22 @@ class LaunchApp(ExtensionApp):
                 store.close()
         except Exception:
             self.log.warning("jupyter-launch: closing the store failed", exc_info=True)
+
+    def _install_hub_authorizer(self) -> None:
+        """Under ``jupyterhub-singleuser`` with jupyter_server's default authorizer, put ``hub_authorizer_class`` in
+        its place (before the server takes requests). A server whose authorizer was configured keeps it."""
+        hub = sys.modules.get("jupyterhub.singleuser.extension")
+        serverapp = self.serverapp
+        if (hub is None or self.hub_authorizer_class is None
+                or not isinstance(serverapp.identity_provider, hub.JupyterHubIdentityProvider)
+                or type(serverapp.authorizer) is not AllowAllAuthorizer):
+            return
+        authorizer = self.hub_authorizer_class(parent=serverapp, log=serverapp.log,
+                                               identity_provider=serverapp.identity_provider)
+        # The server's settings are updated from this extension's copy of them once initialize_settings returns.
+        serverapp.authorizer = self.settings["authorizer"] = authorizer
+        self.log.info("jupyter-launch: JupyterHub single-user server; authorizer %s (the Hub's admins are "
+                      "jupyter-launch's admins)", type(authorizer).__name__)
 
     # ------------------------------------------------------------ helpers for handlers
 

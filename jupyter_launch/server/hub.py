@@ -1,0 +1,46 @@
+"""jupyter-launch in a JupyterHub single-user server: the Hub's admins are jupyter-launch's admins, its other users
+own only their own jobs.
+
+Under ``jupyterhub-singleuser`` the identity is the Hub's user (``JupyterHubIdentityProvider``), and jupyter_server's
+default authorizer allows whoever reaches the server everything, ``launch_admin`` included: on a store the team
+shares, each user's server would show and cancel everyone's jobs. ``HubAuthorizer`` keeps the Hub's own check
+(``access:servers`` for this server) for every resource and adds one for jupyter-launch's admin resources: the user is
+a Hub admin. ``LaunchApp.hub_authorizer_class`` installs it when the server's authorizer is left at the default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyterhub.singleuser.extension import JupyterHubAuthorizer
+from traitlets import Bool, List, Unicode
+
+from .handlers import ADMIN_RESOURCE, QUEUES_RESOURCE
+
+
+class HubAuthorizer(JupyterHubAuthorizer):
+    """JupyterHub's authorizer, with ``admin_resources`` allowed only to the Hub's admins (``is_launch_admin``)."""
+
+    admin_resources = List(Unicode(), default_value=[ADMIN_RESOURCE, QUEUES_RESOURCE], config=True,
+                           help="jupyter-launch resources only admins get: launch_admin (every user's jobs) and "
+                                "launch_queues (the team's queues and agent tokens). Users keep launch_jobs: their "
+                                "own jobs.")
+    hub_admins = Bool(True, config=True, help="Users the Hub marks admin (its admin_users, the `admin` flag of the "
+                                              "user model the server gets from the Hub) are admins.")
+    admin_scopes = List(Unicode(), default_value=["admin:users"], config=True,
+                        help="A user whose request carries any of these Hub scopes is an admin (a custom scope such "
+                             "as custom:launch:admin, granted through a Hub role, names admins apart from the Hub's). "
+                             "A browser's token carries only the scopes the server's OAuth client asks for "
+                             "(c.Spawner.oauth_client_allowed_scopes); API tokens carry their owner's.")
+
+    def is_launch_admin(self, user: Any) -> bool:
+        """Whether the Hub user behind this request is a jupyter-launch admin; override for another rule."""
+        hub_user = getattr(user, "hub_user", None) or {}
+        if self.hub_admins and hub_user.get("admin") is True:
+            return True
+        return bool(set(self.admin_scopes) & set(hub_user.get("scopes") or ()))
+
+    def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        if not super().is_authorized(handler, user, action, resource):
+            return False
+        return resource not in self.admin_resources or self.is_launch_admin(user)
