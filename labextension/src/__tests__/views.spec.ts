@@ -39,8 +39,8 @@ describe('SubmitForm', () => {
     const form = new SubmitForm({
       notebook: 'train.ipynb',
       queues: [
-        { name: 'default', provider: 'local', created_at: 0, updated_at: 0, max_instances: 2, min_instances: 0, counts: { running: 1 }, agents: ['a'], job_types: [], config: {} },
-        { name: 'gpu', provider: 'kubernetes', created_at: 0, updated_at: 0, max_instances: null, min_instances: 0, counts: {}, agents: [], job_types: ['train'], config: {} }
+        { name: 'default', provider: 'local', shared: false, created_at: 0, updated_at: 0, max_instances: 2, min_instances: 0, counts: { running: 1 }, agents: ['a'], job_types: [], config: {} },
+        { name: 'gpu', provider: 'kubernetes', shared: true, created_at: 0, updated_at: 0, max_instances: null, min_instances: 0, counts: {}, agents: [], job_types: ['train'], config: {} }
       ],
       parameters: [['lr', '0.1']]
     });
@@ -61,7 +61,7 @@ describe('SubmitForm', () => {
 
 describe('SubmitDialog', () => {
   const QUEUES = [
-    { name: 'default', provider: 'local', created_at: 0, updated_at: 0, max_instances: 2, min_instances: 0, counts: {}, agents: ['a'], job_types: [], config: {} }
+    { name: 'default', provider: 'local', shared: false, created_at: 0, updated_at: 0, max_instances: 2, min_instances: 0, counts: {}, agents: ['a'], job_types: [], config: {} }
   ];
 
   /** A dialog whose API answers `submit` with `outcome`; resolves once the submission settles. */
