@@ -177,7 +177,8 @@ def _tree_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
 
 
-def _tree_digest(path: Path) -> str:
+def tree_digest(path: Path) -> str:
+    """A digest of a file, or of a folder's files (their relative names and contents)."""
     h = hashlib.sha256()
     for f in _tree_files(path):
         h.update(f.relative_to(path).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
@@ -346,6 +347,39 @@ class BuildPlan:
         return _tar(files)
 
 
+def run_build_container(api: Any, container: str, on_output: Callable[[str], None]) -> tuple[int, list[str]]:
+    """Start a created build container and pass its output on as it comes; (its exit status, its last 20 lines)."""
+    tail: list[str] = []
+    api.start(container)
+    for chunk in api.logs(container, stream=True, follow=True):
+        text = chunk.decode("utf-8", "replace")
+        on_output(text)
+        tail = (tail + text.splitlines())[-20:]
+    return api.wait(container).get("StatusCode", 1), tail
+
+
+def local_sources(environment: dict[str, Any], workdir: Path | None, error: Callable[[str], Exception],
+                  target: str, setting: str) -> dict[str, Path]:
+    """The lock's local distributions (installed on the submitting machine from a folder or a file) by a safe name:
+    where their sources are in the job's folder. One whose source did not travel raises ``error`` with a sentence
+    naming it, the job's ``target`` it cannot go into and the queue ``setting`` that does without it."""
+    sources: dict[str, Path] = {}
+    for dist in environment.get("local") or []:
+        if not isinstance(dist, dict):
+            continue
+        name, source = str(dist.get("name")), dist.get("source")
+        where = (workdir / source) if workdir is not None and isinstance(source, str) else None
+        if where is None or not where.exists() or dist.get("missing"):
+            why = dist.get("missing") or "its source is not in the job's folder"
+            raise error(
+                f"distribution {name} {dist.get('version')} cannot be installed in the job's {target}: it was "
+                f"installed on the submitting machine from a local folder ({why}) and no package index can serve "
+                f"it. Reinstall it from its source folder (pip install -e DIR) and submit again, or set the queue's "
+                f"{setting}: minimal")
+        sources[re.sub(r"[^A-Za-z0-9._-]", "_", name)] = where
+    return sources
+
+
 def plan_build(settings: BuildSettings, base_id: str, environment: dict[str, Any], workdir: Path | None) -> BuildPlan:
     installs = pip_install_args(environment.get("pip_installs") or [])
     pins: list[str] = []
@@ -354,25 +388,13 @@ def plan_build(settings: BuildSettings, base_id: str, environment: dict[str, Any
     kernel = None if kernel in ("python3", "python") else kernel  # ipykernel's own kernel is in every image
     if settings.lock == "full":
         pins = pinned_packages(environment.get("packages"))
-        for dist in environment.get("local") or []:
-            if not isinstance(dist, dict):
-                continue
-            name, source = str(dist.get("name")), dist.get("source")
-            where = (workdir / source) if workdir is not None and isinstance(source, str) else None
-            if where is None or not where.exists() or dist.get("missing"):
-                why = dist.get("missing") or "its source is not in the job's folder"
-                raise ImageBuildError(
-                    f"distribution {name} {dist.get('version')} cannot be installed in the job's image: it was "
-                    f"installed on the submitting machine from a local folder ({why}) and no package index can "
-                    "serve it. Reinstall it from its source folder (pip install -e DIR) and submit again, or set "
-                    "the queue's build.lock: minimal")
-            sources[re.sub(r"[^A-Za-z0-9._-]", "_", name)] = where
+        sources = local_sources(environment, workdir, ImageBuildError, "image", "build.lock")
     requirements = None
     if workdir is not None and (workdir / "requirements.txt").is_file():
         requirements = (workdir / "requirements.txt").read_text(encoding="utf-8", errors="replace")
     ca = settings.ca_bundle_path()
     ca_digest = hashlib.sha256(ca.read_bytes()).hexdigest() if ca else None
-    sources_digest = _digest({n: _tree_digest(p) for n, p in sorted(sources.items())}) if sources else None
+    sources_digest = _digest({n: tree_digest(p) for n, p in sorted(sources.items())}) if sources else None
     python = environment.get("python") if pins and isinstance(environment.get("python"), str) else None
     return BuildPlan(settings, base_id, installs, requirements, ca_digest, package_digest(), pins=pins,
                      sources=sources, sources_digest=sources_digest, kernel=kernel, python=python)
@@ -475,12 +497,7 @@ class ImageBuilder:
                                              host_config=api.create_host_config(binds=binds),
                                              labels={"jupyter-launch.build": plan.deps_tag})["Id"]
             api.put_archive(container, "/tmp", plan.install_files(remove))
-            api.start(container)
-            for chunk in api.logs(container, stream=True, follow=True):
-                text = chunk.decode("utf-8", "replace")
-                on_output(text)
-                tail = (tail + text.splitlines())[-20:]
-            status = api.wait(container).get("StatusCode", 1)
+            status, tail = run_build_container(api, container, on_output)
             if status != 0:
                 raise ImageBuildError(f"installing the environment for {plan.tag} on {plan.settings.base_image} "
                                       f"failed (exit code {status}): {(tail or ['no output'])[-1].strip()}",

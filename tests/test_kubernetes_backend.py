@@ -893,13 +893,8 @@ def test_a_two_rank_job_runs_a_pod_per_rank_which_all_reduce_over_tcp(launch, k8
 
 
 def test_one_rank_failing_fails_the_kubernetes_job_and_stops_the_other(launch, k8s):
-    job = launch.submit(spec={"kind": "command", "command": ["python", "-c", (
-        "import os, sys, time\n"
-        "print('up', flush=True)\n"
-        "if os.environ['RANK'] == '1':\n"
-        "    time.sleep(1)\n"
-        "    sys.exit(3)\n"
-        "time.sleep(600)\n")], "resources": {"nodes": 2}}, queue="k8s", root=DISTRIBUTED)
+    job = launch.submit(spec={"kind": "command", "command": ["python", "rank1_fails.py"], "resources": {"nodes": 2}},
+                        queue="k8s", root=DISTRIBUTED)
     rec, = run_agent(launch, [job], timeout=120)  # rank 0 did not sleep its 600 s
     logs = job.logs()
     assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)

@@ -522,14 +522,8 @@ def test_a_distributed_job_runs_its_ranks_which_all_reduce_over_tcp(client, tmp_
 
 
 def test_one_rank_failing_fails_the_job_and_stops_the_others(client, tmp_path):
-    job = client.submit(spec={"kind": "command", "command": ["python", "-c", (
-        "import os, sys, time\n"
-        "rank = int(os.environ['RANK'])\n"
-        "print('up', flush=True)\n"
-        "if rank == 1:\n"
-        "    time.sleep(1)\n"
-        "    sys.exit(3)\n"
-        "time.sleep(600)\n")], "resources": {"nodes": 3}}, root=DISTRIBUTED)
+    job = client.submit(spec={"kind": "command", "command": ["python", "rank1_fails.py"], "resources": {"nodes": 3}},
+                        root=DISTRIBUTED)
     rec, = run_jobs(client, [job])  # within the helper's 120 s: ranks 0 and 2 did not sleep their 600 s
     logs = job.logs()
     assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)

@@ -415,13 +415,8 @@ def test_a_two_node_job_runs_a_rank_on_each_node_which_all_reduce_over_tcp(launc
 
 
 def test_one_rank_failing_fails_the_slurm_job_and_stops_the_other(launch):
-    job = launch.submit(spec={"kind": "command", "command": ["python", "-c", (
-        "import os, sys, time\n"
-        "print('up', flush=True)\n"
-        "if os.environ['RANK'] == '1':\n"
-        "    time.sleep(1)\n"
-        "    sys.exit(3)\n"
-        "time.sleep(600)\n")], "resources": {"nodes": 2}}, queue="hpc", root=DISTRIBUTED)
+    job = launch.submit(spec={"kind": "command", "command": ["python", "rank1_fails.py"], "resources": {"nodes": 2}},
+                        queue="hpc", root=DISTRIBUTED)
     rec, = run_agent(launch, [job])  # within the helper's 120 s: rank 0 did not sleep its 600 s
     logs = job.logs()
     assert (rec.state, rec.exit_code, rec.reason) == ("failed", 3, "exit_code"), (rec, logs)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..images import MACHINE_CA_BUNDLE, PIP_CACHE_VOLUME, ImageBuildError, package_source
+from ..images import MACHINE_CA_BUNDLE, PIP_CACHE_VOLUME, ImageBuildError, package_source, run_build_container
 
 DEFAULT_BASE_IMAGE = "launch-python:bookworm"
 IMAGE_LABEL = "jupyter-launch.agent-image"
@@ -167,12 +167,7 @@ class AgentImageBuilder:
             for top, members in by_top.items():
                 api.put_archive(container, f"/{top}", _tar(members))
             if command:
-                api.start(container)
-                for chunk in api.logs(container, stream=True, follow=True):
-                    text = chunk.decode("utf-8", "replace")
-                    on_output(text)
-                    tail = (tail + text.splitlines())[-20:]
-                status = api.wait(container).get("StatusCode", 1)
+                status, tail = run_build_container(api, container, on_output)
                 if status != 0:
                     raise ImageBuildError(f"building {tag} on {parent} failed (exit code {status}): "
                                           f"{(tail or ['no output'])[-1].strip()}", "\n".join(tail))

@@ -427,22 +427,17 @@ class KubernetesBackend(Backend):
             handle.changed.set()
 
     async def _watch(self, handle: KubernetesHandle) -> int:
-        from kubernetes.client.exceptions import ApiException
-
         if handle.ctx.spec.resources.nodes > 1:
             return await self._watch_ranks(handle)
-        batch, core = self._apis(handle.api)
+        _, core = self._apis(handle.api)
         ctx = handle.ctx
         started = time.monotonic()
         failing: dict[str, float] = {}
         last_events = 0.0
         while True:
-            try:
-                job = await self._call(batch.read_namespaced_job_status, handle.name, handle.namespace)
-            except ApiException as exc:
-                if exc.status == 404:  # deleted (cancel, or by someone else)
-                    return handle.exit_code if handle.exit_code is not None else 137
-                raise
+            job = await self._job_status(handle)
+            if job is None:  # deleted (cancel, or by someone else)
+                return handle.exit_code if handle.exit_code is not None else 137
             pods = await self._call(core.list_namespaced_pod, handle.namespace,
                                     label_selector=f"controller-uid={handle.uid}")
             handle.pods = sorted(pods.items, key=lambda p: p.metadata.creation_timestamp)
@@ -486,23 +481,30 @@ class KubernetesBackend(Backend):
                                        self.running_poll_interval if running and not handle.stream_ended
                                        else self.poll_interval)
 
+    async def _job_status(self, handle: KubernetesHandle) -> Any:
+        """The Job's status as the API server has it; None once it is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return await self._call(self._apis(handle.api)[0].read_namespaced_job_status, handle.name,
+                                    handle.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     async def _watch_ranks(self, handle: KubernetesHandle) -> int:
         """``wait`` for a job of several ranks: rank 0's Job first; the others' once its pod has an IP (their
         ``MASTER_ADDR``). It succeeds when every rank's pod has; the first rank to fail fails it, and the other
         ranks' Jobs are deleted then (their pods get SIGTERM and the grace period), so none runs on alone."""
-        from kubernetes.client.exceptions import ApiException
-
-        batch, core = self._apis(handle.api)
+        _, core = self._apis(handle.api)
         ctx = handle.ctx
         failing: dict[str, float] = {}
         selector = f"{MANAGED_BY}=jupyter-launch,{JOB_ID_LABEL}={label_value(ctx.job_id)}"
         while True:
-            try:
-                job = await self._call(batch.read_namespaced_job_status, handle.name, handle.namespace)
-            except ApiException as exc:
-                if exc.status == 404:  # deleted (cancel, or by someone else)
-                    return handle.exit_code if handle.exit_code is not None else 137
-                raise
+            job = await self._job_status(handle)
+            if job is None:  # deleted (cancel, or by someone else)
+                return handle.exit_code if handle.exit_code is not None else 137
             listing = await self._call(core.list_namespaced_pod, handle.namespace, label_selector=selector)
             for rank in handle.ranks():
                 rank.pods = sorted((p for p in listing.items

@@ -167,12 +167,7 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
         pod_spec["serviceAccountName"] = cfg.service_account
     else:
         pod_spec["automountServiceAccountToken"] = False  # a job needs no API access unless the queue says so
-    if cfg.node_selector:
-        pod_spec["nodeSelector"] = dict(cfg.node_selector)
-    if cfg.tolerations:
-        pod_spec["tolerations"] = list(cfg.tolerations)
-    if cfg.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    pod_spec.update(placement(cfg))
     if cfg.host_network:
         pod_spec["hostNetwork"] = True
         pod_spec["dnsPolicy"] = "ClusterFirstWithHostNet"
@@ -206,6 +201,19 @@ def build_manifests(ctx: JobContext, image: str, artifact_tar: bytes | None,
 
 
 
+def placement(cfg: Any) -> dict[str, Any]:
+    """Where the queue's pods go and how their images are pulled: its node selector, tolerations and pull
+    secrets, as pod spec fields."""
+    fields: dict[str, Any] = {}
+    if cfg.node_selector:
+        fields["nodeSelector"] = dict(cfg.node_selector)
+    if cfg.tolerations:
+        fields["tolerations"] = list(cfg.tolerations)
+    if cfg.image_pull_secrets:
+        fields["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    return fields
+
+
 def probe_pod(cfg: Any, image: str, name: str) -> dict[str, Any]:
     """A pod that runs :data:`PROBE_COMMAND` in ``image``, placed and pulled as the queue's jobs are (its node
     selector, tolerations, pull policy and secrets), with a deadline and tiny requests."""
@@ -220,12 +228,7 @@ def probe_pod(cfg: Any, image: str, name: str) -> dict[str, Any]:
                                       "limits": {"cpu": "100m", "memory": "64Mi"}},
                         **({"imagePullPolicy": cfg.image_pull_policy} if cfg.image_pull_policy else {})}],
     }
-    if cfg.node_selector:
-        pod_spec["nodeSelector"] = dict(cfg.node_selector)
-    if cfg.tolerations:
-        pod_spec["tolerations"] = list(cfg.tolerations)
-    if cfg.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in cfg.image_pull_secrets]
+    pod_spec.update(placement(cfg))
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": cfg.namespace,
                          "labels": {MANAGED_BY: "jupyter-launch", PROBE_LABEL: "python"}},

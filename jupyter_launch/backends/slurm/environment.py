@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import re
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from ...environment import lock_packages, probe
 from ...errors import LaunchError
-from ...images import load_environment, pinned_packages, pip_install_args
+from ...images import load_environment, local_sources, pinned_packages, pip_install_args, tree_digest
 from ..job_venv import Layer, make_job_venv
 
 ENV_VERSION = 2  # bump when what goes into an environment changes
@@ -74,30 +73,9 @@ def plan_environment(layer: Layer, workdir: Path, lock_mode: str = "full",
             f"provider.python to a Python {'.'.join(kernel_python.split('.')[:2])}, or provider.lock: minimal")
     have, _ = lock_packages(probe(interpreter)) if wanted else ([], [])
     pins = tuple(p for p in wanted if p not in set(have))
-    sources = []
-    for dist in lock.get("local") or []:
-        if not isinstance(dist, dict):
-            continue
-        name, source = str(dist.get("name")), dist.get("source")
-        where = workdir / source if isinstance(source, str) else None
-        if where is None or not where.exists() or dist.get("missing"):
-            why = dist.get("missing") or "its source is not in the job's folder"
-            raise EnvironmentBuildError(
-                f"distribution {name} {dist.get('version')} cannot be installed in the job's environment: it was "
-                f"installed on the submitting machine from a local folder ({why}) and no package index can serve "
-                "it. Reinstall it from its source folder (pip install -e DIR) and submit again, or set the queue's "
-                "provider.lock: minimal")
-        sources.append((re.sub(r"[^A-Za-z0-9._-]", "_", name), str(source), _tree_digest(where)))
-    return EnvironmentPlan(layer, installs, requirements, pins, tuple(sorted(sources)), kernel)
-
-
-def _tree_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        digest.update(f.relative_to(path if path.is_dir() else path.parent).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(f.read_bytes()).digest())
-    return digest.hexdigest()
+    found = local_sources(lock, workdir, EnvironmentBuildError, "environment", "provider.lock")
+    sources = tuple(sorted((name, str(where.relative_to(workdir)), tree_digest(where)) for name, where in found.items()))
+    return EnvironmentPlan(layer, installs, requirements, pins, sources, kernel)
 
 
 def ensure_environment(root: Path, plan: EnvironmentPlan, log: Callable[[bytes], None],
