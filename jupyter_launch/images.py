@@ -358,6 +358,17 @@ def run_build_container(api: Any, container: str, on_output: Callable[[str], Non
     return api.wait(container).get("StatusCode", 1), tail
 
 
+def discard_container(api: Any, container: str | None) -> None:
+    """Remove a build container, whatever state it is in; one already gone (or an engine that refuses) is left."""
+    import docker.errors
+
+    if container is not None:
+        try:
+            api.remove_container(container, force=True)
+        except docker.errors.APIError:
+            pass
+
+
 def local_sources(environment: dict[str, Any], workdir: Path | None, error: Callable[[str], Exception],
                   target: str, setting: str) -> dict[str, Path]:
     """The lock's local distributions (installed on the submitting machine from a folder or a file) by a safe name:
@@ -511,11 +522,7 @@ class ImageBuilder:
             raise ImageBuildError(f"installing the environment for {plan.tag} failed: {exc.explanation or exc}",
                                   "\n".join(tail)) from None
         finally:
-            if container is not None:
-                try:
-                    api.remove_container(container, force=True)
-                except docker.errors.APIError:
-                    pass
+            discard_container(api, container)
 
 
 def registry_of(image: str) -> str:

@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..images import MACHINE_CA_BUNDLE, PIP_CACHE_VOLUME, ImageBuildError, package_source, run_build_container
+from ..images import (MACHINE_CA_BUNDLE, PIP_CACHE_VOLUME, ImageBuildError, discard_container, package_source,
+                      run_build_container)
 
 DEFAULT_BASE_IMAGE = "launch-python:bookworm"
 IMAGE_LABEL = "jupyter-launch.agent-image"
@@ -179,8 +180,4 @@ class AgentImageBuilder:
         except docker.errors.APIError as exc:
             raise ImageBuildError(f"building {tag} failed: {exc.explanation or exc}", "\n".join(tail)) from None
         finally:
-            if container is not None:
-                try:
-                    api.remove_container(container, force=True)
-                except docker.errors.APIError:
-                    pass
+            discard_container(api, container)
