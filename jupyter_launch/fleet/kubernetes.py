@@ -1,7 +1,7 @@
 """The ``kubernetes`` provider's agents: in the queue's namespace, one Deployment of one pod per agent from the queue's
 ``agent_image`` (so scaling down removes the idle agent, not any pod), its token in a Secret of its own, running as a
 ServiceAccount whose Role allows only what the backend does there (Jobs, Pods and their logs, ConfigMaps, Secrets,
-Services, Events). Removed with the last agent: the Role, its binding and the ServiceAccount."""
+Events). Removed with the last agent: the Role, its binding and the ServiceAccount."""
 
 from __future__ import annotations
 
@@ -24,11 +24,10 @@ TERMINATION_GRACE = 60  # seconds: c.Agent.stop_grace (30) for a running job, th
 ROLE_RULES = [
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "delete", "get", "list", "watch"]},
     {"apiGroups": ["batch"], "resources": ["jobs/status"], "verbs": ["get"]},
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["create", "get", "list", "watch", "delete"]},  # image probes
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["configmaps", "secrets"],
      "verbs": ["create", "delete", "get", "list", "patch"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["create", "delete", "get", "list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["list", "watch"]},
 ]
 
