@@ -199,6 +199,14 @@ def test_idle_agent_is_woken_by_submit_not_by_polling(client, tmp_path):
     assert asyncio.run(scenario()).state == "succeeded"
 
 
+async def first_warm_runner(backend, queue: str, timeout: float) -> None:
+    """Wait until the local backend has a warm runner ready for ``queue``."""
+    deadline = time.monotonic() + timeout
+    while not backend.warm_runners(queue):
+        assert time.monotonic() < deadline, "the queue's warm runner never became ready"
+        await asyncio.sleep(0.05)
+
+
 def test_min_instances_runs_a_notebook_job_on_a_kernel_started_before_it(client, tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
@@ -217,9 +225,7 @@ def test_min_instances_runs_a_notebook_job_on_a_kernel_started_before_it(client,
         task = None
         try:
             deadline = time.monotonic() + 120
-            while not backend.warm_runners("warm"):
-                assert time.monotonic() < deadline, "the queue's warm runner never became ready"
-                await asyncio.sleep(0.05)
+            await first_warm_runner(backend, "warm", 120)
             warm = backend.warm_runners("warm")
             job = client.submit(folder / "pid.ipynb", queue="warm")
             task = asyncio.create_task(agent.run())
@@ -269,9 +275,7 @@ def test_the_warm_pool_grows_with_the_queue_up_to_max_instances_and_shrinks_back
         task = None
         try:
             deadline = time.monotonic() + 180
-            while not backend.warm_runners("burst"):
-                assert time.monotonic() < deadline, "the queue's warm runner never became ready"
-                await asyncio.sleep(0.05)
+            await first_warm_runner(backend, "burst", 180)
             jobs = [client.submit(folder / "hold.ipynb", queue="burst") for _ in range(6)]
             task = asyncio.create_task(agent.run())
             most = 0
