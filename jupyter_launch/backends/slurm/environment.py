@@ -71,8 +71,8 @@ def plan_environment(layer: Layer, workdir: Path, lock_mode: str = "full",
             f"the notebook's kernel runs Python {kernel_python} and the queue's interpreter {interpreter} has Python "
             f"{layer.version}: its packages cannot be installed there at their versions. Set the queue's "
             f"provider.python to a Python {'.'.join(kernel_python.split('.')[:2])}, or provider.lock: minimal")
-    have, _ = lock_packages(probe(interpreter)) if wanted else ([], [])
-    pins = tuple(p for p in wanted if p not in set(have))
+    have = set(lock_packages(probe(interpreter))[0]) if wanted else set()
+    pins = tuple(p for p in wanted if p not in have)
     found = local_sources(lock, workdir, EnvironmentBuildError, "environment", "provider.lock")
     sources = tuple(sorted((name, str(where.relative_to(workdir)), tree_digest(where)) for name, where in found.items()))
     return EnvironmentPlan(layer, installs, requirements, pins, sources, kernel)
