@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .lifetime import die_with_parent
+
 # jsonschema (imported by nbformat) imports these, when installed, for the string formats of its FormatChecker, which
 # nbformat never uses: rfc3987_syntax compiles a grammar at import (about 0.8 s of CPU), isoduration brings arrow and
 # dateutil (20 ms), and the rest 10 ms more. The processes that start with a job (the runner) or for reports opt out,
@@ -100,8 +102,6 @@ class ReportRenderer:
     async def _started(self) -> asyncio.subprocess.Process:
         if self._proc is not None and self._proc.returncode is None:
             return self._proc
-        from .runner import die_with_parent
-
         self._proc = await asyncio.create_subprocess_exec(
             self.python, "-m", "jupyter_launch.report", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,  # nbconvert's warnings: not ours

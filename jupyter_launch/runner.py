@@ -56,6 +56,7 @@ from nbformat import NotebookNode  # noqa: E402
 
 from . import control  # noqa: E402
 from .errors import LaunchError  # noqa: E402
+from .lifetime import die_with_parent  # noqa: E402
 from .report import html_exporter, write_report  # noqa: E402
 
 DEFAULT_KERNEL = "python3"
@@ -63,7 +64,6 @@ DEFAULT_OUTPUT_DIR = "outputs"
 STARTUP_TIMEOUT = 60.0
 # The longest a wait for a kernel message blocks before looking at the socket again (see SlicedChannel).
 POLL_SLICE = 0.1
-PR_SET_PDEATHSIG = 1
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
 # Statuses of SystemExit that mean "done, all is well", as IPython reports them in the error's evalue.
@@ -300,20 +300,6 @@ def _emit(record: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------ kernels
-
-
-def die_with_parent() -> Callable[[], None]:
-    """A call that makes Linux SIGKILL the calling process when its parent dies (a no-op elsewhere).
-
-    It is resolved here and not in the call, so it is safe as a ``preexec_fn``: nothing is imported after fork.
-    The signal follows the parent *thread*, so kernels are started from the main (event loop) thread.
-    """
-    if not sys.platform.startswith("linux"):
-        return lambda: None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 class SlicedChannel(AsyncZMQSocketChannel):

@@ -564,3 +564,42 @@ def test_an_agent_started_for_a_client_serves_as_its_user_on_a_private_queue(lau
         assert alice.live_agents("default") == ["team-agent"]
     finally:
         alice.close()
+
+
+def test_a_local_agent_with_its_report_renderer_leaves_the_notebook_machinery_to_its_children(tmp_path):
+    """The agent process starts runners and a report renderer but never imports nbformat itself: importing it
+    (through jupyter_launch.runner, for one helper) cost the agent ~1 s of CPU at start (jsonschema's format
+    grammars), paid by the first job. Checked in a fresh interpreter, after a notebook job has run."""
+    import subprocess
+    import textwrap
+
+    nb = tmp_path / "nb.ipynb"
+    nb.write_text('{"cells": [{"cell_type": "code", "execution_count": null, "id": "a", "metadata": {}, '
+                  '"outputs": [], "source": "print(1)"}], "metadata": {"kernelspec": {"name": "python3", '
+                  '"display_name": "Python 3", "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}')
+    code = textwrap.dedent(f"""
+        import asyncio, sys
+        from pathlib import Path
+        from jupyter_launch.agent import make_local_agent
+        from jupyter_launch.client import LaunchClient
+        from jupyter_launch.spec import QueueConfig
+
+        async def main():
+            client = LaunchClient(home=Path({str(tmp_path / 'home')!r}))
+            client.create_queue(QueueConfig(queue_name="w", provider={{"type": "local", "min_instances": 1}}))
+            agent = make_local_agent(client.store, ["w"], blobs=client.blobs, home=client.home)
+            await agent.start()
+            task = asyncio.create_task(agent.run())
+            job = await asyncio.to_thread(client.submit, Path({str(nb)!r}), queue="w")
+            while not (await asyncio.to_thread(job.refresh)).done:
+                await asyncio.sleep(0.05)
+            outputs = [o.path for o in await asyncio.to_thread(client.outputs, job.id)]
+            await agent.stop()
+            task.cancel()
+            print(job.status, "nb.html" in outputs, sorted(m for m in ("nbformat", "nbclient", "jupyter_launch.runner")
+                                                          if m in sys.modules))
+
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1:] == ["succeeded True []"], out.stdout + out.stderr

@@ -34,6 +34,7 @@ from traitlets import Float, Integer, List, Unicode
 
 from ..control import OUTPUT_DIR_ENV
 from ..images import load_environment
+from ..lifetime import die_with_parent
 from ..report import ReportRenderer
 from ..spec import ProviderConfig
 from .base import (JOB_VARIABLES, Backend, BackendError, JobContext, RankLog, Result, base_variables,
@@ -52,15 +53,6 @@ class LocalProvider(ProviderConfig):
     min_instances: int = Field(default=0, ge=0, le=64)
     gpus: int | list[int] | None = None  # GPU slots this host offers; None = detect with nvidia-smi
     python: str | None = None  # interpreter that runs jobs; default: the agent's own
-
-
-def _set_pdeathsig() -> None:
-    """Runs in the child before exec: die with the agent (Linux); a no-op elsewhere."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 class Pipes:
@@ -248,7 +240,7 @@ class WarmPool:
                     str(venv / "bin" / "python"), "-m", "jupyter_launch.runner", "--warm", "--no-report",
                     stdin=asyncio.subprocess.PIPE, stdout=out, stderr=err,
                     env=venv_variables(venv, self.layer, self.env), start_new_session=True,
-                    preexec_fn=_set_pdeathsig)
+                    preexec_fn=die_with_parent())
             finally:
                 pipes.started()
             ready = (await pipes.readline()).strip() == b"ready" and not self._closed
@@ -520,7 +512,7 @@ class LocalBackend(Backend):
         try:
             return await asyncio.create_subprocess_exec(
                 *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True, preexec_fn=_set_pdeathsig)
+                start_new_session=True, preexec_fn=die_with_parent())
         except (FileNotFoundError, PermissionError) as exc:
             raise BackendError("exit_code", f"cannot start {argv[0]!r}: {exc.strerror}") from None
 
