@@ -313,6 +313,58 @@ def test_a_log_stream_that_ended_before_its_container_ran_is_read_again():
     assert opened == [True, False] and logged == [("stdout", b"read 42\n")]
 
 
+def test_log_follows_of_starting_pods_share_a_rate_of_log_requests():
+    """A container not started yet has its log asked for again every 0.05 s while few pods start (before: every
+    0.25 s, the first line up to 0.25 s late), and no more often in all than ``retry_rate`` per second when many do.
+    The waits asked for are recorded; the pod starts at the fourth ask."""
+    import logging
+    from types import SimpleNamespace as NS
+
+    from kubernetes.client.exceptions import ApiException
+
+    from jupyter_launch.backends.kubernetes.pods import KubernetesHandle, PodLogs
+
+    class Core:
+        def __init__(self):
+            self.asks = 0
+
+        def read_namespaced_pod_log(self, pod, namespace, **kwargs):
+            self.asks += 1
+            if self.asks < 4:
+                raise ApiException(status=400, reason="ContainerCreating")
+            return NS(read1=lambda _n: b"", release_conn=lambda: None)
+
+        def read_namespaced_pod(self, pod, namespace):
+            done = NS(name="job", state=NS(terminated=NS(exit_code=0), waiting=None, running=None), restart_count=0)
+            return NS(status=NS(phase="Running" if self.asks < 4 else "Succeeded", container_statuses=[done]))
+
+    async def call(fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+    def waits(others: int) -> list[float]:
+        asked: list[float] = []
+
+        async def until_started(handle, pod, longest=0.25):
+            asked.append(longest)
+
+        async def follow() -> None:
+            ctx = NS(log=lambda stream, data: None)
+            handle = KubernetesHandle(name="jl-x", namespace="default", api=None, ctx=ctx,
+                                      loop=asyncio.get_running_loop())
+            starting = {f"other-{i}" for i in range(others)}
+            logs = PodLogs(call, Core(), logging.getLogger("test"), starting, retry_rate=40.0)
+            logs.until_started = until_started  # type: ignore[method-assign]
+            await logs.follow(handle, ctx.log, "jl-x-pod")
+            assert starting == {f"other-{i}" for i in range(others)}  # this pod is no longer counted
+
+        asyncio.run(follow())
+        return asked
+
+    assert waits(0) == [0.05] * 3  # alone: as often as a client polling the log by itself
+    assert waits(7) == [0.2] * 3  # 8 pods starting share 40 asks a second
+    assert waits(99) == [0.25] * 3  # never less often than every 0.25 s
+
+
 def test_pod_template_merges_by_name():
     base = {"spec": {"containers": [{"name": "job", "image": "a", "env": [{"name": "X", "value": "1"}]}],
                      "nodeSelector": {"a": "b"}}}

@@ -58,6 +58,9 @@ class KubernetesBackend(Backend):
     config_model: ClassVar[type[KubernetesProvider]] = KubernetesProvider
     poll_interval = Float(0.1, config=True, help="Seconds between status polls while a job's pod is starting.")
     running_poll_interval = Float(1.0, config=True, help="Seconds between status polls while its pod runs.")
+    log_retry_rate = Float(40.0, config=True, help=(
+        "Log requests per second, shared by the pods whose container has not started yet, asking whether it has: "
+        "each pod asks at most every 0.05 s and at least every 0.25 s (sooner when a status poll sees it started)."))
     image_pull_grace = Float(30.0, config=True,
                              help="Seconds an image pull may keep failing (ErrImagePull/ImagePullBackOff) "
                                   "before the job fails as image_pull_failed.")
@@ -91,6 +94,7 @@ class KubernetesBackend(Backend):
         self._docker: Any = None
         self._images: ImageService | None = None
         self._prepared: dict[tuple[str, int], PreparedImage] = {}
+        self._starting: set[str] = set()  # pods whose log follow waits for the container to start
         self._probed: dict[tuple[Any, ...], bool] = {}  # (kubeconfig, context, namespace, image) -> has sh and Python
         self._probing: dict[tuple[Any, ...], asyncio.Task[None]] = {}
 
@@ -670,7 +674,8 @@ class KubernetesBackend(Backend):
             if followed:
                 log("stderr", f"[jupyter-launch] the Job started a new pod {pod.metadata.name} "
                               "(an earlier one failed)\n".encode())
-            await PodLogs(self._call, self._apis(handle.api)[1], self.log).follow(handle, log, pod.metadata.name)
+            await PodLogs(self._call, self._apis(handle.api)[1], self.log, self._starting,
+                          self.log_retry_rate).follow(handle, log, pod.metadata.name)
             followed.add(pod.metadata.name)
             handle.stream_ended = True  # its container is ending: poll fast for the exit code
             handle.changed.set()  # wake wait(): the container has likely ended

@@ -65,11 +65,29 @@ class KubernetesHandle:
 class PodLogs:
     """Reads the logs of one Job's pods into the job's log, taking the outputs' marker lines out on the way."""
 
-    def __init__(self, call: Callable[..., Awaitable[Any]], core: Any, log: logging.Logger | logging.LoggerAdapter):
+    def __init__(self, call: Callable[..., Awaitable[Any]], core: Any, log: logging.Logger | logging.LoggerAdapter,
+                 starting: set[str] | None = None, retry_rate: float = 40.0):
         self.call, self.core, self.log = call, core, log  # call: a blocking client call on the backend's threads
+        # Pods whose container's log was refused as not started yet, across the backend's follows: they share
+        # ``retry_rate`` log requests per second (see retry_interval).
+        self.starting = starting if starting is not None else set()
+        self.retry_rate = retry_rate
+
+    def retry_interval(self) -> float:
+        """Seconds between asks for the log of a container not started yet: the pods waiting to start share
+        ``retry_rate`` requests per second, each asking at most every 0.05 s (one or two jobs see their first line
+        as soon as a client polling the log by itself would) and at least every 0.25 s (many starting at once cost
+        the API server no more than before)."""
+        return min(0.25, max(0.05, len(self.starting) / self.retry_rate))
 
     async def follow(self, handle: KubernetesHandle, log: Callable[[str, bytes], None], pod: str) -> None:
         """Follow one pod's log from its first byte to its container's end, across reconnects and restarts."""
+        try:
+            await self._follow(handle, log, pod)
+        finally:
+            self.starting.discard(pod)
+
+    async def _follow(self, handle: KubernetesHandle, log: Callable[[str, bytes], None], pod: str) -> None:
         from kubernetes.client.exceptions import ApiException
 
         core = self.core
@@ -89,8 +107,10 @@ class PodLogs:
                 info = await self.state(core, handle, pod)
                 if info is None or (info[0] in ("Failed", "Succeeded") and info[1] is None):
                     return
-                await self.until_started(handle, pod)
+                self.starting.add(pod)
+                await self.until_started(handle, pod, self.retry_interval())
                 continue
+            self.starting.discard(pod)
             restarts = await self.call(self._restart_count, core, handle, pod)
             if restarts != container_seen:
                 container_seen, skip = restarts, 0
@@ -119,9 +139,9 @@ class PodLogs:
     async def until_started(handle: KubernetesHandle, pod: str, longest: float = 0.25) -> None:
         """Wait until the backend's status polls (``handle.pods``, renewed at each ``handle.changed``) see the job's
         container in ``pod`` started or ended, for at most ``longest`` seconds: the log is asked for again as soon
-        as the API server shows it started, and at least every ``longest`` seconds (the kubelet serves the log a
-        little before the API server has the new status). A backoff here cost up to 0.5 s of every job's first
-        line."""
+        as the API server shows it started, and at least every ``longest`` seconds (the kubelet serves the log
+        before the API server has the new status: up to its 1 s status relist). A backoff here cost up to 0.5 s of
+        every job's first line."""
         deadline = asyncio.get_running_loop().time() + longest
         while True:
             seen = next((p for p in handle.pods if p.metadata.name == pod), None)
