@@ -7,6 +7,7 @@ both may come from another machine.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import os
@@ -511,6 +512,27 @@ def _check_member(member: tarfile.TarInfo, real_dest: str) -> None:
         raise ArtifactError(f"archive member {name!r} is a device or fifo; only files, folders and links are allowed")
 
 
+def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
+    """Extract one member (already checked by :func:`_check_member`) with tarfile's ``data`` filter: no special
+    bits, no group or other write, no owner from the archive, the owner able to read and write its files.
+
+    Pythons before 3.10.12 / 3.11.4 (Debian bookworm's 3.11.2) have no extraction filters, and ``filter=`` is a
+    TypeError there: the member is extracted as a copy with the attributes that filter would give it. The names and
+    links were checked before, as they are for every Python."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extract(member, dest, filter="data")
+        return
+    safe = copy.copy(member)
+    if safe.isreg() or safe.islnk():
+        mode = safe.mode & 0o755
+        safe.mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    else:  # a folder or a symlink: the data filter leaves the mode to the umask; the same here for a folder
+        safe.mode = 0o755
+    # Not chown to the archive's owner (tarfile does when run as root); our own ids are what the filter leaves.
+    safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
+    tar.extract(safe, dest, set_attrs=not safe.issym())
+
+
 def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEFAULT_MAX_SIZE,
                      max_files: int = 100_000) -> int:
     """Extract a (possibly compressed) tar stream into ``dest``; returns the bytes written.
@@ -546,7 +568,7 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
                         raise ArtifactError(f"archive member {member.name!r} takes the archive past the size limit "
                                             f"of {format_size(max_size)}")
                 try:
-                    tar.extract(member, real_dest, filter="data")
+                    extract_member(tar, member, real_dest)
                 except tarfile.FilterError as exc:
                     raise ArtifactError(f"unsafe member in archive: {exc}") from None
                 except KeyError:  # tarfile's word for a hard link whose target came later or not at all

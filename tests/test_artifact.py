@@ -398,3 +398,40 @@ def test_materialize_does_not_write_through_a_symlink_already_in_dest(project: P
     with pytest.raises(ArtifactError, match="outside"):
         materialize(art.digest, blobs, dest)
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_extraction_works_on_a_python_without_tar_filters(tmp_path: Path, monkeypatch):
+    """Pythons before 3.10.12 / 3.11.4 (Debian bookworm's /usr/bin/python3 is 3.11.2) have no tar extraction
+    filters and take ``filter=`` as a TypeError: every job's folder failed to unpack there. Extraction now gives
+    each member what the data filter would: no special bits, no group/other write, owner read-write."""
+    from jupyter_launch.artifact import safe_extract_tar
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        def add(name: str, mode: int, data: bytes | None = None, kind: bytes = tarfile.REGTYPE, link: str = ""):
+            info = tarfile.TarInfo(name)
+            info.mode, info.type, info.linkname = mode, kind, link
+            info.uid, info.gid, info.uname, info.gname = 4242, 4242, "someone", "others"
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+        add("pkg", 0o777, kind=tarfile.DIRTYPE)
+        add("pkg/setuid.sh", 0o4777, b"#!/bin/sh\necho hi\n")
+        add("pkg/readonly.txt", 0o444, b"data\n")
+        add("pkg/link", 0o777, kind=tarfile.SYMTYPE, link="readonly.txt")
+    old_extract = tarfile.TarFile.extract
+
+    def extract_without_filters(self, member, path="", set_attrs=True, *, numeric_owner=False, **kwargs):
+        if kwargs:  # 3.11.2's signature: no filter argument
+            raise TypeError(f"extract() got an unexpected keyword argument {next(iter(kwargs))!r}")
+        return old_extract(self, member, path, set_attrs, numeric_owner=numeric_owner, filter="fully_trusted")
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.setattr(tarfile.TarFile, "extract", extract_without_filters)
+    buf.seek(0)
+    dest = tmp_path / "out"
+    assert safe_extract_tar(buf, dest) == len(b"#!/bin/sh\necho hi\n") + len(b"data\n")
+    assert stat.S_IMODE((dest / "pkg/setuid.sh").stat().st_mode) == 0o755  # no setuid, no group/other write
+    assert stat.S_IMODE((dest / "pkg/readonly.txt").stat().st_mode) == 0o644  # the owner can write it
+    assert os.readlink(dest / "pkg/link") == "readonly.txt" and (dest / "pkg/link").read_text() == "data\n"
+    assert (dest / "pkg/setuid.sh").stat().st_uid == os.getuid()  # not the archive's 4242, even as root
