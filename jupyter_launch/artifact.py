@@ -512,6 +512,10 @@ def _check_member(member: tarfile.TarInfo, real_dest: str) -> None:
         raise ArtifactError(f"archive member {name!r} is a device or fifo; only files, folders and links are allowed")
 
 
+# tarfile's refusals under the data filter; a Python without filters (see extract_member) has none to catch.
+FILTER_ERRORS: tuple[type[Exception], ...] = (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+
+
 def extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: str) -> None:
     """Extract one member (already checked by :func:`_check_member`) with tarfile's ``data`` filter: no special
     bits, no group or other write, no owner from the archive, the owner able to read and write its files.
@@ -569,7 +573,7 @@ def safe_extract_tar(fileobj: BinaryIO, dest: str | Path, *, max_size: int = DEF
                                             f"of {format_size(max_size)}")
                 try:
                     extract_member(tar, member, real_dest)
-                except tarfile.FilterError as exc:
+                except FILTER_ERRORS as exc:
                     raise ArtifactError(f"unsafe member in archive: {exc}") from None
                 except KeyError:  # tarfile's word for a hard link whose target came later or not at all
                     raise ArtifactError(f"archive member {member.name!r} is a hard link to {member.linkname!r}, "

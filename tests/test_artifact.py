@@ -435,3 +435,24 @@ def test_extraction_works_on_a_python_without_tar_filters(tmp_path: Path, monkey
     assert stat.S_IMODE((dest / "pkg/readonly.txt").stat().st_mode) == 0o644  # the owner can write it
     assert os.readlink(dest / "pkg/link") == "readonly.txt" and (dest / "pkg/link").read_text() == "data\n"
     assert (dest / "pkg/setuid.sh").stat().st_uid == os.getuid()  # not the archive's 4242, even as root
+
+
+def test_an_unwritable_destination_is_one_clear_error_on_a_python_without_tar_filters(tmp_path: Path, monkeypatch):
+    """There, ``tarfile.FilterError`` does not exist either: an extraction error must not turn into an
+    AttributeError while the error is being caught."""
+    from jupyter_launch.artifact import ArtifactError, safe_extract_tar
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("blocked/file.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    buf.seek(0)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "blocked").write_text("a file where the archive wants a folder")
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.delattr(tarfile, "FilterError")
+    monkeypatch.setattr(artifact, "FILTER_ERRORS", ())
+    with pytest.raises(ArtifactError, match="cannot extract archive member 'blocked/file.txt'"):
+        safe_extract_tar(buf, dest)
