@@ -1,11 +1,11 @@
-"""jupyter-launch in a JupyterHub single-user server: the Hub's admins are jupyter-launch's admins, its other users
-own only their own jobs.
+"""jupyter-launch under JupyterHub, in a user's single-user server or in ``jupyter launch serve`` run as the Hub's
+service: the Hub's admins are jupyter-launch's admins, its other users own only their own jobs.
 
-Under ``jupyterhub-singleuser`` the identity is the Hub's user (``JupyterHubIdentityProvider``), and jupyter_server's
-default authorizer allows whoever reaches the server everything, ``launch_admin`` included: on a store the team
-shares, each user's server would show and cancel everyone's jobs. ``HubAuthorizer`` keeps the Hub's own check
-(``access:servers`` for this server) for every resource and adds one for jupyter-launch's admin resources: the user is
-a Hub admin. ``LaunchApp.hub_authorizer_class`` installs it when the server's authorizer is left at the default.
+There the identity is the Hub's user (``JupyterHubIdentityProvider``), and jupyter_server's default authorizer allows
+whoever reaches the server everything, ``launch_admin`` included: on a store the team shares, each user would see and
+cancel everyone's jobs. ``HubAuthorizer`` keeps the Hub's own check (the access scope of this server, or of this
+service: ``access:services!service=NAME``) for every resource and adds one for jupyter-launch's admin resources: the
+user is a Hub admin. ``LaunchApp.hub_authorizer_class`` installs it when the server's authorizer is left at the default.
 """
 
 from __future__ import annotations
