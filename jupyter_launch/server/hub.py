@@ -15,7 +15,7 @@ from typing import Any
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer
 from traitlets import Bool, List, Unicode
 
-from .handlers import ADMIN_RESOURCE, QUEUES_RESOURCE
+from .handlers import ADMIN_RESOURCE, AGENT_AUTH_RESOURCE, QUEUES_RESOURCE
 
 
 class HubAuthorizer(JupyterHubAuthorizer):
@@ -41,6 +41,10 @@ class HubAuthorizer(JupyterHubAuthorizer):
         return bool(set(self.admin_scopes) & set(hub_user.get("scopes") or ()))
 
     def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        if resource == AGENT_AUTH_RESOURCE:
+            # A remote agent, authenticated by its agent token (the agent routes take nothing else), not by the Hub:
+            # it has no Hub scopes to check, and its token's queues bound what it may do.
+            return not hasattr(user, "hub_user")
         if not super().is_authorized(handler, user, action, resource):
             return False
         return resource not in self.admin_resources or self.is_launch_admin(user)
