@@ -18,6 +18,7 @@ from typing import Any
 from traitlets.config import Config
 
 HUB_SERVICE_ENVS = ("JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_API_TOKEN")
+HUB_SERVER_ENVS = ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL")  # what JupyterHub's extension cannot do without
 HUB_EXTENSION = "jupyterhub"  # the module whose server extension point is JupyterHubSingleUser
 
 
@@ -55,6 +56,10 @@ def make_server(argv: Sequence[str] = (), *, queues: Sequence[str] = (), store_u
     hub = started_by_hub() if hub is None else hub
     extensions = {"jupyter_launch": True}
     if hub:
+        missing = [f"${name}" for name in HUB_SERVER_ENVS if not os.environ.get(name)]
+        if missing:
+            raise ServeError(f"serving a Hub's users needs the variables JupyterHub gives the services it starts; "
+                             f"{', '.join(missing)} not set: run it from c.JupyterHub.services, or without --hub")
         try:
             import jupyterhub.singleuser.extension  # noqa: F401  (fails here, with its reason, not in the server)
         except ImportError as exc:

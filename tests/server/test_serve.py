@@ -79,8 +79,14 @@ def test_serve_is_a_hub_service_only_when_the_hub_started_it(monkeypatch):
     assert started_by_hub({"JUPYTERHUB_SERVICE_NAME": "launch", "JUPYTERHUB_API_TOKEN": "t"})
     # a user's single-user server has a Hub token and a service URL, but is no service
     assert not started_by_hub({"JUPYTERHUB_API_TOKEN": "t", "JUPYTERHUB_SERVICE_URL": "http://127.0.0.1:1/"})
-    monkeypatch.setitem(sys.modules, "jupyterhub.singleuser.extension", None)  # not installed
+    for name in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ServeError, match=r"\$JUPYTERHUB_API_TOKEN, \$JUPYTERHUB_SERVICE_URL not set"):
+        make_server(hub=True)  # --hub where no Hub started it
     monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "launch")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "t")
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+    monkeypatch.setitem(sys.modules, "jupyterhub.singleuser.extension", None)  # not installed
     with pytest.raises(ServeError, match="pip install jupyterhub"):
         make_server(hub=True)
 
