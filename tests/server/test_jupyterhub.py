@@ -79,11 +79,11 @@ class Hub:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def readme_block(marker: str, doc: str = "README.md", lang: str = "python") -> str:
-    """The ``lang`` block after ``<!-- marker: ... -->`` in ``doc`` (the README's "JupyterHub" section, docs/team.md),
+def readme_block(marker: str, doc: str = "README.md") -> str:
+    """The Python block after ``<!-- marker: ... -->`` in ``doc`` (the README's "JupyterHub" section, docs/team.md),
     as written there."""
     after = (ROOT / doc).read_text().split(f"<!-- {marker}:", 1)[1]
-    return textwrap.dedent(after.split(f"```{lang}\n", 1)[1].split("```", 1)[0])
+    return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
 
 
 def singleuser_config() -> str:
@@ -115,7 +115,8 @@ def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     # The service on a store of its own (the users' servers above share team.db), its own home and Jupyter folders.
     service_env = {"JUPYTER_LAUNCH_STORE_URL": f"sqlite:///{base / 'service.db'}",
-                   "JUPYTER_LAUNCH_HOME": str(base / "service-home"), "JUPYTER_CONFIG_DIR": str(base / "service-config"),
+                   "JUPYTER_LAUNCH_HOME": str(base / "service-home"),
+                   "JUPYTER_CONFIG_DIR": str(base / "service-config"),
                    "JUPYTER_RUNTIME_DIR": str(base / "service-runtime"), "JUPYTER_DATA_DIR": str(base / "service-data")}
     return f"""
 c.JupyterHub.ip = "127.0.0.1"
@@ -187,7 +188,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                        .get("", {}).get("ready")):
                 assert time.monotonic() < deadline, f"{name}'s server is not ready:\n{hub.log_tail()}"
                 time.sleep(0.5)
-        while hub.service(ADMIN, "GET", "queues")[0] != 200:  # the Hub waits for its services before it answers
+        while hub.service(ADMIN, "GET", "queues")[0] != 200:  # the service, through the proxy, as a user reaches it
             assert time.monotonic() < deadline, f"the launch service is not up:\n{hub.log_tail()}"
             time.sleep(0.5)
         yield hub
@@ -314,7 +315,7 @@ def service_agent(hub: Hub) -> dict[str, Any]:
     assert len(serving) == 1, agents
     agent = serving[0]
     cmdline = Path(f"/proc/{agent['info']['pid']}/cmdline").read_bytes().split(b"\0")
-    assert b"serve" in cmdline and (agent["info"] or {}).get("owner") is None, (cmdline, agent)  # serves the team
+    assert b"serve" in cmdline and agent["info"]["owner"] is None, (cmdline, agent)  # it serves the team
     return agent
 
 
