@@ -1,5 +1,5 @@
 """``jupyter launch ...``: queues, submit, schedules, sweeps, move, jobs, logs, cancel, rerun, outputs, agent, token
-(and, from cli/fleet.py and cli/tokens.py, queue up/down/status, agent-image, token).
+(and, from cli/fleet.py, cli/serve.py and cli/tokens.py, queue up/down/status, agent-image, serve, token).
 
 Bad input exits with code 2 and one line naming the file, the line and the field; so do a server that cannot be
 reached and a token it refuses. A followed job exits with 0 when it succeeded and 1 otherwise.
@@ -840,8 +840,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--help-all", action=_HelpAll)
     a.set_defaults(func=cmd_agent)
 
+    from .serve import add_serve_command
     from .tokens import add_token_commands
 
+    add_serve_command(sub)
     add_token_commands(sub)
     return p
 

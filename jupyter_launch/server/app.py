@@ -41,8 +41,13 @@ class LaunchApp(ExtensionApp):
     blob_dir = Unicode(config=True, help="Folder of the content-addressed blobs (artifacts, outputs).")
     agent_queues = List(Unicode(), default_value=["default"], config=True,
                         help="Queues the in-process agent serves; empty runs no agent in the server. It serves as "
-                             "server_user: on private queues it runs only that user's jobs, on shared ones anyone's.")
+                             "server_user: on private queues it runs only that user's jobs, on shared ones anyone's "
+                             "(unless agent_serves_team).")
     agent_job_types = List(Unicode(), config=True, help="Job types the in-process agent accepts; empty: any.")
+    agent_serves_team = Bool(False, config=True,
+                             help="The in-process agent serves the team, not server_user: it claims anyone's jobs on "
+                                  "every queue it serves, private ones too, as a standalone agent does. `jupyter "
+                                  "launch serve` (the team's server, a JupyterHub service) sets it.")
     agent_class = Type(default_value=Agent, klass=Agent, config=True,
                        help="The agent class run in-process (configure it as c.Agent.* or its own name).")
     lease_seconds = Float(30.0, config=True, help="Lease of a claim held by the in-process agent.")
@@ -67,11 +72,11 @@ class LaunchApp(ExtensionApp):
                                "else the OS user running the server (the owner an embedded client here records).")
     hub_authorizer_class = Type(default_value="jupyter_launch.server.hub.HubAuthorizer", klass=Authorizer,
                                 allow_none=True, config=True,
-                                help="In a JupyterHub single-user server whose ServerApp.authorizer_class is left at "
-                                     "jupyter_server's default (which allows whoever reaches the server everything), "
-                                     "the server's authorizer: the Hub's admins are jupyter-launch's admins, other "
-                                     "users reach their own jobs (configure it as c.HubAuthorizer.*). None keeps "
-                                     "the default.")
+                                help="In a JupyterHub single-user server, or `jupyter launch serve` run as the "
+                                     "Hub's service, whose ServerApp.authorizer_class is left at jupyter_server's "
+                                     "default (which allows whoever reaches the server everything), the server's "
+                                     "authorizer: the Hub's admins are jupyter-launch's admins, other users reach "
+                                     "their own jobs (configure it as c.HubAuthorizer.*). None keeps the default.")
     scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
@@ -138,7 +143,8 @@ class LaunchApp(ExtensionApp):
                                      "exists", exc)
             agent = self.agent_class(parent=self, store=self.store, blobs=self.blobs, queues=list(self.agent_queues),
                                      job_types=list(self.agent_job_types), lease_seconds=self.lease_seconds,
-                                     run_schedules=False, owner=self.server_user)
+                                     run_schedules=False,
+                                     owner=None if self.agent_serves_team else self.server_user)
             await agent.start()
             self.agents.append(agent)
             self._tasks.append(asyncio.create_task(agent.run()))
@@ -178,8 +184,9 @@ class LaunchApp(ExtensionApp):
             self.log.warning("jupyter-launch: closing the store failed", exc_info=True)
 
     def _install_hub_authorizer(self) -> None:
-        """Under ``jupyterhub-singleuser`` with jupyter_server's default authorizer, put ``hub_authorizer_class`` in
-        its place (before the server takes requests). A server whose authorizer was configured keeps it."""
+        """Under JupyterHub's server extension (``jupyterhub-singleuser``, or ``jupyter launch serve`` as a Hub
+        service) with jupyter_server's default authorizer, put ``hub_authorizer_class`` in its place (before the
+        server takes requests). A server whose authorizer was configured keeps it."""
         hub = sys.modules.get("jupyterhub.singleuser.extension")
         serverapp = self.serverapp
         if (hub is None or self.hub_authorizer_class is None
@@ -190,8 +197,8 @@ class LaunchApp(ExtensionApp):
                                                identity_provider=serverapp.identity_provider)
         # The server's settings are updated from this extension's copy of them once initialize_settings returns.
         serverapp.authorizer = self.settings["authorizer"] = authorizer
-        self.log.info("jupyter-launch: JupyterHub single-user server; authorizer %s (the Hub's admins are "
-                      "jupyter-launch's admins)", type(authorizer).__name__)
+        self.log.info("jupyter-launch: under JupyterHub; authorizer %s (the Hub's admins are jupyter-launch's admins)",
+                      type(authorizer).__name__)
 
     # ------------------------------------------------------------ helpers for handlers
 

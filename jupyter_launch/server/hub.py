@@ -1,11 +1,11 @@
-"""jupyter-launch in a JupyterHub single-user server: the Hub's admins are jupyter-launch's admins, its other users
-own only their own jobs.
+"""jupyter-launch under JupyterHub, in a user's single-user server or in ``jupyter launch serve`` run as the Hub's
+service: the Hub's admins are jupyter-launch's admins, its other users own only their own jobs.
 
-Under ``jupyterhub-singleuser`` the identity is the Hub's user (``JupyterHubIdentityProvider``), and jupyter_server's
-default authorizer allows whoever reaches the server everything, ``launch_admin`` included: on a store the team
-shares, each user's server would show and cancel everyone's jobs. ``HubAuthorizer`` keeps the Hub's own check
-(``access:servers`` for this server) for every resource and adds one for jupyter-launch's admin resources: the user is
-a Hub admin. ``LaunchApp.hub_authorizer_class`` installs it when the server's authorizer is left at the default.
+There the identity is the Hub's user (``JupyterHubIdentityProvider``), and jupyter_server's default authorizer allows
+whoever reaches the server everything, ``launch_admin`` included: on a store the team shares, each user would see and
+cancel everyone's jobs. ``HubAuthorizer`` keeps the Hub's own check (the access scope of this server, or of this
+service: ``access:services!service=NAME``) for every resource and adds one for jupyter-launch's admin resources: the
+user is a Hub admin. ``LaunchApp.hub_authorizer_class`` installs it when the server's authorizer is left at the default.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from jupyterhub.singleuser.extension import JupyterHubAuthorizer
 from traitlets import Bool, List, Unicode
 
-from .handlers import ADMIN_RESOURCE, QUEUES_RESOURCE
+from .handlers import ADMIN_RESOURCE, AGENT_AUTH_RESOURCE, QUEUES_RESOURCE
 
 
 class HubAuthorizer(JupyterHubAuthorizer):
@@ -41,6 +41,10 @@ class HubAuthorizer(JupyterHubAuthorizer):
         return bool(set(self.admin_scopes) & set(hub_user.get("scopes") or ()))
 
     def is_authorized(self, handler: Any, user: Any, action: str, resource: str) -> bool:
+        if resource == AGENT_AUTH_RESOURCE:
+            # A remote agent, authenticated by its agent token (the agent routes take nothing else), not by the Hub:
+            # it has no Hub scopes to check, and its token's queues bound what it may do.
+            return not hasattr(user, "hub_user")
         if not super().is_authorized(handler, user, action, resource):
             return False
         return resource not in self.admin_resources or self.is_launch_admin(user)

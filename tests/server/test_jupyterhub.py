@@ -1,10 +1,12 @@
-"""jupyter-launch in JupyterHub single-user servers, against a real Hub (``jupyterhub`` from PyPI and
-``configurable-http-proxy`` from npm, both installed by ci/test.sh) on loopback.
+"""jupyter-launch under a real JupyterHub (``jupyterhub`` from PyPI and ``configurable-http-proxy`` from npm, both
+installed by ci/test.sh) on loopback: in the users' single-user servers, and as the Hub's service.
 
 Hub users (alice and bob; ada, a Hub admin; carol, granted a custom admin scope), each with a Hub API token and a
 single-user server the Hub spawns as a local process (SimpleLocalProcessSpawner: no OS users), all on one jupyter-launch
 store. Every request goes through the Hub's proxy to the user's own server with the user's own token, as a notebook or
-CLI of that user would. Fails, naming what is missing, without jupyterhub or configurable-http-proxy.
+CLI of that user would. The same Hub runs ``jupyter launch serve`` as its managed service ``launch`` (docs/team.md's
+config) on a store of its own, which the users reach at ``/services/launch/`` with their Hub tokens, over HTTP and with
+the ``jupyter launch`` CLI. Fails, naming what is missing, without jupyterhub or configurable-http-proxy.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ ADMIN = "ada"  # a Hub admin
 GRANTED = "carol"  # not a Hub admin: the README's Hub role grants her the scope its servers' config takes for admins
 ADMIN_SCOPE = "custom:launch:admin"
 EVERYONE = (*USERS, ADMIN, GRANTED)
+SERVICE = "launch"  # docs/team.md's service
+SERVICE_PREFIX = f"/services/{SERVICE}/"
+TEAM_DOC = "docs/team.md"
 
 
 @dataclass
@@ -43,18 +48,20 @@ class Hub:
     process: subprocess.Popen
     log: Path
 
-    def call(self, who: str, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
-        """``path`` under the proxy, with ``who``'s token; the status and the JSON answer."""
+    def call(self, who: str | None, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
+        """``path`` under the proxy, with ``who``'s token (None: no token); the status and the JSON answer."""
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method,
-                                         headers={"Authorization": f"token {self.tokens[who]}",
-                                                  "Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if who is not None:
+            headers["Authorization"] = f"token {self.tokens[who]}"
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 raw = response.read()
                 return response.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            with exc:
+                raw = exc.read()
             try:
                 return exc.code, json.loads(raw)
             except ValueError:
@@ -64,13 +71,18 @@ class Hub:
         """jupyter-launch's API on ``who``'s own single-user server, as ``who``."""
         return self.call(who, method, f"/user/{who}/launch/api/{path}", body)
 
+    def service(self, who: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """jupyter-launch's API on the Hub's service ``launch`` (``jupyter launch serve``), as ``who``."""
+        return self.call(who, method, f"{SERVICE_PREFIX}launch/api/{path}", body)
+
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
-def readme_block(marker: str) -> str:
-    """The README's Python block after ``<!-- marker: ... -->`` (its "JupyterHub" section), as written there."""
-    after = (ROOT / "README.md").read_text().split(f"<!-- {marker}:", 1)[1]
+def readme_block(marker: str, doc: str = "README.md") -> str:
+    """The Python block after ``<!-- marker: ... -->`` in ``doc`` (the README's "JupyterHub" section, docs/team.md),
+    as written there."""
+    after = (ROOT / doc).read_text().split(f"<!-- {marker}:", 1)[1]
     return textwrap.dedent(after.split("```python\n", 1)[1].split("```", 1)[0])
 
 
@@ -88,12 +100,24 @@ def missing_hub_parts() -> list[str]:
     return missing
 
 
+def service_config() -> str:
+    """The service's jupyter_server_config.py: a quicker agent, and root allowed (the Hub's spawner passes the users'
+    servers --allow-root the same way)."""
+    return "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\nc.ServerApp.allow_root = True\n"
+
+
 def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_url: str) -> str:
     bin_dir = Path(sys.executable).parent
     env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JUPYTER_LAUNCH_HOME": str(base / "launch-home"), "JUPYTER_LAUNCH_STORE_URL": store_url,
            "JUPYTER_CONFIG_DIR": str(base / "singleuser-config"),
+           "JUPYTER_LAUNCH_SERVER_URL": f"http://127.0.0.1:{ports['proxy']}{SERVICE_PREFIX}",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # The service on a store of its own (the users' servers above share team.db), its own home and Jupyter folders.
+    service_env = {"JUPYTER_LAUNCH_STORE_URL": f"sqlite:///{base / 'service.db'}",
+                   "JUPYTER_LAUNCH_HOME": str(base / "service-home"),
+                   "JUPYTER_CONFIG_DIR": str(base / "service-config"),
+                   "JUPYTER_RUNTIME_DIR": str(base / "service-runtime"), "JUPYTER_DATA_DIR": str(base / "service-data")}
     return f"""
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {ports['proxy']}
@@ -114,8 +138,12 @@ c.Spawner.cmd = [{str(bin_dir / 'jupyterhub-singleuser')!r}]
 c.Spawner.args = ["--allow-root"]
 c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
-""" + readme_block("jupyterhub-config") + f"""
-c.Spawner.environment = {env!r}  # the README's, with this test's store
+""" + readme_block("jupyterhub-config") + readme_block("hub-service-config", TEAM_DOC) + f"""
+c.Spawner.environment = {env!r}  # the README's and docs/team.md's, with this test's store and proxy
+for service in c.JupyterHub.services:  # docs/team.md's service, on this test's port and store
+    if service["name"] == {SERVICE!r}:
+        service["url"] = "http://127.0.0.1:{ports['service']}"
+        service["environment"].update({service_env!r})
 """
 
 
@@ -125,10 +153,12 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     if missing:
         pytest.fail("a real JupyterHub is needed and these are missing: " + "; ".join(missing))
     base = tmp_path_factory.mktemp("hub")
-    ports = {name: free_port() for name in ("proxy", "hub", "proxy_api")}
+    ports = {name: free_port() for name in ("proxy", "hub", "proxy_api", "service")}
     tokens = {name: secrets.token_hex(16) for name in EVERYONE}
     (base / "singleuser-config").mkdir()
     (base / "singleuser-config" / "jupyter_server_config.py").write_text(singleuser_config())
+    (base / "service-config").mkdir()
+    (base / "service-config" / "jupyter_server_config.py").write_text(service_config())
     config = base / "jupyterhub_config.py"
     config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}"))
     log = base / "hub.log"
@@ -158,6 +188,9 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
                        .get("", {}).get("ready")):
                 assert time.monotonic() < deadline, f"{name}'s server is not ready:\n{hub.log_tail()}"
                 time.sleep(0.5)
+        while hub.service(ADMIN, "GET", "queues")[0] != 200:  # the service, through the proxy, as a user reaches it
+            assert time.monotonic() < deadline, f"the launch service is not up:\n{hub.log_tail()}"
+            time.sleep(0.5)
         yield hub
     finally:
         process.terminate()  # the Hub stops the servers it spawned and its proxy as it exits
@@ -266,3 +299,162 @@ def test_a_hub_admin_is_an_admin_by_the_hubs_admin_flag_and_a_user_by_a_scope_gr
     assert status == 404, body
     status, job = hub.launch(GRANTED, "POST", f"jobs/{alices['id']}/cancel")
     assert status == 202 and job["owner"] == "alice", job
+
+
+def team_queue() -> dict[str, Any]:
+    """docs/team.md's GPU queue, on the local backend here: a shared local queue (no cluster in this test), which only
+    the service's agent serves."""
+    return {"queue_name": "gpu", "provider": {"type": "local"}, "shared": True}
+
+
+def service_agent(hub: Hub) -> dict[str, Any]:
+    """The one agent serving the team's queue on the service's store: the ``jupyter launch serve`` process's own."""
+    status, agents = hub.service(ADMIN, "GET", "agents")
+    assert status == 200, agents
+    serving = [a for a in agents["agents"] if "gpu" in a["queues"]]
+    assert len(serving) == 1, agents
+    agent = serving[0]
+    cmdline = Path(f"/proc/{agent['info']['pid']}/cmdline").read_bytes().split(b"\0")
+    assert b"serve" in cmdline and agent["info"]["owner"] is None, (cmdline, agent)  # it serves the team
+    return agent
+
+
+def ensure_team_queue(hub: Hub) -> None:
+    status, body = hub.service(ADMIN, "GET", "queues/gpu")
+    if status == 404:
+        status, body = hub.service(ADMIN, "POST", "queues", team_queue())
+        assert status == 201, body
+    assert status in (200, 201), body
+
+
+def wait_service_done(hub: Hub, who: str, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status, job = hub.service(who, "GET", f"jobs/{job_id}")
+        assert status == 200, (status, job)
+        if job["done"]:
+            return job
+        assert time.monotonic() < deadline, (job, hub.log_tail())
+        time.sleep(0.2)
+
+
+def test_the_launch_service_runs_every_users_jobs_on_its_agent_and_shows_each_only_their_own(hub):
+    """docs/team.md: the Hub runs ``jupyter launch serve --queue gpu`` as its service. Only a Hub admin creates the
+    team's queue there; alice and bob submit to it with their own Hub tokens at /services/launch/; the service's own
+    agent runs both users' jobs, each owned by the Hub user; each lists only their own, ada lists both."""
+    status, body = hub.service("alice", "POST", "queues", {"queue_name": "alices"})
+    assert status == 403, body
+    ensure_team_queue(hub)
+    agent = service_agent(hub)
+
+    jobs = {}
+    for name in USERS:
+        status, job = hub.service(name, "POST", "jobs", {"queue": "gpu", "spec": {
+            "kind": "command", "command": [sys.executable, "-c", f"print('hi {name}')"]}})
+        assert status == 201, (name, status, job, hub.log_tail())
+        assert (job["owner"], job["owner_name"]) == (name, name), job
+        jobs[name] = job["id"]
+    for name, job_id in jobs.items():
+        done = wait_service_done(hub, name, job_id)
+        assert done["state"] == "succeeded" and done["agent_id"] == agent["id"], (done, hub.log_tail())
+
+    for name in USERS:
+        status, listed = hub.service(name, "GET", "jobs")
+        assert status == 200, listed
+        assert {j["id"] for j in listed["jobs"]} == {jobs[name]}, (name, listed)
+    status, body = hub.service("alice", "GET", f"jobs/{jobs['bob']}")
+    assert status == 404, body
+    status, listed = hub.service(ADMIN, "GET", "jobs")
+    assert status == 200, listed
+    assert {j["id"] for j in listed["jobs"]} == set(jobs.values()), listed
+    status, log = hub.service("bob", "GET", f"jobs/{jobs['bob']}/logs")
+    assert status == 200 and "hi bob" in json.dumps(log), log
+
+
+def test_the_launch_service_refuses_a_request_without_a_token_or_without_its_access_scope(hub):
+    """No token, or alice's token with only access to her own server (no ``access:services!service=launch``): the
+    service refuses the request, and shows nothing."""
+    status, token = hub.call("alice", "POST", "/hub/api/users/alice/tokens",
+                             {"scopes": ["access:servers!user=alice"], "note": "no service access"})
+    assert status == 201, token
+    narrow = Hub(hub.url, {"alice": token["token"]}, hub.process, hub.log)
+    status, me = narrow.call("alice", "GET", "/hub/api/user")
+    assert status == 200 and f"access:services!service={SERVICE}" not in me["scopes"], me
+    for path in ("jobs", "queues"):
+        status, body = narrow.service("alice", "GET", path)
+        assert status == 403, (path, status, body)
+    status, body = narrow.service("alice", "POST", "jobs", {"queue": "gpu", "spec": {
+        "kind": "command", "command": [sys.executable, "-c", "print(1)"]}})
+    assert status == 403, body
+    status, body = hub.service(None, "GET", "jobs")
+    assert status == 403, body
+
+
+def test_the_cli_in_a_users_server_submits_to_the_service_with_the_servers_own_hub_token(hub, tmp_path):
+    """In alice's server, `jupyter launch` reaches the service with $JUPYTER_LAUNCH_SERVER_URL (docs/team.md's
+    c.Spawner.environment) and the server's own $JUPYTERHUB_API_TOKEN, whose scopes (c.Spawner.server_token_scopes)
+    include the service's access. The Hub's tokens of alice's server carry that scope; the CLI here runs with a token of
+    the same scopes and the variables her server has, submits to the team queue, follows the job to its end and lists
+    only her jobs."""
+    status, tokens = hub.call(ADMIN, "GET", "/hub/api/users/alice/tokens")
+    assert status == 200, tokens
+    server_tokens = [t for t in tokens["api_tokens"] if (t.get("note") or "").startswith("Server at ")]
+    assert server_tokens and all(f"access:services!service={SERVICE}" in t["scopes"] for t in server_tokens), tokens
+    status, token = hub.call("alice", "POST", "/hub/api/users/alice/tokens",
+                             {"scopes": server_tokens[0]["scopes"], "note": "as alice's server's"})
+    assert status == 201, token
+    ensure_team_queue(hub)
+
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"command": [sys.executable, "-c", "print('from the CLI')"]}))
+    bin_dir = Path(sys.executable).parent
+    env = dict(isolated_env(tmp_path), JUPYTERHUB_API_TOKEN=token["token"], JUPYTERHUB_BASE_URL="/",
+               JUPYTER_LAUNCH_SERVER_URL=f"{hub.url}{SERVICE_PREFIX}", HOME=str(tmp_path))
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(bin_dir / "jupyter-launch"), *args], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=240)
+
+    run = cli("submit", "--config", str(job), "--queue", "gpu", "--follow")
+    assert run.returncode == 0 and "from the CLI" in run.stdout, (run.stdout, run.stderr, hub.log_tail())
+    run = cli("list", "--json")
+    assert run.returncode == 0, run.stderr
+    listed = json.loads(run.stdout)
+    assert listed and {j["owner"] for j in listed} == {"alice"}, listed
+    assert any(j["state"] == "succeeded" and j["agent_id"] == service_agent(hub)["id"] for j in listed), listed
+
+    env.pop("JUPYTERHUB_API_TOKEN")  # no token at all: the service's refusal, said in one line
+    run = cli("list")
+    assert run.returncode == 2 and "refused the token" in run.stderr, (run.stdout, run.stderr)
+
+
+def test_a_remote_agent_serves_a_team_queue_of_the_service_through_the_hub_with_an_agent_token(hub, tmp_path):
+    """docs/team.md's other way to run a queue's jobs: agents elsewhere (a GPU machine, `queue up`'s), each a remote
+    agent for the service that reaches it through the Hub's proxy with an agent token. Only a Hub admin creates the
+    token; the agent it runs serves the queue and runs bob's job."""
+    status, body = hub.service("alice", "POST", "tokens", {"name": "gpu-box", "queues": ["cpu"]})
+    assert status == 403, body
+    status, queue = hub.service(ADMIN, "POST", "queues", {"queue_name": "cpu", "provider": {"type": "local"},
+                                                          "shared": True})
+    assert status == 201, queue
+    status, token = hub.service(ADMIN, "POST", "tokens", {"name": "gpu-box", "queues": ["cpu"]})
+    assert status == 201, token
+    env = dict(isolated_env(tmp_path), JUPYTER_LAUNCH_SERVER_URL=f"{hub.url}{SERVICE_PREFIX}",
+               JUPYTER_LAUNCH_TOKEN=token["token"], JUPYTER_LAUNCH_HOME=str(tmp_path / "agent-home"))
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen([str(Path(sys.executable).parent / "jupyter-launch"), "agent", "--queue", "cpu",
+                                  "--Agent.poll_interval=0.5"], env=env, cwd=tmp_path, stdout=out,
+                                 stderr=subprocess.STDOUT)
+    try:
+        status, job = hub.service("bob", "POST", "jobs", {"queue": "cpu", "spec": {
+            "kind": "command", "command": [sys.executable, "-c", "print('on the box')"]}})
+        assert status == 201, job
+        done = wait_service_done(hub, "bob", job["id"])
+        assert done["state"] == "succeeded", (done, log.read_text(errors="replace"))
+        status, agents = hub.service(ADMIN, "GET", "agents")
+        (remote,) = [a for a in agents["agents"] if a["id"] == done["agent_id"]]
+        assert remote["info"]["pid"] == agent.pid and remote["token_id"] == token["id"], remote
+    finally:
+        agent.terminate()
+        agent.wait(60)
