@@ -44,6 +44,7 @@ from ..store import (
     ACTIVE, ARCHIVED_CHOICES, DEFAULT_JOB_SORT, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError,
     StoreUnusable, check_number, check_output_path, is_disk_full,
 )
+from ..store import base as store_base
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
 from ..store.blobs import _check as check_digest
 from .identity import submitter
@@ -1144,7 +1145,8 @@ class AgentClaimHandler(AgentHandler):
         job_types = string_list(data, "job_types") or None
         self.require_queues(queues)
         await self.store_call(store.check_agent_id, agent_id, self.agent_token.id)
-        deadline = time.monotonic() + wait
+        seen = time.monotonic()  # the agent was last marked seen (registering, its housekeeping) before this
+        deadline = seen + wait
         first = True
         while not self.connection_gone():
             wake = app.service.events.claim_waiter()
@@ -1152,6 +1154,9 @@ class AgentClaimHandler(AgentHandler):
                 if not first and await self.store_call(store.verify_agent_token, self.agent_secret) is None:
                     raise web.HTTPError(403, "this agent token was revoked; the agent gets no more work")
                 first = False
+                if time.monotonic() - seen >= store_base.AGENT_TTL / 3:  # a poll longer than the TTL: still here
+                    await self.store_call(store.agent_seen, agent_id, token_id=self.agent_token.id)
+                    seen = time.monotonic()
                 if self.connection_gone():
                     break
                 claim = await self.store_call(store.claim_next_job, agent_id, queues, job_types,

@@ -20,6 +20,9 @@ FINAL = (SUCCEEDED, FAILED, CANCELLED)
 # a week (a NaN or infinite lease would never expire), exit codes as any platform reports them.
 MAX_COUNT = 2**53
 MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 0.01, 7 * 24 * 3600.0
+# An agent unseen this long no longer counts as serving its queues; whoever holds an agent's call open for longer
+# (the server's long-polled claim) marks it seen meanwhile.
+AGENT_TTL = 15.0
 MIN_EXIT_CODE, MAX_EXIT_CODE = -(2**31), 2**32 - 1
 MAX_OUTPUT_PATH = 1024  # the outputs table's path column
 MAX_PROGRESS_BYTES = 64 * 1024

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
 
 from ..spec import JobSpec, QueueConfig
+from . import base
 from . import schema as t
 from .base import (
     ACTIVE, CANCELLED, CLAIMED, DEFAULT_JOB_SORT, FAILED, FINAL, LOCAL_CLAIM, MAX_COUNT, MAX_EXIT_CODE,
@@ -43,7 +44,6 @@ _MIGRATE_IN_CHILD = ("import os\nfrom jupyter_launch.store.sql import SQLStore\n
                      "SQLStore(os.environ['JUPYTER_LAUNCH_MIGRATE_URL'], migrate=False).migrate()\n")
 RESERVE_BYTES = 1024 * 1024  # disk kept free beside a SQLite store, to record failures once the disk is full
 MAX_CHUNK = 256 * 1024  # log chunks are split to this size so an offset read scans a bounded window
-AGENT_TTL = 15.0  # an agent unseen this long no longer counts as serving its queues
 DEFAULT_QUEUE = "default"
 MAX_SWEEP_RUNS = 1000  # children one sweep may queue
 LIST_AHEAD_CAP = 1000  # a listed queued job counts the jobs ahead of it up to this many
@@ -762,7 +762,7 @@ class SQLStore(AgentTokenRows):
         now = time.time()
         with self._write() as c:
             row = c.execute(select(t.agents.c.token_id, t.agents.c.last_seen).where(t.agents.c.id == agent_id)).first()
-            if row is not None and row.token_id != token_id and row.last_seen > now - AGENT_TTL:
+            if row is not None and row.token_id != token_id and row.last_seen > now - base.AGENT_TTL:
                 raise AgentIdTaken(_taken(agent_id, row.token_id))
             c.execute(t.agents.delete().where(t.agents.c.id == agent_id))
             c.execute(t.agents.insert().values(id=agent_id, host=host, queues=queues, job_types=job_types,
@@ -800,7 +800,7 @@ class SQLStore(AgentTokenRows):
             return sorted(r.id for r in self._live_agents(c) if queue in (r.queues or []))
 
     def _live_agents(self, c: Connection) -> list[Any]:
-        return c.execute(select(t.agents).where(t.agents.c.last_seen > time.time() - AGENT_TTL)).all()
+        return c.execute(select(t.agents).where(t.agents.c.last_seen > time.time() - base.AGENT_TTL)).all()
 
     # ------------------------------------------------------------ logs, metrics, outputs
 

@@ -113,6 +113,31 @@ async def test_long_poll_claim_returns_when_a_job_is_submitted(api, start_launch
     store.close()
 
 
+async def test_an_agent_waiting_in_a_long_poll_longer_than_the_agent_ttl_still_serves_its_queue(
+        api, start_launch, server_url, monkeypatch):
+    """An idle remote agent spends its time in a claim the server holds (20 s by default), longer than the 15 s an
+    agent may go unseen: it used to drop out of the queue's live agents for the end of every poll (the CLI then said
+    no agent served the queue). The server marks it seen while it holds the call. Here the TTL is 1.5 s and the
+    poll 4 s."""
+    from jupyter_launch.store import base as store_base
+
+    monkeypatch.setattr(store_base, "AGENT_TTL", 1.5)
+    app = await start_launch()
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, _ = app.store.create_agent_token("box-ttl", ["remote"])
+    store = HttpStore(server_url, agent_token=token, claim_wait=4)
+    await asyncio.to_thread(store.register_agent, "idle", ["remote"], [], host="h")
+    claiming = asyncio.create_task(asyncio.to_thread(store.claim_next_job, "idle", ["remote"]))
+    live = []
+    for _ in range(6):  # 0.5 s to 3 s into the poll
+        await asyncio.sleep(0.5)
+        live.append(await asyncio.to_thread(app.store.live_agent_ids, "remote"))
+    assert not claiming.done()
+    assert live == [["idle"]] * 6
+    assert await asyncio.wait_for(claiming, 10) is None
+    store.close()
+
+
 async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch, server_url, tmp_path, caplog):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
