@@ -329,6 +329,9 @@ class Agent(LoggingConfigurable):
         returns a job, so a job arriving while the agent stops is never claimed for nobody."""
         self._stopping.set()
         self._wake.set()
+        interrupt = getattr(self.store, "interrupt_claims", None)  # a remote agent's long poll: no need to wait it out
+        if interrupt is not None:
+            interrupt()
         if self._run_task is not None and self._run_task is not asyncio.current_task():
             await asyncio.wait({self._run_task})  # its last claim has returned, and been handed back
         if self.scheduler is not None:  # another scheduler on the store takes the lease at once
@@ -437,6 +440,8 @@ class Agent(LoggingConfigurable):
                 self._refuse(exc)
                 break
             except Exception:
+                if self._stopping.is_set():  # the claim was cut short by the stop
+                    break
                 self.log.exception("claiming failed; retrying in %.1fs", self.poll_interval)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), min(self.poll_interval, self.interval))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
 import threading
 import urllib.parse
 from dataclasses import fields
@@ -53,6 +55,7 @@ class Http:
         self._local = threading.local()
         self._conns: list[http.client.HTTPConnection] = []
         self._conns_lock = threading.Lock()
+        self._aborted = False
 
     def _conn(self, timeout: float) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
@@ -88,6 +91,8 @@ class Http:
             data = b""
         url = self.url(path, params)
         for attempt in range(2):
+            if self._aborted:
+                raise RemoteError(f"the call to {self.server_url} was interrupted (abort)", 0)
             conn = self._conn(timeout or self.timeout)
             try:
                 conn.request(method, url, body=data, headers=headers)
@@ -105,7 +110,7 @@ class Http:
                     if conn in self._conns:
                         self._conns.remove(conn)
                 # A kept-alive connection the server closed: retry once on a fresh one (not for streamed bodies).
-                if attempt or (raw is not None and not isinstance(raw, bytes)):
+                if attempt or self._aborted or (raw is not None and not isinstance(raw, bytes)):
                     raise RemoteError(f"cannot reach the jupyter-launch server at {self.server_url}: {exc}", 0) from None
         ctype = resp.getheader("Content-Type", "")
         parsed = json.loads(payload) if payload and ctype.startswith("application/json") else payload
@@ -122,6 +127,18 @@ class Http:
             cls = RemoteBadRequest if resp.status == 400 else RemoteError
             raise cls(message, resp.status, reason if isinstance(reason, str) else None)
         return resp.status, parsed
+
+    def abort(self) -> None:
+        """From any thread: end the calls in flight now (their sockets shut down, a blocked read returns) and refuse
+        every later one with :class:`RemoteError`. For a long poll nobody waits for any more."""
+        self._aborted = True
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            sock = conn.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Close every thread's connection (each thread opens a new one on its next call)."""

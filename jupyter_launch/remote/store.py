@@ -51,6 +51,10 @@ class HttpStore:
                  claim_wait: float = 20.0):
         self.user_http = Http(server_url, user_token) if user_token is not None else None
         self.agent_http = Http(server_url, agent_token, timeout=claim_wait + 30) if agent_token is not None else None
+        # Claims on connections of their own, so that a stopping agent can cut its long poll short (interrupt_claims)
+        # without breaking its other calls.
+        self.claim_http = Http(server_url, agent_token, timeout=claim_wait + 30) if agent_token is not None else None
+        self._interrupted: list[Http] = []
         if self.user_http is None and self.agent_http is None:
             raise ValueError("HttpStore needs a user token, an agent token, or both")
         self.server_url = (self.user_http or self.agent_http).server_url  # type: ignore[union-attr]
@@ -66,12 +70,13 @@ class HttpStore:
                                   "(the server's token, or a JupyterHub token)", 0)
         return self.user_http.request(method, path, body, **kw)[1]
 
-    def _agent(self, method: str, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+    def _agent(self, method: str, path: str, body: Any = None, *, via: Http | None = None,
+               **kw: Any) -> tuple[int, Any]:
         if self.agent_http is None:
             raise RemoteAuthError(f"this store has no agent token for {self.server_url}: {_AGENT_ROUTES} need one "
                                   "(`jupyter launch token create`)", 0)
         try:
-            return self.agent_http.request(method, path, body, **kw)
+            return (via or self.agent_http).request(method, path, body, **kw)
         except RemoteAuthError as exc:
             self.auth_error = exc
             raise
@@ -213,10 +218,19 @@ class HttpStore:
         """Long-polls: the server holds the call up to ``claim_wait`` seconds until a job can be claimed."""
         status, data = self._agent("POST", "agent/claim", {
             "agent_id": agent_id, "queues": queues, "job_types": job_types, "lease_seconds": lease_seconds,
-            "free_gpus": free_gpus, "owner": owner, "wait": self.claim_wait})
+            "free_gpus": free_gpus, "owner": owner, "wait": self.claim_wait}, via=self.claim_http)
         if status == 204 or not data:
             return None
         return Claim(job=job_record(data["job"]), fence=data["fence"])
+
+    def interrupt_claims(self) -> None:
+        """End the claim in flight now (from any thread); later claims go through new connections. The server,
+        seeing the call gone, claims nothing for it, or hands back a job it could no longer deliver."""
+        old = self.claim_http
+        if old is not None:
+            self.claim_http = Http(old.server_url, old.token, timeout=old.timeout)
+            self._interrupted.append(old)  # closed with the store
+            old.abort()
 
     def heartbeat(self, job_id: str, fence: int, *, lease_seconds: float = 30.0) -> Heartbeat:
         data = self._job_call(job_id, "heartbeat", {"fence": fence, "lease_seconds": lease_seconds})
@@ -308,7 +322,7 @@ class HttpStore:
             http.close()
 
     def close(self) -> None:
-        for http in (self.user_http, self.agent_http):
+        for http in (self.user_http, self.agent_http, self.claim_http, *self._interrupted):
             if http is not None:
                 http.close()
 

@@ -138,6 +138,32 @@ async def test_an_agent_waiting_in_a_long_poll_longer_than_the_agent_ttl_still_s
     store.close()
 
 
+async def test_a_stopping_remote_agent_cuts_its_long_poll_short_and_claims_nothing(api, start_launch, server_url,
+                                                                                   tmp_path):
+    """Stopping an idle remote agent waited for its claim's long poll to end (20 s by default: `queue down` took
+    ~17 s). The stop now ends the poll at once; the server, its call gone, claims nothing for it, so a job
+    submitted afterwards waits for another agent. The poll here is 120 s: a stop that waited it out fails the
+    60 s bound."""
+    app = await start_launch()
+    app.max_claim_wait = 120.0  # the server's cap on a poll (30 s by default)
+    await api("POST", "queues", body={"queue_name": "remote"})
+    token, _ = app.store.create_agent_token("box-stop", ["remote"])
+    agent = make_remote_agent(server_url, token, ["remote"], cache_dir=tmp_path / "cache", claim_wait=120,
+                              work_root=str(tmp_path / "work"), poll_interval=0.2, lease_seconds=4)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_remote_agent(agent, stop))
+    while agent.agent_id not in await asyncio.to_thread(app.store.live_agent_ids, "remote"):
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # in its long poll now
+    stop.set()
+    await asyncio.wait_for(runner, 60)
+    assert agent.refused is None
+    _, job = await api("POST", "jobs", body={"queue": "remote", "spec": command_spec("print(1)")})
+    await asyncio.sleep(1.5)  # the server's poll loop would have claimed it within a second
+    _, job = await api("GET", "jobs", job["id"])
+    assert (job["state"], job["agent_id"]) == ("queued", None), job
+
+
 async def test_revoked_token_stops_the_agent_with_one_log_line(api, start_launch, server_url, tmp_path, caplog):
     app = await start_launch()
     await api("POST", "queues", body={"queue_name": "remote"})
