@@ -7,11 +7,9 @@
 import { Widget } from '@lumino/widgets';
 
 import { FINAL_STATES, IJob, IMetricRecord, ISweep, LaunchAPI } from './api';
+import { HEIGHT, PAD, WIDTH, boundsOf, seriesPath } from './charts';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const WIDTH = 360;
-const HEIGHT = 140;
-const PAD = { left: 44, right: 8, top: 8, bottom: 18 };
 const COLORS = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22',
   '#17becf'];
 
@@ -219,12 +217,7 @@ export class SweepView extends Widget {
     svg.setAttribute('viewBox', `0 0 ${WIDTH} ${HEIGHT}`);
     svg.setAttribute('role', 'img');
     svg.setAttribute('aria-label', `${metric} of each job of the sweep`);
-    const all = children.flatMap(c => c.series.get(metric) ?? []);
-    const xs = all.map(p => p[0]);
-    const ys = all.map(p => p[1]);
-    const [xmin, xmax, ymin, ymax] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
-    const w = WIDTH - PAD.left - PAD.right;
-    const h = HEIGHT - PAD.top - PAD.bottom;
+    const bounds = boundsOf(children.map(c => c.series.get(metric) ?? []));
     for (const c of children) {
       const points = c.series.get(metric);
       if (!points?.length) {
@@ -235,19 +228,11 @@ export class SweepView extends Widget {
       line.setAttribute('data-job-id', c.job.id);
       line.setAttribute('fill', 'none');
       line.setAttribute('stroke', colors.get(c.job.id) ?? 'currentColor');
-      line.setAttribute(
-        'points',
-        points
-          .map(([x, y]) => {
-            const px = PAD.left + ((x - xmin) / (xmax - xmin || 1)) * w;
-            const py = PAD.top + h - ((y - ymin) / (ymax - ymin || 1)) * h;
-            return `${px.toFixed(1)},${py.toFixed(1)}`;
-          })
-          .join(' ')
-      );
+      line.setAttribute('points', seriesPath(points, bounds).path);
       svg.appendChild(line);
     }
-    for (const [value, y] of [[ymax, PAD.top + 10], [ymin, PAD.top + h]] as Array<[number, number]>) {
+    const h = HEIGHT - PAD.top - PAD.bottom;
+    for (const [value, y] of [[bounds.max, PAD.top + 10], [bounds.min, PAD.top + h]] as Array<[number, number]>) {
       const label = document.createElementNS(SVG, 'text');
       label.setAttribute('x', '2');
       label.setAttribute('y', String(y));
