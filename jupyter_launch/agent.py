@@ -137,8 +137,8 @@ class LogSink:
         if self.failure is not None:
             return  # the log is already cut short: later output would leave a hole in the offsets
         try:
-            await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence,
-                                    [(stream, bytes(run)) for stream, run in pieces])
+            # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
+            await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence, pieces)
         except Exception as exc:
             # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die
             # silently and leave the job running with its output going nowhere.

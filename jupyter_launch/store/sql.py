@@ -814,7 +814,8 @@ class SQLStore(AgentTokenRows):
     def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
         """Append ``(stream, data)`` pieces in order, under the claim ``fence`` (the chunks carry its attempt);
         returns the log's new size in bytes. ``StaleClaim`` when the claim is no longer current."""
-        pieces = [(s, d[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
+        # Views, not slices: a slice of a large piece copies it once more, holding the GIL the event loop needs.
+        pieces = [(s, memoryview(d)[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
         total = sum(len(d) for _, d in pieces)
         with self._write() as c:
             attempt = self._current_claim(c, job_id, fence).attempt
