@@ -1,6 +1,7 @@
 """The idle server holds only what it runs: a server with jupyter-launch loaded and started (its store on SQLite, its
 in-process agent and scheduler running) imports neither JupyterHub nor PostgreSQL's SQLAlchemy dialect. Checked in a
-fresh interpreter: the test process itself may have imported either."""
+fresh interpreter: the test process itself may have imported either. ``LaunchApp.hub_authorizer_class`` is therefore a
+dotted name until a JupyterHub server needs it (or a class, set from Python)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+from jupyter_server.auth.authorizer import Authorizer
+from traitlets import TraitError
+
+from jupyter_launch.server.app import LaunchApp
 
 from .conftest import ROOT
 
@@ -55,3 +62,16 @@ def test_started_extension_imports_neither_jupyterhub_nor_postgresql(tmp_path: P
     assert "jupyter_launch.server.app" in modules
     held = [m for m in modules if any(m == name or m.startswith(name + ".") for name in NOT_AT_IDLE)]
     assert held == []
+
+
+class TeamAuthorizer(Authorizer):
+    """A site's own authorizer, set as a class from ``jupyter_server_config.py``."""
+
+
+def test_hub_authorizer_class_is_a_dotted_name_or_an_authorizer_class() -> None:
+    assert LaunchApp().hub_authorizer_class == "jupyter_launch.server.hub.HubAuthorizer"
+    assert LaunchApp(hub_authorizer_class=TeamAuthorizer).hub_authorizer_class is TeamAuthorizer
+    assert LaunchApp(hub_authorizer_class=None).hub_authorizer_class is None
+    for wrong in (dict, "not a dotted name!"):
+        with pytest.raises(TraitError):
+            LaunchApp(hub_authorizer_class=wrong)
