@@ -249,14 +249,14 @@ def main() -> None:
         time.sleep(2)
         rss_ext = server.rss_mb()
         rows.append(("idle RSS, extension vs without", f"{rss_ext:.0f} MB vs {rss_bare:.0f} MB "
-                     f"(+{rss_ext - rss_bare:.0f} MB)", "<= +30 MB"))
+                     f"(+{rss_ext - rss_bare:.0f} MB)", "<= +15 MB"))
         note("throughput")
         pipe_lines, ws_lines = asyncio.run(bench_line_throughput(server, args.lines))
         pipe, ws = asyncio.run(bench_throughput(server, args.mb))
         rows.append((f"log throughput, {args.lines:,} printed lines", f"WebSocket {ws_lines / 1000:.0f}k lines/s vs "
                      f"pipe {pipe_lines / 1000:.0f}k lines/s ({ws_lines / pipe_lines:.2f}x)", ">= 0.8x"))
         rows.append((f"log throughput, {args.mb} MB in 1 MB writes", f"WebSocket {ws:.0f} MB/s vs pipe {pipe:.0f} "
-                     f"MB/s ({ws / pipe:.2f}x)", "stress: every byte stored, then sent"))
+                     f"MB/s ({ws / pipe:.2f}x)", ">= 0.5x; every byte stored, then sent"))
         note("latency")
         lat = asyncio.run(bench_first_line(server))
         rows.append(("log line latency (print -> follower)", f"p50 {statistics.median(lat):.1f} ms, "

@@ -75,7 +75,8 @@ class LogSink:
         self.max_size = max_size
         self.too_large: LogTooLarge | None = None
         self._logged = 0
-        self._pieces: list[tuple[str, bytes]] = []
+        # Runs of one stream, grown in place: appending to a bytes would copy the whole run at every read.
+        self._pieces: list[tuple[str, bytearray]] = []
         self._size = 0
         self._splitters = {"stdout": RecordSplitter(), "stderr": RecordSplitter()}
         self._masker: Masker | None = None
@@ -112,9 +113,9 @@ class LogSink:
         if plain:
             self._logged += len(plain)
             if self._pieces and self._pieces[-1][0] == stream:
-                self._pieces[-1] = (stream, self._pieces[-1][1] + plain)
+                self._pieces[-1][1].extend(plain)
             else:
-                self._pieces.append((stream, plain))
+                self._pieces.append((stream, bytearray(plain)))
             self._size += len(plain)
             if self._size >= FLUSH_BYTES:
                 self._kick.set()
@@ -136,6 +137,7 @@ class LogSink:
         if self.failure is not None:
             return  # the log is already cut short: later output would leave a hole in the offsets
         try:
+            # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
             await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence, pieces)
         except Exception as exc:
             # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die

@@ -550,6 +550,21 @@ def test_logs_append_in_order_and_read_from_any_offset(store):
     assert store.read_log(job.id, 267) == ([], 267)
 
 
+def test_logs_take_bytearrays_longer_than_a_chunk(store):
+    """An agent's log sink hands the store the bytearrays it filled (not copies): a piece past the store's chunk size
+    is split, and each chunk reads back as it was written."""
+    job, fence = claimed(store)
+    run = bytearray(bytes(range(256)) * 5000)  # 1.28 MB: several of the SQL store's 256 KiB chunks
+    assert store.append_logs(job.id, fence, [("stdout", run), ("stderr", bytearray(b"err\n"))]) == len(run) + 4
+    chunks, nxt = [], 0
+    while page := store.read_log(job.id, nxt)[0]:
+        chunks += page
+        nxt = page[-1].offset + len(page[-1].data)
+    assert b"".join(c.data for c in chunks) == bytes(run) + b"err\n"
+    assert all(type(c.data) is bytes for c in chunks)
+    assert [c.stream for c in chunks][-1] == "stderr" and {c.stream for c in chunks[:-1]} == {"stdout"}
+
+
 def test_metrics_are_read_after_an_id(store):
     job, fence = claimed(store)
     store.add_metrics(job.id, fence, [{"step": 1, "time": 10.0, "data": {"loss": 0.5}},

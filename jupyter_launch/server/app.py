@@ -18,7 +18,8 @@ from typing import Any, Callable, TypeVar
 
 from jupyter_server.auth.authorizer import AllowAllAuthorizer, Authorizer
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Integer, List, Type, Unicode, default
+from traitlets import Bool, DottedObjectName, Float, Integer, List, Type, Unicode, Union, default
+from traitlets.utils.importstring import import_item
 
 from ..agent import Agent
 from ..scheduler import Scheduler
@@ -70,13 +71,16 @@ class LaunchApp(ExtensionApp):
                                "password identity providers) acts as: the owner of what it submits, and the user "
                                "whose jobs the in-process agent runs on private queues. Default: $JUPYTERHUB_USER, "
                                "else the OS user running the server (the owner an embedded client here records).")
-    hub_authorizer_class = Type(default_value="jupyter_launch.server.hub.HubAuthorizer", klass=Authorizer,
-                                allow_none=True, config=True,
-                                help="In a JupyterHub single-user server, or `jupyter launch serve` run as the "
-                                     "Hub's service, whose ServerApp.authorizer_class is left at jupyter_server's "
-                                     "default (which allows whoever reaches the server everything), the server's "
-                                     "authorizer: the Hub's admins are jupyter-launch's admins, other users reach "
-                                     "their own jobs (configure it as c.HubAuthorizer.*). None keeps the default.")
+    # A dotted name stays a name until a JupyterHub server needs the class: jupyter_server reads every trait of the
+    # extension at load, and jupyter_launch.server.hub imports jupyterhub (its ORM, alembic, aiohttp: 31 MB of an
+    # idle server's RSS).
+    hub_authorizer_class = Union([DottedObjectName(), Type(klass=Authorizer)],
+                                 default_value="jupyter_launch.server.hub.HubAuthorizer", allow_none=True, config=True,
+                                 help="In a JupyterHub single-user server, or `jupyter launch serve` run as the "
+                                      "Hub's service, whose ServerApp.authorizer_class is left at jupyter_server's "
+                                      "default (which allows whoever reaches the server everything), the server's "
+                                      "authorizer: the Hub's admins are jupyter-launch's admins, other users reach "
+                                      "their own jobs (configure it as c.HubAuthorizer.*). None keeps the default.")
     scheduler_class = Type(default_value=Scheduler, klass=Scheduler, config=True,
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
@@ -193,8 +197,12 @@ class LaunchApp(ExtensionApp):
                 or not isinstance(serverapp.identity_provider, hub.JupyterHubIdentityProvider)
                 or type(serverapp.authorizer) is not AllowAllAuthorizer):
             return
-        authorizer = self.hub_authorizer_class(parent=serverapp, log=serverapp.log,
-                                               identity_provider=serverapp.identity_provider)
+        cls = self.hub_authorizer_class
+        if isinstance(cls, str):
+            cls = import_item(cls)
+            if not (isinstance(cls, type) and issubclass(cls, Authorizer)):
+                raise TypeError(f"LaunchApp.hub_authorizer_class: {self.hub_authorizer_class} is not an Authorizer")
+        authorizer = cls(parent=serverapp, log=serverapp.log, identity_provider=serverapp.identity_provider)
         # The server's settings are updated from this extension's copy of them once initialize_settings returns.
         serverapp.authorizer = self.settings["authorizer"] = authorizer
         self.log.info("jupyter-launch: under JupyterHub; authorizer %s (the Hub's admins are jupyter-launch's admins)",

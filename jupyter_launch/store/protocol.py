@@ -192,8 +192,8 @@ class Store(Protocol):
     # ------------------------------------------------------------ logs, metrics, outputs
 
     def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
-        """Append ``(stream, data)`` pieces in order under the claim ``fence`` (the chunks carry its attempt); the
-        log's new size in bytes. ``StaleClaim`` when the claim is not current."""
+        """Append ``(stream, data)`` pieces (``data`` bytes or a bytearray) in order under the claim ``fence`` (the
+        chunks carry its attempt); the log's new size in bytes. ``StaleClaim`` when the claim is not current."""
 
     def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
         """Chunks from byte ``offset`` (the first trimmed to start there) and the offset to read from next."""

@@ -20,8 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, create_engine, event, func, select, text
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError
@@ -202,6 +200,15 @@ class SQLStore(AgentTokenRows):
                    if self.path else "restore the database from a backup")
             return StoreUnusable(f"the store {where} is damaged ({orig}): {fix}", orig)
         return None
+
+    def _insert_ignoring_conflicts(self, table: Any) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` into ``table``, in this store's dialect. Only that dialect is
+        imported: a server on SQLite need not hold PostgreSQL's (5 MB of an idle server's RSS)."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        return insert(table).on_conflict_do_nothing()
 
     def subscribe(self, event_name: str, callback: Callable[..., None]) -> Callable[[], None]:
         """In-process notifications (``enqueued``, ``state``, ``log``, ``metrics``); returns an unsubscribe."""
@@ -807,7 +814,8 @@ class SQLStore(AgentTokenRows):
     def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
         """Append ``(stream, data)`` pieces in order, under the claim ``fence`` (the chunks carry its attempt);
         returns the log's new size in bytes. ``StaleClaim`` when the claim is no longer current."""
-        pieces = [(s, d[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
+        # Views, not slices: a slice of a large piece copies it once more, holding the GIL the event loop needs.
+        pieces = [(s, memoryview(d)[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
         total = sum(len(d) for _, d in pieces)
         with self._write() as c:
             attempt = self._current_claim(c, job_id, fence).attempt
@@ -908,7 +916,7 @@ class SQLStore(AgentTokenRows):
     def _grant(self, c: Connection, digests: Iterable[str], grantee: str) -> None:
         wanted = sorted(set(digests))
         if wanted:  # ON CONFLICT DO NOTHING: two servers on one PostgreSQL may grant the same blob at once
-            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.blob_grants).on_conflict_do_nothing()
+            insert = self._insert_ignoring_conflicts(t.blob_grants)
             c.execute(insert, [dict(digest=d, grantee=grantee) for d in wanted])
 
     def granted_blobs(self, digests: Collection[str], grantees: Collection[str] | None, token_id: str) -> set[str]:
@@ -1044,7 +1052,7 @@ class SQLStore(AgentTokenRows):
             if taken:
                 return True
             # RETURNING, not rowcount: the PostgreSQL driver's rowcount does not say whether DO NOTHING did nothing.
-            insert = (sqlite_insert if self.is_sqlite else postgresql_insert)(t.leases).on_conflict_do_nothing()
+            insert = self._insert_ignoring_conflicts(t.leases)
             return c.execute(insert.values(name=name, holder=holder, expires_at=now + seconds)
                              .returning(t.leases.c.name)).first() is not None
 
