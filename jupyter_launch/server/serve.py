@@ -17,12 +17,14 @@ from typing import Any
 
 from traitlets.config import Config
 
+from ..errors import LaunchError
+
 HUB_SERVICE_ENVS = ("JUPYTERHUB_SERVICE_NAME", "JUPYTERHUB_API_TOKEN")
 HUB_SERVER_ENVS = ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_SERVICE_URL")  # what JupyterHub's extension cannot do without
 HUB_EXTENSION = "jupyterhub"  # the module whose server extension point is JupyterHubSingleUser
 
 
-class ServeError(Exception):
+class ServeError(LaunchError):
     """``serve`` cannot start as asked (a Hub service without the jupyterhub package)."""
 
 
