@@ -504,6 +504,8 @@ def test_a_users_lab_server_serves_the_panel_from_the_launch_service(hub):
     assert status == 200 and "report of" in "".join(c["data"] for c in page["chunks"]), page
     status, outputs = hub.team_server("alice", "GET", f"jobs/{job['id']}/outputs")
     assert status == 200 and "team-report.ipynb" in {o["path"] for o in outputs["outputs"]}, outputs
+    status, executed = hub.team_server("alice", "GET", f"jobs/{job['id']}/outputs/team-report.ipynb")
+    assert status == 200 and "report of alice" in json.dumps(executed["cells"][0]["outputs"]), executed
     team_home = hub.log.parent / "team-homes" / "alice"
     assert not list(team_home.glob("*.db")), list(team_home.iterdir())  # no store of its own
     status, agents = hub.team_server("alice", "GET", "agents")
