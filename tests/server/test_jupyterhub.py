@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from launch_server import ROOT, free_port, isolated_env
+from launch_server import CHROMIUM, ROOT, free_port, isolated_env, launch_chromium
 
 USERS = ("alice", "bob")
 ADMIN = "ada"  # a Hub admin
@@ -49,6 +49,7 @@ class Hub:
     tokens: dict[str, str]  # Hub user -> a Hub API token of theirs
     process: subprocess.Popen
     log: Path
+    password: str = ""  # every user's password at the Hub's login page (DummyAuthenticator's)
 
     def call(self, who: str | None, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         """``path`` under the proxy, with ``who``'s token (None: no token); the status and the JSON answer."""
@@ -95,7 +96,8 @@ def readme_block(marker: str, doc: str = "README.md") -> str:
 
 def singleuser_config() -> str:
     """The users' servers' config (from $JUPYTER_CONFIG_DIR): the README's, and a quicker agent."""
-    return readme_block("singleuser-config") + "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\n"
+    return (readme_block("singleuser-config") + "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\n"
+            "c.LabApp.expose_app_in_browser = True\n")  # window.jupyterapp, for the browser test
 
 
 def missing_hub_parts() -> list[str]:
@@ -113,7 +115,7 @@ def service_config() -> str:
     return "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\nc.ServerApp.allow_root = True\n"
 
 
-def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_url: str) -> str:
+def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_url: str, password: str) -> str:
     bin_dir = Path(sys.executable).parent
     env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JUPYTER_LAUNCH_HOME": str(base / "launch-home"), "JUPYTER_LAUNCH_STORE_URL": store_url,
@@ -135,7 +137,7 @@ c.ConfigurableHTTPProxy.pid_file = {str(base / 'proxy.pid')!r}
 c.JupyterHub.db_url = {f"sqlite:///{base / 'hub.sqlite'}"!r}
 c.JupyterHub.cookie_secret_file = {str(base / 'cookie_secret')!r}
 c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = {secrets.token_hex(8)!r}
+c.DummyAuthenticator.password = {password!r}
 c.Authenticator.allowed_users = {{*{USERS!r}, {GRANTED!r}}}
 c.Authenticator.admin_users = {{{ADMIN!r}}}
 c.JupyterHub.api_tokens = {{token: name for name, token in {tokens!r}.items()}}
@@ -176,14 +178,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     (base / "service-config").mkdir()
     (base / "service-config" / "jupyter_server_config.py").write_text(service_config())
     config = base / "jupyterhub_config.py"
-    config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}"))
+    password = secrets.token_hex(8)
+    config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}", password))
     log = base / "hub.log"
     bin_dir = Path(sys.executable).parent
     env = dict(isolated_env(base), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with log.open("wb") as out:
         process = subprocess.Popen([str(bin_dir / "jupyterhub"), "-f", str(config)], cwd=base, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    hub = Hub(f"http://127.0.0.1:{ports['proxy']}", tokens, process, log)
+    hub = Hub(f"http://127.0.0.1:{ports['proxy']}", tokens, process, log, password)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -465,17 +468,19 @@ def follow_over_websocket(hub: Hub, who: str, path: str) -> tuple[bytes, dict[st
         url = f"ws{hub.url[4:]}/user/{who}/{TEAM_SERVER}/launch/api/{path}"
         conn = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {hub.tokens[who]}"},
                                                    connect_timeout=30, request_timeout=30))
-        data = b""
+        data, end = b"", None
         try:
-            while True:
-                message = await asyncio.wait_for(conn.read_message(), 180)
-                assert message is not None, f"the stream closed before the job's end:\n{hub.log_tail()}"
+            # Read on past the end event until the server closes the stream (as it does after it), so no socket is
+            # left open when the loop goes.
+            while (message := await asyncio.wait_for(conn.read_message(), 180)) is not None:
                 if isinstance(message, bytes):
                     data += message.partition(b"\n")[2]
                 elif json.loads(message)["event"] == "end":
-                    return data, json.loads(message)
+                    end = json.loads(message)
         finally:
             conn.close()
+        assert end is not None, f"the stream closed before the job's end:\n{hub.log_tail()}"
+        return data, end
 
     return asyncio.run(follow())
 
@@ -526,6 +531,53 @@ def test_a_users_lab_server_serves_the_panel_from_the_launch_service(hub):
 
     status, body = hub.team_server(ADMIN, "GET", "tokens")
     assert status == 501 and "c.LaunchApp.service_url" in body["message"], body
+
+
+def test_alice_launches_a_notebook_from_the_panel_in_her_lab_and_the_service_runs_it(hub):
+    """In a browser (Chromium): alice logs in to the Hub, opens her server ``team``'s Lab, launches a notebook there
+    from its toolbar to the team's queue; the panel's job view streams its log to "succeeded", and the job is the
+    service's, run by its agent."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail("Python playwright is not installed: `pip install playwright` (the browser is Debian's Chromium)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `bash ci/chromium.sh`")
+    ensure_team_queue(hub)
+    agent = service_agent(hub)
+    notebook = {**REPORT, "cells": [{**REPORT["cells"][0], "source": "print('launched from the panel')\n"}]}
+    (hub.log.parent / "homes" / "alice" / "panel-report.ipynb").write_text(json.dumps(notebook))
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{hub.url}/hub/login?next=/user/alice/{TEAM_SERVER}/lab")
+            page.fill("#username_input", "alice")
+            page.fill("#password_input", hub.password)
+            page.click("#login_submit")
+            page.wait_for_selector(".jp-SideBar [data-id='jupyter-launch-panel']", timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp !== undefined && "
+                                   "!document.querySelector('#jupyterlab-splash')")
+            page.evaluate("path => window.jupyterapp.commands.execute('docmanager:open', {path})",
+                          "panel-report.ipynb")
+            opened = page.locator(".jp-NotebookPanel").filter(visible=True)
+            expect(opened.locator(".jp-Cell")).to_have_count(1)
+            opened.locator(".jp-LaunchToolbarButton").click()
+            dialog = page.locator(".jp-LaunchSubmitDialog")
+            dialog.locator("[data-field=queue] select").select_option("gpu")  # the service's queue, listed here
+            dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+            expect(dialog).to_have_count(0)
+            view = page.locator(".jp-LaunchJob").filter(visible=True)
+            expect(view).to_have_count(1)
+            job_id = view.get_attribute("id").removeprefix("jp-launch-job-")
+            expect(view.locator(".jp-LaunchLog-row").filter(has_text="launched from the panel")).to_have_count(
+                1, timeout=120_000)
+            expect(view.locator(".jp-LaunchJob-titleRow .jp-LaunchState")).to_have_text("succeeded")
+        finally:
+            browser.close()
+    status, job = hub.service("alice", "GET", f"jobs/{job_id}")
+    assert status == 200 and (job["owner"], job["agent_id"]) == ("alice", agent["id"]), job
 
 
 def test_a_remote_agent_serves_a_team_queue_of_the_service_through_the_hub_with_an_agent_token(hub, tmp_path):
