@@ -1359,9 +1359,11 @@ class ServiceOnlyHandler(LaunchHandler):
     serves: agent tokens, artifact uploads, and the agents' own."""
 
     async def prepare(self) -> None:
-        raise web.HTTPError(501, _escape(f"this server serves jupyter-launch's API from the service at "
-                                         f"{self.launch.store.server_url} (c.LaunchApp.service_url); agent tokens, "
-                                         f"artifact uploads and agents go to the service itself"))
+        # Before authentication, so an agent (whose token this server cannot check) learns why too; the message
+        # names the setting, not the service's address.
+        raise web.HTTPError(501, "this server serves jupyter-launch's API from the team's service "
+                                 "(c.LaunchApp.service_url); agent tokens, artifact uploads and agents go to the "
+                                 "service itself")
 
 
 def service_only_routes(handlers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
