@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("JUPYTER_LAUNCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]
 
 
 def free_port() -> int:
@@ -131,3 +136,11 @@ class LaunchServer:
         if not self.log.exists():
             return ""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium through playwright; RuntimeError naming the fix when it is not installed."""
+    if not Path(CHROMIUM).exists():
+        raise RuntimeError(f"Chromium is not installed at {CHROMIUM}: run `bash ci/chromium.sh` (Debian's chromium), "
+                           "or set JUPYTER_LAUNCH_CHROMIUM to a Chromium binary")
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

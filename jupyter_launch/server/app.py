@@ -1,4 +1,6 @@
-"""``LaunchApp``: the Jupyter server extension. Opens the store, serves the REST API, runs agents in-process.
+"""``LaunchApp``: the Jupyter server extension. Opens the store, serves the REST API, runs agents in-process; or,
+with ``service_url`` (a JupyterHub user's server whose Hub runs the team's ``jupyter launch serve``), serves the same
+API as a client of that service: no store and no agent of its own.
 
 Configure it like any extension, in ``jupyter_server_config.py`` or on the command line::
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -24,6 +27,7 @@ from traitlets.utils.importstring import import_item
 from ..agent import Agent
 from ..scheduler import Scheduler
 from ..paths import default_store_url, launch_home, local_user
+from ..remote.http import SERVER_ENV, TOKEN_ENV
 from ..store import BlobStore, NotFound, SQLStore
 from ..store.sql import redact_url
 from ..service import LaunchService
@@ -37,6 +41,20 @@ class LaunchApp(ExtensionApp):
     name = "jupyter_launch"
     load_other_extensions = True
 
+    service_url = Unicode(config=True,
+                          help="The team's jupyter-launch service (`jupyter launch serve`; under JupyterHub its URL "
+                               "as this server reaches it, https://hub.example.org/services/launch/) to serve this "
+                               "server's /launch/api/ from, as its client: jobs, queues, logs and outputs are the "
+                               "service's, as the token's user (service_token) sees them; the notebooks it submits "
+                               "are packaged here and their blobs uploaded there. This server then opens no store "
+                               "and runs no agent or scheduler; agent tokens, artifact uploads and the agent routes "
+                               "answer 501 (use the service for them). Default: $JUPYTER_LAUNCH_SERVER_URL, the "
+                               "service the CLI and the magics use. Empty: this server's own store and agent.")
+    service_token = Unicode(config=True,
+                            help="The token sent to service_url. Default: $JUPYTER_LAUNCH_TOKEN, else, in a JupyterHub "
+                                 "user's server and for a service_url that is one of the Hub's services, the "
+                                 "server's own Hub token ($JUPYTERHUB_API_TOKEN), which needs the service's access "
+                                 "scope (c.Spawner.server_token_scopes, docs/team.md).")
     store_url = Unicode(config=True, help="SQLAlchemy URL of the store: sqlite:///path/launch.db (default, under "
                         "$JUPYTER_LAUNCH_HOME) or postgresql://user:pass@host/db to share queues across servers.")
     blob_dir = Unicode(config=True, help="Folder of the content-addressed blobs (artifacts, outputs).")
@@ -85,6 +103,16 @@ class LaunchApp(ExtensionApp):
                            help="The scheduler that fires the store's schedules from this server (configure it as "
                                 "c.Scheduler.*).")
 
+    @default("service_url")
+    def _default_service_url(self) -> str:
+        return os.environ.get(SERVER_ENV, "")
+
+    @default("service_token")
+    def _default_service_token(self) -> str:
+        from ..remote.discovery import hub_service_token
+
+        return os.environ.get(TOKEN_ENV) or hub_service_token(self.service_url)
+
     @default("store_url")
     def _default_store_url(self) -> str:
         return default_store_url()
@@ -100,7 +128,7 @@ class LaunchApp(ExtensionApp):
     # ------------------------------------------------------------ extension hooks
 
     # Set before anything can fail, so stopping works from any state the start left (a damaged store, say).
-    store: SQLStore | None = None
+    store: Any = None  # a SQLStore; an HttpStore with service_url
     service: LaunchService | None = None
     scheduler: Scheduler | None = None
     executor: ThreadPoolExecutor | None = None
@@ -108,23 +136,47 @@ class LaunchApp(ExtensionApp):
     def initialize_settings(self) -> None:
         self.agents: list[Agent] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
+        self.inflight = 0
+        self.settings["launch"] = self
+        self._install_hub_authorizer()
+        if self.service_url:
+            self._use_service()
+            return
         self.store = SQLStore(self.store_url, migrate=False)
         if self.migrate:
             self.store.migrate(in_child=True)  # the server lives long: it need not keep alembic loaded
         self.store.ensure_default_queue()
         self.blobs = BlobStore(self.blob_dir)
-        self.executor = ThreadPoolExecutor(self.store_threads, thread_name_prefix="launch-store")
         self.service = LaunchService(self.store, self.blobs, home=launch_home(), run_blocking=self.run_store)
-        self.inflight = 0
-        self.settings["launch"] = self
-        self._install_hub_authorizer()
         self.log.info("jupyter-launch store: %s", redact_url(self.store_url))
 
+    def _use_service(self) -> None:
+        """Serve the API through ``service_url``: an ``HttpStore`` with ``service_token``, ``blob_dir`` the cache of
+        what is packaged here (and of outputs downloaded for the browser)."""
+        from ..remote.service import ServiceClientService
+        from ..remote.store import HttpBlobs, HttpStore
+
+        self.store = HttpStore(self.service_url, user_token=self.service_token)
+        cache = BlobStore(self.blob_dir)
+        self.blobs = HttpBlobs(self.store.user_http, cache, prefix="artifacts/blobs", missing_path="artifacts/missing")
+        self.service = ServiceClientService(self.store, cache, self.blobs, home=launch_home(),
+                                            run_blocking=self.run_store)
+        self.log.info("jupyter-launch: a client of the service at %s (c.LaunchApp.service_url); no store or agent "
+                      "here", self.store.server_url)
+        if not self.service_token:
+            self.log.warning("jupyter-launch: no token for the service at %s: set $%s or c.LaunchApp.service_token "
+                             "(under JupyterHub, the server's own token is used for the Hub's services)",
+                             self.store.server_url, TOKEN_ENV)
+
     def initialize_handlers(self) -> None:
-        from .handlers import default_handlers
+        from .handlers import default_handlers, service_only_routes
         from .ws import stream_handlers
 
-        self.handlers.extend(default_handlers + stream_handlers)
+        handlers = default_handlers + stream_handlers
+        if self.service_url:
+            handlers = service_only_routes(handlers)
+        self.handlers.extend(handlers)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         if self.service is None:
@@ -133,6 +185,8 @@ class LaunchApp(ExtensionApp):
             # listen() again on a listening socket only changes its backlog. Tornado keeps no public list of them.
             for sock in getattr(getattr(serverapp, "http_server", None), "_sockets", {}).values():
                 sock.listen(self.listen_backlog)
+        if self.service_url:
+            return  # the service reaps its leases, fires its schedules and runs its agents
         self._tasks.append(asyncio.create_task(self._reap_expired_leases()))
         # Schedules fire from the server with or without an in-process agent (which then runs no scheduler of its
         # own); the store's lease picks one scheduler among every server and agent on the store.

@@ -37,7 +37,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 import yaml
 
-from ..remote.http import STALE_CLAIM
+from ..remote.http import STALE_CLAIM, RemoteError
 from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
@@ -134,6 +134,8 @@ class LaunchHandler(APIHandler):
             raise web.HTTPError(403, _escape(str(exc))) from None
         except SpecError as exc:
             raise web.HTTPError(422, _escape(str(exc))) from None
+        except RemoteError as exc:  # the service's answer, for a server that is its client (LaunchApp.service_url)
+            raise web.HTTPError(exc.status or 502, _escape(str(exc))) from None
         except (StoreError, ValueError) as exc:
             raise web.HTTPError(409 if isinstance(exc, StoreError) else 400, _escape(str(exc))) from None
         except Exception as exc:
@@ -744,7 +746,7 @@ class JobOutputHandler(LaunchHandler):
 
 
 async def send_blob(handler: LaunchHandler, digest: str, *, filename: str | None = None) -> None:
-    path = handler.launch.blobs.path(digest)
+    path = await handler.store_call(handler.launch.blobs.path, digest)  # a service's client downloads it first
     if not path.exists():
         raise web.HTTPError(404, f"blob {digest} is not on the server")
     ctype = (mimetypes.guess_type(filename)[0] if filename else None) or "application/octet-stream"
@@ -1203,6 +1205,8 @@ def grant_artifact(app: Any, digest: str, queue: str) -> None:
     threads: it reads the manifest)."""
     from ..artifact import ArtifactError, load_manifest
 
+    if app.service_url:
+        return  # the service grants its queue's agents the artifacts of the jobs it takes
     digests = [digest]
     try:
         digests += [entry["digest"] for entry in load_manifest(digest, app.blobs)["files"].values()]
@@ -1353,6 +1357,25 @@ class AgentBlobHandler(BlobUploadMixin, AgentHandler):
     async def stored(self, digest: str) -> None:
         """The token may read what it uploaded (and name it as an output) from the moment the upload is answered."""
         await self.launch.run_store(self.launch.store.grant_blobs, [digest], f"token:{self.agent_token.id}")
+
+
+class ServiceOnlyHandler(LaunchHandler):
+    """In a server that is a client of the team's service (``LaunchApp.service_url``), the routes only the service
+    serves: agent tokens, artifact uploads, and the agents' own."""
+
+    async def prepare(self) -> None:
+        # Before authentication, so an agent (whose token this server cannot check) learns why too; the message
+        # names the setting, not the service's address.
+        raise web.HTTPError(501, "this server serves jupyter-launch's API from the team's service "
+                                 "(c.LaunchApp.service_url); agent tokens, artifact uploads and agents go to the "
+                                 "service itself")
+
+
+def service_only_routes(handlers: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``handlers`` with the routes a service's client does not serve answered by ``ServiceOnlyHandler``."""
+    only_there = (TokensHandler, TokenHandler, ArtifactsMissingHandler, ArtifactBlobHandler)
+    return [(pattern, ServiceOnlyHandler if cls in only_there or issubclass(cls, AgentHandler) else cls)
+            for pattern, cls in handlers]
 
 
 default_handlers = [

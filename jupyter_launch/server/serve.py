@@ -36,7 +36,9 @@ def started_by_hub(env: Mapping[str, str] = os.environ) -> bool:
 def serve_config(*, queues: Sequence[str], store_url: str | None, hub: bool) -> Config:
     """The server's settings that ``serve`` fixes (they win over the config files, as command-line options do; a
     ``--Class.trait=value`` word wins over them)."""
-    launch: dict[str, Any] = {"agent_serves_team": True}
+    # The team's server owns the store: never a client of another service ($JUPYTER_LAUNCH_SERVER_URL, which the
+    # users' servers get, is LaunchApp.service_url's default).
+    launch: dict[str, Any] = {"agent_serves_team": True, "service_url": ""}
     if queues:
         launch["agent_queues"] = list(queues)
     if store_url:

@@ -25,6 +25,7 @@ from jupyter_server.utils import ensure_async
 from tornado import web, websocket
 from tornado.iostream import StreamClosedError
 
+from ..remote.http import RemoteError
 from ..service import LogPage
 from ..store import LogChunk, NotFound
 from ..store.base import MAX_COUNT
@@ -91,6 +92,8 @@ class LogSocketHandler(_FollowerLimit, JupyterHandler, websocket.WebSocketHandle
             await app.run_store(app.service.get_job, self.job_id, caller=await job_caller(self, "read"))
         except NotFound as exc:
             raise web.HTTPError(404, str(exc).replace("%", "%%")) from None
+        except RemoteError as exc:  # the service's answer, for a server that is its client (LaunchApp.service_url)
+            raise web.HTTPError(exc.status or 502, str(exc).replace("%", "%%")) from None
 
     @ws_authenticated
     async def get(self, job_id: str) -> None:

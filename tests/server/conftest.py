@@ -20,6 +20,7 @@ def launch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "launch-home"
     monkeypatch.setenv("JUPYTER_LAUNCH_HOME", str(home))
     monkeypatch.delenv("JUPYTER_LAUNCH_STORE_URL", raising=False)
+    monkeypatch.delenv("JUPYTER_LAUNCH_SERVER_URL", raising=False)  # LaunchApp.service_url's default
     return home
 
 

@@ -29,15 +29,17 @@ from typing import Any
 
 import pytest
 
-from launch_server import ROOT, free_port, isolated_env
+from launch_server import CHROMIUM, ROOT, free_port, isolated_env, launch_chromium
 
 USERS = ("alice", "bob")
 ADMIN = "ada"  # a Hub admin
 GRANTED = "carol"  # not a Hub admin: the README's Hub role grants her the scope its servers' config takes for admins
 ADMIN_SCOPE = "custom:launch:admin"
 EVERYONE = (*USERS, ADMIN, GRANTED)
+TEAM_SERVER_USERS = ("alice", ADMIN)
 SERVICE = "launch"  # docs/team.md's service
 SERVICE_PREFIX = f"/services/{SERVICE}/"
+TEAM_SERVER = "team"  # the named server of alice and ada whose jupyter-launch is a client of the service
 TEAM_DOC = "docs/team.md"
 
 
@@ -47,6 +49,7 @@ class Hub:
     tokens: dict[str, str]  # Hub user -> a Hub API token of theirs
     process: subprocess.Popen
     log: Path
+    password: str = ""  # every user's password at the Hub's login page (DummyAuthenticator's)
 
     def call(self, who: str | None, method: str, path: str, body: Any = None, timeout: float = 60) -> tuple[int, Any]:
         """``path`` under the proxy, with ``who``'s token (None: no token); the status and the JSON answer."""
@@ -71,6 +74,11 @@ class Hub:
         """jupyter-launch's API on ``who``'s own single-user server, as ``who``."""
         return self.call(who, method, f"/user/{who}/launch/api/{path}", body)
 
+    def team_server(self, who: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """jupyter-launch's API on ``who``'s named server ``team`` (a client of the service), as ``who``: what the
+        Launch panel in that Lab calls."""
+        return self.call(who, method, f"/user/{who}/{TEAM_SERVER}/launch/api/{path}", body)
+
     def service(self, who: str | None, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         """jupyter-launch's API on the Hub's service ``launch`` (``jupyter launch serve``), as ``who``."""
         return self.call(who, method, f"{SERVICE_PREFIX}launch/api/{path}", body)
@@ -88,7 +96,8 @@ def readme_block(marker: str, doc: str = "README.md") -> str:
 
 def singleuser_config() -> str:
     """The users' servers' config (from $JUPYTER_CONFIG_DIR): the README's, and a quicker agent."""
-    return readme_block("singleuser-config") + "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\n"
+    return (readme_block("singleuser-config") + "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\n"
+            "c.LabApp.expose_app_in_browser = True\n")  # window.jupyterapp, for the browser test
 
 
 def missing_hub_parts() -> list[str]:
@@ -106,7 +115,7 @@ def service_config() -> str:
     return "c.LaunchApp.reap_interval = 0.5\nc.Agent.poll_interval = 0.5\nc.ServerApp.allow_root = True\n"
 
 
-def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_url: str) -> str:
+def hub_config(base: Path, ports: dict[str, int], tokens: dict[str, str], store_url: str, password: str) -> str:
     bin_dir = Path(sys.executable).parent
     env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "JUPYTER_LAUNCH_HOME": str(base / "launch-home"), "JUPYTER_LAUNCH_STORE_URL": store_url,
@@ -128,7 +137,7 @@ c.ConfigurableHTTPProxy.pid_file = {str(base / 'proxy.pid')!r}
 c.JupyterHub.db_url = {f"sqlite:///{base / 'hub.sqlite'}"!r}
 c.JupyterHub.cookie_secret_file = {str(base / 'cookie_secret')!r}
 c.JupyterHub.authenticator_class = "dummy"
-c.DummyAuthenticator.password = {secrets.token_hex(8)!r}
+c.DummyAuthenticator.password = {password!r}
 c.Authenticator.allowed_users = {{*{USERS!r}, {GRANTED!r}}}
 c.Authenticator.admin_users = {{{ADMIN!r}}}
 c.JupyterHub.api_tokens = {{token: name for name, token in {tokens!r}.items()}}
@@ -140,6 +149,15 @@ c.Spawner.start_timeout = 180
 c.Spawner.http_timeout = 180
 """ + readme_block("jupyterhub-config") + readme_block("hub-service-config", TEAM_DOC) + f"""
 c.Spawner.environment = {env!r}  # the README's and docs/team.md's, with this test's store and proxy
+# Users' default servers on the team's store (the README's setup); their named servers {TEAM_SERVER!r} with only
+# docs/team.md's $JUPYTER_LAUNCH_SERVER_URL, which makes their jupyter-launch a client of the service.
+c.JupyterHub.allow_named_servers = True
+def _by_server(team, default):
+    return lambda spawner: team(spawner) if spawner.name == {TEAM_SERVER!r} else default
+c.Spawner.environment["JUPYTER_LAUNCH_SERVER_URL"] = _by_server(lambda s: {env["JUPYTER_LAUNCH_SERVER_URL"]!r}, "")
+c.Spawner.environment["JUPYTER_LAUNCH_STORE_URL"] = _by_server(lambda s: "", {store_url!r})
+c.Spawner.environment["JUPYTER_LAUNCH_HOME"] = _by_server(lambda s: {str(base / 'team-homes')!r} + "/" + s.user.name,
+                                                          {env["JUPYTER_LAUNCH_HOME"]!r})
 for service in c.JupyterHub.services:  # docs/team.md's service, on this test's port and store
     if service["name"] == {SERVICE!r}:
         service["url"] = "http://127.0.0.1:{ports['service']}"
@@ -160,14 +178,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     (base / "service-config").mkdir()
     (base / "service-config" / "jupyter_server_config.py").write_text(service_config())
     config = base / "jupyterhub_config.py"
-    config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}"))
+    password = secrets.token_hex(8)
+    config.write_text(hub_config(base, ports, tokens, f"sqlite:///{base / 'team.db'}", password))
     log = base / "hub.log"
     bin_dir = Path(sys.executable).parent
     env = dict(isolated_env(base), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with log.open("wb") as out:
         process = subprocess.Popen([str(bin_dir / "jupyterhub"), "-f", str(config)], cwd=base, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    hub = Hub(f"http://127.0.0.1:{ports['proxy']}", tokens, process, log)
+    hub = Hub(f"http://127.0.0.1:{ports['proxy']}", tokens, process, log, password)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -179,14 +198,15 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
             except OSError:
                 pass
             time.sleep(0.5)
-        for name in EVERYONE:
-            status, body = hub.call(name, "POST", f"/hub/api/users/{name}/server")
-            assert status in (201, 202), (name, status, body, hub.log_tail())
+        servers = [(name, "") for name in EVERYONE] + [(name, TEAM_SERVER) for name in TEAM_SERVER_USERS]
+        for name, server in servers:
+            status, body = hub.call(name, "POST", f"/hub/api/users/{name}/server" + (f"s/{server}" if server else ""))
+            assert status in (201, 202), (name, server, status, body, hub.log_tail())
         deadline = time.monotonic() + 240
-        for name in EVERYONE:
+        for name, server in servers:
             while not ((hub.call(name, "GET", f"/hub/api/users/{name}")[1].get("servers") or {})
-                       .get("", {}).get("ready")):
-                assert time.monotonic() < deadline, f"{name}'s server is not ready:\n{hub.log_tail()}"
+                       .get(server, {}).get("ready")):
+                assert time.monotonic() < deadline, f"{name}'s server {server!r} is not ready:\n{hub.log_tail()}"
                 time.sleep(0.5)
         while hub.service(ADMIN, "GET", "queues")[0] != 200:  # the service, through the proxy, as a user reaches it
             assert time.monotonic() < deadline, f"the launch service is not up:\n{hub.log_tail()}"
@@ -208,10 +228,12 @@ def submit(hub: Hub, who: str, queue: str = "default") -> dict[str, Any]:
     return job
 
 
-def wait_done(hub: Hub, who: str, job_id: str, timeout: float = 180) -> dict[str, Any]:
+def wait_done(hub: Hub, who: str, job_id: str, timeout: float = 180, *, api: Any = None) -> dict[str, Any]:
+    """The job once done, polled through ``api`` (default ``hub.launch``; ``hub.team_server``) as ``who``."""
+    api = api or hub.launch
     deadline = time.monotonic() + timeout
     while True:
-        status, job = hub.launch(who, "GET", f"jobs/{job_id}")
+        status, job = api(who, "GET", f"jobs/{job_id}")
         assert status == 200, (status, job)
         if job["done"]:
             return job
@@ -426,6 +448,136 @@ def test_the_cli_in_a_users_server_submits_to_the_service_with_the_servers_own_h
     env.pop("JUPYTERHUB_API_TOKEN")  # no token at all: the service's refusal, said in one line
     run = cli("list")
     assert run.returncode == 2 and "refused the token" in run.stderr, (run.stdout, run.stderr)
+
+
+REPORT = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                                        "language": "python"}},
+          "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
+                     "source": "print('report of alice')\n"}]}
+
+
+def follow_over_websocket(hub: Hub, who: str, path: str) -> tuple[bytes, dict[str, Any]]:
+    """The log bytes and the ``end`` event of ``/launch/api/{path}`` (a job's ``logs/ws``) on ``who``'s server
+    ``team``, as the panel follows a job."""
+    import asyncio
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    async def follow() -> tuple[bytes, dict[str, Any]]:
+        url = f"ws{hub.url[4:]}/user/{who}/{TEAM_SERVER}/launch/api/{path}"
+        conn = await websocket_connect(HTTPRequest(url, headers={"Authorization": f"token {hub.tokens[who]}"},
+                                                   connect_timeout=30, request_timeout=30))
+        data, end = b"", None
+        try:
+            # Read on past the end event until the server closes the stream (as it does after it), so no socket is
+            # left open when the loop goes.
+            while (message := await asyncio.wait_for(conn.read_message(), 180)) is not None:
+                if isinstance(message, bytes):
+                    data += message.partition(b"\n")[2]
+                elif json.loads(message)["event"] == "end":
+                    end = json.loads(message)
+        finally:
+            conn.close()
+        assert end is not None, f"the stream closed before the job's end:\n{hub.log_tail()}"
+        return data, end
+
+    return asyncio.run(follow())
+
+
+def test_a_users_lab_server_serves_the_panel_from_the_launch_service(hub):
+    """docs/team.md: a user's server with $JUPYTER_LAUNCH_SERVER_URL (the Hub's c.Spawner.environment) serves its
+    /launch/api/, the Launch panel's, from the service with the server's own Hub token, and keeps no store and runs no
+    agent of its own. alice submits a notebook of her server's files to the team queue as the panel does: the
+    service's agent runs it, and its log is read and followed through her server; her server lists only her jobs,
+    bob's is 404 there, ada's server lists both; what only the service serves answers 501 naming the setting."""
+    ensure_team_queue(hub)
+    agent = service_agent(hub)
+    home = hub.log.parent / "homes" / "alice"
+    (home / "team-report.ipynb").write_text(json.dumps(REPORT))
+
+    status, job = hub.team_server("alice", "POST", "jobs", {"queue": "gpu", "notebook": "team-report.ipynb"})
+    assert status == 201 and (job["owner"], job["spec"]["notebook"]) == ("alice", "team-report.ipynb"), \
+        (status, job, hub.log_tail())
+    status, there = hub.service("alice", "GET", f"jobs/{job['id']}")  # the service's own job, its artifact uploaded
+    assert status == 200 and there["artifact"] == job["artifact"], there
+    log, end = follow_over_websocket(hub, "alice", f"jobs/{job['id']}/logs/ws")
+    assert end["state"] == "succeeded" and b"report of" in log, (end, log, hub.log_tail())
+    done = wait_done(hub, "alice", job["id"], api=hub.team_server)
+    assert done["agent_id"] == agent["id"], done  # run by the service's agent, in `jupyter launch serve`
+    status, page = hub.team_server("alice", "GET", f"jobs/{job['id']}/logs")
+    assert status == 200 and "report of" in "".join(c["data"] for c in page["chunks"]), page
+    status, outputs = hub.team_server("alice", "GET", f"jobs/{job['id']}/outputs")
+    assert status == 200 and "team-report.ipynb" in {o["path"] for o in outputs["outputs"]}, outputs
+    status, executed = hub.team_server("alice", "GET", f"jobs/{job['id']}/outputs/team-report.ipynb")
+    assert status == 200 and "report of alice" in json.dumps(executed["cells"][0]["outputs"]), executed
+    team_home = hub.log.parent / "team-homes" / "alice"
+    assert not list(team_home.glob("*.db")), list(team_home.iterdir())  # no store of its own
+    status, agents = hub.team_server("alice", "GET", "agents")
+    assert status == 200 and {a["id"] for a in agents["agents"]} == {a["id"] for a in hub.service(
+        ADMIN, "GET", "agents")[1]["agents"]}, agents  # the service's agents, none of its own
+
+    status, bobs = hub.service("bob", "POST", "jobs", {"queue": "gpu", "spec": {
+        "kind": "command", "command": [sys.executable, "-c", "print('bob')"]}})
+    assert status == 201, bobs
+    status, body = hub.team_server("alice", "GET", f"jobs/{bobs['id']}")
+    assert status == 404, body
+    status, listed = hub.team_server("alice", "GET", "jobs?limit=500")
+    assert status == 200, listed
+    ids = {j["id"] for j in listed["jobs"]}
+    assert job["id"] in ids and bobs["id"] not in ids and {j["owner"] for j in listed["jobs"]} == {"alice"}, listed
+    status, listed = hub.team_server(ADMIN, "GET", "jobs?limit=500")
+    assert status == 200 and {job["id"], bobs["id"]} <= {j["id"] for j in listed["jobs"]}, listed
+
+    status, body = hub.team_server(ADMIN, "GET", "tokens")
+    assert status == 501 and "c.LaunchApp.service_url" in body["message"], body
+
+
+def test_alice_launches_a_notebook_from_the_panel_in_her_lab_and_the_service_runs_it(hub):
+    """In a browser (Chromium): alice logs in to the Hub, opens her server ``team``'s Lab, launches a notebook there
+    from its toolbar to the team's queue; the panel's job view streams its log to "succeeded", and the job is the
+    service's, run by its agent."""
+    try:
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        pytest.fail("Python playwright is not installed: `pip install playwright` (the browser is Debian's Chromium)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is not installed at {CHROMIUM}: run `bash ci/chromium.sh`")
+    ensure_team_queue(hub)
+    agent = service_agent(hub)
+    notebook = {**REPORT, "cells": [{**REPORT["cells"][0], "source": "print('launched from the panel')\n"}]}
+    (hub.log.parent / "homes" / "alice" / "panel-report.ipynb").write_text(json.dumps(notebook))
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(60_000)
+            page.goto(f"{hub.url}/hub/login?next=/user/alice/{TEAM_SERVER}/lab")
+            page.fill("#username_input", "alice")
+            page.fill("#password_input", hub.password)
+            page.click("#login_submit")
+            page.wait_for_selector(".jp-SideBar [data-id='jupyter-launch-panel']", timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp !== undefined && "
+                                   "!document.querySelector('#jupyterlab-splash')")
+            page.evaluate("path => window.jupyterapp.commands.execute('docmanager:open', {path})",
+                          "panel-report.ipynb")
+            opened = page.locator(".jp-NotebookPanel").filter(visible=True)
+            expect(opened.locator(".jp-Cell")).to_have_count(1)
+            opened.locator(".jp-LaunchToolbarButton").click()
+            dialog = page.locator(".jp-LaunchSubmitDialog")
+            dialog.locator("[data-field=queue] select").select_option("gpu")  # the service's queue, listed here
+            dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+            expect(dialog).to_have_count(0)
+            view = page.locator(".jp-LaunchJob").filter(visible=True)
+            expect(view).to_have_count(1)
+            job_id = view.get_attribute("id").removeprefix("jp-launch-job-")
+            expect(view.locator(".jp-LaunchLog-row").filter(has_text="launched from the panel")).to_have_count(
+                1, timeout=120_000)
+            expect(view.locator(".jp-LaunchJob-titleRow .jp-LaunchState")).to_have_text("succeeded")
+        finally:
+            browser.close()
+    status, job = hub.service("alice", "GET", f"jobs/{job_id}")
+    assert status == 200 and (job["owner"], job["agent_id"]) == ("alice", agent["id"]), job
 
 
 def test_a_remote_agent_serves_a_team_queue_of_the_service_through_the_hub_with_an_agent_token(hub, tmp_path):

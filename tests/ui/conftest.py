@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_server import CHROMIUM, launch_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("JUPYTER_LAUNCH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
-]
 TOKEN = "launch-ui-test"
 EXTENSION = "jupyter-launch"
 
@@ -191,14 +187,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             yield server
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
-
-
-def launch_chromium(playwright: Any) -> Any:
-    """Debian's Chromium through playwright; RuntimeError naming the fix when it is not installed."""
-    if not Path(CHROMIUM).exists():
-        raise RuntimeError(f"Chromium is not installed at {CHROMIUM}: run `bash ci/chromium.sh` (Debian's chromium), "
-                           "or set JUPYTER_LAUNCH_CHROMIUM to a Chromium binary")
-    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
 
 
 @pytest.fixture(scope="session")
