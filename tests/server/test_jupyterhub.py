@@ -610,3 +610,38 @@ def test_a_remote_agent_serves_a_team_queue_of_the_service_through_the_hub_with_
     finally:
         agent.terminate()
         agent.wait(60)
+
+
+def test_launch_magic_in_a_users_kernel_submits_to_the_service_with_the_servers_own_hub_token(hub, tmp_path):
+    """%%launch in a kernel of alice's server (her server's variables: docs/team.md's $JUPYTER_LAUNCH_SERVER_URL and
+    a $JUPYTERHUB_API_TOKEN scoped as her server's) sends the cell to the team queue of the service: it runs on the
+    service's agent as alice's job, and the cell shows its output."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    status, tokens = hub.call(ADMIN, "GET", "/hub/api/users/alice/tokens")
+    assert status == 200, tokens
+    server_tokens = [t for t in tokens["api_tokens"] if (t.get("note") or "").startswith("Server at ")]
+    assert server_tokens, tokens
+    status, token = hub.call("alice", "POST", "/hub/api/users/alice/tokens",
+                             {"scopes": server_tokens[0]["scopes"], "note": "as alice's kernel's"})
+    assert status == 201, token
+    ensure_team_queue(hub)
+    work = tmp_path / "work"
+    work.mkdir()
+    env = dict(isolated_env(tmp_path), JUPYTERHUB_API_TOKEN=token["token"], JUPYTERHUB_BASE_URL="/",
+               JUPYTER_LAUNCH_SERVER_URL=f"{hub.url}{SERVICE_PREFIX}", HOME=str(tmp_path))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    marker = f"cell-{secrets.token_hex(4)}"
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("%load_ext jupyter_launch"),
+        nbformat.v4.new_code_cell(f"%%launch --queue gpu --wait\nprint({marker!r})")])
+    NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute(
+        env=env)
+    shown = json.dumps(nb.cells[1].outputs)
+    assert marker in shown, shown
+    status, listed = hub.call("alice", "GET", f"{SERVICE_PREFIX}launch/api/jobs?limit=200")
+    assert status == 200, listed
+    mine = [j for j in listed["jobs"] if j["queue"] == "gpu" and j["kind"] == "cell" and j["state"] == "succeeded"]
+    assert mine and {j["owner"] for j in listed["jobs"]} == {"alice"}, listed
+    assert any(j["agent_id"] == service_agent(hub)["id"] for j in mine), mine
