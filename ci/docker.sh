@@ -3,11 +3,12 @@
 # bench. Idempotent: a no-op when the engine already answers.
 # Some VMs refuse a negative oom_score_adj, which the engine (and a kubelet) may ask for; a small runc wrapper
 # clamps it to 0 and is made the engine's default runtime.
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v dockerd >/dev/null || ! command -v jq >/dev/null || ! command -v busybox >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq docker.io jq busybox-static >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq docker.io jq busybox-static >/dev/null
 fi
 if [ ! -x /usr/local/bin/runc-clamp-oom ]; then
   cat > /usr/local/bin/runc-clamp-oom <<'WRAP'

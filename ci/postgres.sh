@@ -3,13 +3,14 @@
 # `launch` role and database (password `launch`). Idempotent: installs only what is missing, starts only what is
 # stopped, creates only what does not exist. Runs as root (apt, pg_ctlcluster) or as a user who already has a
 # running cluster. Prints the SQLAlchemy URL on its last line.
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 port=${LAUNCH_PG_PORT:-5432}
 
 if ! command -v pg_lsclusters >/dev/null 2>&1; then
   [ "$(id -u)" = 0 ] || { echo "postgresql is not installed and this is not root: apt-get install postgresql" >&2; exit 1; }
-  apt-get update -qq && apt-get install -y -qq postgresql >/dev/null
+  apt_get update -qq && apt_get install -y -qq postgresql >/dev/null
 fi
 
 version=$(pg_lsclusters -h | awk -v p="$port" '$3 == p {print $1; exit}')

@@ -6,11 +6,12 @@
 # its own port) with this machine's CPUs and a share of its memory, so multi-node jobs (--nodes 2, srun) run for real;
 # partition `debug`; a count-only GRES of 2 `gpu` per node so `--gres=gpu:N` can be asked for and waited on without a
 # GPU; 512 MB per CPU for a job that names no memory, so jobs share a node. Stop: ci/slurm-stop.sh.
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
-  apt-get update -qq
-  apt-get install -y -qq slurm-wlm munge >/dev/null
+  apt_get update -qq
+  apt_get install -y -qq slurm-wlm munge >/dev/null
 fi
 S=${SLURM_STATE:-/var/lib/launch-slurm}
 GPUS=${SLURM_GPUS:-2}

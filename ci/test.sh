@@ -2,6 +2,7 @@
 # Install everything the tests need on a fresh Debian machine (as root), then run the whole suite.
 # Docker engine, PostgreSQL, Chromium, a single-node Slurm, a local single-node Kubernetes (built once, cached in
 # /var/cache/launch-k8s), the local Python base image, the venv with the package and test tools.
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/apt.sh"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
@@ -14,7 +15,7 @@ need=""
 for p in docker.io jq busybox-static postgresql chromium debootstrap golang-go rsync dpkg-dev etcd-server openssl curl; do
   dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
 done
-if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
+if [ -n "$need" ]; then apt_get update -qq && apt_get install -y -qq $need >/dev/null; fi
 
 step "Kubernetes build (background; a no-op when cached)"
 bash ci/k8s-build.sh >"$log/k8s-build.log" 2>&1 &
@@ -33,7 +34,7 @@ bash ci/setup.sh test
 .venv/bin/python -m pip install -q playwright >/dev/null
 step "configurable-http-proxy from npm (the JupyterHub tests' proxy; jupyterhub itself is in the test extra)"
 if ! command -v configurable-http-proxy >/dev/null; then
-  command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+  command -v npm >/dev/null || { apt_get update -qq && apt_get install -y -qq npm >/dev/null; }
   npm install -g --no-audit --no-fund configurable-http-proxy >/dev/null
 fi
 

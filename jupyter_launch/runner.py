@@ -62,6 +62,7 @@ from .report import html_exporter, write_report  # noqa: E402
 DEFAULT_KERNEL = "python3"
 DEFAULT_OUTPUT_DIR = "outputs"
 STARTUP_TIMEOUT = 60.0
+SHUTDOWN_QUIET_TIMEOUT = 5.0  # for the kernel to run _QUIET_SHUTDOWN_CODE before its shutdown request
 # The longest a wait for a kernel message blocks before looking at the socket again (see SlicedChannel).
 POLL_SLICE = 0.1
 PARAMETERS_TAG = "parameters"
@@ -115,6 +116,25 @@ import os as _jupyter_launch_os
 _jupyter_launch_os.chdir({cwd})
 _jupyter_launch_os.environ.update({env})
 del _jupyter_launch_os
+"""
+
+# Run in an ipykernel kernel just before it is asked to shut down. ipykernel (7.4 included) races at shutdown: the
+# control thread, done with the shutdown request, flushes stderr and publishes "idle" through the iopub thread's event
+# pipe while the main thread is closing that pipe, and tornado then logs "Uncaught exception in ZMQStream callback ...
+# ZMQError: Socket operation on non-socket" to the kernel's stderr, which is the job's log. Only that error is
+# dropped, and only in tornado's callback logger; whatever else the kernel or the job's own exit handlers write at
+# shutdown still reaches the log.
+_QUIET_SHUTDOWN_CODE = """\
+import logging as _jupyter_launch_logging, zmq as _jupyter_launch_zmq
+
+class _JupyterLaunchShutdownRace(_jupyter_launch_logging.Filter):
+    def filter(self, record, _zmq=_jupyter_launch_zmq):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(exc, _zmq.ZMQError) and exc.errno == _zmq.ENOTSOCK)
+
+for _jupyter_launch_name in ("tornado.general", "tornado.application"):
+    _jupyter_launch_logging.getLogger(_jupyter_launch_name).addFilter(_JupyterLaunchShutdownRace())
+del _jupyter_launch_logging, _jupyter_launch_zmq, _JupyterLaunchShutdownRace, _jupyter_launch_name
 """
 
 
@@ -332,9 +352,10 @@ class Kernel:
     messages that can arrive after the cell's idle status, so the log got it twice, or the notebook not at all.
     """
 
-    def __init__(self, name: str, manager: AsyncKernelManager):
+    def __init__(self, name: str, manager: AsyncKernelManager, ipykernel: bool = False):
         self.name = name
         self.manager = manager
+        self.ipykernel = ipykernel  # it runs ipykernel (its command line says so)
         self.client = manager.client(shell_channel_class=SlicedChannel, iopub_channel_class=SlicedChannel)
         self.info: dict[str, Any] = {}  # the kernel_info reply's content
 
@@ -356,7 +377,7 @@ class Kernel:
             installed = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
             raise JobError("kernel_start_failed", f"no kernel named {name!r} in the job's environment "
                                                   f"(installed: {installed})") from None
-        kernel = cls(name, manager)
+        kernel = cls(name, manager, ipykernel)
         kernel.client.start_channels()
         try:
             await kernel.wait_for_ready(STARTUP_TIMEOUT)
@@ -425,6 +446,24 @@ class Kernel:
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply["content"]
 
+    async def run_until_idle(self, code: str) -> None:
+        """Run code the notebook does not show, and wait for the kernel's idle status after it.
+
+        The reply comes before ipykernel has put its SIGINT handler back: jupyter_client's shutdown interrupts the
+        kernel first, and in that gap the interrupt is a ``KeyboardInterrupt caught in kernel`` line in the log.
+        """
+        msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
+        while True:
+            try:
+                msg = await self.client.get_iopub_msg(timeout=1)
+            except Empty:
+                if not await self.manager.is_alive():
+                    raise DeadKernelError("Kernel died") from None
+                continue
+            if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
+                    and msg["parent_header"].get("msg_id") == msg_id):
+                return
+
     async def enter(self, cwd: Path, env: dict[str, str]) -> None:
         """Move a kernel started ahead of its job (warm) into the job's working folder and environment."""
         reply = await self.run_silently(_ENTER_CODE.format(cwd=python_literal(str(cwd)), env=python_literal(env)))
@@ -442,6 +481,9 @@ class Kernel:
         return f"exit code {code}"
 
     async def shutdown(self, now: bool) -> None:
+        if not now and self.ipykernel:
+            with contextlib.suppress(Exception):  # a kernel that cannot take it is shut down all the same
+                await asyncio.wait_for(self.run_until_idle(_QUIET_SHUTDOWN_CODE), SHUTDOWN_QUIET_TIMEOUT)
         self.client.stop_channels()
         await self.manager.shutdown_kernel(now=now)
 

@@ -545,3 +545,53 @@ def test_with_no_report_the_runner_writes_the_notebook_and_never_loads_nbconvert
     assert sorted(p.name for p in out_dir.iterdir()) == ["built.ipynb"]
     imported = [line.rsplit("|", 1)[-1].strip() for line in stderr.decode().splitlines() if "import time:" in line]
     assert "nbformat" in imported and not [m for m in imported if m.startswith("nbconvert")]
+
+
+# Two shutdown races of ipykernel, made certain. After the shutdown request, the control thread checks that the iopub
+# thread is alive and then sends on its event pipe: half a second apart here, so the main thread closes the pipe in
+# between, as it sometimes does on a loaded machine (see runner._QUIET_SHUTDOWN_CODE). And an execute request's reply
+# goes out before its handler ends and puts back the kernel's SIGINT handler: that gap made wider, so the interrupt
+# jupyter_client sends before a shutdown would fall in it (see runner.Kernel.run_until_idle). Names are bound as
+# defaults: IPython clears the namespace at exit.
+RACES_AT_SHUTDOWN = """\
+import atexit, sys, threading, time
+from ipykernel.iostream import IOPubThread
+
+kernel = get_ipython().kernel
+shutting = threading.Event()
+shutdown_request = kernel.control_handlers["shutdown_request"]
+
+async def shutdown_then_race(*args, shutdown_request=shutdown_request, shutting=shutting):
+    await shutdown_request(*args)
+    shutting.set()
+
+kernel.control_handlers["shutdown_request"] = shutdown_then_race
+schedule = IOPubThread.schedule
+
+def late_schedule(self, f, threading=threading, time=time, schedule=schedule, shutting=shutting):
+    here = threading.current_thread()
+    if shutting.is_set() and here not in (threading.main_thread(), self.thread) and self.thread.is_alive():
+        time.sleep(0.5)
+        self._events.append(f)
+        self._event_pipe.send(b"")
+        return None
+    return schedule(self, f)
+
+IOPubThread.schedule = late_schedule
+execute_request = kernel.shell_handlers["execute_request"]
+
+async def execute_then_linger(*args, execute_request=execute_request, time=time):
+    await execute_request(*args)
+    time.sleep(0.3)
+
+kernel.shell_handlers["execute_request"] = execute_then_linger
+atexit.register(lambda sys=sys: print("exit handler ran", file=sys.__stderr__, flush=True))
+print("done")
+"""
+
+
+def test_the_kernels_shutdown_races_stay_out_of_the_log_and_exit_handlers_output_does_not(tmp_path: Path) -> None:
+    run = run_runner(job_folder(tmp_path, code_notebook(RACES_AT_SHUTDOWN)))
+    assert run.result["state"] == "succeeded", run.stderr
+    assert run.stdout == "done\n"
+    assert run.stderr == "exit handler ran\n"  # no ZMQError traceback, no "KeyboardInterrupt caught in kernel"
