@@ -43,6 +43,10 @@ from .store.protocol import DiskReserve, LocalEvents, Store
 
 FLUSH_INTERVAL = 0.02
 FLUSH_BYTES = 512 * 1024
+# A job's output held by its agent and not yet in the store, past which the backend stops reading it (the job's
+# writes then block, as on a full pipe) until the store has taken some: a job faster than its store no longer grows
+# the agent (or the server it runs in) by up to its whole log.
+LOG_HIGH_WATER = 8 * 1024 * 1024
 
 
 def detect_gpus() -> list[int]:
@@ -65,11 +69,20 @@ class LogSink:
     """Buffers one job's output and writes it to the store in order, in batches, off the event loop, under the
     claim's fence; the job's secrets are masked in it and in its control records (metrics, progress, result) on the
     way (:mod:`.masking`). At most ``max_size`` bytes of it are kept (past that, ``too_large`` is set and
-    ``on_failure`` told)."""
+    ``on_failure`` told).
+
+    ``room`` is set while it holds (queued, or on its way to the store) less than ``high_water`` bytes: backends
+    stop reading a job's output while it is clear (:attr:`JobContext.log_room`). What is written meanwhile is kept
+    all the same; nothing is dropped for want of room."""
 
     def __init__(self, store: Any, job_id: str, fence: int, on_record: Any, on_failure: Any = None,
-                 max_size: int = DEFAULT_MAX_LOG_SIZE):
+                 max_size: int = DEFAULT_MAX_LOG_SIZE, high_water: int = LOG_HIGH_WATER):
         self.store, self.job_id, self.fence, self.on_record = store, job_id, fence, on_record
+        self.high_water = high_water
+        self.room = asyncio.Event()
+        self.room.set()
+        self.peak = 0  # the most bytes held at once, queued and on their way to the store
+        self._sending = 0  # bytes of the store call in progress
         self.on_failure = on_failure
         self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
         self.max_size = max_size
@@ -119,6 +132,15 @@ class LogSink:
             self._size += len(plain)
             if self._size >= FLUSH_BYTES:
                 self._kick.set()
+            self._held_changed()
+
+    def _held_changed(self) -> None:
+        held = self._size + self._sending
+        self.peak = max(self.peak, held)
+        if held >= self.high_water:
+            self.room.clear()
+        else:
+            self.room.set()
 
     async def _flusher(self) -> None:
         while True:
@@ -133,8 +155,10 @@ class LogSink:
     async def flush(self) -> None:
         if not self._pieces:
             return
-        pieces, self._pieces, self._size = self._pieces, [], 0
+        pieces, self._pieces, self._sending, self._size = self._pieces, [], self._size, 0
         if self.failure is not None:
+            self._sending = 0
+            self._held_changed()
             return  # the log is already cut short: later output would leave a hole in the offsets
         try:
             # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
@@ -145,6 +169,9 @@ class LogSink:
             self.failure = exc
             if self.on_failure is not None:
                 self.on_failure(exc)
+        finally:
+            self._sending = 0
+            self._held_changed()
 
     def _masked(self, stream: str) -> StreamMasker:
         if stream not in self._masking:
@@ -562,6 +589,7 @@ class Agent(LoggingConfigurable):
             ctx.result_seen = result_seen
             sink.mask(list(ctx.secrets.values()))
             ctx.log = sink.write
+            ctx.log_room = sink.room
             ctx.set_reason = lambda reason, message=None: updates.submit(
                 store.set_state, job.id, fence, STARTING, reason, message)
             def mark_running() -> None:

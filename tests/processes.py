@@ -39,3 +39,34 @@ def running(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+class PeakGrowth:
+    """``with PeakGrowth() as g:`` samples this process's RSS every 5 ms; ``g.mib`` is then the most it grew by."""
+
+    def __enter__(self) -> PeakGrowth:
+        import threading
+
+        import psutil
+
+        self._me = psutil.Process()
+        self._before = self._peak = self._me.memory_info().rss
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        import time
+
+        while not self._done.is_set():
+            self._peak = max(self._peak, self._me.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    @property
+    def mib(self) -> float:
+        return (self._peak - self._before) / 2**20

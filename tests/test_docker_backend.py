@@ -24,6 +24,7 @@ import pytest
 from traitlets.config import Config
 
 from docker_engine import BASE_IMAGE, engine_client
+from processes import PeakGrowth
 
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.backends.docker import DockerBackend, container
@@ -784,3 +785,21 @@ def test_a_job_of_several_nodes_fails_at_once_on_a_backend_that_runs_one_rank(cl
     assert rec.message == ("the job asks for 2 nodes, and the docker backend runs a job as one rank: submit it to a "
                            "local, kubernetes or slurm queue, or with --nodes 1")
     assert "ran" not in job.logs() and not job_containers(docker_api, job.id)
+
+
+def test_a_container_writing_faster_than_its_store_is_held_back_not_buffered(client, tmp_path, docker_api,
+                                                                            monkeypatch):
+    """As on the local backend (tests/test_local_jobs.py): past ``LOG_HIGH_WATER`` held, the attach stream is not
+    read until the store has taken some; the agent grows by a fraction of the 256 MiB log, which arrives whole."""
+    from test_local_jobs import blocks_job, check_blocks_log, slow_store
+
+    from jupyter_launch.agent import LOG_HIGH_WATER
+
+    queue = docker_queue(client)
+    job = command_job(client, tmp_path, blocks_job(), queue, image=BASE_IMAGE)
+    slow_store(client.store, monkeypatch)
+    with PeakGrowth() as grew:
+        run_jobs(client, [job])
+    assert (job.record.state, job.record.exit_code) == ("succeeded", 0), job.logs()[-2000:]
+    assert grew.mib < 8 * LOG_HIGH_WATER / 2**20, f"the agent grew by {grew.mib:.0f} MiB for a 256 MiB log"
+    check_blocks_log(client, job)

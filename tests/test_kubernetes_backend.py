@@ -269,6 +269,13 @@ def test_outputs_splitter_takes_marker_lines_out_across_any_chunking():
         assert splitter.outputs == payload
 
 
+def room() -> asyncio.Event:
+    """A job's log with room (``JobContext.log_room``)."""
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 def test_a_log_stream_that_ended_before_its_container_ran_is_read_again():
     """A follow stream opened while the container was only being started can end empty before the job runs; a job of
     milliseconds is over by the next look. Its log is read once more (it was lost: found with an init container)."""
@@ -304,7 +311,7 @@ def test_a_log_stream_that_ended_before_its_container_ran_is_read_again():
     logged = []
 
     async def follow() -> None:
-        ctx = NS(log=lambda stream, data: logged.append((stream, data)))
+        ctx = NS(log=lambda stream, data: logged.append((stream, data)), log_room=room())
         handle = KubernetesHandle(name="jl-x", namespace="default", api=None, ctx=ctx, loop=asyncio.get_running_loop())
         await PodLogs(call, Core(), logging.getLogger("test")).follow(handle, ctx.log, "jl-x-pod")
         await asyncio.sleep(0)  # the pump hands lines to the loop
@@ -348,7 +355,7 @@ def test_log_follows_of_starting_pods_share_a_rate_of_log_requests():
             asked.append(longest)
 
         async def follow() -> None:
-            ctx = NS(log=lambda stream, data: None)
+            ctx = NS(log=lambda stream, data: None, log_room=room())
             handle = KubernetesHandle(name="jl-x", namespace="default", api=None, ctx=ctx,
                                       loop=asyncio.get_running_loop())
             starting = {f"other-{i}" for i in range(others)}
@@ -1019,3 +1026,22 @@ def test_command_jobs_on_an_image_with_python_skip_the_init_container_once_it_wa
               if "jupyter-launch/probe" in (json.loads(p)["metadata"].get("labels") or {})}
     assert probed == {image, "busybox:local"}, probed  # each image asked once
     assert not probes()
+
+
+def test_a_pod_writing_faster_than_its_store_is_held_back_not_buffered(launch, k8s, monkeypatch):
+    """As on the local backend (tests/test_local_jobs.py): past ``LOG_HIGH_WATER`` held, the pod's log stream is not
+    read until the store has taken some (the kubelet keeps the log meanwhile); the log arrives whole and in order.
+    The stream ends seconds after the pod: still delivering, it is not cut at ``stream_drain_timeout``."""
+    from processes import PeakGrowth
+    from test_local_jobs import blocks_job, check_blocks_log, slow_store
+    from traitlets.config import Config
+
+    from jupyter_launch.agent import LOG_HIGH_WATER
+
+    job = enqueue(launch, command=["python", "-c", blocks_job(128)])
+    slow_store(launch.store, monkeypatch, delay=0.5)
+    with PeakGrowth() as grew:
+        rec, = run_agent(launch, [job], config=Config({"KubernetesBackend": {"stream_drain_timeout": 1.0}}))
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), job.logs()[-2000:]
+    assert grew.mib < 8 * LOG_HIGH_WATER / 2**20, f"the agent grew by {grew.mib:.0f} MiB for a 128 MiB log"
+    check_blocks_log(launch, job, 128)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from processes import running
+from processes import PeakGrowth, running
 
 from jupyter_launch.agent import make_local_agent
 from jupyter_launch.client import LaunchClient
@@ -603,3 +603,50 @@ def test_a_local_agent_with_its_report_renderer_leaves_the_notebook_machinery_to
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1:] == ["succeeded True []"], out.stdout + out.stderr
+
+
+def test_a_job_writing_faster_than_its_store_is_held_back_not_buffered(client, tmp_path, monkeypatch):
+    """The agent holds at most about ``LOG_HIGH_WATER`` of a job's output not yet in the store: past it the backend
+    stops reading the job's pipe, and the job's writes wait, as on a full pipe. Here the store takes 50 ms more per
+    write than it does, and the job writes 256 MiB at once: the agent's process grows by a fraction of it (before,
+    by all of it), and the log arrives whole and in order."""
+    from jupyter_launch.agent import LOG_HIGH_WATER
+
+    job = command_job(client, tmp_path, blocks_job())
+    slow_store(client.store, monkeypatch)
+    with PeakGrowth() as grew:
+        rec, = run_jobs(client, [job])
+    assert (rec.state, rec.exit_code) == ("succeeded", 0), job.logs()[-2000:]
+    assert grew.mib < 8 * LOG_HIGH_WATER / 2**20, f"the agent grew by {grew.mib:.0f} MiB for a 256 MiB log"
+    check_blocks_log(client, job)
+
+
+def blocks_job(mib: int = 256) -> str:
+    """Python writing ``mib`` MiB to stdout as fast as it can, each MiB telling its number."""
+    return f"import sys\nfor i in range({mib}):\n    sys.stdout.buffer.write(b'%08d' % i * 131072)\n"
+
+
+def slow_store(store, monkeypatch, delay: float = 0.05) -> None:
+    """The store takes ``delay`` seconds more for every log write."""
+    append = store.append_logs
+
+    def slow_append(*args, **kwargs):
+        time.sleep(delay)
+        return append(*args, **kwargs)
+
+    monkeypatch.setattr(store, "append_logs", slow_append)
+
+
+def check_blocks_log(client, job, mib: int = 256) -> None:
+    """The job's log is what :func:`blocks_job` wrote, whole and in order."""
+    expected, got, offset, size = hashlib.sha256(), hashlib.sha256(), 0, 0
+    for i in range(mib):
+        expected.update(b"%08d" % i * 131072)
+    while True:
+        chunks, offset = client.read_log(job.id, offset)
+        if not chunks:
+            break
+        for chunk in chunks:
+            got.update(chunk.data)
+            size += len(chunk.data)
+    assert size == mib * 2**20 and got.hexdigest() == expected.hexdigest()

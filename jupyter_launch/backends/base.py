@@ -13,6 +13,7 @@ import contextlib
 import fnmatch
 import functools
 import logging
+import threading
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -99,6 +100,66 @@ class RankLog:
         self._partial.clear()
 
 
+class ThreadLog:
+    """A reader thread's way into a job's log (``JobContext.log``, on the event loop).
+
+    :meth:`write` hands data to the loop and returns once the loop holds less than ``ahead`` bytes of what this
+    thread handed it and not yet logged, and the log has room (``JobContext.log_room``): a thread reading faster than
+    the loop takes it in, or than the store does, waits instead of piling the job's output up in memory. ``stop()``
+    true ends any wait (the stream is being closed).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Callable[[str, bytes], None], room: asyncio.Event,
+                 stop: Callable[[], bool] = lambda: False, ahead: int = 1 << 20):
+        self.loop, self.log, self.room, self.stop, self.ahead = loop, log, room, stop, ahead
+        self._handed = 0  # bytes handed to the loop, not yet logged
+        self._taken = threading.Condition()
+
+    def write(self, stream: str, data: bytes) -> None:
+        """From the reader thread."""
+        self.write_many([(stream, data)])
+
+    def write_many(self, pieces: list[tuple[str, bytes]]) -> None:
+        """From the reader thread: several ``(stream, data)`` pieces, in one call on the loop."""
+        size = sum(len(data) for _, data in pieces)
+        with self._taken:
+            self._handed += size
+        self.loop.call_soon_threadsafe(self._log, pieces, size)
+        with self._taken:
+            # The room is set and cleared on the loop, which notifies nobody here: looked at every 5 ms while clear.
+            while (self._handed >= self.ahead or not self.room.is_set()) and not self.stop():
+                self._taken.wait(0.005)
+
+    def _log(self, pieces: list[tuple[str, bytes]], size: int) -> None:
+        try:
+            for stream, data in pieces:
+                self.log(stream, data)
+        finally:
+            with self._taken:
+                self._handed -= size
+                self._taken.notify_all()
+
+
+class _Progress:
+    """Counts the bytes a job's backend logs (it wraps ``ctx.log``): a stream that still delivers is not stuck."""
+
+    def __init__(self, ctx: JobContext):
+        self.bytes = 0
+        log = ctx.log
+
+        def counted(stream: str, data: bytes) -> None:
+            self.bytes += len(data)
+            log(stream, data)
+
+        ctx.log = counted
+
+
+def _set_event() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event
+
+
 @dataclass
 class JobContext:
     """Everything a backend needs for one attempt of one job, and the calls it reports through."""
@@ -119,6 +180,8 @@ class JobContext:
     agent_id: str = ""  # the agent running this attempt, for labels on what the backend creates
     # Reporting, wired by the agent:
     log: Callable[[str, bytes], None] = lambda stream, data: None
+    # Set while the log has room: a backend reads no more of the job's output while it is clear (see agent.LogSink).
+    log_room: asyncio.Event = field(default_factory=_set_event)
     set_reason: Callable[[str, str | None], None] = lambda reason, message=None: None
     mark_running: Callable[[], None] = lambda: None
     cancel_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -177,7 +240,9 @@ class Backend(LoggingConfigurable):
     # The queue's ``provider:`` block for this backend (its ``type`` a Literal of the backend's entry point name):
     # the queue YAML is validated by it, and the backend gets it as ``ctx.queue_config``.
     config_model: ClassVar[type[ProviderConfig]]
-    stream_drain_timeout = Float(10.0, config=True, help="Seconds to wait for log streams to end after exit.")
+    stream_drain_timeout = Float(10.0, config=True, help=(
+        "Seconds to wait for log streams to end after exit without them logging anything: a stream still "
+        "delivering (a long log held back while the store takes it in) is waited for."))
     reap_interval = Float(0.0, config=True, help=(
         "Seconds between the agent's sweeps of what this backend's ended jobs left behind, after the one at its "
         "start; 0: only at its start."))
@@ -269,6 +334,7 @@ class Backend(LoggingConfigurable):
         tasks: list[asyncio.Task[Any]] = []
         try:
             self.mark_running(handle, ctx)
+            logged = _Progress(ctx)
             streaming = asyncio.create_task(self.stream(handle, ctx))
             waiting = asyncio.create_task(self.wait(handle))
             cancelling = asyncio.create_task(ctx.cancel_requested.wait())
@@ -290,12 +356,14 @@ class Backend(LoggingConfigurable):
                 await self.stop(handle, self.grace_period(ctx))
             cancelling.cancel()
             exit_code = await waiting
-            try:
-                await asyncio.wait_for(asyncio.shield(streaming), self.stream_drain_timeout)
-            except asyncio.TimeoutError:
-                streaming.cancel()
-                self.log.warning("job %s: log stream did not end %ss after exit", ctx.job_id,
-                                 self.stream_drain_timeout)
+            while not streaming.done():
+                before = logged.bytes
+                await asyncio.wait({streaming}, timeout=self.stream_drain_timeout)
+                if not streaming.done() and logged.bytes == before:
+                    streaming.cancel()
+                    self.log.warning("job %s: log stream did not end after exit, and logged nothing for %ss",
+                                     ctx.job_id, self.stream_drain_timeout)
+                    break
             if streaming.done() and not streaming.cancelled() and streaming.exception():
                 raise streaming.exception()  # type: ignore[misc]
             if stopped_by == "cancelled":

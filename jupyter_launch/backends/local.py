@@ -60,7 +60,8 @@ class Pipes:
 
     What is read goes to ``sink(stream, data)`` as it comes, or is kept until a sink is attached (a warm runner's
     start-up output, before its job). :meth:`drain` reads what the pipes hold at once, synchronously: everything the
-    child wrote before the moment of the call.
+    child wrote before the moment of the call. While the sink's ``room`` is clear (its log holds all it may, see
+    ``agent.LogSink``) nothing more is read: the child's writes block on the full pipe until there is room again.
     """
 
     def __init__(self, read_size: int = READ_SIZE):
@@ -74,6 +75,8 @@ class Pipes:
             self._write_ends.append(write_end)
         self._kept: list[tuple[str, bytes]] = []
         self._sink: Callable[[str, bytes], None] | None = None
+        self._room: asyncio.Event | None = None
+        self._resume: asyncio.Task[None] | None = None  # while paused: re-adds the readers once there is room
         self._changed = asyncio.Event()
         self._ended = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -110,9 +113,29 @@ class Pipes:
     def _deliver(self, name: str, data: bytes) -> None:
         if self._sink is not None:
             self._sink(name, data)
+            if self._room is not None and not self._room.is_set() and self._resume is None:
+                self._pause()
         else:
             self._kept.append((name, data))
             self._changed.set()
+
+    def _pause(self) -> None:
+        for fd in self._fds.values():
+            self._loop.remove_reader(fd)
+        self._resume = self._loop.create_task(self._resume_with_room(self._room))
+
+    async def _resume_with_room(self, room: asyncio.Event) -> None:
+        await room.wait()
+        self._unpause()
+
+    def _unpause(self) -> None:
+        if self._resume is None:
+            return
+        if self._resume is not asyncio.current_task():
+            self._resume.cancel()
+        self._resume = None
+        for name, fd in self._fds.items():
+            self._loop.add_reader(fd, self._read, name)
 
     def _close(self, name: str) -> None:
         fd = self._fds.pop(name, None)
@@ -143,11 +166,13 @@ class Pipes:
             self._changed.clear()
             await self._changed.wait()
 
-    def attach(self, sink: Callable[[str, bytes], None]) -> None:
+    def attach(self, sink: Callable[[str, bytes], None], room: asyncio.Event | None = None) -> None:
+        """Send what is read to ``sink``; read nothing while ``room`` (if given) is clear."""
         kept, self._kept = self._kept, []
         for name, data in kept:
             sink(name, data)
-        self._sink = sink
+        self._sink, self._room = sink, room
+        self._unpause()
 
     async def ended(self) -> None:
         """Both pipes at end of file: every process holding their write ends has closed them or exited."""
@@ -155,6 +180,9 @@ class Pipes:
 
     def close(self) -> None:
         """Stop reading; a writer still there gets EPIPE."""
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         for fd in self._write_ends:
             os.close(fd)
         self._write_ends = []
@@ -552,12 +580,12 @@ class LocalBackend(Backend):
 
     async def stream(self, handle: LocalHandle, ctx: JobContext) -> None:
         if not handle.ranks:
-            handle.pipes.attach(ctx.log)
+            handle.pipes.attach(ctx.log, ctx.log_room)
             await handle.pipes.ended()
             return
         logs = [RankLog(ctx.log, rank) for rank in range(len(handle.ranks))]
         for (_, pipes), log in zip(handle.ranks, logs):
-            pipes.attach(log.write)
+            pipes.attach(log.write, ctx.log_room)
         try:
             await asyncio.gather(*(pipes.ended() for _, pipes in handle.ranks))
         finally:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from traitlets import Bool, Enum, Float, Integer, Unicode
 
 from ...images import ImageService
-from ..base import Backend, BackendError, JobContext, Liveness, Result
+from ..base import Backend, BackendError, JobContext, Liveness, Result, ThreadLog
 from . import container as c
 from .config import DockerProvider
 from .container import (FENCE_LABEL, JOB_ID_LABEL, MANAGED_BY, QUEUE_LABEL, READ_SIZE, STOP_EXEC, WARM_LABEL,
@@ -284,6 +284,7 @@ class DockerBackend(Backend):
 
     @staticmethod
     def _close(handle: DockerHandle) -> None:
+        handle.closed = True
         if handle.sock is not None:
             handle.sock.close()
 
@@ -315,16 +316,10 @@ class DockerBackend(Backend):
     # ------------------------------------------------------------ run
 
     async def stream(self, handle: DockerHandle, ctx: JobContext) -> None:
-        loop = asyncio.get_running_loop()
         assert handle.sock is not None
-
-        def emit(batch: list[tuple[str, bytes]]) -> None:
-            for name, data in batch:
-                ctx.log(name, data)
-
+        log = ThreadLog(asyncio.get_running_loop(), ctx.log, ctx.log_room, lambda: handle.closed)
         try:
-            await asyncio.to_thread(c.pump, handle.sock, self.read_size,
-                                    lambda batch: loop.call_soon_threadsafe(emit, batch))
+            await asyncio.to_thread(c.pump, handle.sock, self.read_size, log.write_many)
         finally:
             handle.stream_ended.set()
 

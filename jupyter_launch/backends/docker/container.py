@@ -132,6 +132,7 @@ class DockerHandle:
     stream_ended: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = 0.0
     stopping: bool = False  # the agent asked for the stop (cancel, timeout, lost lease)
+    closed: bool = False  # its connection is closed: the stream's reader stops waiting for room in the log
 
 
 def job_argv(ctx: JobContext) -> list[str]:
@@ -278,7 +279,8 @@ def split_frames(buf: bytes) -> tuple[list[tuple[str, bytes]], bytes]:
 
 def pump(conn: Hijacked, read_size: int, emit: Callable[[list[tuple[str, bytes]]], None]) -> None:
     """Read an attach stream to its end in large chunks, handing ``emit`` one batch per EMIT_INTERVAL, not one per
-    read: a job writing a line at a time would otherwise cost the event loop a wake-up per line."""
+    read: a job writing a line at a time would otherwise cost the event loop a wake-up per line. ``emit`` may block
+    (``ThreadLog.write_many``: while the job's log has no room); the container's writes then wait on the stream."""
     raw, first = conn.sock, conn.first
     pieces: list[bytes] = [first] if first else []
     size = len(first)

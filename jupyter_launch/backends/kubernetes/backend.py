@@ -727,7 +727,15 @@ class KubernetesBackend(Backend):
             with contextlib.suppress(ApiException):
                 log = await self._call(core.read_namespaced_pod_log, handle.final_pod, handle.namespace,
                                        container=CONTAINER, _preload_content=False)
-                splitter.feed(await self._call(log.read))
+
+                def feed() -> None:  # a piece at a time: the log may be large, and only its end is wanted
+                    try:
+                        while chunk := log.read(1 << 20):
+                            splitter.feed(chunk)
+                    finally:
+                        log.release_conn()
+
+                await self._call(feed)
                 splitter.feed(b"\n")
         if splitter is None or splitter.outputs is None:
             why = splitter.error if splitter and splitter.error else "no outputs record in the pod's log"

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..base import JobContext
+from ..base import JobContext, ThreadLog
 from .bootstrap import OutputsSplitter
 from .manifests import CONTAINER
 
@@ -159,7 +159,7 @@ class PodLogs:
     def _pump(self, resp: Any, handle: KubernetesHandle, log: Callable[[str, bytes], None],
               splitter: OutputsSplitter, skip: int) -> int:
         """Blocking: read one log stream to its end; returns the bytes read (including the ``skip`` ones)."""
-        loop = handle.loop
+        thread_log = ThreadLog(handle.loop, log, handle.ctx.log_room, handle.closed.is_set)
         seen = 0
         try:
             while not handle.closed.is_set():
@@ -173,7 +173,7 @@ class PodLogs:
                 seen += len(chunk)
                 plain = splitter.feed(fresh)
                 if plain:
-                    loop.call_soon_threadsafe(log, "stdout", plain)
+                    thread_log.write("stdout", plain)
         except Exception as exc:  # a dropped connection: the caller reconnects and skips what it has
             self.log.debug("log stream of %s ended: %s", handle.name, exc)
         finally:

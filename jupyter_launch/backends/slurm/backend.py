@@ -449,6 +449,7 @@ class SlurmBackend(Backend):
         ranks = ctx.spec.resources.nodes
         log = RankLabels(ctx.log, ranks) if ranks > 1 else None
         while True:
+            await ctx.log_room.wait()  # the job's files grow on the shared filesystem meanwhile, not this process
             ended = handle.done.is_set()
             got = False
             for name, reader in readers.items():
