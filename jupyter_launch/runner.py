@@ -442,16 +442,20 @@ class Kernel:
             self.client.session.adapt_version = major  # as jupyter_client does on a kernel_info reply
         self.info = content
 
+    async def _next_msg(self, get: Any) -> dict[str, Any]:
+        """The next message from a channel's ``get_msg``, however long it takes, as long as the kernel lives."""
+        while True:
+            try:
+                return await get(timeout=1)
+            except Empty:
+                if not await self.manager.is_alive():
+                    raise DeadKernelError("Kernel died") from None
+
     async def run_silently(self, code: str) -> dict[str, Any]:
         """Run code the notebook does not show; the execute_reply's content (status, ename, evalue)."""
         msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
         while True:
-            try:
-                reply = await self.client.get_shell_msg(timeout=1)
-            except Empty:
-                if not await self.manager.is_alive():
-                    raise DeadKernelError("Kernel died") from None
-                continue
+            reply = await self._next_msg(self.client.get_shell_msg)
             if reply["parent_header"].get("msg_id") == msg_id:
                 return reply["content"]
 
@@ -463,12 +467,7 @@ class Kernel:
         """
         msg_id = self.client.execute(code, silent=True, store_history=False, allow_stdin=False)
         while True:
-            try:
-                msg = await self.client.get_iopub_msg(timeout=1)
-            except Empty:
-                if not await self.manager.is_alive():
-                    raise DeadKernelError("Kernel died") from None
-                continue
+            msg = await self._next_msg(self.client.get_iopub_msg)
             if (msg["msg_type"] == "status" and msg["content"].get("execution_state") == "idle"
                     and msg["parent_header"].get("msg_id") == msg_id):
                 return
