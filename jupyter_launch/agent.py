@@ -81,7 +81,6 @@ class LogSink:
         self.high_water = high_water
         self.room = asyncio.Event()
         self.room.set()
-        self.peak = 0  # the most bytes held at once, queued and on their way to the store
         self._sending = 0  # bytes of the store call in progress
         self.on_failure = on_failure
         self.failure: Exception | None = None  # the first write the store refused; nothing is written after it
@@ -135,9 +134,7 @@ class LogSink:
             self._held_changed()
 
     def _held_changed(self) -> None:
-        held = self._size + self._sending
-        self.peak = max(self.peak, held)
-        if held >= self.high_water:
+        if self._size + self._sending >= self.high_water:
             self.room.clear()
         else:
             self.room.set()
