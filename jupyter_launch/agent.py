@@ -152,11 +152,11 @@ class LogSink:
     async def flush(self) -> None:
         if not self._pieces:
             return
-        pieces, self._pieces, self._sending, self._size = self._pieces, [], self._size, 0
+        pieces, self._pieces, size, self._size = self._pieces, [], self._size, 0
         if self.failure is not None:
-            self._sending = 0
             self._held_changed()
             return  # the log is already cut short: later output would leave a hole in the offsets
+        self._sending = size
         try:
             # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
             await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence, pieces)
