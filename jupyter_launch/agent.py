@@ -37,7 +37,7 @@ from .scheduler import ScheduleFiring, Scheduler
 from .spec import DEFAULT_MAX_LOG_SIZE, DEFAULT_MAX_OUTPUT_SIZE, JobSpec, ProviderConfig
 from .store import (
     CANCELLED, FAILED, RUNNING, STARTING, SUCCEEDED, BlobStore, Claim, OutputRecord, StaleClaim, check_metric_record,
-    check_output_path, check_progress, describe, is_disk_full,
+    check_output_path, check_progress, describe, is_disk_full, is_unreachable,
 )
 from .store.protocol import DiskReserve, LocalEvents, Store
 
@@ -47,6 +47,8 @@ FLUSH_BYTES = 512 * 1024
 # writes then block, as on a full pipe) until the store has taken some: a job faster than its store no longer grows
 # the agent (or the server it runs in) by up to its whole log.
 LOG_HIGH_WATER = 8 * 1024 * 1024
+# How long a store call waits between tries while the store cannot be reached: doubling from the first to the last.
+OUTAGE_RETRY_DELAYS = (0.1, 2.0)
 
 
 def detect_gpus() -> list[int]:
@@ -73,11 +75,18 @@ class LogSink:
 
     ``room`` is set while it holds (queued, or on its way to the store) less than ``high_water`` bytes: backends
     stop reading a job's output while it is clear (:attr:`JobContext.log_room`). What is written meanwhile is kept
-    all the same; nothing is dropped for want of room."""
+    all the same; nothing is dropped for want of room.
+
+    ``call(fn, *args)`` runs each store call off the loop (the agent's tries a store that cannot be reached again,
+    :meth:`Agent.store_call`); meanwhile the job is held back like a job faster than its store. ``at`` is the log's
+    size when the claim was made: each write names the size it follows, so one tried again is never done twice."""
 
     def __init__(self, store: Any, job_id: str, fence: int, on_record: Any, on_failure: Any = None,
-                 max_size: int = DEFAULT_MAX_LOG_SIZE, high_water: int = LOG_HIGH_WATER):
+                 max_size: int = DEFAULT_MAX_LOG_SIZE, high_water: int = LOG_HIGH_WATER, call: Any = None,
+                 at: int | None = None):
         self.store, self.job_id, self.fence, self.on_record = store, job_id, fence, on_record
+        self._call = call or asyncio.to_thread
+        self._at = at
         self.high_water = high_water
         self.room = asyncio.Event()
         self.room.set()
@@ -159,7 +168,9 @@ class LogSink:
         self._sending = size
         try:
             # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
-            await asyncio.to_thread(self.store.append_logs, self.job_id, self.fence, pieces)
+            size = await self._call(self.store.append_logs, self.job_id, self.fence, pieces, at=self._at)
+            if self._at is not None:
+                self._at = size
         except Exception as exc:
             # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die
             # silently and leave the job running with its output going nowhere.
@@ -189,16 +200,17 @@ class LogSink:
 class OrderedUpdates:
     """One job's store updates (state, reason, progress), run off the event loop one after another in the order they
     were asked for: fired-and-forgotten threads could land out of order and leave a job `starting` after `running`,
-    or its progress at 4 of 5."""
+    or its progress at 4 of 5. ``call(fn, *args)`` runs each off the loop (by default ``asyncio.to_thread``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, call: Any = None) -> None:
+        self._call = call or asyncio.to_thread
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
 
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         async def run() -> None:
             async with self._lock:  # asyncio.Lock wakes waiters first-come first-served
-                await asyncio.to_thread(fn, *args, **kwargs)
+                await self._call(fn, *args, **kwargs)
 
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
@@ -242,6 +254,11 @@ class Agent(LoggingConfigurable):
                          "server fires them).")
     stop_grace = Float(30.0, config=True, help="On a graceful stop (SIGTERM to `jupyter launch agent`), how long "
                        "running jobs may take to finish before they are interrupted and handed back.")
+    store_outage_seconds = Float(60.0, config=True, help="How long a running job's store calls (its log, state, "
+                                 "outputs and end) are tried again while the store cannot be reached (a database "
+                                 "restarting, a server not answering); the job's output is held back meanwhile. "
+                                 "Past it the job stops `log_write_failed`, or, when it had ended, its lease lapses "
+                                 "and it is requeued.")
 
     @default("home")
     def _default_home(self) -> str:
@@ -480,6 +497,33 @@ class Agent(LoggingConfigurable):
             self.log.warning("could not hand back job %s; it is requeued when its lease expires", claim.job.id,
                              exc_info=True)
 
+    async def store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, a store call, off the event loop; while it fails because the store cannot be
+        reached (:func:`~.store.base.is_unreachable`: such a write did not happen), it is tried again, the waits
+        doubling from 0.1 s to 2 s, for up to ``store_outage_seconds``; then, or on any other error, it raises."""
+        delay, longest = OUTAGE_RETRY_DELAYS
+        deadline: float | None = None
+        while True:
+            try:
+                result = await asyncio.to_thread(fn, *args, **kwargs)
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.store_outage_seconds
+                    cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+                    self.log.warning("the store cannot be reached (%s: %s); trying again for up to %gs",
+                                     getattr(fn, "__name__", "call"), cause, self.store_outage_seconds)
+                if now + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
+                continue
+            if deadline is not None:
+                self.log.info("the store answers again (%s)", getattr(fn, "__name__", "call"))
+            return result
+
     def _refuse(self, exc: RemoteAuthError) -> None:
         """The server refused this agent's token (revoked, or out of scope): no retry can succeed, so say so once
         and stop claiming; running jobs are stopped by :meth:`stop`, their leases expire on the server."""
@@ -537,7 +581,7 @@ class Agent(LoggingConfigurable):
                 result_seen.set()
 
         pending_metrics: list[dict[str, Any]] = []
-        updates = OrderedUpdates()
+        updates = OrderedUpdates(self.store_call)
         def on_log_failure(exc: Exception) -> None:
             if isinstance(exc, StaleClaim):  # the claim ended (lease lost, or finished): stop, report nothing
                 self.log.warning("job %s: its claim is no longer current; stopping it", job.id)
@@ -550,7 +594,7 @@ class Agent(LoggingConfigurable):
                 self.log.error("job %s: the store refused its log (%s); stopping the job", job.id, exc)
             cancel.set()
 
-        sink = LogSink(store, job.id, fence, on_record, on_log_failure)
+        sink = LogSink(store, job.id, fence, on_record, on_log_failure, call=self.store_call, at=job.log_size)
         started: Callable[[], None] = lambda: None  # once the backend is known: tells it this job no longer waits
         beat = asyncio.create_task(self._heartbeats(job.id, fence, cancel, lost))
         result = Result(FAILED, reason="agent_error")
@@ -564,7 +608,7 @@ class Agent(LoggingConfigurable):
                 result = Result(FAILED, reason="invalid_spec", message=f"{describe('invalid_spec')} ({what}); "
                                                                        "resubmit it")
                 return
-            queue = await asyncio.to_thread(store.get_queue, job.queue)
+            queue = await self.store_call(store.get_queue, job.queue)
             sink.max_size = queue.config.get("max_log_size") or DEFAULT_MAX_LOG_SIZE  # nothing is logged before
             backend = self.backend(queue.provider)
             provider = self.provider_config(backend, queue.config)
@@ -576,7 +620,7 @@ class Agent(LoggingConfigurable):
                                     message=f"needs {spec.resources.gpu} GPU(s); this agent has {self._total_gpus}")
                     return
                 gpu_ids = [self._free_gpus.pop(0) for _ in range(spec.resources.gpu)]
-            await asyncio.to_thread(store.set_state, job.id, fence, STARTING, "preparing")
+            await self.store_call(store.set_state, job.id, fence, STARTING, "preparing")
             try:
                 ctx = await asyncio.to_thread(self._prepare, job, fence, spec, provider, workdir, gpu_ids)
             except _JobSetupError as exc:
@@ -606,7 +650,7 @@ class Agent(LoggingConfigurable):
             finally:
                 metrics_task.cancel()
                 await sink.close()
-                await asyncio.to_thread(self._flush_metrics, job.id, fence, pending_metrics, lost)
+                await self.store_call(self._flush_metrics, job.id, fence, pending_metrics, lost)
                 await updates.drain()
             if lost.is_set():
                 pass  # the claim is no longer ours: nothing more is reported for it
@@ -634,8 +678,8 @@ class Agent(LoggingConfigurable):
                     result.exit_code = 0 if result.state == SUCCEEDED else 1
             if sink.failure is None and not lost.is_set() and not self._given_back(job.id, result):
                 try:  # (else the store has no room for them either, or the claim is gone)
-                    await asyncio.to_thread(self._collect_outputs, job.id, fence, ctx.output_dir,
-                                            queue.config.get("max_output_size") or DEFAULT_MAX_OUTPUT_SIZE)
+                    await self.store_call(self._collect_outputs, job.id, fence, ctx.output_dir,
+                                          queue.config.get("max_output_size") or DEFAULT_MAX_OUTPUT_SIZE)
                 except _JobSetupError as exc:
                     result = Result(FAILED, reason=exc.reason, message=str(exc))
                 except Exception as exc:
@@ -653,28 +697,30 @@ class Agent(LoggingConfigurable):
             self.log.exception("job %s failed in the agent", job.id)
             result = Result(FAILED, reason="agent_error", message=f"{type(exc).__name__}: {exc}")
         finally:
-            beat.cancel()
-            started()
-            if not sink._closed:
-                await sink.close()
-            self._free_gpus.extend(gpu_ids)
-            self._cancel_events.pop(job.id, None)
-            await updates.drain()
-            given_back = self._given_back(job.id, result)
-            self._handing_back.discard(job.id)
-            if given_back and not self.keep_workdirs:  # before it is claimed again, maybe on this machine
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
-            if lost.is_set():
-                pass  # a newer attempt owns the job, or nothing can be reported any more
-            elif given_back:
-                await asyncio.to_thread(self._hand_back_interrupted, job.id, fence)
-            else:
-                await asyncio.to_thread(self._finish, job.id, fence, result)
-            if not given_back and not self.keep_workdirs:
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
-            self._running.pop(job.id, None)
-            self.finished.put_nowait((job.id, result))
-            self._wake.set()
+            try:
+                beat.cancel()
+                started()
+                if not sink._closed:
+                    await sink.close()
+                self._free_gpus.extend(gpu_ids)
+                self._cancel_events.pop(job.id, None)
+                await updates.drain()
+                given_back = self._given_back(job.id, result)
+                self._handing_back.discard(job.id)
+                if given_back and not self.keep_workdirs:  # before it is claimed again, maybe on this machine
+                    await asyncio.to_thread(shutil.rmtree, workdir, True)
+                if lost.is_set():
+                    pass  # a newer attempt owns the job, or nothing can be reported any more
+                elif given_back:
+                    await asyncio.to_thread(self._hand_back_interrupted, job.id, fence)
+                else:
+                    await self._record_end(job.id, fence, result)
+                if not given_back and not self.keep_workdirs:
+                    await asyncio.to_thread(shutil.rmtree, workdir, True)
+            finally:  # whatever failed above, the job's slot is free again: else the agent claims one job fewer
+                self._running.pop(job.id, None)
+                self.finished.put_nowait((job.id, result))
+                self._wake.set()
 
     def _waiting_to_start(self, backend: Backend, queue: str, provider: ProviderConfig) -> Callable[[], None]:
         """Count a claimed job as waiting to start on ``queue`` and tell the backend; the call returned says it has
@@ -697,6 +743,18 @@ class Agent(LoggingConfigurable):
         claimed and not yet started (as many as it could run)."""
         waiting = self._queued.get(queue, 0) + self._unstarted.get(queue, 0)
         backend.demand(queue, provider, min(waiting, self.capacity))
+
+    async def _record_end(self, job_id: str, fence: int, result: Result) -> None:
+        """Record the job's end (through a store outage of up to ``store_outage_seconds``). When it cannot be, say
+        so: the job's lease lapses and it is requeued, or fails `lost` with no retries left."""
+        try:
+            await self.store_call(self._finish, job_id, fence, result)
+        except StaleClaim:
+            self.log.warning("job %s ended (%s), but its claim is no longer current: its end is not recorded by "
+                             "this agent", job_id, result.state)
+        except Exception as exc:
+            self.log.error("job %s ended (%s, %s), but the store did not take its end (%s); it is requeued when its "
+                           "lease expires", job_id, result.state, result.reason, getattr(exc, "orig", None) or exc)
 
     def _finish(self, job_id: str, fence: int, result: Result) -> None:
         """Record the job's end; on a disk too full for even that, free the store's reserve and record it then (a
@@ -786,7 +844,10 @@ class Agent(LoggingConfigurable):
         while not lost.is_set():
             await asyncio.sleep(0.1)
             if pending:
-                await asyncio.to_thread(self._flush_metrics, job_id, fence, pending, lost)
+                try:
+                    await self.store_call(self._flush_metrics, job_id, fence, pending, lost)
+                except Exception as exc:  # kept for the next try; the job's final flush reports what still fails
+                    self.log.warning("job %s: metrics not stored yet (%s)", job_id, exc)
 
     def _flush_metrics(self, job_id: str, fence: int, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
         # Called from worker threads by the shipper and by the final flush: one at a time, or records are lost.
@@ -799,6 +860,10 @@ class Agent(LoggingConfigurable):
                 except StaleClaim:  # the claim ended: the job is being stopped, its metrics go nowhere
                     if self._loop is not None:
                         self._loop.call_soon_threadsafe(lost.set)
+                except Exception as exc:
+                    if is_unreachable(exc):
+                        pending[:0] = batch  # not stored: sent again, before what came since
+                    raise
 
     def _collect_outputs(self, job_id: str, fence: int, output_dir: Path, max_size: int) -> None:
         """Store the job's output files, or none of them when together they pass ``max_size`` (checked by their

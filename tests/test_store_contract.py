@@ -565,6 +565,22 @@ def test_logs_take_bytearrays_longer_than_a_chunk(store):
     assert [c.stream for c in chunks][-1] == "stderr" and {c.stream for c in chunks[:-1]} == {"stdout"}
 
 
+def test_a_log_write_naming_the_size_it_follows_is_done_once_however_often_it_is_tried(store):
+    """An agent tries a log write again when its answer never came (the store restarting): naming the size the
+    pieces follow (``at``), the write already done answers the log's size and adds nothing; one at another size is
+    refused, nothing written."""
+    job, fence = claimed(store)
+    assert store.append_logs(job.id, fence, [("stdout", b"one\n")], at=0) == 4
+    assert store.append_logs(job.id, fence, [("stdout", b"two\n"), ("stderr", b"!\n")], at=4) == 10
+    assert store.append_logs(job.id, fence, [("stdout", b"two\n"), ("stderr", b"!\n")], at=4) == 10  # again
+    with pytest.raises(StoreError, match="its log is 10 bytes, not the 7 this write follows"):
+        store.append_logs(job.id, fence, [("stdout", b"three\n")], at=7)
+    assert store.append_logs(job.id, fence, [("stdout", b"three\n")], at=10) == 16
+    chunks, _ = store.read_log(job.id)
+    assert b"".join(c.data for c in chunks) == b"one\ntwo\n!\nthree\n"
+    assert store.get_job(job.id).log_size == 16
+
+
 def test_metrics_are_read_after_an_id(store):
     job, fence = claimed(store)
     store.add_metrics(job.id, fence, [{"step": 1, "time": 10.0, "data": {"loss": 0.5}},

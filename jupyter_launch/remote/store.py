@@ -270,8 +270,8 @@ class HttpStore:
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
-        data = self._job_call(job_id, "logs", {"fence": fence, "pieces": [
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]], at: int | None = None) -> int:
+        data = self._job_call(job_id, "logs", {"fence": fence, "at": at, "pieces": [
             (stream, base64.b64encode(chunk).decode()) for stream, chunk in pieces]})
         return int(data["log_size"])
 

@@ -42,7 +42,7 @@ from ..service import Caller
 from ..spec import JobSpec, QueueConfig, SpecError, parse_job_spec, parse_queue_config, validate
 from ..store import (
     ACTIVE, ARCHIVED_CHOICES, DEFAULT_JOB_SORT, FINAL, AgentIdTaken, NotFound, OutputRecord, StaleClaim, StoreError,
-    StoreUnusable, check_number, check_output_path, is_disk_full,
+    StoreUnusable, check_number, check_output_path, is_disk_full, is_unreachable,
 )
 from ..store import base as store_base
 from ..store.base import MAX_COUNT, MAX_EXIT_CODE, MAX_LEASE_SECONDS, MIN_EXIT_CODE, MIN_LEASE_SECONDS
@@ -141,6 +141,8 @@ class LaunchHandler(APIHandler):
         except Exception as exc:
             if is_disk_full(exc):
                 raise web.HTTPError(507, DISK_FULL) from None
+            if is_unreachable(exc):  # the database restarting, say: the call is worth repeating (agents do)
+                raise web.HTTPError(503, "the server's store cannot be reached now; try again") from None
             raise
 
     def body(self) -> dict[str, Any]:
@@ -1278,7 +1280,8 @@ class AgentJobHandler(AgentHandler):
             except (ValueError, TypeError):
                 raise web.HTTPError(400, "'pieces' must be [stream, base64 data] pairs, stream stdout or stderr") \
                     from None
-            size = await self.store_call(store.append_logs, job_id, fence, pieces)
+            at = number(data, "at", None, 0, MAX_COUNT, integer=True)
+            size = await self.store_call(store.append_logs, job_id, fence, pieces, at)
             self.reply({"log_size": size})
         elif action == "metrics":
             records = data.get("records")

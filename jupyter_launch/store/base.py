@@ -87,6 +87,34 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+# A server's answers that say it cannot serve the call now, not that the call is wrong.
+_UNAVAILABLE = (0, 502, 503, 504)  # 0: no answer at all
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether a failed store call failed because the store could not be reached, or dropped the connection under
+    the call (a database server restarting or shutting down, a network cut, a server that did not answer): a call
+    worth repeating once it is back, unlike a refusal (a stale claim, a bad value) or a full disk. A write that
+    failed so did not happen: its transaction was not committed."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if is_disk_full(cur):
+            return False
+        if getattr(cur, "connection_invalidated", False):  # SQLAlchemy: the driver said the connection is gone
+            return True
+        # The driver's own error (psycopg's OperationalError covers a refused connection, a server shutting down
+        # and an administrator's termination; SQLite's would be a local file's trouble, not an outage).
+        names = {klass.__name__ for klass in type(cur).__mro__}
+        if type(cur).__module__.startswith("psycopg") and names & {"OperationalError", "InterfaceError"}:
+            return True
+        if "RemoteError" in names and getattr(cur, "status", None) in _UNAVAILABLE:
+            return True
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+    return False
+
+
 def describe(reason: str | None, **facts: Any) -> str:
     """The sentence for a reason code, filled with what is known (unknown placeholders stay readable)."""
     if not reason:

@@ -191,9 +191,13 @@ class Store(Protocol):
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]], at: int | None = None) -> int:
         """Append ``(stream, data)`` pieces (``data`` bytes or a bytearray) in order under the claim ``fence`` (the
-        chunks carry its attempt); the log's new size in bytes. ``StaleClaim`` when the claim is not current."""
+        chunks carry its attempt); the log's new size in bytes. ``StaleClaim`` when the claim is not current.
+
+        ``at``, when given, is the log's size the pieces follow: a call tried again after an answer that never came
+        (the write done, its answer lost with the connection) then answers the log's size and writes nothing twice;
+        a log of any other size is refused (``StoreError``), nothing written."""
 
     def read_log(self, job_id: str, offset: int = 0, *, limit: int = 4 * 1024 * 1024) -> tuple[list[LogChunk], int]:
         """Chunks from byte ``offset`` (the first trimmed to start there) and the offset to read from next."""

@@ -811,9 +811,10 @@ class SQLStore(AgentTokenRows):
 
     # ------------------------------------------------------------ logs, metrics, outputs
 
-    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]]) -> int:
+    def append_logs(self, job_id: str, fence: int, pieces: list[tuple[str, bytes]], at: int | None = None) -> int:
         """Append ``(stream, data)`` pieces in order, under the claim ``fence`` (the chunks carry its attempt);
-        returns the log's new size in bytes. ``StaleClaim`` when the claim is no longer current."""
+        returns the log's new size in bytes. ``StaleClaim`` when the claim is no longer current. With ``at`` (the
+        size the pieces follow), a write already done answers the log's size and is not done twice."""
         # Views, not slices: a slice of a large piece copies it once more, holding the GIL the event loop needs.
         pieces = [(s, memoryview(d)[i:i + MAX_CHUNK]) for s, d in pieces if d for i in range(0, len(d), MAX_CHUNK)]
         total = sum(len(d) for _, d in pieces)
@@ -821,8 +822,16 @@ class SQLStore(AgentTokenRows):
             attempt = self._current_claim(c, job_id, fence).attempt
             if not pieces:
                 return self.get_job(job_id).log_size
-            size = c.execute(t.jobs.update().where(t.jobs.c.id == job_id)
-                             .values(log_size=t.jobs.c.log_size + total).returning(t.jobs.c.log_size)).scalar()
+            grow = t.jobs.update().where(t.jobs.c.id == job_id)
+            if at is not None:
+                grow = grow.where(t.jobs.c.log_size == at)
+            size = c.execute(grow.values(log_size=t.jobs.c.log_size + total).returning(t.jobs.c.log_size)).scalar()
+            if size is None:  # (only with `at`) the log is not where these pieces follow
+                now = c.execute(select(t.jobs.c.log_size).where(t.jobs.c.id == job_id)).scalar()
+                if now == at + total:
+                    return now  # this very write, done by a try whose answer was lost
+                raise StoreError(f"job {job_id}: its log is {now} bytes, not the {at} this write follows; nothing "
+                                 "was written")
             offset = size - total
             rows = []
             for stream, data in pieces:

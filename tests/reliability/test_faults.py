@@ -382,16 +382,20 @@ def test_a_remote_agents_output_past_the_servers_disk_fails_the_job_and_leaves_n
                   reason=big["reason"], partial_uploads_left=0, next_job=small["state"])
 
 
-def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
-    from jupyter_launch.client import LaunchClient
-
+def postgresql() -> tuple[str, list[str]]:
+    """A PostgreSQL store's URL, started by ci/postgres.sh, and the `pg_ctlcluster VERSION NAME` that controls it."""
     proc = subprocess.run(["bash", str(ROOT / "ci" / "postgres.sh")], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"PostgreSQL could not be started by ci/postgres.sh: {proc.stdout}{proc.stderr}", pytrace=False)
     url = proc.stdout.strip().splitlines()[-1]
     cluster = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout
-    version, name = next(line.split()[:2] for line in cluster.splitlines() if line.split()[2] == url.rsplit(":", 1)[1].split("/")[0])
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    version, name = next(line.split()[:2] for line in cluster.splitlines() if line.split()[2] == port)
+    return url, ["pg_ctlcluster", version, name]
 
+
+def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
+    url, pg_ctl = postgresql()
     client = LaunchClient(url, home=tmp_path / "home")
     queue = f"pg-restart-{int(time.time() * 1000) % 10**8}"
     client.create_queue(QueueConfig(queue_name=queue, provider={"type": "local", "max_instances": 2}))
@@ -409,8 +413,7 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
             while not any(j.refresh().state == "running" for j in first):
                 assert time.monotonic() < deadline, "no job started before the restart"
                 await asyncio.sleep(0.05)
-            await asyncio.to_thread(subprocess.run, ["pg_ctlcluster", version, name, "restart", "-m", "fast"],
-                                    check=True, timeout=120)
+            await asyncio.to_thread(subprocess.run, [*pg_ctl, "restart", "-m", "fast"], check=True, timeout=120)
             restarted.set()
             # Submitted after the restart, through a fresh connection of the same pool.
             later = [await asyncio.to_thread(
@@ -432,6 +435,113 @@ def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
                                                                           j.record.message) for j in jobs]
     counts = check_ledger(ledger, jobs)
     record_figure("postgresql restart", jobs=len(jobs), succeeded=len(jobs), lost=0, **counts)
+
+
+def test_postgresql_down_while_jobs_write_and_end_holds_them_back_and_loses_no_line(make_server, tmp_path):
+    """The store gone for seconds while jobs write their logs and end: the agent tries their log, and then their end,
+    again until it is back (Agent.store_outage_seconds), holding the jobs' output back meanwhile. Every job succeeds
+    in its first attempt with every line of its log once, and the agent's slots are free again for the next jobs
+    (a store call that failed at a job's end once kept its slot taken for good). A server on the same store answers
+    503 meanwhile (its remote agents try again on it), not 500."""
+    url, pg_ctl = postgresql()
+    server = make_server(agent_queues=[], env={"JUPYTER_LAUNCH_STORE_URL": url})
+    client = LaunchClient(url, home=tmp_path / "home")
+    queue = f"pg-down-{int(time.time() * 1000) % 10**8}"
+    client.create_queue(QueueConfig(queue_name=queue, provider={"type": "local", "max_instances": 2}))
+    src = tmp_path / "src"
+    src.mkdir()
+    lines = 150
+    writer = f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep(0.01)\n"
+    spec = {"kind": "command", "command": [sys.executable, "-c", writer]}
+
+    async def go() -> tuple[list[Any], float]:
+        first = [client.submit(spec=spec, root=src, queue=queue) for _ in range(2)]
+        async with agent_running(client, queue, lease_seconds=60.0, max_jobs=2) as agent:
+            deadline = time.monotonic() + 60
+            while not all(j.refresh().state == "running" and j.record.log_size for j in first):
+                assert time.monotonic() < deadline, [(j.id, j.record.state, j.record.reason) for j in first]
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(subprocess.run, [*pg_ctl, "stop", "-m", "fast"], check=True, timeout=120)
+            down = time.monotonic()
+            try:
+                status, body = await asyncio.to_thread(server.api, "GET", "queues")
+                assert (status, body["message"]) == (503, "the server's store cannot be reached now; try again")
+                while any(t for t in agent._running.values() if not t.done()) and time.monotonic() - down < 4:
+                    await asyncio.sleep(0.1)  # the jobs' processes end meanwhile; their ends wait for the store
+                await asyncio.sleep(1.0)
+            finally:
+                await asyncio.to_thread(subprocess.run, [*pg_ctl, "start"], check=True, timeout=120)
+            outage = time.monotonic() - down
+            later = [await asyncio.to_thread(client.submit, spec=spec, root=src, queue=queue) for _ in range(2)]
+            jobs = first + later
+            deadline = time.monotonic() + 120
+            while not all(r.done for r in await asyncio.to_thread(lambda: [j.refresh() for j in jobs])):
+                assert time.monotonic() < deadline, [(j.id, j.record.state, j.record.reason) for j in jobs]
+                await asyncio.sleep(0.1)
+            return jobs, outage
+
+    try:
+        jobs, outage = asyncio.run(go())
+        expected = "".join(f"line {i}\n" for i in range(lines))
+        for job in jobs:
+            assert (job.record.state, job.record.attempt) == ("succeeded", 1), (job.id, job.record)
+            assert job.logs() == expected, f"job {job.id}: its log lost or repeated lines in the outage"
+    finally:
+        client.close()
+    record_figure("postgresql down while jobs write", outage_s=round(outage, 1), jobs=len(jobs),
+                  succeeded=len(jobs), lines_lost=0)
+
+
+def test_a_server_killed_and_restarted_under_a_remote_agents_running_job_loses_no_line(make_server, tmp_path):
+    """The server a remote agent reports to is killed (kill -9, as a crash or an OOM kill would) while the agent's
+    job writes, and started again on the same port and store: the agent tries its log, and then the job's end,
+    again until the server answers; each log write names the size it follows, so one whose answer was lost is not
+    written twice. The job succeeds in its first attempt, with every line once; the agent takes the next job."""
+    server = make_server(agent_queues=[])
+    assert server.api("POST", "queues", {"queue_name": "remote"})[0] == 201
+    token = server.api("POST", "tokens", {"name": "box", "queues": ["remote"]})[1]["token"]
+    lines = 300
+    writer = f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep(0.01)\n"
+
+    def submit() -> str:
+        status, job = server.api("POST", "jobs", {"queue": "remote", "spec": {
+            "kind": "command", "command": [sys.executable, "-c", writer]}})
+        assert status == 201, job
+        return job["id"]
+
+    def log(job_id: str) -> str:
+        text, offset = "", 0
+        while True:
+            page = server.api("GET", f"jobs/{job_id}/logs?offset={offset}")[1]
+            if not page["chunks"]:
+                return text
+            text += "".join(c["data"] for c in page["chunks"])
+            offset = page["next_offset"]
+
+    with open(tmp_path / "agent.log", "wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "jupyter_launch.cli", "agent", "--server", server.url, "--queue", "remote"],
+            env={**server.env, "JUPYTER_LAUNCH_HOME": str(tmp_path / "agent"), "JUPYTER_LAUNCH_TOKEN": token},
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        first = submit()
+        until(lambda: server.api("GET", f"jobs/{first}")[1]["log_size"] > 0, 60, "the job to write", 0.02)
+        down = time.monotonic()
+        server.kill()
+        time.sleep(1.0)
+        server.start()
+        restart = time.monotonic() - down
+        second = submit()
+        for job_id in (first, second):
+            until(lambda: server.api("GET", f"jobs/{job_id}")[1]["done"], 120, f"job {job_id} to end", 0.2)
+            rec = server.api("GET", f"jobs/{job_id}")[1]
+            assert (rec["state"], rec["attempt"]) == ("succeeded", 1), (rec, (tmp_path / "agent.log").read_text())
+            assert log(job_id) == "".join(f"line {i}\n" for i in range(lines)), f"job {job_id}'s log"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=60)
+    record_figure("server kill -9 under a remote agent's job", down_s=round(restart, 1),
+                  state="succeeded", attempt=1, lines_lost=0)
 
 
 @pytest.fixture
