@@ -846,7 +846,7 @@ class Agent(LoggingConfigurable):
             if pending:
                 try:
                     await self.store_call(self._flush_metrics, job_id, fence, pending, lost)
-                except Exception as exc:  # kept for the next try; the job's final flush reports what still fails
+                except Exception as exc:  # an outage's are kept for the next try; the final flush reports the rest
                     self.log.warning("job %s: metrics not stored yet (%s)", job_id, exc)
 
     def _flush_metrics(self, job_id: str, fence: int, pending: list[dict[str, Any]], lost: asyncio.Event) -> None:
