@@ -96,12 +96,12 @@ def is_unreachable(exc: BaseException) -> bool:
     the call (a database server restarting or shutting down, a network cut, a server that did not answer): a call
     worth repeating once it is back, unlike a refusal (a stale claim, a bad value) or a full disk. A write that
     failed so did not happen: its transaction was not committed."""
+    if is_disk_full(exc):  # (it looks down the whole chain too)
+        return False
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
-        if is_disk_full(cur):
-            return False
         if getattr(cur, "connection_invalidated", False):  # SQLAlchemy: the driver said the connection is gone
             return True
         # The driver's own error (psycopg's OperationalError covers a refused connection, a server shutting down
