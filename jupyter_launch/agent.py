@@ -168,9 +168,7 @@ class LogSink:
         self._sending = size
         try:
             # The runs go to the store as they are, not copied on the event loop: the sink holds them no more.
-            size = await self._call(self.store.append_logs, self.job_id, self.fence, pieces, at=self._at)
-            if self._at is not None:
-                self._at = size
+            self._at = await self._call(self.store.append_logs, self.job_id, self.fence, pieces, at=self._at)
         except Exception as exc:
             # A full disk (or a store gone away) must stop the job, not the flusher, which would otherwise die
             # silently and leave the job running with its output going nowhere.
@@ -499,8 +497,8 @@ class Agent(LoggingConfigurable):
 
     async def store_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)``, a store call, off the event loop; while it fails because the store cannot be
-        reached (:func:`~.store.base.is_unreachable`: such a write did not happen), it is tried again, the waits
-        doubling from 0.1 s to 2 s, for up to ``store_outage_seconds``; then, or on any other error, it raises."""
+        reached (:func:`~.store.base.is_unreachable`), it is tried again, the waits doubling from 0.1 s to 2 s, for
+        up to ``store_outage_seconds``; then, or on any other error, it raises."""
         delay, longest = OUTAGE_RETRY_DELAYS
         deadline: float | None = None
         while True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,12 +71,19 @@ REASONS: dict[str, str] = {
 }
 
 
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether a failed write (OSError, or a database driver's error wrapping one) means the disk is full."""
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then the errors under it: the driver's own (``orig``), its cause or context, each once."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         seen.add(id(cur))
+        yield cur
+        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failed write (OSError, or a database driver's error wrapping one) means the disk is full."""
+    for cur in _causes(exc):
         if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
         text = str(cur).lower()
@@ -83,7 +91,6 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         if getattr(cur, "status", None) == 507:  # a server's answer: its store is out of disk space
             return True
-        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
     return False
 
 
@@ -94,14 +101,12 @@ _UNAVAILABLE = (0, 502, 503, 504)  # 0: no answer at all
 def is_unreachable(exc: BaseException) -> bool:
     """Whether a failed store call failed because the store could not be reached, or dropped the connection under
     the call (a database server restarting or shutting down, a network cut, a server that did not answer): a call
-    worth repeating once it is back, unlike a refusal (a stale claim, a bad value) or a full disk. A write that
-    failed so did not happen: its transaction was not committed."""
-    if is_disk_full(exc):  # (it looks down the whole chain too)
+    worth repeating once it is back, unlike a refusal (a stale claim, a bad value) or a full disk. Such a write
+    usually did not happen, but may have (committed, its answer lost with the connection): a write tried again must
+    be one the store can recognise as done (``append_logs(..., at=)``)."""
+    if is_disk_full(exc):
         return False
-    seen: set[int] = set()
-    cur: BaseException | None = exc
-    while cur is not None and id(cur) not in seen:
-        seen.add(id(cur))
+    for cur in _causes(exc):
         if getattr(cur, "connection_invalidated", False):  # SQLAlchemy: the driver said the connection is gone
             return True
         # The driver's own error (psycopg's OperationalError covers a refused connection, a server shutting down
@@ -111,7 +116,6 @@ def is_unreachable(exc: BaseException) -> bool:
             return True
         if "RemoteError" in names and getattr(cur, "status", None) in _UNAVAILABLE:
             return True
-        cur = getattr(cur, "orig", None) or cur.__cause__ or cur.__context__
     return False
 
 

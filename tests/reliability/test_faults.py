@@ -394,6 +394,11 @@ def postgresql() -> tuple[str, list[str]]:
     return url, ["pg_ctlcluster", version, name]
 
 
+def line_printer(lines: int) -> str:
+    """A job body printing ``line 0`` to ``line N-1``, one every 10 ms, each flushed: a log still being written."""
+    return f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep(0.01)\n"
+
+
 def test_postgresql_restarted_under_a_team_store_loses_no_job(tmp_path):
     url, pg_ctl = postgresql()
     client = LaunchClient(url, home=tmp_path / "home")
@@ -451,7 +456,7 @@ def test_postgresql_down_while_jobs_write_and_end_holds_them_back_and_loses_no_l
     src = tmp_path / "src"
     src.mkdir()
     lines = 150
-    writer = f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep(0.01)\n"
+    writer = line_printer(lines)
     spec = {"kind": "command", "command": [sys.executable, "-c", writer]}
 
     async def go() -> tuple[list[Any], float]:
@@ -501,7 +506,7 @@ def test_a_server_killed_and_restarted_under_a_remote_agents_running_job_loses_n
     assert server.api("POST", "queues", {"queue_name": "remote"})[0] == 201
     token = server.api("POST", "tokens", {"name": "box", "queues": ["remote"]})[1]["token"]
     lines = 300
-    writer = f"import time\nfor i in range({lines}):\n    print(f'line {{i}}', flush=True)\n    time.sleep(0.01)\n"
+    writer = line_printer(lines)
 
     def submit() -> str:
         status, job = server.api("POST", "jobs", {"queue": "remote", "spec": {
